@@ -1,0 +1,1 @@
+"""kubevisor: virtual machines and VRF-lite virtual routers as Kubernetes custom resources."""

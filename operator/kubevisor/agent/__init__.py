@@ -1,0 +1,1 @@
+"""The per-node agent: makes it so through libvirt and netlink, reports status."""

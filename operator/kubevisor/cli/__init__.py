@@ -1,0 +1,1 @@
+"""The user CLI (`kubevisor`, also `kubectl kubevisor`)."""

@@ -1,0 +1,1 @@
+"""Local development cluster: control plane binaries, simulated nodes. Used by hack/ and tests."""
