@@ -1,0 +1,193 @@
+"""Status conditions: the model, the documented types and reasons, and ``set_condition``.
+
+A problem the user can fix is a condition with a reason and a sentence. Condition types
+and reasons are enums so the controller, agent and CLI agree on spelling; the wire type
+stays a plain string so new values never break old readers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from kubevisor.api import common
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class ConditionType(StrEnum):
+    """Condition types used across kinds. Ready summarises the others and sorts first."""
+
+    READY = "Ready"
+    """The object does what its spec asks (VM running, VRF programmed, claim bound...)."""
+    SCHEDULED = "Scheduled"
+    """A node has been chosen (VirtualMachine, Migration target, VRF nodes)."""
+    RESTART_REQUIRED = "RestartRequired"
+    """The spec changed in a way that only takes effect after a restart of the VM."""
+    TEMPLATE_RESOLVED = "TemplateResolved"
+    """The referenced VMTemplate (or clone/restore source) was found and applied."""
+    DISKS_READY = "DisksReady"
+    """The VM's disks exist on its node."""
+    NETWORK_READY = "NetworkReady"
+    """The taps/segments (VM) or interfaces and routes (VRF) are in place."""
+    MIGRATING = "Migrating"
+    """A live migration of this VM is in progress."""
+    PROGRESSING = "Progressing"
+    """A long operation (backup, migration, pool scaling) is under way."""
+    COMPLETED = "Completed"
+    """A one-shot operation (backup, migration) finished; see the reason for how."""
+
+
+class Reason(StrEnum):
+    """Reasons: CamelCase words explaining a condition's status."""
+
+    NOT_IMPLEMENTED = "NotImplemented"
+    """The spec asks for a feature this version does not implement yet."""
+    INVALID_SPEC = "InvalidSpec"
+    """The spec passed schema validation but cannot be acted on; the message says why."""
+    TEMPLATE_NOT_FOUND = "TemplateNotFound"
+    """spec.templateRef names a VMTemplate that does not exist."""
+    SOURCE_NOT_FOUND = "SourceNotFound"
+    """spec.source names a VirtualMachine or VMBackup that does not exist."""
+    IMAGE_NOT_FOUND = "ImageNotFound"
+    """A disk's base image is missing on the node."""
+    UNSCHEDULABLE = "Unschedulable"
+    """No node fits (capacity, nodeSelector, GPUs, networks)."""
+    SCHEDULED = "Scheduled"
+    """A node was chosen."""
+    NODE_LOST = "NodeLost"
+    """The node's agent stopped renewing its Lease."""
+    NETWORK_UNAVAILABLE = "NetworkUnavailable"
+    """A network segment or VLAN the object needs cannot be set up on the node."""
+    STORAGE_UNREACHABLE = "StorageUnreachable"
+    """The target node cannot reach the VM's storage and block copy is not allowed."""
+    RTT_TOO_HIGH = "RTTTooHigh"
+    """The measured round-trip time to the target exceeds the migration policy limit."""
+    BACKEND_UNAVAILABLE = "BackendUnavailable"
+    """The requested VRF backend is not supported by the node's kernel."""
+    TABLE_CONFLICT = "TableConflict"
+    """The requested routing table is already used by another VRF on a node."""
+    POOL_NOT_FOUND = "PoolNotFound"
+    """spec.poolRef names a DesktopPool that does not exist."""
+    POOL_EXHAUSTED = "PoolExhausted"
+    """The pool is at max and has no free desktop."""
+    STARTING = "Starting"
+    """The domain is being defined and started."""
+    RUNNING = "Running"
+    """The domain is running."""
+    STOPPED = "Stopped"
+    """The domain is shut off as requested."""
+    FAILED = "Failed"
+    """An operation failed; the message carries the underlying error."""
+    IN_PROGRESS = "InProgress"
+    """The operation is under way."""
+    SUCCEEDED = "Succeeded"
+    """The operation completed successfully."""
+    CANCELLED = "Cancelled"
+    """The operation was cancelled by the user."""
+    SPEC_CHANGED = "SpecChanged"
+    """The spec changed in a way that needs a restart to apply."""
+    BOUND = "Bound"
+    """The claim is bound to a desktop."""
+    AS_EXPECTED = "AsExpected"
+    """Nothing to report: the condition holds."""
+
+
+REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
+class Condition(common.Model):
+    """One aspect of an object's state (the Kubernetes metav1.Condition shape)."""
+
+    type: Annotated[str, Field(min_length=1, max_length=316)]
+    """Condition type in CamelCase, e.g. Ready, Scheduled, RestartRequired."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=REASON_PATTERN)]
+    """Machine-readable CamelCase reason for the last transition, e.g. TemplateNotFound."""
+    message: Annotated[str, Field(max_length=32768)]
+    """Human-readable sentence about the transition; empty when there is nothing to add."""
+    last_transition_time: common.Timestamp
+    """When status last changed (not when reason or message changed)."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation the condition was computed from."""
+
+
+CONDITIONS_SCHEMA_EXTRA: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with second precision, the form metav1.Time uses on the wire."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    *,
+    type: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Return a new condition list with ``type`` set; the input is not modified.
+
+    ``lastTransitionTime`` changes only when ``status`` flips, so "since when" stays
+    meaningful across repeated reconciles. ``observedGeneration`` is stamped with
+    ``generation``. Order: Ready first, then the others by type, so patches are stable.
+    """
+    previous = next((c for c in conditions if c.get("type") == type), None)
+    if previous is not None and previous.get("status") == status:
+        transition = previous.get("lastTransitionTime") or format_time(now)
+    else:
+        transition = format_time(now)
+    updated: dict[str, Any] = {
+        "type": str(type),
+        "status": status,
+        "reason": str(reason),
+        "message": message,
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        updated["observedGeneration"] = generation
+    others = [dict(c) for c in conditions if c.get("type") != type]
+    return sort_conditions([*others, updated])
+
+
+def sort_conditions(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ready first, then alphabetical by type."""
+    return sorted(
+        conditions,
+        key=lambda c: (c.get("type") != ConditionType.READY, str(c.get("type", ""))),
+    )
+
+
+def get_condition(conditions: list[dict[str, Any]], type: str) -> dict[str, Any] | None:
+    """The condition of that type, or None."""
+    return next((c for c in conditions if c.get("type") == type), None)
+
+
+def is_true(conditions: list[dict[str, Any]], type: str) -> bool:
+    """Whether the condition exists with status "True"."""
+    found = get_condition(conditions, type)
+    return found is not None and found.get("status") == "True"
+
+
+class Status(common.Model):
+    """Fields every kind's status carries; each kind adds its own ``phase`` enum."""
+
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=32, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
+    )
+    """Current state as conditions; Ready summarises."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation the status was last computed from."""

@@ -1,0 +1,32 @@
+"""API group, version and the well-known names stamped on objects.
+
+One place for these strings so the controller, the agent and the CLI cannot drift apart
+on a label key or a finalizer name.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "kubevisor.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+#: Category used by ``kubectl get kubevisor`` to list every kind at once.
+CATEGORY: Final = "kubevisor"
+
+#: Label on a VirtualMachine (and its helpers) naming the node it is placed on; the
+#: agent watches with a label selector on it, so the filtering happens server-side.
+LABEL_NODE: Final = "kubevisor.io/node"
+#: Label linking a desktop VM to its DesktopPool.
+LABEL_POOL: Final = "kubevisor.io/pool"
+#: Label linking a desktop VM to the DesktopClaim it is bound to.
+LABEL_CLAIM: Final = "kubevisor.io/claim"
+#: Label linking objects created from a VMTemplate back to it.
+LABEL_TEMPLATE: Final = "kubevisor.io/template"
+
+#: Annotation a user (or the CLI) bumps to ask for a restart of a running VM.
+ANNOTATION_RESTART: Final = "kubevisor.io/restart"
+
+#: Finalizer that keeps an object until the agent has released node resources.
+FINALIZER: Final = "kubevisor.io/finalizer"

@@ -1,0 +1,165 @@
+"""VirtualMachine: desired run state, template reference or inline machine, clone or
+restore source, and the status the agent reports (node, interfaces, display)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+
+from kubevisor.api import common, conditions, machines
+
+
+class RunStrategy(StrEnum):
+    """Whether the VM should be running (the KubeVirt runStrategy vocabulary)."""
+
+    ALWAYS = "Always"
+    """Keep it running; restart it whenever it stops."""
+    RERUN_ON_FAILURE = "RerunOnFailure"
+    """Restart it if it crashes, leave it off if the guest shuts down cleanly."""
+    MANUAL = "Manual"
+    """Leave it as it is; start and stop are explicit user actions."""
+    HALTED = "Halted"
+    """Keep it stopped."""
+    ONCE = "Once"
+    """Run it once; when the guest stops the VM is Succeeded (or Failed)."""
+
+
+class VirtualMachinePhase(StrEnum):
+    """Lifecycle phase of a VirtualMachine."""
+
+    PENDING = "Pending"
+    SCHEDULING = "Scheduling"
+    SCHEDULED = "Scheduled"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    MIGRATING = "Migrating"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNKNOWN = "Unknown"
+    TERMINATING = "Terminating"
+
+
+class VMSource(common.Model):
+    """Where the VM's disks come from: a clone of another VM or a restored backup."""
+
+    model_config = ConfigDict(
+        json_schema_extra=common.cel(
+            common.rule(
+                "has(self.virtualMachine) != has(self.backup)",
+                "exactly one of spec.source.virtualMachine or spec.source.backup must be set",
+            )
+        )
+    )
+
+    virtual_machine: common.LocalObjectReference | None = None
+    """Clone this VirtualMachine's disks (it should be stopped)."""
+    backup: common.LocalObjectReference | None = None
+    """Restore the disks of this VMBackup."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.virtual_machine is None) == (self.backup is None):
+            raise ValueError(
+                "exactly one of spec.source.virtualMachine or spec.source.backup must be set"
+            )
+        return self
+
+
+NEEDS_SOMETHING = (
+    "a VirtualMachine needs spec.templateRef, an inline spec (memory and disks) or spec.source"
+)
+
+
+class VirtualMachineSpec(machines.MachineOverrides):
+    """Desired state: run strategy, what to build the machine from, and overrides."""
+
+    model_config = ConfigDict(
+        json_schema_extra=common.cel(
+            common.rule(
+                "has(self.templateRef) || has(self.source)"
+                " || (has(self.memory) && has(self.disks))",
+                NEEDS_SOMETHING,
+            )
+        )
+    )
+
+    run_strategy: RunStrategy = RunStrategy.ALWAYS
+    """Whether the VM should be running: Always, RerunOnFailure, Manual, Halted or Once."""
+    template_ref: common.LocalObjectReference | None = None
+    """VMTemplate to take the machine shape from; fields set here override it."""
+    source: VMSource | None = None
+    """Clone another VM or restore a backup instead of starting from base images."""
+
+    @model_validator(mode="after")
+    def _has_a_machine(self) -> Self:
+        inline = self.memory is not None and self.disks is not None
+        if self.template_ref is None and self.source is None and not inline:
+            raise ValueError(NEEDS_SOMETHING)
+        return self
+
+
+class InterfaceStatus(common.Model):
+    """An attached network interface as the node sees it."""
+
+    name: common.ShortString
+    """NIC name from the spec."""
+    network: common.ShortString | None = None
+    """Segment the NIC is attached to."""
+    vlan: machines.VLANId | None = None
+    """VLAN id, if tagged."""
+    mac: common.ShortString | None = None
+    """MAC address in use (stable across restarts and migrations)."""
+    ip_address: common.ShortString | None = None
+    """Guest IP address, when known."""
+    tap: common.ShortString | None = None
+    """Host tap device name."""
+
+
+class DisplayStatus(common.Model):
+    """Where the graphical console can be reached (through the display gateway)."""
+
+    type: Annotated[str, Field(max_length=32)] | None = None
+    """Protocol, e.g. vnc."""
+    host: common.ShortString | None = None
+    """Host (node address) the display listens on."""
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """TCP port."""
+
+
+class VirtualMachineStatus(conditions.Status):
+    """Observed state of a VirtualMachine."""
+
+    phase: VirtualMachinePhase | None = None
+    """Lifecycle phase."""
+    node_name: common.ShortString | None = None
+    """Node the VM is placed on."""
+    interfaces: list[InterfaceStatus] = Field(default_factory=list, max_length=16)
+    """Attached interfaces with MAC and, when known, IP address."""
+    display: DisplayStatus | None = None
+    """Graphical console endpoint."""
+    console_log: common.PathString | None = None
+    """Path of the serial console log on the node."""
+    domain_uuid: common.ShortString | None = Field(None, alias="domainUUID")
+    """libvirt domain UUID (kept across migrations)."""
+    started_at: common.Timestamp | None = None
+    """When the domain was last started."""
+    running_at: common.Timestamp | None = None
+    """When the domain was last seen to reach Running."""
+    restart_required: bool | None = None
+    """The spec changed in a way that needs a restart (see the RestartRequired condition)."""
+
+
+class VirtualMachine(common.Resource):
+    """A virtual machine run by libvirt/QEMU on one of the cluster's nodes."""
+
+    kind: Literal["VirtualMachine"] = "VirtualMachine"
+    """Always VirtualMachine."""
+    spec: VirtualMachineSpec
+    """Desired state."""
+    status: VirtualMachineStatus | None = None
+    """Observed state."""
