@@ -40,7 +40,7 @@ class Disk(common.Model):
     """Disk name, unique within the machine; part of the disk file name."""
     image: common.PathString | None = None
     """Base image: an absolute path, or a name resolved in the node's image directory.
-    Unset means an empty disk of ``size``."""
+    Unset means an empty disk of the given size."""
     size: common.PositiveQuantity | None = None
     """Virtual size, e.g. 10Gi. Unset means the base image's size."""
     bus: DiskBus = "virtio"
