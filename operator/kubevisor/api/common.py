@@ -82,6 +82,10 @@ DNSLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_len
 ObjectName = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, min_length=1, max_length=253)]
 #: A Linux network device name.
 InterfaceName = Annotated[str, Field(pattern=IFNAME_PATTERN, min_length=1, max_length=15)]
+#: A label value (what nodeSelector matches against).
+LabelValue = Annotated[
+    str, Field(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$", max_length=63)
+]
 MACAddress = Annotated[str, Field(pattern=MAC_PATTERN, max_length=17)]
 #: A host path or a name; long enough for real paths, bounded for CEL cost estimates.
 PathString = Annotated[str, Field(min_length=1, max_length=4096)]

@@ -127,7 +127,7 @@ class MachineOverrides(common.Model):
     """Serial console."""
     gpus: Annotated[int, Field(ge=0, le=16)] | None = None
     """Number of GPUs to pass through; only nodes reporting that many are eligible."""
-    node_selector: dict[str, str] | None = Field(None, max_length=32)
+    node_selector: dict[str, common.LabelValue] | None = Field(None, max_length=32)
     """Node labels the machine's node must have."""
 
 
@@ -154,7 +154,7 @@ class MachineSpec(MachineOverrides):
     """Serial console."""
     gpus: Annotated[int, Field(ge=0, le=16)] = 0
     """Number of GPUs to pass through; only nodes reporting that many are eligible."""
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
+    node_selector: dict[str, common.LabelValue] = Field(default_factory=dict, max_length=32)
     """Node labels the machine's node must have."""
 
 

@@ -200,7 +200,7 @@ class VRFSpec(common.Model):
     """Member interfaces."""
     routes: list[Route] = Field(default_factory=list, max_length=256)
     """Static routes."""
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
+    node_selector: dict[str, common.LabelValue] = Field(default_factory=dict, max_length=32)
     """Labels of the nodes to realize the VRF on; empty means every node."""
     backend: Backend = "auto"
     """vrf: an l3mdev VRF device; netns: a network namespace; auto: vrf where the node's
