@@ -103,6 +103,14 @@ class VirtualMachineSpec(machines.MachineOverrides):
         return self
 
 
+class DesiredState(StrEnum):
+    """The power state the controller asks the node's agent to bring the domain to."""
+
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+    PAUSED = "Paused"
+
+
 class InterfaceStatus(common.Model):
     """An attached network interface as the node sees it."""
 
@@ -152,6 +160,16 @@ class VirtualMachineStatus(conditions.Status):
     """When the domain was last seen to reach Running."""
     restart_required: bool | None = None
     """The spec changed in a way that needs a restart (see the RestartRequired condition)."""
+    machine: machines.MachineSpec | None = None
+    """The resolved machine the VM runs with (template merged with the VM's fields, MACs
+    filled in), written by the controller; the agent realizes exactly this."""
+    desired_state: DesiredState | None = None
+    """Power state the controller asks for: Running, Stopped or Paused."""
+    restart_token: Annotated[str, Field(max_length=253)] | None = None
+    """Restart request copied by the controller from the kubevisor.io/restart annotation."""
+    applied_restart_token: Annotated[str, Field(max_length=253)] | None = None
+    """The restartToken the agent last acted on; differs from restartToken while a restart
+    is pending."""
 
 
 class VirtualMachine(common.Resource):
