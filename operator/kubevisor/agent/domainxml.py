@@ -1,0 +1,367 @@
+"""Domain XML as a conversion: (resolved machine, VM identity, node-side placement, host
+facts) -> libvirt domain XML.
+
+Why a pure function: the XML is the one place where "what the user asked for" becomes
+"what QEMU runs", so it must be testable against expected trees without libvirt, and two
+agents given the same inputs must produce the same domain (adoption compares it). Each
+part of the domain is built by a small configurator (cpu, memory, disks, nics, display,
+console, metadata); :func:`render` only strings them together.
+
+Everything node-specific (paths of disk files, the bridge a NIC joins, the tap name, the
+address VNC listens on) is decided before, by the agent, and passed in as plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from kubevisor.api import machines, quantities
+
+#: XML namespace of our <metadata> element; the URI is an identifier, never fetched.
+METADATA_NS = "https://kubevisor.io/xmlns/domain/v1"
+METADATA_PREFIX = "kubevisor"
+#: Host addresses VNC may bind to without a password (never a wildcard).
+WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+
+
+class DomainXMLError(ValueError):
+    """The inputs cannot make a safe or valid domain; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Which VirtualMachine a domain belongs to (stored in the domain's metadata)."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def domain_name(self) -> str:
+        """``<namespace>_<name>``: unique per cluster, readable in ``virsh list``."""
+        return f"{self.namespace}_{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class HostFacts:
+    """Facts about the node gathered once by the agent, passed in (never probed here)."""
+
+    display_address: str = "127.0.0.1"
+    """Address VNC listens on: the node's address, or loopback."""
+    machine_type: str | None = None
+    """QEMU machine type (e.g. pc); None lets libvirt pick its default."""
+    emulator: str | None = None
+    """Path of the QEMU binary; None lets libvirt pick."""
+    arch: str = "x86_64"
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskPlacement:
+    """A disk of the machine as the node realises it: a file at ``path``."""
+
+    name: str
+    path: Path
+    bus: machines.DiskBus = "virtio"
+    format: str = "qcow2"
+
+
+@dataclasses.dataclass(frozen=True)
+class NICPlacement:
+    """A NIC as the node realises it: a tap named ``tap`` on ``bridge``."""
+
+    name: str
+    mac: str
+    bridge: str
+    tap: str
+    model: machines.NICModel = "virtio"
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Node-side decisions the XML needs, made by the agent before rendering."""
+
+    disks: tuple[DiskPlacement, ...] = ()
+    nics: tuple[NICPlacement, ...] = ()
+    console_log: Path | None = None
+    """File the serial console is logged to (None: no serial console)."""
+    vnc_password: str | None = None
+    """VNC password read from the machine's Secret, if any."""
+
+
+# ---------------------------------------------------------------------------------------
+# Stable names.
+
+
+def stable_mac(uid: str, nic_name: str) -> str:
+    """A locally administered unicast MAC derived from the VM UID and NIC name.
+
+    The controller normally fills MACs in ``status.machine``; this is the fallback so a
+    NIC never gets a random MAC that would change on restart.
+    """
+    digest = hashlib.sha256(f"{uid}/{nic_name}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def tap_name(uid: str, index: int) -> str:
+    """Host tap name for NIC ``index`` of a VM: ``kv<8 hex of uid hash><index>``.
+
+    Interface names are limited to 15 characters; a hash of the UID keeps names of two
+    VMs apart, the index keeps a VM's NICs apart, and the name survives agent restarts.
+    """
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:8]
+    return f"kv{digest}n{index}"
+
+
+# ---------------------------------------------------------------------------------------
+# Configurators: each returns elements to append to <domain>.
+
+
+def configure_metadata(identity: Identity) -> ET.Element:
+    """<metadata><kubevisor:vm uid= namespace= name=/></metadata>: how adoption finds us."""
+    metadata = ET.Element("metadata")
+    ET.SubElement(
+        metadata,
+        f"{{{METADATA_NS}}}vm",
+        {"uid": identity.uid, "namespace": identity.namespace, "name": identity.name},
+    )
+    return metadata
+
+
+def configure_memory(machine: machines.MachineSpec) -> list[ET.Element]:
+    """<memory> and <currentMemory> in KiB (rounded up; QEMU wants whole KiB)."""
+    kib = -(-quantities.to_bytes(machine.memory) // 1024)
+    elements = []
+    for tag in ("memory", "currentMemory"):
+        element = ET.Element(tag, {"unit": "KiB"})
+        element.text = str(kib)
+        elements.append(element)
+    return elements
+
+
+def configure_cpu(machine: machines.MachineSpec) -> list[ET.Element]:
+    """<vcpu> and, when a model is named, <cpu mode='custom'><model>."""
+    vcpu = ET.Element("vcpu", {"placement": "static"})
+    vcpu.text = str(machine.cpu.cores)
+    elements = [vcpu]
+    if machine.cpu.model is not None:
+        if machine.cpu.model in {"host-model", "host-passthrough"}:
+            cpu = ET.Element("cpu", {"mode": machine.cpu.model})
+        else:
+            cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
+            model = ET.SubElement(cpu, "model", {"fallback": "forbid"})
+            model.text = machine.cpu.model
+        elements.append(cpu)
+    return elements
+
+
+def configure_os(machine: machines.MachineSpec, facts: HostFacts) -> ET.Element:
+    """<os>: firmware, and kernel/initrd/cmdline for direct boot when boot.kernel is set."""
+    attrs = {"firmware": "efi"} if machine.boot.firmware == "uefi" else {}
+    os_el = ET.Element("os", attrs)
+    type_attrs = {"arch": facts.arch}
+    if facts.machine_type:
+        type_attrs["machine"] = facts.machine_type
+    type_el = ET.SubElement(os_el, "type", type_attrs)
+    type_el.text = "hvm"
+    boot = machine.boot
+    if boot.kernel:
+        ET.SubElement(os_el, "kernel").text = boot.kernel
+        if boot.initrd:
+            ET.SubElement(os_el, "initrd").text = boot.initrd
+        if boot.cmdline:
+            ET.SubElement(os_el, "cmdline").text = boot.cmdline
+    else:
+        ET.SubElement(os_el, "boot", {"dev": "hd"})
+    return os_el
+
+
+_BUS_PREFIX = {"virtio": "vd", "sata": "sd"}
+
+
+def _target_dev(bus: str, index: int) -> str:
+    letters = ""
+    n = index
+    while True:
+        letters = chr(ord("a") + n % 26) + letters
+        n = n // 26 - 1
+        if n < 0:
+            break
+    return _BUS_PREFIX[bus] + letters
+
+
+def configure_disks(placement: Placement) -> list[ET.Element]:
+    """One <disk type='file'> per placed disk; targets vda, vdb... per bus, in order."""
+    elements = []
+    per_bus: dict[str, int] = {}
+    for disk in placement.disks:
+        index = per_bus.get(disk.bus, 0)
+        per_bus[disk.bus] = index + 1
+        element = ET.Element("disk", {"type": "file", "device": "disk"})
+        ET.SubElement(element, "driver", {"name": "qemu", "type": disk.format, "cache": "none"})
+        ET.SubElement(element, "source", {"file": str(disk.path)})
+        ET.SubElement(element, "target", {"dev": _target_dev(disk.bus, index), "bus": disk.bus})
+        ET.SubElement(element, "alias", {"name": f"ua-disk-{disk.name}"})
+        elements.append(element)
+    return elements
+
+
+def configure_nics(placement: Placement) -> list[ET.Element]:
+    """One <interface type='bridge'> per NIC: libvirt creates the named tap on the bridge
+    and removes it with the domain, so a crashed agent never leaks taps of dead guests."""
+    elements = []
+    for nic in placement.nics:
+        element = ET.Element("interface", {"type": "bridge"})
+        ET.SubElement(element, "mac", {"address": nic.mac.lower()})
+        ET.SubElement(element, "source", {"bridge": nic.bridge})
+        ET.SubElement(element, "target", {"dev": nic.tap, "managed": "yes"})
+        ET.SubElement(element, "model", {"type": nic.model})
+        ET.SubElement(element, "alias", {"name": f"ua-nic-{nic.name}"})
+        elements.append(element)
+    return elements
+
+
+def configure_display(
+    machine: machines.MachineSpec, placement: Placement, facts: HostFacts
+) -> list[ET.Element]:
+    """<graphics type='vnc' autoport> on the node's address; refuses a wildcard address
+    without a password (a display reachable from anywhere must not be open)."""
+    if not machine.display.vnc:
+        return []
+    address = facts.display_address
+    if address in WILDCARD_ADDRESSES and not placement.vnc_password:
+        raise DomainXMLError(
+            f"VNC would listen on {address!r} without a password; set the node address "
+            "(--address) or display.passwordSecretRef"
+        )
+    attrs = {"type": "vnc", "port": "-1", "autoport": "yes", "listen": address}
+    if placement.vnc_password:
+        attrs["passwd"] = placement.vnc_password
+    graphics = ET.Element("graphics", attrs)
+    ET.SubElement(graphics, "listen", {"type": "address", "address": address})
+    video = ET.Element("video")
+    ET.SubElement(video, "model", {"type": "vga", "vram": "16384", "heads": "1"})
+    return [graphics, video]
+
+
+def configure_console(placement: Placement) -> list[ET.Element]:
+    """Serial port 0 as a pty whose output is also appended to the console log file."""
+    if placement.console_log is None:
+        return []
+    serial = ET.Element("serial", {"type": "pty"})
+    ET.SubElement(serial, "log", {"file": str(placement.console_log), "append": "on"})
+    ET.SubElement(serial, "target", {"port": "0"})
+    console = ET.Element("console", {"type": "pty"})
+    ET.SubElement(console, "target", {"type": "serial", "port": "0"})
+    return [serial, console]
+
+
+# ---------------------------------------------------------------------------------------
+# The conversion.
+
+
+def build(
+    machine: machines.MachineSpec,
+    identity: Identity,
+    placement: Placement,
+    facts: HostFacts,
+) -> ET.Element:
+    """The <domain> tree (type='qemu': TCG, works where KVM cannot run guests)."""
+    if len(placement.disks) != len(machine.disks):
+        raise DomainXMLError(
+            f"{len(machine.disks)} disks in the machine, {len(placement.disks)} placed"
+        )
+    if len(placement.nics) != len(machine.nics):
+        raise DomainXMLError(
+            f"{len(machine.nics)} NICs in the machine, {len(placement.nics)} placed"
+        )
+    domain = ET.Element("domain", {"type": "qemu"})
+    ET.SubElement(domain, "name").text = identity.domain_name
+    domain.append(configure_metadata(identity))
+    domain.extend(configure_memory(machine))
+    domain.extend(configure_cpu(machine))
+    domain.append(configure_os(machine, facts))
+    features = ET.SubElement(domain, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    ET.SubElement(domain, "clock", {"offset": "utc"})
+    ET.SubElement(domain, "on_poweroff").text = "destroy"
+    ET.SubElement(domain, "on_reboot").text = "restart"
+    ET.SubElement(domain, "on_crash").text = "destroy"
+    devices = ET.SubElement(domain, "devices")
+    if facts.emulator:
+        ET.SubElement(devices, "emulator").text = facts.emulator
+    devices.extend(configure_disks(placement))
+    devices.extend(configure_nics(placement))
+    devices.extend(configure_display(machine, placement, facts))
+    devices.extend(configure_console(placement))
+    ET.SubElement(devices, "memballoon", {"model": "none"})
+    return domain
+
+
+def render(
+    machine: machines.MachineSpec,
+    identity: Identity,
+    placement: Placement,
+    facts: HostFacts,
+) -> str:
+    """:func:`build` serialised; deterministic for equal inputs."""
+    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+    tree = build(machine, identity, placement, facts)
+    ET.indent(tree)
+    return ET.tostring(tree, encoding="unicode")
+
+
+def identity_from_xml(xml: str) -> Identity | None:
+    """The VM identity stored in a domain's metadata, or None for foreign domains."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    found = root.find(f"metadata/{{{METADATA_NS}}}vm")
+    if found is None:
+        return None
+    uid, namespace, name = found.get("uid"), found.get("namespace"), found.get("name")
+    if not (uid and namespace and name):
+        return None
+    return Identity(namespace=namespace, name=name, uid=uid)
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveFacts:
+    """What a running domain's live XML says that status reports."""
+
+    macs: dict[str, str]
+    """NIC name -> MAC (from the ua-nic-<name> alias)."""
+    taps: dict[str, str]
+    vnc_port: int | None
+    vnc_host: str | None
+
+
+def live_facts(xml: str) -> LiveFacts:
+    """MACs, taps and the VNC port libvirt allocated, read from the live domain XML."""
+    root = ET.fromstring(xml)
+    macs: dict[str, str] = {}
+    taps: dict[str, str] = {}
+    for iface in root.findall("devices/interface"):
+        alias = iface.find("alias")
+        name = (alias.get("name") or "") if alias is not None else ""
+        if not name.startswith("ua-nic-"):
+            continue
+        nic = name.removeprefix("ua-nic-")
+        mac = iface.find("mac")
+        if mac is not None and mac.get("address"):
+            macs[nic] = str(mac.get("address"))
+        target = iface.find("target")
+        if target is not None and target.get("dev"):
+            taps[nic] = str(target.get("dev"))
+    port: int | None = None
+    host: str | None = None
+    graphics = root.find("devices/graphics[@type='vnc']")
+    if graphics is not None:
+        raw = graphics.get("port", "-1")
+        port = int(raw) if raw.lstrip("-").isdigit() and int(raw) > 0 else None
+        host = graphics.get("listen")
+    return LiveFacts(macs=macs, taps=taps, vnc_port=port, vnc_host=host)
