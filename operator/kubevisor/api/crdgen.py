@@ -133,7 +133,8 @@ def build_crd(kind: kinds.Kind) -> dict[str, Any]:
                 "description": "APIVersion of this representation: kubevisor.io/v1alpha1.",
             },
             "kind": {"type": "string", "description": f"Kind: {kind.kind}."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server allows nothing but `type` here (it owns metadata's schema).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
