@@ -67,6 +67,7 @@ NODE_MOUNTS: tuple[tuple[str, str], ...] = (
     ("run/dbus", "/run/dbus"),
     ("etc/hosts", "/etc/hosts"),
 )
+_UNIX_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path), including the NUL
 _CLUSTER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
 
 
@@ -202,6 +203,12 @@ def plan_cluster(cluster: str, count: int, *, base_dir: Path) -> ClusterPlan:
                 mnt_ns_file=cluster_dir / "ns" / f"{name}.mnt",
                 uts_ns_file=cluster_dir / "ns" / f"{name}.uts",
             )
+        )
+    longest = max(len(str(node.socket_path)) for node in nodes)
+    if longest >= _UNIX_PATH_MAX:
+        raise NodesError(
+            f"base dir {base_dir} is too long: libvirt socket paths would be {longest} "
+            f"characters, the kernel allows {_UNIX_PATH_MAX - 1}"
         )
     return ClusterPlan(
         cluster=cluster,
