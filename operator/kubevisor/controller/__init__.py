@@ -1,1 +1,1 @@
-"""The controller: decides template resolution, placement, migration, pool sizing, VRF node selection."""
+"""The controller: template resolution, placement, migration, pool sizing, VRF node selection."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.37.2")
@@ -50,7 +50,9 @@ def binaries_dir(*, build: bool = True) -> Path:
     if all((out / b).exists() for b in ("kube-apiserver", "etcd", "kubectl")):
         return out
     if not build:
-        raise ControlPlaneError(f"control-plane binaries missing in {out}; run hack/build-controlplane.sh")
+        raise ControlPlaneError(
+            f"control-plane binaries missing in {out}; run hack/build-controlplane.sh"
+        )
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "hack" / "build-controlplane.sh")],
         stdout=subprocess.PIPE,
@@ -70,6 +72,7 @@ def free_port() -> int:
 
 
 # --- certificates -----------------------------------------------------------------------
+
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
@@ -113,15 +116,21 @@ def _issue(
     if ca:
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
     usages = []
     if server:
-        usages.append(x509.ExtendedKeyUsageOID.SERVER_AUTH)
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
                 [
@@ -134,7 +143,7 @@ def _issue(
             critical=False,
         )
     if client:
-        usages.append(x509.ExtendedKeyUsageOID.CLIENT_AUTH)
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
@@ -162,8 +171,13 @@ def generate_pki(pki: Path) -> None:
     ):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(
-            subject=subject, key=key, issuer=ca_name, issuer_key=ca_key,
-            ca=False, server=server, client=client,
+            subject=subject,
+            key=key,
+            issuer=ca_name,
+            issuer_key=ca_key,
+            ca=False,
+            server=server,
+            client=client,
         )
         _write_key(pki / f"{stem}.key", key)
         _write_cert(pki / f"{stem}.crt", cert)
@@ -200,7 +214,11 @@ def write_kubeconfig(path: Path, *, server: str, pki: Path) -> None:
         "contexts": [
             {
                 "name": "kubevisor-dev",
-                "context": {"cluster": "kubevisor-dev", "user": "kubevisor-admin", "namespace": "default"},
+                "context": {
+                    "cluster": "kubevisor-dev",
+                    "user": "kubevisor-admin",
+                    "namespace": "default",
+                },
             }
         ],
         "current-context": "kubevisor-dev",
@@ -211,6 +229,7 @@ def write_kubeconfig(path: Path, *, server: str, pki: Path) -> None:
 
 
 # --- processes --------------------------------------------------------------------------
+
 
 @dataclass
 class ControlPlane:
@@ -296,9 +315,12 @@ class ControlPlane:
             raise
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.state_dir / "logs" / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log.close()
@@ -344,13 +366,14 @@ class ControlPlane:
         while time.monotonic() < deadline:
             for name, pid in self.pids.items():
                 if not _alive(pid):
-                    raise ControlPlaneError(
-                        f"{name} exited during start-up; see {self.state_dir / 'logs' / (name + '.log')}"
-                    )
+                    log = self.state_dir / "logs" / f"{name}.log"
+                    raise ControlPlaneError(f"{name} exited during start-up; see {log}")
             if self.readyz():
                 return
             time.sleep(0.2)
-        raise ControlPlaneError(f"kube-apiserver not ready within {timeout:.0f}s; see {self.state_dir}/logs")
+        raise ControlPlaneError(
+            f"kube-apiserver not ready within {timeout:.0f}s; see {self.state_dir}/logs"
+        )
 
     def stop(self, *, timeout: float = 15.0) -> None:
         """SIGTERM both (API server first), SIGKILL what lingers; idempotent."""
@@ -366,7 +389,14 @@ class ControlPlane:
 
     def kubectl_apply(self, path: Path) -> None:
         subprocess.run(
-            [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", "apply", "--server-side", "-f", str(path)],
+            [
+                str(self.kubectl),
+                f"--kubeconfig={self.kubeconfig}",
+                "apply",
+                "--server-side",
+                "-f",
+                str(path),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -379,8 +409,11 @@ class ControlPlane:
         self.kubectl_apply(crd_dir)
         subprocess.run(
             [
-                str(self.kubectl), f"--kubeconfig={self.kubeconfig}", "wait",
-                "--for=condition=Established", f"--timeout={int(timeout)}s",
+                str(self.kubectl),
+                f"--kubeconfig={self.kubeconfig}",
+                "wait",
+                "--for=condition=Established",
+                f"--timeout={int(timeout)}s",
                 *[f"--filename={f}" for f in files],
             ],
             check=True,
@@ -389,9 +422,17 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = subprocess.run(
-                [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", "api-resources",
-                 "--api-group=kubevisor.io", "-o", "name"],
-                capture_output=True, text=True, check=False,
+                [
+                    str(self.kubectl),
+                    f"--kubeconfig={self.kubeconfig}",
+                    "api-resources",
+                    "--api-group=kubevisor.io",
+                    "-o",
+                    "name",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             ).stdout.split()
             if len(out) >= len(files):
                 return
