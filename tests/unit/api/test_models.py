@@ -1,0 +1,153 @@
+"""The models refuse what the CRDs refuse, so code that builds objects in Python finds
+out before the API server does; and the pure helpers on them behave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+import pytest
+
+from kubevisor.api import (
+    common,
+    desktopclaims,
+    desktoppools,
+    machines,
+    migrations,
+    virtualmachines,
+    vmtemplates,
+    vrfs,
+)
+
+pytestmark = pytest.mark.unit
+
+TEMPLATE = {"cpu": {"cores": 1}, "memory": "256Mi", "disks": [{"name": "root", "image": "tiny"}]}
+ROUTE = {"prefix": "10.1.0.0/16", "via": "10.0.0.1"}
+IFACE = {"name": "up0", "network": "default", "addresses": ["10.0.0.2/24"]}
+
+BAD: list[tuple[str, type[common.Model], dict[str, Any]]] = [
+    ("template-no-memory", machines.MachineSpec, {"cpu": {}}),
+    ("template-zero-memory", machines.MachineSpec, {**TEMPLATE, "memory": "0"}),
+    ("template-negative-memory", machines.MachineSpec, {**TEMPLATE, "memory": "-1Gi"}),
+    ("vlan-0", machines.NIC, {"name": "a", "network": "default", "vlan": 0}),
+    ("vlan-4095", machines.NIC, {"name": "a", "network": "default", "vlan": 4095}),
+    (
+        "multicast-mac",
+        machines.NIC,
+        {"name": "a", "network": "default", "mac": "01:00:5e:00:00:01"},
+    ),
+    ("bad-bus", machines.Disk, {"name": "a", "bus": "ide"}),
+    ("vm-nothing", virtualmachines.VirtualMachineSpec, {"runStrategy": "Always"}),
+    ("vm-memory-only", virtualmachines.VirtualMachineSpec, {"memory": "1Gi"}),
+    ("vm-bad-strategy", virtualmachines.VirtualMachineSpec, {"runStrategy": "Sometimes"}),
+    (
+        "vm-source-both",
+        virtualmachines.VirtualMachineSpec,
+        {"source": {"virtualMachine": {"name": "a"}, "backup": {"name": "b"}}},
+    ),
+    ("vm-source-empty", virtualmachines.VirtualMachineSpec, {"source": {}}),
+    ("vrf-table-254", vrfs.VRFSpec, {"table": 254}),
+    ("vrf-table-0", vrfs.VRFSpec, {"table": 0}),
+    ("vrf-iface-both", vrfs.VRFInterface, {**IFACE, "hostInterface": "eth1"}),
+    ("vrf-iface-neither", vrfs.VRFInterface, {"name": "up0"}),
+    ("vrf-vlan-no-network", vrfs.VRFInterface, {"name": "v", "vlan": 5, "hostInterface": "e"}),
+    ("vrf-iface-lo", vrfs.VRFInterface, {**IFACE, "name": "lo"}),
+    ("vrf-iface-too-long", vrfs.VRFInterface, {**IFACE, "name": "x" * 16}),
+    ("vrf-bad-cidr", vrfs.VRFInterface, {**IFACE, "addresses": ["10.0.0.300/24"]}),
+    ("vrf-cidr-no-prefix", vrfs.VRFInterface, {**IFACE, "addresses": ["10.0.0.1"]}),
+    ("vrf-route-host-bits", vrfs.Route, {**ROUTE, "prefix": "10.1.0.1/16"}),
+    ("vrf-route-bad-via", vrfs.Route, {**ROUTE, "via": "10.0.0.x"}),
+    ("vrf-route-family", vrfs.Route, {**ROUTE, "via": "fd00::1"}),
+    ("vrf-unicast-nowhere", vrfs.Route, {"prefix": "10.1.0.0/16"}),
+    ("vrf-blackhole-via", vrfs.Route, {**ROUTE, "type": "blackhole"}),
+    (
+        "vrf-route-device-unknown",
+        vrfs.VRFSpec,
+        {"interfaces": [IFACE], "routes": [{"prefix": "10.1.0.0/16", "device": "nope"}]},
+    ),
+    ("vrf-duplicate-iface", vrfs.VRFSpec, {"interfaces": [IFACE, IFACE]}),
+    ("migration-no-vm", migrations.MigrationSpec, {}),
+    ("migration-zero-rtt", migrations.MigrationSpec, {"vmName": "a", "policy": {"maxRTTMs": 0}}),
+    (
+        "pool-min-gt-max",
+        desktoppools.DesktopPoolSpec,
+        {"templateRef": {"name": "t"}, "min": 3, "max": 2},
+    ),
+    (
+        "pool-spare-gt-max",
+        desktoppools.DesktopPoolSpec,
+        {"templateRef": {"name": "t"}, "max": 1, "spare": 2},
+    ),
+    ("claim-no-pool", desktopclaims.DesktopClaimSpec, {"user": "alice"}),
+]
+
+
+@pytest.mark.parametrize(("case_id", "model", "data"), BAD, ids=[b[0] for b in BAD])
+def test_model_rejects(case_id: str, model: type[common.Model], data: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        model.model_validate(data)
+
+
+GOOD: list[tuple[str, type[common.Model], dict[str, Any]]] = [
+    ("template", machines.MachineSpec, TEMPLATE),
+    ("vm-template", virtualmachines.VirtualMachineSpec, {"templateRef": {"name": "t"}}),
+    ("vm-inline", virtualmachines.VirtualMachineSpec, {"memory": "1Gi", "disks": []}),
+    ("vm-clone", virtualmachines.VirtualMachineSpec, {"source": {"virtualMachine": {"name": "a"}}}),
+    ("vrf-empty", vrfs.VRFSpec, {}),
+    ("vrf-host-iface", vrfs.VRFInterface, {"name": "e1", "hostInterface": "eth1"}),
+    ("vrf-v6-route", vrfs.Route, {"prefix": "::/0", "via": "fd00::1"}),
+    (
+        "vrf-device-route",
+        vrfs.VRFSpec,
+        {"interfaces": [IFACE], "routes": [{"prefix": "10.1.0.0/16", "device": "up0"}]},
+    ),
+    ("vrf-blackhole", vrfs.Route, {"prefix": "192.0.2.0/24", "type": "blackhole"}),
+    ("migration", migrations.MigrationSpec, {"vmName": "a"}),
+    ("pool", desktoppools.DesktopPoolSpec, {"templateRef": {"name": "t"}, "max": 1}),
+]
+
+
+@pytest.mark.parametrize(("case_id", "model", "data"), GOOD, ids=[g[0] for g in GOOD])
+def test_model_accepts(case_id: str, model: type[common.Model], data: dict[str, Any]) -> None:
+    model.model_validate(data)
+
+
+def test_defaults_match_the_agreed_ones() -> None:
+    policy = migrations.MigrationSpec.model_validate({"vmName": "a"}).policy
+    assert (policy.max_downtime_ms, policy.auto_converge, policy.post_copy) == (300, True, False)
+    assert (policy.completion_timeout_seconds, policy.max_rtt_ms) == (300, 10)
+    assert policy.bandwidth_mi_bps is None and policy.allow_block_copy is False
+    disk = machines.Disk(name="root")
+    assert (disk.bus, disk.clone, disk.storage, disk.retain) == ("virtio", "linked", "local", False)
+    spec = virtualmachines.VirtualMachineSpec.model_validate({"templateRef": {"name": "t"}})
+    assert spec.run_strategy == virtualmachines.RunStrategy.ALWAYS
+    assert spec.cpu is None and spec.memory is None, "VM fields must not shadow the template"
+    assert vrfs.VRFSpec().backend == "auto"
+
+
+def test_wire_names_are_camel_case_with_agreed_exceptions() -> None:
+    status = virtualmachines.VirtualMachineStatus(domain_uuid="u", node_name="n")
+    assert status.to_json() == {"domainUUID": "u", "nodeName": "n"}
+    policy = migrations.MigrationPolicy(max_rtt_ms=5, bandwidth_mi_bps=10)
+    assert policy.to_json() == {"maxRTTMs": 5, "bandwidthMiBps": 10}
+
+
+def test_effective_machine_overrides_field_by_field() -> None:
+    template = vmtemplates.VMTemplate.model_validate({"metadata": {"name": "t"}, "spec": TEMPLATE})
+    vm = virtualmachines.VirtualMachineSpec.model_validate(
+        {"templateRef": {"name": "t"}, "memory": "1Gi", "nics": [{"name": "a", "network": "x"}]}
+    )
+    machine = machines.effective(template.spec, vm)
+    assert machine.memory == "1Gi"
+    assert machine.disks == template.spec.disks
+    assert [n.network for n in machine.nics] == ["x"]
+
+
+def test_effective_machine_without_template_needs_memory() -> None:
+    inline = virtualmachines.VirtualMachineSpec.model_validate(
+        {"memory": "512Mi", "disks": [{"name": "d", "size": "1Gi"}]}
+    )
+    assert machines.effective(None, inline).cpu.cores == 1
+    clone = virtualmachines.VirtualMachineSpec.model_validate({"source": {"backup": {"name": "b"}}})
+    with pytest.raises(pydantic.ValidationError):
+        machines.effective(None, clone)
