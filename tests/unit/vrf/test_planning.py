@@ -187,3 +187,26 @@ def test_selects_node(
     selector: dict[str, str] | None, labels: dict[str, str], selected: bool
 ) -> None:
     assert planning.selects_node(selector, labels) is selected
+
+
+def test_plan_node_selects_refuses_and_allocates() -> None:
+    vrfs: dict[str, specs.VRFSpec] = {
+        "red": RED,
+        "blue": {"interfaces": [{"name": "b0", "network": "blue"}]},
+        "green": {"interfaces": [{"name": "g0", "network": "red"}]},
+        "elsewhere": {"nodeSelector": {"zone": "b"}},
+        "wants-vrf": {"backend": "vrf"},
+    }
+    result = planning.plan_node(
+        vrfs,
+        labels={"zone": "a"},
+        current={"red": 1005},
+        bridge_for=_bridge,
+        kernel_has_vrf=False,
+    )
+    assert sorted(result.desired) == ["blue", "red"]
+    assert result.desired["red"].table == 1005
+    assert result.desired["blue"].table == 1000
+    assert result.refused["green"].reason == "InterfaceConflict"
+    assert result.refused["wants-vrf"].reason == "BackendUnavailable"
+    assert "elsewhere" not in result.refused

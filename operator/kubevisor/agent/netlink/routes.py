@@ -88,8 +88,8 @@ class RouteError(OSError):
     def __init__(self, failures: list[tuple[KernelRoute, int]]) -> None:
         route, code = failures[0]
         super().__init__(
-            code, f"{len(failures)} route operation(s) failed, first {route.dst}: "
-            f"{os.strerror(code)}"
+            code,
+            f"{len(failures)} route operation(s) failed, first {route.dst}: {os.strerror(code)}",
         )
         self.failures = failures
 
@@ -135,9 +135,7 @@ def messages(buffer: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
 
 def decode(payload: memoryview) -> KernelRoute | None:
     """A dumped route, or None for what VRF sync ignores (cloned/cache entries)."""
-    family, dst_len, _src, _tos, table, protocol, _scope, kind, _flags = _RTMSG.unpack_from(
-        payload
-    )
+    family, dst_len, _src, _tos, table, protocol, _scope, kind, _flags = _RTMSG.unpack_from(payload)
     if family not in (socket.AF_INET, socket.AF_INET6):
         return None
     size = 4 if family == socket.AF_INET else 16
@@ -268,9 +266,7 @@ class RouteSocket:
         Raises `RouteError` listing every failed operation after the whole batch ran; a
         delete of a route already gone is not a failure.
         """
-        ops: list[tuple[int, int, KernelRoute]] = [
-            (RTM_DELROUTE, NLM_F_REQUEST, r) for r in delete
-        ]
+        ops: list[tuple[int, int, KernelRoute]] = [(RTM_DELROUTE, NLM_F_REQUEST, r) for r in delete]
         ops += [(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, r) for r in add]
         failures: list[tuple[KernelRoute, int]] = []
         for batch in _chunks(ops, chunk_bytes):
@@ -279,7 +275,9 @@ class RouteSocket:
             raise RouteError(failures)
         return len(ops)
 
-    def _send_batch(self, batch: list[tuple[int, int, KernelRoute]]) -> list[tuple[KernelRoute, int]]:
+    def _send_batch(
+        self, batch: list[tuple[int, int, KernelRoute]]
+    ) -> list[tuple[KernelRoute, int]]:
         by_seq: dict[int, tuple[int, KernelRoute]] = {}
         parts = []
         for index, (kind, flags, route) in enumerate(batch):

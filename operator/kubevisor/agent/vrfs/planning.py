@@ -412,3 +412,46 @@ def plan(
 def selects_node(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
     """Whether a VRF's nodeSelector matches a node's labels (empty selects every node)."""
     return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """What one node should hold: VRFs to realize, VRFs refused, VRFs to remove."""
+
+    desired: dict[str, DesiredVRF]
+    refused: dict[str, Problem]
+
+
+def plan_node(
+    vrfs: Mapping[str, specs.VRFSpec],
+    *,
+    labels: Mapping[str, str],
+    current: Mapping[str, int],
+    bridge_for: Callable[[str, int | None], str],
+    kernel_has_vrf: bool,
+) -> NodePlan:
+    """Select, check, allocate and plan every VRF for one node in one pure step.
+
+    ``current`` maps VRFs realized on the node to their tables so they keep them. Refused
+    VRFs are not realized at all; anything on the node not in ``desired`` is to be removed.
+    """
+    selected = {n: s for n, s in vrfs.items() if selects_node(s.get("nodeSelector"), labels)}
+    refused = find_conflicts(selected, current=current)
+    good = {n: s for n, s in selected.items() if n not in refused}
+    try:
+        tables = allocate_tables(good, current=current)
+    except SpecError as error:
+        return NodePlan(desired={}, refused={n: error.problem for n in good} | refused)
+    desired: dict[str, DesiredVRF] = {}
+    for name, spec in good.items():
+        try:
+            desired[name] = plan(
+                name,
+                spec,
+                table=tables[name],
+                bridge_for=bridge_for,
+                kernel_has_vrf=kernel_has_vrf,
+            )
+        except SpecError as error:
+            refused[name] = error.problem
+    return NodePlan(desired=desired, refused=refused)

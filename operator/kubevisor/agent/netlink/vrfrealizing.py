@@ -1,0 +1,619 @@
+"""Realize a planned VRF on a node through netlink, level-based and idempotent.
+
+Two backends, chosen per VRF by the planner:
+
+- ``netns``: one network namespace per VRF (``<prefix><name>``). Segment members are veth
+  pairs from the node's segment bridge into the namespace; host interfaces are moved in
+  (and back out on removal). Routes go into the VRF's table inside the namespace, with a
+  policy rule (priority 1000, like the kernel's l3mdev rule) sending every lookup there,
+  so "the right table" means the same thing in both backends. Nothing can route between
+  two namespaces: there is no shared FIB.
+- ``vrf``: an l3mdev device (``kind=vrf``) in the node namespace bound to the table;
+  members are enslaved to it; the kernel adds the l3mdev rule itself.
+
+Every pass compares what the kernel holds with the plan and fixes the difference, so a
+route or link deleted by hand comes back on the next `VRFRealizer.apply`. Ownership marks
+live in the kernel (interface aliases, a route protocol), not in memory, so a restarted
+agent finds and removes what it made.
+
+All pyroute2 work runs on one worker thread (blocking netlink calls stay off the event
+loop; one thread keeps namespace switching simple).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kubevisor.agent.netlink import cgroups, routes
+from kubevisor.agent.vrfs import planning, specs
+
+ALIAS_SEGMENT = "kubevisor:seg:"
+ALIAS_NODE_SIDE = "kubevisor:segnode:"
+ALIAS_HOST = "kubevisor:host:"
+ALIAS_VRF = "kubevisor:vrf:"
+RULE_PRIORITY = 1000
+IFF_UP = 0x1
+
+T = TypeVar("T")
+
+
+class RealizeError(Exception):
+    """A node-side problem the user can fix (missing bridge or host interface)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Naming:
+    """Where a VRF's pieces live on this node; derived, never stored."""
+
+    node_netns: str | None
+    netns_prefix: str
+    cgroup_parent: str
+
+    def vrf_netns(self, vrf: str) -> str:
+        """Namespace of a netns-backend VRF."""
+        return f"{self.netns_prefix}{vrf}"
+
+    def node_ifname(self, vrf: str, iface: str) -> str:
+        """Node-side end of a segment veth (15 chars max, stable across restarts)."""
+        digest = hashlib.sha1(f"{self.netns_prefix}/{vrf}/{iface}".encode()).hexdigest()
+        return f"kv{digest[:11]}"
+
+    def vrf_device(self, vrf: str) -> str:
+        """Name of the l3mdev device of a vrf-backend VRF."""
+        return f"kvrf{hashlib.sha1(vrf.encode()).hexdigest()[:11]}"
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+class VRFRealizer:
+    """Apply, observe and remove VRFs on one node (``node_netns=None``: this namespace).
+
+    ``netns_prefix`` names the per-VRF namespaces (default ``kvvrf-``, or
+    ``<node_netns>-vrf-`` for a simulated node, so two simulated nodes on one machine never
+    collide); ``cgroup_parent`` is the cgroup directory holding the VRFs' contexts.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_netns: str | None = None,
+        netns_prefix: str | None = None,
+        cgroup_parent: str | None = None,
+        cgroup_root: Path = cgroups.CGROUP_ROOT,
+    ) -> None:
+        if netns_prefix is None:
+            netns_prefix = "kvvrf-" if node_netns is None else f"{node_netns}-vrf-"
+        if cgroup_parent is None:
+            cgroup_parent = "kubevisor-vrf" if node_netns is None else f"kubevisor-{node_netns}"
+        self.naming = Naming(node_netns, netns_prefix, cgroup_parent)
+        self._cgroup_root = cgroup_root
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-netlink")
+
+    # -- async surface ------------------------------------------------------------------
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def apply(self, desired: planning.DesiredVRF) -> specs.NodeVRFStatus:
+        """Make the node hold ``desired``; returns the status read back from the kernel."""
+        return await self._run(self.apply_sync, desired)
+
+    async def remove(self, name: str) -> None:
+        """Remove everything of VRF ``name`` from the node; a no-op when nothing is left."""
+        await self._run(self.remove_sync, name)
+
+    async def observe(self) -> dict[str, specs.NodeVRFStatus]:
+        """Status of every VRF this realizer finds on the node, by name."""
+        return await self._run(self.observe_sync)
+
+    async def launch(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        """Start a process in the VRF's context (its namespace and cgroup)."""
+        return await self._run(self.launch_sync, name, argv)
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._executor.shutdown(wait=True)
+
+    # -- apply --------------------------------------------------------------------------
+
+    def apply_sync(self, desired: planning.DesiredVRF) -> specs.NodeVRFStatus:
+        """`apply`, on the calling thread."""
+        try:
+            if desired.backend == "netns":
+                installed = self._apply_netns(desired)
+            else:
+                installed = self._apply_vrf(desired)
+            context = self._cgroup(desired.name)
+            if context.version != "none":
+                context.ensure(desired.limits)
+        except RealizeError as error:
+            return self._status(desired, ready=False, message=f"{error.reason}: {error.message}")
+        except (NetlinkError, OSError) as error:
+            return self._status(desired, ready=False, message=f"NetlinkError: {error}")
+        status = self._observe_one(desired.name, desired.backend)
+        wanted = sorted(i.name for i in desired.interfaces)
+        ready = (
+            status["interfaces"] == wanted
+            and installed == len(desired.routes) == status["routesInstalled"]
+        )
+        status["ready"] = ready
+        status["message"] = "realized" if ready else "kernel state differs from the plan"
+        return status
+
+    def _status(
+        self, desired: planning.DesiredVRF, *, ready: bool, message: str
+    ) -> specs.NodeVRFStatus:
+        return {
+            "backend": desired.backend,
+            "table": desired.table,
+            "interfaces": [],
+            "routesInstalled": 0,
+            "ready": ready,
+            "message": message,
+        }
+
+    def _node(self) -> IPRoute:
+        return IPRoute(netns=self.naming.node_netns, flags=0)
+
+    def _apply_netns(self, desired: planning.DesiredVRF) -> int:
+        ns = self.naming.vrf_netns(desired.name)
+        if ns not in netns.listnetns():
+            netns.create(ns)
+        with self._node() as node, IPRoute(netns=ns, flags=0) as ctx:
+            lo = ctx.link_lookup(ifname="lo")[0]
+            ctx.link("set", index=lo, state="up")
+            _set_forwarding(ns)
+            wanted = {i.name: i for i in desired.interfaces}
+            for link in ctx.get_links():
+                ifname = _attr(link, "IFLA_IFNAME")
+                if ifname != "lo" and not self._member_ok(link, wanted.get(ifname), desired.name):
+                    self._release_netns(node, ctx, link)
+            for iface in desired.interfaces:
+                index = self._ensure_member_netns(node, ctx, ns, desired.name, iface)
+                _ensure_addresses(ctx, index, iface.addresses)
+            _ensure_rules(ctx, desired.table)
+            oifs = {_attr(link, "IFLA_IFNAME"): link["index"] for link in ctx.get_links()}
+        kernel_routes = _kernel_routes(desired, lambda dev: oifs.get(dev))
+        with routes.RouteSocket(ns) as sock:
+            return _sync_routes(sock, desired.table, kernel_routes, whole_namespace=True)
+
+    def _member_ok(self, link: Any, iface: planning.DesiredInterface | None, vrf: str) -> bool:
+        """Whether a link in the VRF namespace is the member the plan wants by that name."""
+        if iface is None:
+            return False
+        alias = _attr(link, "IFLA_IFALIAS") or ""
+        if iface.bridge is not None:
+            return bool(alias == f"{ALIAS_SEGMENT}{vrf}/{iface.name}")
+        return bool(alias == f"{ALIAS_HOST}{iface.host_interface}")
+
+    def _ensure_member_netns(
+        self,
+        node: IPRoute,
+        ctx: IPRoute,
+        ns: str,
+        vrf: str,
+        iface: planning.DesiredInterface,
+    ) -> int:
+        found = ctx.link_lookup(ifname=iface.name)
+        if iface.bridge is not None:
+            bridge = _lookup(node, iface.bridge)
+            if bridge is None:
+                raise RealizeError(
+                    "SegmentMissing",
+                    f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
+                )
+            node_side = self.naming.node_ifname(vrf, iface.name)
+            if not found:
+                stale = _lookup(node, node_side)
+                if stale is not None:
+                    node.link("del", index=stale)
+                node.link(
+                    "add",
+                    ifname=node_side,
+                    kind="veth",
+                    peer={"ifname": iface.name, "net_ns_fd": ns},
+                )
+                found = ctx.link_lookup(ifname=iface.name)
+                ctx.link(
+                    "set",
+                    index=found[0],
+                    address=iface.mac,
+                    ifalias=f"{ALIAS_SEGMENT}{vrf}/{iface.name}",
+                )
+            index = int(found[0])
+            link = ctx.get_links(index)[0]
+            if _attr(link, "IFLA_ADDRESS") != iface.mac:
+                ctx.link("set", index=index, address=iface.mac)
+            self._ensure_node_side(node, vrf, iface.name, bridge)
+        else:
+            host = str(iface.host_interface)
+            if not found:
+                moved = _lookup(node, host)
+                if moved is None:
+                    raise RealizeError(
+                        "HostInterfaceMissing",
+                        f"host interface {host!r} for {iface.name!r} is not on this node.",
+                    )
+                node.link("set", index=moved, state="down")
+                node.link("set", index=moved, net_ns_fd=ns)
+                index = int(ctx.link_lookup(ifname=host)[0])
+                ctx.link("set", index=index, ifname=iface.name, ifalias=f"{ALIAS_HOST}{host}")
+                found = [index]
+            index = int(found[0])
+        link = ctx.get_links(index)[0]
+        if not link["flags"] & IFF_UP:
+            ctx.link("set", index=index, state="up")
+        return index
+
+    def _ensure_node_side(self, node: IPRoute, vrf: str, iface: str, bridge: int) -> None:
+        node_side = self.naming.node_ifname(vrf, iface)
+        index = _lookup(node, node_side)
+        if index is None:
+            raise RealizeError("SegmentBroken", f"node side {node_side!r} of {iface!r} vanished.")
+        link = node.get_links(index)[0]
+        changes: dict[str, Any] = {}
+        if _attr(link, "IFLA_MASTER") != bridge:
+            changes["master"] = bridge
+        if _attr(link, "IFLA_IFALIAS") != f"{ALIAS_NODE_SIDE}{vrf}/{iface}":
+            changes["ifalias"] = f"{ALIAS_NODE_SIDE}{vrf}/{iface}"
+        if changes:
+            node.link("set", index=index, **changes)
+        if not link["flags"] & IFF_UP:
+            node.link("set", index=index, state="up")
+
+    def _release_netns(self, node: IPRoute, ctx: IPRoute, link: Any) -> None:
+        """Give a host interface back to the node; delete anything else (veths)."""
+        index = link["index"]
+        alias = _attr(link, "IFLA_IFALIAS") or ""
+        if alias.startswith(ALIAS_HOST):
+            original = alias[len(ALIAS_HOST) :]
+            ctx.link("set", index=index, state="down")
+            ctx.link("set", index=index, ifname=original, ifalias="")
+            target: dict[str, Any] = (
+                {"net_ns_fd": self.naming.node_netns}
+                if self.naming.node_netns
+                else {"net_ns_pid": os.getpid()}
+            )
+            ctx.link("set", index=index, **target)
+            return
+        try:
+            ctx.link("del", index=index)
+        except NetlinkError:
+            ctx.link("set", index=index, state="down")
+
+    def _apply_vrf(self, desired: planning.DesiredVRF) -> int:
+        device = self.naming.vrf_device(desired.name)
+        with self._node() as node:
+            index = _lookup(node, device)
+            if index is not None and _vrf_table(node.get_links(index)[0]) != desired.table:
+                old = _vrf_table(node.get_links(index)[0])
+                with routes.RouteSocket(self.naming.node_netns) as sock:
+                    sock.apply(delete=sock.dump(table=old, protocol=routes.PROTO_KUBEVISOR))
+                node.link("del", index=index)
+                index = None
+            if index is None:
+                node.link("add", ifname=device, kind="vrf", vrf_table=desired.table)
+                index = _lookup(node, device)
+                if index is None:
+                    raise RealizeError("VRFDeviceMissing", f"VRF device {device!r} vanished.")
+                node.link("set", index=index, ifalias=f"{ALIAS_VRF}{desired.name}")
+            node.link("set", index=index, state="up")
+            wanted = {(i.host_interface or i.name): i for i in desired.interfaces}
+            for link in node.get_links():
+                if _attr(link, "IFLA_MASTER") != index:
+                    continue
+                iface = wanted.get(_attr(link, "IFLA_IFNAME"))
+                alias = _attr(link, "IFLA_IFALIAS") or ""
+                ok = iface is not None and (
+                    iface.bridge is None or alias == f"{ALIAS_SEGMENT}{desired.name}/{iface.name}"
+                )
+                if not ok:
+                    if alias.startswith(ALIAS_SEGMENT):
+                        node.link("del", index=link["index"])
+                    else:
+                        node.link("set", index=link["index"], master=0, ifalias="")
+            for iface in desired.interfaces:
+                member = self._ensure_member_vrf(node, index, desired.name, iface)
+                _ensure_addresses(node, member, iface.addresses)
+            oifs = {_attr(link, "IFLA_IFNAME"): link["index"] for link in node.get_links()}
+        names = {i.name: (i.host_interface or i.name) for i in desired.interfaces}
+        kernel_routes = _kernel_routes(desired, lambda dev: oifs.get(names.get(dev, dev)))
+        with routes.RouteSocket(self.naming.node_netns) as sock:
+            return _sync_routes(sock, desired.table, kernel_routes, whole_namespace=False)
+
+    def _ensure_member_vrf(
+        self, node: IPRoute, vrf_index: int, vrf: str, iface: planning.DesiredInterface
+    ) -> int:
+        if iface.bridge is not None:
+            bridge = _lookup(node, iface.bridge)
+            if bridge is None:
+                raise RealizeError(
+                    "SegmentMissing",
+                    f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
+                )
+            alias = f"{ALIAS_SEGMENT}{vrf}/{iface.name}"
+            index = _lookup(node, iface.name)
+            if index is not None and _attr(node.get_links(index)[0], "IFLA_IFALIAS") != alias:
+                raise RealizeError(
+                    "InterfaceNameTaken",
+                    f"interface name {iface.name!r} is already used on this node.",
+                )
+            if index is None:
+                node_side = self.naming.node_ifname(vrf, iface.name)
+                stale = _lookup(node, node_side)
+                if stale is not None:
+                    node.link("del", index=stale)
+                node.link("add", ifname=node_side, kind="veth", peer={"ifname": iface.name})
+                index = _lookup(node, iface.name)
+                node.link("set", index=index, address=iface.mac, ifalias=alias)
+            self._ensure_node_side(node, vrf, iface.name, bridge)
+        else:
+            index = _lookup(node, str(iface.host_interface))
+            if index is None:
+                raise RealizeError(
+                    "HostInterfaceMissing",
+                    f"host interface {iface.host_interface!r} is not on this node.",
+                )
+        assert index is not None
+        link = node.get_links(index)[0]
+        if _attr(link, "IFLA_MASTER") != vrf_index:
+            node.link("set", index=index, master=vrf_index)
+        node.link("set", index=index, state="up")
+        return index
+
+    # -- observe ------------------------------------------------------------------------
+
+    def observe_sync(self) -> dict[str, specs.NodeVRFStatus]:
+        """`observe`, on the calling thread."""
+        found: dict[str, specs.NodeVRFStatus] = {}
+        for ns in sorted(netns.listnetns()):
+            if ns.startswith(self.naming.netns_prefix):
+                name = ns[len(self.naming.netns_prefix) :]
+                found[name] = self._observe_one(name, "netns")
+        with self._node() as node:
+            for link in node.get_links():
+                alias = _attr(link, "IFLA_IFALIAS") or ""
+                if alias.startswith(ALIAS_VRF):
+                    name = alias[len(ALIAS_VRF) :]
+                    found[name] = self._observe_one(name, "vrf")
+        return found
+
+    def _observe_one(self, name: str, backend: str) -> specs.NodeVRFStatus:
+        table = 0
+        interfaces: list[str] = []
+        if backend == "netns":
+            ns = self.naming.vrf_netns(name)
+            with IPRoute(netns=ns, flags=0) as ctx:
+                interfaces = sorted(
+                    _attr(link, "IFLA_IFNAME")
+                    for link in ctx.get_links()
+                    if _attr(link, "IFLA_IFNAME") != "lo"
+                )
+                for rule in ctx.get_rules(family=socket.AF_INET):
+                    if rule.get("priority") == RULE_PRIORITY:
+                        table = int(rule.get("table"))
+            with routes.RouteSocket(ns) as sock:
+                installed = len(sock.dump(protocol=routes.PROTO_KUBEVISOR))
+        else:
+            with self._node() as node:
+                index = _lookup(node, self.naming.vrf_device(name))
+                if index is not None:
+                    table = _vrf_table(node.get_links(index)[0])
+                    interfaces = sorted(
+                        _attr(link, "IFLA_IFNAME")
+                        for link in node.get_links()
+                        if _attr(link, "IFLA_MASTER") == index
+                    )
+            with routes.RouteSocket(self.naming.node_netns) as sock:
+                installed = len(sock.dump(table=table, protocol=routes.PROTO_KUBEVISOR))
+        status: specs.NodeVRFStatus = {
+            "backend": backend,
+            "table": table,
+            "interfaces": interfaces,
+            "routesInstalled": installed,
+            "ready": True,
+            "message": "observed",
+        }
+        context = self._cgroup(name)
+        if context.exists():
+            status["usage"] = context.usage()
+        return status
+
+    # -- remove -------------------------------------------------------------------------
+
+    def remove_sync(self, name: str) -> None:
+        """`remove`, on the calling thread."""
+        self._cgroup(name).remove()
+        ns = self.naming.vrf_netns(name)
+        with self._node() as node:
+            if ns in netns.listnetns():
+                with IPRoute(netns=ns, flags=0) as ctx:
+                    for link in ctx.get_links():
+                        if _attr(link, "IFLA_IFNAME") != "lo":
+                            self._release_netns(node, ctx, link)
+                netns.remove(ns)
+            device = _lookup(node, self.naming.vrf_device(name))
+            if device is not None:
+                table = _vrf_table(node.get_links(device)[0])
+                for link in node.get_links():
+                    if _attr(link, "IFLA_MASTER") != device:
+                        continue
+                    if (_attr(link, "IFLA_IFALIAS") or "").startswith(ALIAS_SEGMENT):
+                        node.link("del", index=link["index"])
+                    else:
+                        node.link("set", index=link["index"], master=0, ifalias="")
+                with routes.RouteSocket(self.naming.node_netns) as sock:
+                    sock.apply(delete=sock.dump(table=table, protocol=routes.PROTO_KUBEVISOR))
+                node.link("del", index=device)
+            # node-side veth ends whose peer went away with a namespace still linger
+            # until the namespace is freed; remove them now so nothing is left behind.
+            for link in node.get_links():
+                alias = _attr(link, "IFLA_IFALIAS") or ""
+                if alias.startswith(f"{ALIAS_NODE_SIDE}{name}/"):
+                    try:
+                        node.link("del", index=link["index"])
+                    except NetlinkError:
+                        pass
+
+    # -- processes in the context -------------------------------------------------------
+
+    def _cgroup(self, name: str) -> cgroups.CgroupContext:
+        return cgroups.CgroupContext(name, parent=self.naming.cgroup_parent, root=self._cgroup_root)
+
+    def launch_sync(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        """`launch`, on the calling thread."""
+        ns = self.naming.vrf_netns(name)
+        target = ns if ns in netns.listnetns() else self.naming.node_netns
+        context = self._cgroup(name)
+        procs = context.procs_files() if context.exists() else []
+
+        def enter() -> None:
+            # In the child before exec: join the cgroup first, so everything the program
+            # allocates is charged to the VRF, then its namespace.
+            for path in procs:
+                with open(path, "w") as handle:
+                    handle.write(str(os.getpid()))
+            if target is not None:
+                netns.setns(target, flags=0)
+
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=enter,  # setns must happen between fork and exec
+        )
+        return process
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _lookup(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def _vrf_table(link: Any) -> int:
+    info = _attr(link, "IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    return int(data.get_attr("IFLA_VRF_TABLE")) if data is not None else 0
+
+
+def _set_forwarding(ns: str) -> None:
+    """A VRF routes between its members: turn forwarding on inside its namespace."""
+    netns.pushns(ns)
+    try:
+        for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+            with open(path, "w") as handle:
+                handle.write("1")
+    finally:
+        netns.popns()
+
+
+def _ensure_addresses(ipr: IPRoute, index: int, addresses: Sequence[str]) -> None:
+    """Global addresses on a member equal the plan's; link-local ones are left alone."""
+    have: dict[str, Any] = {}
+    for msg in ipr.get_addr(index=index):
+        if msg["scope"] != 0:
+            continue
+        have[f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"] = msg
+    want = {str(ipaddress.ip_interface(a)) for a in addresses}
+    for text in sorted(set(have) - want):
+        address, length = text.split("/")
+        ipr.addr("del", index=index, address=address, prefixlen=int(length))
+    for text in sorted(want - set(have)):
+        address, length = text.split("/")
+        ipr.addr("add", index=index, address=address, prefixlen=int(length))
+
+
+def _ensure_rules(ctx: IPRoute, table: int) -> None:
+    """In a VRF namespace every lookup goes to the VRF's table first, as with l3mdev."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        present = False
+        for rule in ctx.get_rules(family=family):
+            if rule.get("priority") != RULE_PRIORITY:
+                continue
+            if int(rule.get("table")) == table:
+                present = True
+            else:
+                ctx.rule("del", family=family, priority=RULE_PRIORITY, table=rule.get("table"))
+        if not present:
+            ctx.rule("add", family=family, priority=RULE_PRIORITY, table=table)
+
+
+def _kernel_routes(
+    desired: planning.DesiredVRF, oif: Callable[[str], int | None]
+) -> list[routes.KernelRoute]:
+    result = []
+    for route in desired.routes:
+        index = None
+        if route.device is not None:
+            index = oif(route.device)
+            if index is None:
+                raise RealizeError(
+                    "DeviceMissing", f"route {route.prefix}: device {route.device!r} is missing."
+                )
+        result.append(
+            routes.KernelRoute(
+                dst=route.prefix,
+                table=desired.table,
+                type=routes.ROUTE_TYPES[route.type],
+                gateway=route.via,
+                oif=index,
+                priority=route.metric,
+            )
+        )
+    return result
+
+
+def _same(want: routes.KernelRoute, have: routes.KernelRoute) -> bool:
+    """A dumped route satisfies a wanted one (the kernel fills in the oif of a gateway)."""
+    return (
+        want.key == have.key
+        and want.type == have.type
+        and want.gateway == have.gateway
+        and (want.oif is None or want.oif == have.oif)
+    )
+
+
+def _sync_routes(
+    sock: routes.RouteSocket,
+    table: int,
+    wanted: Sequence[routes.KernelRoute],
+    *,
+    whole_namespace: bool,
+) -> int:
+    """Make the owned routes equal ``wanted``; returns how many are installed after.
+
+    ``whole_namespace``: the namespace belongs to this VRF, so owned routes in any other
+    table are stale too (a changed table id).
+    """
+    actual = sock.dump(table=None if whole_namespace else table, protocol=routes.PROTO_KUBEVISOR)
+    by_key = {r.key: r for r in actual}
+    want_keys = {r.key for r in wanted}
+    delete = [r for r in actual if r.key not in want_keys]
+    add = [r for r in wanted if r.key not in by_key or not _same(r, by_key[r.key])]
+    if add or delete:
+        sock.apply(add=add, delete=delete)
+    return len(wanted)

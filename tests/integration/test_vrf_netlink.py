@@ -1,0 +1,345 @@
+"""VRF-lite through real netlink: two simulated nodes, red and blue with the same prefix.
+
+Topology (every piece a network namespace this module creates and removes):
+
+    fabric ns: bridges "red" and "blue" (stand-ins for two VLANs on the LAN)
+    node A / node B ns: segment bridges br-red, br-blue, each with an uplink veth to
+        the fabric bridge of its network, and a veth "eth-red2" to a host behind it
+    hosts: red A 10.0.0.11, red B 10.0.0.12, blue A 10.0.0.21, blue B 10.0.0.22, all
+        /24 via gateway 10.0.0.1 (the same prefix and gateway in both VRFs); red2 A/B
+        10.0.2.11 behind node A's/B's "eth-red2" (a host interface taken into red).
+
+The agent code under test is `VRFRealizer` running against node A and node B. The
+test itself uses `ip`/`ping` as an independent observer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kubevisor.agent.netlink import cgroups, probing, vrfrealizing
+from kubevisor.agent.vrfs import planning, specs
+
+pytestmark = pytest.mark.integration
+
+P = f"kvt{os.getpid() % 100000}"
+NODES = ("a", "b")
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+
+def _ip(*args: str, ns: str | None = None, check: bool = True) -> str:
+    argv = ["ip", *(["-n", ns] if ns else []), *args]
+    return _run(*argv, check=check).stdout
+
+
+def _pings(ns: str, address: str) -> bool:
+    """One ping from a namespace (busybox ping; the image has no iputils)."""
+    ping = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
+    result = _run("ip", "netns", "exec", ns, *ping, "-c1", "-W1", address, check=False)
+    return result.returncode == 0
+
+
+def _pings_within(ns: str, address: str, *, deadline_s: float = 10.0) -> bool:
+    """Reachability allowing for ARP/STP settling; polls, never sleeps blindly."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if _pings(ns, address):
+            return True
+    return False
+
+
+def _netns_list() -> set[str]:
+    return {line.split()[0] for line in _ip("netns", "list").splitlines() if line.strip()}
+
+
+@dataclass
+class Topology:
+    fabric: str
+    nodes: dict[str, str]
+    hosts: dict[str, str]
+
+
+def _add_host(
+    node_ns: str, host_ns: str, node_if: str, address: str, gw: str, br: str | None
+) -> None:
+    _ip("netns", "add", host_ns)
+    _ip(
+        "link", "add", node_if, "type", "veth", "peer", "name", "eth0", "netns", host_ns, ns=node_ns
+    )
+    if br:
+        _ip("link", "set", node_if, "master", br, "up", ns=node_ns)
+    _ip("link", "set", "lo", "up", ns=host_ns)
+    _ip("link", "set", "eth0", "up", ns=host_ns)
+    _ip("addr", "add", address, "dev", "eth0", ns=host_ns)
+    _ip("route", "add", "default", "via", gw, ns=host_ns)
+
+
+@pytest.fixture(scope="module")
+def topology() -> Iterator[Topology]:
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 to build network namespaces")
+    created: list[str] = []
+    topo = Topology(fabric=f"{P}-fab", nodes={}, hosts={})
+    try:
+        _ip("netns", "add", topo.fabric)
+        created.append(topo.fabric)
+        for net in ("red", "blue"):
+            _ip("link", "add", net, "type", "bridge", ns=topo.fabric)
+            _ip("link", "set", net, "up", ns=topo.fabric)
+        for node in NODES:
+            node_ns = f"{P}-{node}"
+            _ip("netns", "add", node_ns)
+            created.append(node_ns)
+            topo.nodes[node] = node_ns
+            _ip("link", "set", "lo", "up", ns=node_ns)
+            for net in ("red", "blue"):
+                _ip("link", "add", f"br-{net}", "type", "bridge", ns=node_ns)
+                _ip("link", "set", f"br-{net}", "up", ns=node_ns)
+                _ip(
+                    "link",
+                    "add",
+                    f"up-{net}",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    f"{node}-{net}",
+                    "netns",
+                    topo.fabric,
+                    ns=node_ns,
+                )
+                _ip("link", "set", f"up-{net}", "master", f"br-{net}", "up", ns=node_ns)
+                _ip("link", "set", f"{node}-{net}", "master", net, "up", ns=topo.fabric)
+            index = NODES.index(node) + 1
+            for key, net, address in (
+                (f"red-{node}", "red", f"10.0.0.1{index}/24"),
+                (f"blue-{node}", "blue", f"10.0.0.2{index}/24"),
+            ):
+                host_ns = f"{P}-h{key}"
+                created.append(host_ns)
+                _add_host(node_ns, host_ns, f"h-{net}", address, "10.0.0.1", f"br-{net}")
+                topo.hosts[key] = host_ns
+            host_ns = f"{P}-hred2-{node}"
+            created.append(host_ns)
+            _add_host(node_ns, host_ns, "eth-red2", "10.0.2.11/24", "10.0.2.1", None)
+            topo.hosts[f"red2-{node}"] = host_ns
+        yield topo
+    finally:
+        for ns in reversed(created):
+            _ip("netns", "del", ns, check=False)
+
+
+def _bridge(network: str, vlan: int | None) -> str:
+    return f"br-{network}"
+
+
+RED: specs.VRFSpec = {
+    "interfaces": [
+        {"name": "red0", "network": "red", "addresses": ["10.0.0.1/24"]},
+        {"name": "red2", "hostInterface": "eth-red2", "addresses": ["10.0.2.1/24"]},
+    ],
+    "routes": [
+        {"prefix": "192.168.50.0/24", "via": "10.0.0.11"},
+        {"prefix": "203.0.113.0/24", "type": "blackhole"},
+        {"prefix": "198.51.100.0/24", "device": "red2", "metric": 5},
+    ],
+    "resources": {"cpu": "200m", "memory": "64Mi"},
+}
+BLUE: specs.VRFSpec = {
+    "interfaces": [{"name": "blue0", "network": "blue", "addresses": ["10.0.0.1/24"]}],
+    "routes": [
+        {"prefix": "192.168.50.0/24", "via": "10.0.0.22"},
+        {"prefix": "203.0.113.0/24", "type": "unreachable"},
+    ],
+}
+GREEN_CLASH: specs.VRFSpec = {
+    "interfaces": [{"name": "green0", "network": "red", "addresses": ["10.9.0.1/24"]}],
+}
+
+
+@dataclass
+class Node:
+    ns: str
+    realizer: vrfrealizing.VRFRealizer
+    plan: planning.NodePlan
+
+
+@pytest.fixture
+async def nodes(topology: Topology) -> AsyncIterator[dict[str, Node]]:
+    """Both nodes with red and blue applied; everything removed afterwards, pass or fail."""
+    backend = await asyncio.to_thread(probing.detect_backend)
+    if backend == "vrf":
+        print("kernel has l3mdev VRF; this module exercises the netns backend explicitly")
+    result: dict[str, Node] = {}
+    try:
+        for node, ns in topology.nodes.items():
+            realizer = vrfrealizing.VRFRealizer(node_netns=ns)
+            first = planning.plan_node(
+                {"red": RED, "blue": BLUE},
+                labels={},
+                current={},
+                bridge_for=_bridge,
+                kernel_has_vrf=False,
+            )
+            result[node] = Node(ns, realizer, first)
+            for desired in first.desired.values():
+                status = await realizer.apply(desired)
+                assert status["ready"], status
+            # green arrives later and wants red's segment: the realized VRFs keep it
+            current = {name: s["table"] for name, s in (await realizer.observe()).items()}
+            result[node].plan = planning.plan_node(
+                {"red": RED, "blue": BLUE, "green": GREEN_CLASH},
+                labels={},
+                current=current,
+                bridge_for=_bridge,
+                kernel_has_vrf=False,
+            )
+            assert result[node].plan.desired == first.desired
+            for desired in result[node].plan.desired.values():
+                await realizer.apply(desired)
+        yield result
+    finally:
+        for entry in result.values():
+            for name in ("red", "blue", "green"):
+                await entry.realizer.remove(name)
+            entry.realizer.close()
+
+
+async def test_red_reaches_red_never_blue(topology: Topology, nodes: dict[str, Node]) -> None:
+    red_a, red_b = topology.hosts["red-a"], topology.hosts["red-b"]
+    blue_a = topology.hosts["blue-a"]
+    assert _pings_within(red_a, "10.0.0.1"), "red host A cannot reach red's gateway"
+    assert _pings_within(red_a, "10.0.0.12"), "red host A cannot reach red host B across nodes"
+    assert _pings_within(red_b, "10.0.0.11"), "red host B cannot reach red host A"
+    assert _pings_within(blue_a, "10.0.0.22"), "blue host A cannot reach blue host B"
+    assert _pings_within(red_a, "10.0.2.11"), "red host A is not routed to red2 by the VRF"
+    # same prefix, same gateway address, but nothing crosses between the VRFs
+    assert not _pings(red_a, "10.0.0.21")
+    assert not _pings(red_a, "10.0.0.22")
+    assert not _pings(blue_a, "10.0.0.11")
+    assert not _pings(blue_a, "10.0.2.11")
+    # the gateway that answered red is red's: its MAC is red's anycast MAC
+    neighbours = _ip("neigh", "show", "10.0.0.1", ns=red_a)
+    assert planning.interface_mac("red", "red0") in neighbours
+    neighbours = _ip("neigh", "show", "10.0.0.1", ns=blue_a)
+    assert planning.interface_mac("blue", "blue0") in neighbours
+
+
+async def test_routes_sit_in_the_right_tables(nodes: dict[str, Node]) -> None:
+    for node in nodes.values():
+        red, blue = node.plan.desired["red"], node.plan.desired["blue"]
+        assert red.table != blue.table
+        red_ns = node.realizer.naming.vrf_netns("red")
+        blue_ns = node.realizer.naming.vrf_netns("blue")
+        red_routes = _ip("route", "show", "table", str(red.table), ns=red_ns)
+        assert "192.168.50.0/24 via 10.0.0.11 dev red0" in red_routes
+        assert "blackhole 203.0.113.0/24" in red_routes
+        assert "198.51.100.0/24 dev red2" in red_routes and "metric 5" in red_routes
+        blue_routes = _ip("route", "show", "table", str(blue.table), ns=blue_ns)
+        assert "192.168.50.0/24 via 10.0.0.22 dev blue0" in blue_routes
+        assert "unreachable 203.0.113.0/24" in blue_routes
+        assert _ip("route", "show", "table", str(blue.table), ns=red_ns, check=False).strip() == ""
+        assert f"lookup {red.table}" in _ip("rule", "show", ns=red_ns)
+        observed = await node.realizer.observe()
+        assert observed["red"]["table"] == red.table
+        assert observed["red"]["routesInstalled"] == 3
+        assert observed["red"]["interfaces"] == ["red0", "red2"]
+        assert observed["blue"]["routesInstalled"] == 2
+
+
+async def test_drift_is_repaired(topology: Topology, nodes: dict[str, Node]) -> None:
+    node = nodes["a"]
+    red = node.plan.desired["red"]
+    red_ns = node.realizer.naming.vrf_netns("red")
+    _ip("route", "del", "192.168.50.0/24", "table", str(red.table), ns=red_ns)
+    _ip("addr", "flush", "dev", "red0", ns=red_ns)
+    node_side = node.realizer.naming.node_ifname("red", "red0")
+    _ip("link", "set", node_side, "nomaster", ns=node.ns)
+    assert (await node.realizer.observe())["red"]["routesInstalled"] == 2
+    # (no reachability check here: red's anycast gateway on node B still answers)
+
+    status = await node.realizer.apply(red)
+
+    assert status["ready"] and status["routesInstalled"] == 3
+    assert "192.168.50.0/24 via 10.0.0.11" in _ip(
+        "route", "show", "table", str(red.table), ns=red_ns
+    )
+    assert "master br-red" in _ip("link", "show", node_side, ns=node.ns)
+    assert "10.0.0.1/24" in _ip("addr", "show", "red0", ns=red_ns)
+    assert _pings_within(topology.hosts["red-a"], "10.0.2.11")
+    # a second pass with nothing to do changes nothing
+    assert await node.realizer.apply(red) == status
+
+
+async def test_conflicting_vrf_is_refused_and_not_realized(nodes: dict[str, Node]) -> None:
+    for node in nodes.values():
+        problem = node.plan.refused["green"]
+        assert problem.reason == "InterfaceConflict"
+        assert "'red'" in problem.message
+        assert node.realizer.naming.vrf_netns("green") not in _netns_list()
+        assert "green" not in await node.realizer.observe()
+
+
+def test_duplicate_table_is_refused() -> None:
+    result = planning.plan_node(
+        {"red": {**RED, "table": 1234}, "blue": {**BLUE, "table": 1234}},
+        labels={},
+        current={"red": 1234},
+        bridge_for=_bridge,
+        kernel_has_vrf=False,
+    )
+    assert list(result.desired) == ["red"]
+    assert result.refused["blue"].reason == "TableConflict"
+
+
+async def test_resource_context(nodes: dict[str, Node]) -> None:
+    node = nodes["a"]
+    context = cgroups.CgroupContext("red", parent=node.realizer.naming.cgroup_parent)
+    if context.version == "none":
+        pytest.skip("no cpu+memory cgroup controllers on this host")
+    assert context.limits() == planning.Limits(cpu_quota_us=20_000, memory_bytes=64 << 20)
+    process = await node.realizer.launch("red", ["sleep", "600"])
+    try:
+        assert process.pid in context.pids()
+        red_ns = Path("/run/netns") / node.realizer.naming.vrf_netns("red")
+        assert os.stat(f"/proc/{process.pid}/ns/net").st_ino == os.stat(red_ns).st_ino
+        usage = (await node.realizer.observe())["red"]["usage"]
+        assert usage["memoryBytes"] > 0 and usage["cpuSeconds"] >= 0
+    finally:
+        await node.realizer.remove("red")
+        process.wait()
+    assert not context.exists()
+
+
+async def test_removal_leaves_nothing(topology: Topology, nodes: dict[str, Node]) -> None:
+    for node in nodes.values():
+        assert re.search(r": kv[0-9a-f]{11}@", _ip("-o", "link", "show", ns=node.ns))
+    for node in nodes.values():
+        for name in ("red", "blue"):
+            await node.realizer.remove(name)
+            await node.realizer.remove(name)  # idempotent
+    for node in nodes.values():
+        assert await node.realizer.observe() == {}
+        links = _ip("-o", "link", "show", ns=node.ns)
+        assert not re.search(r": kv[0-9a-f]{11}@", links)
+        assert "eth-red2" in links, "the host interface was not handed back"
+        assert "10.0.2.1" not in _ip("addr", "show", "eth-red2", ns=node.ns)
+        prefix = node.realizer.naming.netns_prefix
+        assert not any(ns.startswith(prefix) for ns in _netns_list())
+        parent = node.realizer.naming.cgroup_parent
+        version = cgroups.detect_version()
+        for controller in ("cpu", "cpuacct", "memory") if version == "v1" else ("",):
+            assert not (cgroups.CGROUP_ROOT / controller / parent).exists()
