@@ -55,7 +55,10 @@ LIBVIRT_TCP_PORT = 16509
 NODE_BRIDGE = "kvbr0"
 NODE_UPLINK = "fab0"
 FABRIC_BRIDGE = "fabric"
-MAX_NODES = 200
+# Node addresses are .11-.99; .1 is the fabric (test client/gateway); .100-.254 are
+# left for guests with static addresses.
+MAX_NODES = 89
+FIRST_GUEST_ADDRESS = ipaddress.IPv4Address("10.77.0.100")
 
 # Directories bind-mounted from the node state dir over the host path, per node.
 NODE_MOUNTS: tuple[tuple[str, str], ...] = (
