@@ -1,0 +1,206 @@
+"""A VM's disk files: where they live, how they are made, and which ones may be deleted.
+
+Layout: ``<root>/<namespace>/<vm name>/<disk name>.qcow2`` where root is
+``<state-dir>/disks`` (storage: local) or ``<shared-dir>/disks`` (storage: shared, the
+same path on every node, so a live migration needs no block copy). A path is a pure
+function of (namespace, VM name, disk name), so a restarted agent, or the target of a
+migration, finds the same files without remembering anything.
+
+Making: linked = ``qemu-img create -f qcow2 -b BASE -F FMT`` (an overlay; the base image
+is only read), full = ``qemu-img convert`` (an independent copy), no image = an empty
+qcow2 of the given size. An existing file is never recreated (it holds the guest's data).
+
+Deleting: only files inside our roots, at the layout path of this VM, never a base image,
+never a disk marked ``retain``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+from kubevisor.agent import domainxml
+from kubevisor.api import machines, quantities
+
+logger = logging.getLogger(__name__)
+
+
+class DiskError(RuntimeError):
+    """A disk could not be prepared; ``reason`` is a condition reason (e.g. ImageNotFound)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Directories of the node: disks, base images, shared storage (optional)."""
+
+    state_dir: Path
+    image_dir: Path
+    shared_dir: Path | None = None
+
+    def root(self, storage: machines.StorageKind) -> Path:
+        """Directory holding VM disks of that storage kind."""
+        if storage == "shared":
+            if self.shared_dir is None:
+                raise DiskError(
+                    "InvalidSpec", "disk asks for shared storage but this node has none"
+                )
+            return self.shared_dir / "disks"
+        return self.state_dir / "disks"
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskPlan:
+    """One disk file to make (or find) for a VM."""
+
+    name: str
+    path: Path
+    base: Path | None
+    clone: machines.CloneMode
+    size_bytes: int | None
+    retain: bool
+    bus: machines.DiskBus
+
+
+def resolve_image(image: str, image_dir: Path) -> Path | None:
+    """An absolute path as is; a name as ``<dir>/<name>``, ``<dir>/<name>.qcow2`` or
+    ``<dir>/<name>/<name>.qcow2`` (first that exists). None when nothing exists."""
+    if image.startswith("/"):
+        path = Path(image)
+        return path if path.is_file() else None
+    for candidate in (
+        image_dir / image,
+        image_dir / f"{image}.qcow2",
+        image_dir / image / f"{image}.qcow2",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def disk_path(layout: Layout, identity: domainxml.Identity, disk: machines.Disk) -> Path:
+    """Where ``disk`` of the VM lives (pure)."""
+    return layout.root(disk.storage) / identity.namespace / identity.name / f"{disk.name}.qcow2"
+
+
+def plan(
+    machine: machines.MachineSpec, identity: domainxml.Identity, layout: Layout
+) -> list[DiskPlan]:
+    """The disk files of a VM, base images resolved. Raises DiskError(ImageNotFound)."""
+    plans = []
+    for disk in machine.disks:
+        base = None
+        if disk.image is not None:
+            base = resolve_image(disk.image, layout.image_dir)
+            if base is None:
+                raise DiskError(
+                    "ImageNotFound",
+                    f"disk {disk.name!r}: base image {disk.image!r} not found "
+                    f"(looked in {layout.image_dir})",
+                )
+        if base is None and disk.size is None:
+            raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
+        plans.append(
+            DiskPlan(
+                name=disk.name,
+                path=disk_path(layout, identity, disk),
+                base=base,
+                clone=disk.clone,
+                size_bytes=quantities.to_bytes(disk.size) if disk.size is not None else None,
+                retain=disk.retain,
+                bus=disk.bus,
+            )
+        )
+    return plans
+
+
+def placements(plans: list[DiskPlan]) -> tuple[domainxml.DiskPlacement, ...]:
+    """What the domain XML needs from the plans."""
+    return tuple(domainxml.DiskPlacement(name=p.name, path=p.path, bus=p.bus) for p in plans)
+
+
+def deletable(plans: list[DiskPlan], layout: Layout) -> list[Path]:
+    """Files that deleting the VM removes: not retained, inside our roots, not a base."""
+    roots = [layout.state_dir / "disks"]
+    if layout.shared_dir is not None:
+        roots.append(layout.shared_dir / "disks")
+    bases = {p.base for p in plans if p.base is not None}
+    result = []
+    for p in plans:
+        if p.retain or p.path in bases:
+            continue
+        if not any(p.path.is_relative_to(root) for root in roots):
+            continue
+        if layout.image_dir in p.path.parents:
+            continue
+        result.append(p.path)
+    return result
+
+
+async def _run(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise DiskError("Failed", f"{' '.join(args)} failed: {err.decode().strip()}")
+    return out.decode()
+
+
+async def image_info(path: Path) -> tuple[str, int]:
+    """(format, virtual size in bytes) of an image file."""
+    info = json.loads(await _run("qemu-img", "info", "--force-share", "--output=json", str(path)))
+    return str(info["format"]), int(info["virtual-size"])
+
+
+async def ensure(disk: DiskPlan) -> bool:
+    """Create the file unless it exists; True when it was created now."""
+    if disk.path.exists():
+        return False
+    disk.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = disk.path.with_name(f".{disk.path.name}.tmp-{os.getpid()}")
+    try:
+        if disk.base is None:
+            assert disk.size_bytes is not None
+            await _run("qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(disk.size_bytes))
+        else:
+            fmt, virtual = await image_info(disk.base)
+            size = max(virtual, disk.size_bytes or 0)
+            if disk.clone == "linked":
+                await _run(
+                    "qemu-img", "create", "-q", "-f", "qcow2",
+                    "-b", str(disk.base), "-F", fmt, str(tmp), str(size),
+                )  # fmt: skip
+            else:
+                await _run("qemu-img", "convert", "-q", "-O", "qcow2", str(disk.base), str(tmp))
+                if size > virtual:
+                    await _run("qemu-img", "resize", "-q", str(tmp), str(size))
+        tmp.rename(disk.path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("created disk %s (%s of %s)", disk.path, disk.clone, disk.base)
+    return True
+
+
+def remove(paths: list[Path]) -> list[Path]:
+    """Delete the files (missing is fine) and empty VM directories; return what went."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+        for parent in (path.parent, path.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+    return removed
