@@ -1,0 +1,201 @@
+"""Placement: which node a VM runs on, or a sentence saying why none fits.
+
+Pure functions over plain data: nodes as the agents describe them in their Leases
+(docs/dev/vm-contract.md, "Nodes"), usage summed from the VMs already placed. The
+handler gathers both, calls ``place`` and records the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubevisor.api import machines, quantities
+
+LEASE_NAMESPACE = "kubevisor-system"
+ANNOTATION_CAPACITY = "kubevisor.io/capacity"
+LABEL_AGENT = "kubevisor.io/agent"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node as its agent describes it."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cpu: int = 0
+    memory_bytes: int = 0
+    gpus: int = 0
+    networks: frozenset[str] = frozenset()
+    shared_storage: str | None = None
+    alive: bool = True
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources the VMs already placed on a node take."""
+
+    cpu: int = 0
+    memory_bytes: int = 0
+    gpus: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.cpu + other.cpu,
+            self.memory_bytes + other.memory_bytes,
+            self.gpus + other.gpus,
+        )
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a VM asks of its node."""
+
+    cpu: int
+    memory_bytes: int
+    gpus: int
+    networks: frozenset[str]
+    node_selector: Mapping[str, str]
+    only_nodes: frozenset[str] | None = None
+    """Nodes the VM may run on at all (a clone of local disks: the source's node)."""
+    only_reason: str = ""
+    """Why ``only_nodes`` restricts it, e.g. "clone source disks are on node-a"."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The answer: ``node`` when one fits, else ``None`` and ``reason`` says why."""
+
+    node: str | None
+    reason: str
+
+
+def request_for(
+    machine: machines.MachineSpec,
+    *,
+    only_nodes: Iterable[str] | None = None,
+    only_reason: str = "",
+) -> Request:
+    """The resources and constraints of a resolved machine."""
+    return Request(
+        cpu=machine.cpu.cores,
+        memory_bytes=quantities.to_bytes(machine.memory),
+        gpus=machine.gpus,
+        networks=frozenset(n.network for n in machine.nics),
+        node_selector=dict(machine.node_selector),
+        only_nodes=frozenset(only_nodes) if only_nodes is not None else None,
+        only_reason=only_reason,
+    )
+
+
+def usage_of(machine: machines.MachineSpec) -> Usage:
+    """What a placed machine takes from its node."""
+    return Usage(machine.cpu.cores, quantities.to_bytes(machine.memory), machine.gpus)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not value:
+        return None
+    text = str(value).replace("Z", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def node_from_lease(lease: Mapping[str, Any], *, now: datetime) -> Node:
+    """A node from its agent's Lease (a raw API object). A Lease whose
+    ``renewTime + leaseDurationSeconds`` is past marks the node lost; a missing or
+    unreadable capacity annotation leaves it with no capacity (nothing fits there)."""
+    meta = lease.get("metadata") or {}
+    spec = lease.get("spec") or {}
+    renewed = _parse_time(spec.get("renewTime"))
+    duration = int(spec.get("leaseDurationSeconds") or 0)
+    alive = renewed is not None and renewed + timedelta(seconds=duration) > now
+    try:
+        capacity = json.loads((meta.get("annotations") or {}).get(ANNOTATION_CAPACITY) or "{}")
+    except ValueError:
+        capacity = {}
+    if not isinstance(capacity, dict):
+        capacity = {}
+    return Node(
+        name=str(meta.get("name")),
+        labels=dict(meta.get("labels") or {}),
+        cpu=int(capacity.get("cpu") or 0),
+        memory_bytes=int(capacity.get("memoryBytes") or 0),
+        gpus=int(capacity.get("gpus") or 0),
+        networks=frozenset(capacity.get("networks") or ()),
+        shared_storage=capacity.get("sharedStorage"),
+        alive=alive,
+    )
+
+
+def _mem(n: int) -> str:
+    """Bytes as a readable quantity: exact binary suffix, else MiB rounded down."""
+    exact = quantities.format_bytes(max(n, 0))
+    if not exact.isdigit() or n < 2**20:
+        return exact
+    return f"{n // 2**20}Mi"
+
+
+def refusal(node: Node, used: Usage, request: Request, *, cpu_overcommit: float = 1.0) -> str:
+    """Why ``node`` cannot take ``request``, as a clause; empty when it can."""
+    if request.only_nodes is not None and node.name not in request.only_nodes:
+        return request.only_reason or "not allowed for this VM"
+    if not node.alive:
+        return "node lost (its Lease expired)"
+    mismatched = sorted(
+        f"{k}={v}" for k, v in request.node_selector.items() if node.labels.get(k) != v
+    )
+    if mismatched:
+        return f"does not match nodeSelector {', '.join(mismatched)}"
+    if request.gpus:
+        free = node.gpus - used.gpus
+        if node.gpus == 0:
+            return "lacks GPUs"
+        if free < request.gpus:
+            return f"not enough GPUs (need {request.gpus}, free {free})"
+    missing = sorted(request.networks - node.networks)
+    if missing:
+        return f"lacks network{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+    free_cpu = int(node.cpu * cpu_overcommit) - used.cpu
+    if free_cpu < request.cpu:
+        return f"not enough CPU (need {request.cpu}, free {max(free_cpu, 0)})"
+    free_mem = node.memory_bytes - used.memory_bytes
+    if free_mem < request.memory_bytes:
+        return (
+            f"not enough memory (need {_mem(request.memory_bytes)}, free {_mem(max(free_mem, 0))})"
+        )
+    return ""
+
+
+def place(
+    request: Request,
+    nodes: Iterable[Node],
+    used: Mapping[str, Usage],
+    *,
+    cpu_overcommit: float = 1.0,
+) -> Placement:
+    """The node with the most free memory among those that fit (ties by name), or
+    ``None`` with one clause per node saying why it was refused."""
+    fitting: list[tuple[int, str]] = []
+    refused: list[str] = []
+    for node in sorted(nodes, key=lambda n: n.name):
+        u = used.get(node.name, Usage())
+        why = refusal(node, u, request, cpu_overcommit=cpu_overcommit)
+        if why:
+            refused.append(f"{node.name}: {why}")
+        else:
+            fitting.append((-(node.memory_bytes - u.memory_bytes), node.name))
+    if fitting:
+        best = min(fitting)[1]
+        return Placement(best, f"placed on node {best}")
+    if not refused:
+        return Placement(None, "no nodes: no kubevisor agent has registered a Lease")
+    return Placement(None, "no node fits: " + "; ".join(refused))

@@ -1,0 +1,110 @@
+"""Template resolution: the machine a VirtualMachine runs with, MACs included.
+
+Pure functions. The result is what the controller records in ``status.machine`` and
+what the agent realizes, so a template edit reaches a running VM only through an
+explicit restart (see ``changed_fields``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from kubevisor.api import machines, virtualmachines
+
+#: First two octets of generated MACs: 0x52 has the locally-administered bit set and the
+#: multicast bit clear, and 52:54 is the prefix QEMU users recognise.
+MAC_PREFIX = (0x52, 0x54)
+
+
+def mac_for(uid: str, nic: str) -> str:
+    """A stable MAC for NIC ``nic`` of the VM with ``uid``.
+
+    Derived from a hash rather than stored anywhere, so a restarted controller, a
+    migration or a re-resolve after a template change all give the same address.
+    32 hashed bits keep collisions unlikely well beyond a cluster's VM count.
+    """
+    digest = hashlib.sha256(f"{uid}/{nic}".encode()).digest()
+    octets = (*MAC_PREFIX, *digest[:4])
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def with_macs(machine: machines.MachineSpec, *, uid: str) -> machines.MachineSpec:
+    """``machine`` with every NIC that has no MAC given a stable generated one."""
+    nics = [
+        nic if nic.mac is not None else nic.model_copy(update={"mac": mac_for(uid, nic.name)})
+        for nic in machine.nics
+    ]
+    return machine.model_copy(update={"nics": nics})
+
+
+def overrides_of(spec: virtualmachines.VirtualMachineSpec) -> machines.MachineOverrides:
+    """The machine fields a VM sets itself (run strategy and references left out)."""
+    fields = set(machines.MachineOverrides.model_fields)
+    data = spec.model_dump(include=fields, exclude_unset=True, exclude_none=True)
+    return machines.MachineOverrides.model_validate(data)
+
+
+def resolve(
+    template: machines.MachineSpec | None,
+    vm: virtualmachines.VirtualMachineSpec,
+    *,
+    uid: str,
+) -> machines.MachineSpec:
+    """Template values replaced field by field by the VM's own fields, MACs filled in.
+
+    A VM field replaces the template's whole value (a VM's ``nics`` list replaces the
+    template's list). Raises ``pydantic.ValidationError`` when neither supplies a
+    required field (memory).
+    """
+    return with_macs(machines.effective(template, overrides_of(vm)), uid=uid)
+
+
+def clone_image(namespace: str, name: str, disk: str) -> str:
+    """The image reference of a clone's disk: the source VM's disk, which the agent
+    resolves with its own disk layout (see docs/dev/vm-contract.md, "Clones")."""
+    return f"vm:{namespace}/{name}/{disk}"
+
+
+def resolve_clone(
+    source: machines.MachineSpec,
+    vm: virtualmachines.VirtualMachineSpec,
+    *,
+    source_namespace: str,
+    source_name: str,
+    uid: str,
+) -> machines.MachineSpec:
+    """The machine of a clone: the source's machine with the clone's own fields on top,
+    each disk a full copy of the source's disk, and new MACs.
+
+    The clone's ``disks`` field is ignored: the disks are what is cloned. MACs the
+    source had generated are dropped (they belong to the source's identity); MACs the
+    clone's spec sets explicitly are kept.
+    """
+    base = source.model_copy(
+        update={
+            "nics": [n.model_copy(update={"mac": None}) for n in source.nics],
+            "disks": [
+                d.model_copy(
+                    update={
+                        "image": clone_image(source_namespace, source_name, d.name),
+                        "clone": "full",
+                        "retain": False,
+                    }
+                )
+                for d in source.disks
+            ],
+        }
+    )
+    overrides = overrides_of(vm).model_copy(update={"disks": None})
+    return with_macs(machines.effective(base, overrides), uid=uid)
+
+
+def _wire(machine: machines.MachineSpec) -> dict[str, Any]:
+    return machine.model_dump(mode="json", by_alias=True)
+
+
+def changed_fields(running: machines.MachineSpec, wanted: machines.MachineSpec) -> list[str]:
+    """Top-level machine fields (wire names) that differ: what a restart would change."""
+    a, b = _wire(running), _wire(wanted)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

@@ -1,0 +1,171 @@
+"""Placement: capacity, nodeSelector, GPUs, networks, lost nodes, and the reason text."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kubevisor.api import machines
+from kubevisor.controller import placing
+from kubevisor.controller.placing import Node, Usage
+
+pytestmark = pytest.mark.unit
+
+Mi = 2**20
+
+
+def _node(name: str, **kw: object) -> Node:
+    defaults: dict[str, object] = {
+        "cpu": 4,
+        "memory_bytes": 1024 * Mi,
+        "networks": frozenset({"default"}),
+    }
+    defaults.update(kw)
+    return Node(name, **defaults)  # type: ignore[arg-type]
+
+
+def _request(**machine: object) -> placing.Request:
+    spec = {
+        "cpu": {"cores": 1},
+        "memory": "256Mi",
+        "nics": [{"name": "eth0", "network": "default"}],
+        **machine,
+    }
+    return placing.request_for(machines.MachineSpec.model_validate(spec))
+
+
+@pytest.mark.parametrize(
+    ("request_kw", "nodes", "used", "node", "reason_parts"),
+    [
+        ({}, [_node("a")], {}, "a", []),
+        # most free memory wins
+        ({}, [_node("a"), _node("b")], {"a": Usage(1, 512 * Mi, 0)}, "b", []),
+        (
+            {},
+            [_node("a", memory_bytes=128 * Mi)],
+            {},
+            None,
+            ["a: not enough memory (need 256Mi, free 128Mi)"],
+        ),
+        (
+            {},
+            [_node("a")],
+            {"a": Usage(0, 896 * Mi, 0)},
+            None,
+            ["a: not enough memory (need 256Mi, free 128Mi)"],
+        ),
+        ({"cpu": {"cores": 8}}, [_node("a")], {}, None, ["a: not enough CPU (need 8, free 4)"]),
+        ({"gpus": 1}, [_node("a"), _node("b", gpus=1)], {}, "b", []),
+        ({"gpus": 1}, [_node("a")], {}, None, ["a: lacks GPUs"]),
+        (
+            {"gpus": 2},
+            [_node("b", gpus=2)],
+            {"b": Usage(0, 0, 1)},
+            None,
+            ["b: not enough GPUs (need 2, free 1)"],
+        ),
+        (
+            {"nodeSelector": {"zone": "x"}},
+            [_node("a"), _node("b", labels={"zone": "x"})],
+            {},
+            "b",
+            [],
+        ),
+        (
+            {"nodeSelector": {"zone": "x"}},
+            [_node("a", labels={"zone": "y"})],
+            {},
+            None,
+            ["a: does not match nodeSelector zone=x"],
+        ),
+        (
+            {"nics": [{"name": "e", "network": "storage"}]},
+            [_node("a")],
+            {},
+            None,
+            ["a: lacks network storage"],
+        ),
+        ({}, [_node("a", alive=False), _node("b")], {}, "b", []),
+        ({}, [_node("a", alive=False)], {}, None, ["a: node lost"]),
+        ({}, [], {}, None, ["no kubevisor agent"]),
+        (
+            {"gpus": 1},
+            [_node("node-a", memory_bytes=128 * Mi), _node("node-b")],
+            {},
+            None,
+            ["node-a: lacks GPUs", "; node-b: lacks GPUs"],
+        ),
+    ],
+)
+def test_place(
+    request_kw: dict[str, object],
+    nodes: list[Node],
+    used: dict[str, Usage],
+    node: str | None,
+    reason_parts: list[str],
+) -> None:
+    result = placing.place(_request(**request_kw), nodes, used)
+    assert result.node == node, result.reason
+    for part in reason_parts:
+        assert part in result.reason
+
+
+def test_only_nodes_pins_a_clone_to_its_source_node() -> None:
+    spec = machines.MachineSpec.model_validate({"cpu": {}, "memory": "64Mi"})
+    req = placing.request_for(spec, only_nodes=["b"], only_reason="clone source disks are on b")
+    result = placing.place(req, [_node("a"), _node("b")], {})
+    assert result.node == "b"
+    result = placing.place(req, [_node("a"), _node("b", alive=False)], {})
+    assert result.node is None
+    assert "a: clone source disks are on b" in result.reason
+
+
+def test_cpu_overcommit() -> None:
+    req = _request(cpu={"cores": 6})
+    assert placing.place(req, [_node("a")], {}).node is None
+    assert placing.place(req, [_node("a")], {}, cpu_overcommit=2.0).node == "a"
+
+
+def _lease(renew: datetime, capacity: object) -> dict[str, object]:
+    return {
+        "metadata": {
+            "name": "n1",
+            "labels": {"kubevisor.io/agent": "true", "gpu": "yes"},
+            "annotations": {"kubevisor.io/capacity": json.dumps(capacity)},
+        },
+        "spec": {
+            "holderIdentity": "n1",
+            "leaseDurationSeconds": 30,
+            "renewTime": renew.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        },
+    }
+
+
+def test_node_from_lease() -> None:
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+    cap = {
+        "cpu": 2,
+        "memoryBytes": 4 * 2**30,
+        "gpus": 1,
+        "networks": ["default"],
+        "sharedStorage": "/srv",
+        "migrationURI": None,
+        "address": None,
+    }
+    node = placing.node_from_lease(_lease(now - timedelta(seconds=5), cap), now=now)
+    assert node == Node(
+        "n1",
+        {"kubevisor.io/agent": "true", "gpu": "yes"},
+        2,
+        4 * 2**30,
+        1,
+        frozenset({"default"}),
+        "/srv",
+        True,
+    )
+    stale = placing.node_from_lease(_lease(now - timedelta(seconds=31), cap), now=now)
+    assert not stale.alive
+    broken = placing.node_from_lease(_lease(now, "nonsense"), now=now)
+    assert broken.memory_bytes == 0 and broken.alive
