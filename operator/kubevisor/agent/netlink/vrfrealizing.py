@@ -195,7 +195,7 @@ class VRFRealizer:
             oifs = {_attr(link, "IFLA_IFNAME"): link["index"] for link in ctx.get_links()}
         kernel_routes = _kernel_routes(desired, lambda dev: oifs.get(dev))
         with routes.RouteSocket(ns) as sock:
-            return _sync_routes(sock, desired.table, kernel_routes, whole_namespace=True)
+            return sync_routes(sock, desired.table, kernel_routes, whole_namespace=True)
 
     def _member_ok(self, link: Any, iface: planning.DesiredInterface | None, vrf: str) -> bool:
         """Whether a link in the VRF namespace is the member the plan wants by that name."""
@@ -339,7 +339,7 @@ class VRFRealizer:
         names = {i.name: (i.host_interface or i.name) for i in desired.interfaces}
         kernel_routes = _kernel_routes(desired, lambda dev: oifs.get(names.get(dev, dev)))
         with routes.RouteSocket(self.naming.node_netns) as sock:
-            return _sync_routes(sock, desired.table, kernel_routes, whole_namespace=False)
+            return sync_routes(sock, desired.table, kernel_routes, whole_namespace=False)
 
     def _ensure_member_vrf(
         self, node: IPRoute, vrf_index: int, vrf: str, iface: planning.DesiredInterface
@@ -597,7 +597,7 @@ def _same(want: routes.KernelRoute, have: routes.KernelRoute) -> bool:
     )
 
 
-def _sync_routes(
+def sync_routes(
     sock: routes.RouteSocket,
     table: int,
     wanted: Sequence[routes.KernelRoute],
