@@ -41,6 +41,7 @@ def test_example_accepted_by_dry_run(cluster: Any, path: Path) -> None:
     returned = objects(cluster.api).create_namespaced_custom_object(
         groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, data, dry_run="All"
     )
+    assert isinstance(returned, dict)
     assert returned["metadata"]["name"] == data["metadata"]["name"]
     # Server-side defaults fill the same values pydantic does.
     assert kind.model.model_validate(returned).spec == kind.model.model_validate(data).spec
@@ -57,6 +58,7 @@ def test_example_create_and_delete(cluster: Any, path: Path) -> None:
         stored = api.get_namespaced_custom_object(
             groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
         )
+        assert isinstance(stored, dict)
         assert stored["metadata"]["generation"] == 1
         kind.model.model_validate(stored)
     finally:

@@ -228,9 +228,14 @@ class ObjectMeta(Model):
 
 
 class Resource(Model):
-    """The envelope every kind shares; subclasses add ``kind``, ``spec`` and ``status``."""
+    """The envelope every kind shares; subclasses add ``kind`` and narrow ``spec`` and
+    ``status`` to their own models (so generic code can still reach both)."""
 
     api_version: str = groups.API_VERSION
     """Always kubevisor.io/v1alpha1."""
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     """Standard object metadata."""
+    spec: Model
+    """Desired state."""
+    status: Model | None = None
+    """Observed state."""

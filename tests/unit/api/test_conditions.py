@@ -83,7 +83,9 @@ CASES = [
 
 @pytest.mark.parametrize(("before", "change", "after"), CASES)
 def test_set_condition(
-    before: list[dict[str, Any]], change: tuple[str, str, str], after: list[dict[str, Any]]
+    before: list[dict[str, Any]],
+    change: tuple[str, conditions.ConditionStatus, str],
+    after: list[dict[str, Any]],
 ) -> None:
     type_, status, reason = change
     snapshot = [dict(c) for c in before]
@@ -94,7 +96,7 @@ def test_set_condition(
         reason=reason,
         message="",
         generation=2,
-        now=T1,  # type: ignore[arg-type]
+        now=T1,
     )
     assert result == after
     assert before == snapshot, "input must not be modified"
