@@ -1,0 +1,184 @@
+"""The agent's part of VirtualMachine status: computed purely, applied with server-side
+apply (field manager ``kubevisor-agent``) and only when it differs from what the object
+already says.
+
+Why SSA with the full set of our fields: the controller owns other fields and condition
+types of the same status; applying our complete set each time lets the API server merge
+the two without either side reading-modifying-writing, and a field we stop sending is
+removed (we own it). Skipping no-op applies is what keeps a VM at <= 3 status writes
+from apply to Running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import datetime
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kubevisor.api import conditions, groups
+
+logger = logging.getLogger(__name__)
+
+FIELD_MANAGER = "kubevisor-agent"
+PLURAL = "virtualmachines"
+#: Condition types the agent owns on a VirtualMachine.
+OWN_CONDITIONS = (conditions.ConditionType.READY, conditions.ConditionType.NETWORK_READY)
+#: Status fields the agent owns (besides its conditions).
+OWN_FIELDS = (
+    "phase",
+    "interfaces",
+    "display",
+    "consoleLog",
+    "domainUUID",
+    "startedAt",
+    "runningAt",
+    "appliedRestartToken",
+)
+
+_READY_REASONS = {
+    "Running": conditions.Reason.RUNNING,
+    "Paused": conditions.Reason.AS_EXPECTED,
+    "Starting": conditions.Reason.STARTING,
+    "Stopping": conditions.Reason.IN_PROGRESS,
+    "Stopped": conditions.Reason.STOPPED,
+    "Succeeded": conditions.Reason.SUCCEEDED,
+    "Failed": conditions.Reason.FAILED,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What the agent knows about one VM after a reconcile."""
+
+    phase: str
+    interfaces: tuple[dict[str, Any], ...] = ()
+    display: dict[str, Any] | None = None
+    console_log: str | None = None
+    domain_uuid: str | None = None
+    started_at: str | None = None
+    running_at: str | None = None
+    applied_restart_token: str | None = None
+    ready_reason: str | None = None
+    """Overrides the reason derived from the phase (e.g. ImageNotFound)."""
+    message: str = ""
+    network_ready: bool | None = None
+    """None: the VM has no NICs, no NetworkReady condition."""
+    network_message: str = ""
+
+
+def desired_status(
+    report: Report, *, current: dict[str, Any], generation: int | None, now: datetime
+) -> dict[str, Any]:
+    """The agent's complete status fields for an apply (pure).
+
+    ``current`` is the object's status as read (both managers' fields); condition
+    transition times are carried over from it when a condition's status did not flip.
+    """
+    own: dict[str, Any] = {"phase": report.phase}
+    if report.interfaces:
+        own["interfaces"] = [dict(i) for i in report.interfaces]
+    for key, value in (
+        ("display", report.display),
+        ("consoleLog", report.console_log),
+        ("domainUUID", report.domain_uuid),
+        ("startedAt", report.started_at),
+        ("runningAt", report.running_at),
+        ("appliedRestartToken", report.applied_restart_token),
+    ):
+        if value is not None:
+            own[key] = value
+    existing = [c for c in current.get("conditions") or [] if c.get("type") in set(OWN_CONDITIONS)]
+    ready = report.phase in ("Running", "Paused")
+    reason = report.ready_reason or _READY_REASONS.get(report.phase, conditions.Reason.IN_PROGRESS)
+    message = report.message or f"the domain is {report.phase.lower()}"
+    conds = conditions.set_condition(
+        existing,
+        type=conditions.ConditionType.READY,
+        status="True" if ready else "False",
+        reason=reason,
+        message=message,
+        generation=generation,
+        now=now,
+    )
+    if report.network_ready is not None:
+        conds = conditions.set_condition(
+            conds,
+            type=conditions.ConditionType.NETWORK_READY,
+            status="True" if report.network_ready else "False",
+            reason=conditions.Reason.AS_EXPECTED
+            if report.network_ready
+            else conditions.Reason.NETWORK_UNAVAILABLE,
+            message=report.network_message,
+            generation=generation,
+            now=now,
+        )
+    else:
+        conds = [c for c in conds if c["type"] != conditions.ConditionType.NETWORK_READY]
+    own["conditions"] = conds
+    return own
+
+
+def needs_apply(own: dict[str, Any], current: dict[str, Any]) -> bool:
+    """True when any agent-owned field or condition differs from the object's status."""
+    for key in OWN_FIELDS:
+        if own.get(key) != current.get(key):
+            return True
+    mine = {c["type"]: c for c in own.get("conditions", [])}
+    theirs = {c.get("type"): c for c in current.get("conditions") or [] if c.get("type") in mine}
+    if set(theirs) != set(mine):
+        return True
+    for type_, cond in mine.items():
+        other = theirs[type_]
+        if any(cond.get(k) != other.get(k) for k in cond):
+            return True
+    # A condition type we used to own but no longer send.
+    stale = {str(t) for t in OWN_CONDITIONS} - set(mine)
+    return any(c.get("type") in stale for c in current.get("conditions") or [])
+
+
+class StatusWriter:
+    """Applies agent status to VirtualMachines; counts writes (benchmarks read it)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._custom: Any = client.CustomObjectsApi(api)
+        self.writes = 0
+
+    async def apply(
+        self, *, namespace: str, name: str, own: dict[str, Any], current: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """SSA ``own`` onto the status subresource unless it changes nothing.
+
+        Returns the object as the server has it after the write, or None when skipped
+        (or the VM is gone).
+        """
+        if not needs_apply(own, current):
+            return None
+        body = {
+            "apiVersion": groups.API_VERSION,
+            "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": namespace},
+            "status": own,
+        }
+        try:
+            result: dict[str, Any] = await self._custom.patch_namespaced_custom_object_status(
+                groups.GROUP,
+                groups.VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self.writes += 1
+        logger.info("%s/%s: status phase=%s", namespace, name, own.get("phase"))
+        return result
