@@ -442,6 +442,42 @@ def _prepare_state_dir(plan: ClusterPlan, node: NodePlan, *, host_uuid: str) -> 
     (etc / "virtlogd.conf").write_text(render_virtlogd_conf())
 
 
+def _caps_seed_dir(base_dir: Path) -> Path:
+    """Per-host copy of libvirt's QEMU capabilities cache, shared by all clusters."""
+    return base_dir / ".qemu-capabilities"
+
+
+def _caps_dir(node: NodePlan) -> Path:
+    return node.state_dir / "cache/libvirt/qemu/capabilities"
+
+
+def _seed_capabilities(plan: ClusterPlan) -> None:
+    """Give every node a warm QEMU capabilities cache.
+
+    Why: a fresh libvirtd probes QEMU on first use (about 4 s under TCG here), which every
+    node of every test would otherwise pay on its first define and, for a migration
+    target, inside the migration. All nodes run the same binaries, so one probe serves
+    all; libvirt re-validates cached entries (binary ctime, versions) and re-probes if
+    they are stale, so a wrong seed costs time, never correctness.
+    """
+    seed = _caps_seed_dir(plan.base_dir)
+    if not any(seed.glob("*.xml")):
+        first = plan.nodes[0]
+        probe = ["domcapabilities", "--virttype", "qemu", "--arch", "x86_64"]
+        _run(["virsh", "-q", "-c", first.libvirt_uri, *probe])
+        tmp = plan.base_dir / f".qemu-capabilities.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(_caps_dir(first), tmp)
+        shutil.rmtree(seed, ignore_errors=True)
+        os.replace(tmp, seed)  # atomic for concurrent creators
+    for node in plan.nodes:
+        target = _caps_dir(node)
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in seed.glob("*.xml"):
+            if not (target / entry.name).exists():
+                shutil.copy2(entry, target / entry.name)
+
+
 def _create_mount_ns(node: NodePlan) -> None:
     for pin in (node.mnt_ns_file, node.uts_ns_file):
         pin.touch()
@@ -540,6 +576,7 @@ def create_cluster_nodes(
                     virtlogd_pid=virtlogd_pid,
                 )
             )
+        _seed_capabilities(plan)
         plan.state_file.write_text(
             json.dumps({"cluster": cluster, "nodes": [n.to_json() for n in nodes]}, indent=2)
         )
