@@ -1,0 +1,128 @@
+"""``kubevisor-agent``: the per-node process that realizes VMs placed on its node.
+
+It knows its node name, renews the node's Lease (heartbeat + capacity + segments),
+watches only the VirtualMachines labelled for its node, and realizes them with libvirt
+and netlink. It keeps no state of its own: restarted, it adopts running domains and
+re-applies status. SIGTERM/SIGINT stop it cleanly (domains keep running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from kubernetes_asyncio import client, config
+
+from kubevisor.agent import disks, domainxml, leases, realizing
+from kubevisor.agent.libvirt import Hypervisor
+from kubevisor.agent.netlink import segments as netsegments
+from kubevisor.api import quantities
+
+logger = logging.getLogger("kubevisor.agent")
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kubevisor-agent", description=__doc__.split("\n")[0])
+    p.add_argument("--node", required=True, help="this node's name (Lease name, label value)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
+    p.add_argument("--libvirt-uri", default="qemu:///system")
+    p.add_argument("--netns", help="network namespace of the node for netlink (default: own)")
+    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/kubevisor"))
+    p.add_argument("--image-dir", type=Path, default=Path("/var/lib/kubevisor/images"))
+    p.add_argument("--shared-dir", type=Path, help="shared storage mounted on every node")
+    p.add_argument("--cpu", type=int, default=os.cpu_count() or 1, help="cores offered")
+    p.add_argument("--memory", default=None, help="memory offered (quantity), default: host RAM")
+    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--label", type=_pair, action="append", default=[], metavar="K=V")
+    p.add_argument(
+        "--network", type=_pair, action="append", default=[], metavar="NAME=BRIDGE",
+        help='bridge realizing a network (repeatable; default "default=kvbr0")',
+    )  # fmt: skip
+    p.add_argument("--address", help="node address (VNC listens here; default 127.0.0.1)")
+    p.add_argument("--migration-uri", help="libvirt URI peers use to migrate to this node")
+    p.add_argument("--stop-timeout", type=float, default=30.0, help="ACPI shutdown grace (s)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    return p.parse_args(argv)
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+async def run(args: argparse.Namespace) -> None:
+    """Build the parts from the flags and run until cancelled."""
+    if args.kubeconfig:
+        await config.load_kube_config(config_file=args.kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config()
+    networks = dict(args.network) or {"default": "kvbr0"}
+    memory = quantities.to_bytes(args.memory) if args.memory else _host_memory()
+    layout = disks.Layout(
+        state_dir=args.state_dir, image_dir=args.image_dir, shared_dir=args.shared_dir
+    )
+    capacity = leases.Capacity(
+        cpu=args.cpu,
+        memory_bytes=memory,
+        gpus=args.gpus,
+        networks=tuple(sorted(networks)),
+        shared_storage=str(args.shared_dir) if args.shared_dir else None,
+        migration_uri=args.migration_uri,
+        address=args.address,
+    )
+    cfg = realizing.AgentConfig(
+        node=args.node,
+        layout=layout,
+        networks=networks,
+        facts=domainxml.HostFacts(display_address=args.address or "127.0.0.1"),
+        stop_timeout=args.stop_timeout,
+    )
+    async with client.ApiClient() as api, Hypervisor(args.libvirt_uri) as hv:
+        heartbeat = leases.Heartbeat(
+            api, node=args.node, labels=dict(args.label), capacity=capacity
+        )
+        agent = realizing.Agent(
+            api, hv, cfg, segments=netsegments.Segments(netns=args.netns), heartbeat=heartbeat
+        )
+        logger.info("agent for node %s: libvirt %s, networks %s", args.node, hv.uri, networks)
+        await agent.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await run(args)
+        except asyncio.CancelledError:
+            logger.info("stopping")
+
+    asyncio.run(guarded())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

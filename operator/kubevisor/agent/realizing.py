@@ -1,0 +1,568 @@
+"""The agent's VM loop: one worker pass per VM key = read, decide, act, report once.
+
+Each pass gathers a small scope (the VM object from the watch cache, the domain from
+libvirt), asks :func:`reconciling.decide` what to do, runs the actions through the
+adapters (disks, segments, libvirt), and applies the agent's status once, only when it
+changed. Keys come from the watch, libvirt lifecycle events and a periodic tick; a key is
+never processed by two workers at once, and repeated wake-ups coalesce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kubevisor.agent import disks, domainxml, leases, reconciling, status, watching
+from kubevisor.agent.libvirt import DomainInfo, Hypervisor, HypervisorError
+from kubevisor.agent.netlink import segments as netsegments
+from kubevisor.api import conditions, groups, machines
+
+logger = logging.getLogger(__name__)
+
+AGENT_FINALIZER = "kubevisor.io/agent-cleanup"
+Key = watching.Key
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent was told on its command line, as plain data."""
+
+    node: str
+    layout: disks.Layout
+    networks: dict[str, str]
+    """network name -> bridge realising it on this node."""
+    facts: domainxml.HostFacts
+    stop_timeout: float = 30.0
+    """Seconds a guest gets to power off after ACPI shutdown before it is destroyed."""
+    tick: float = 15.0
+    """Every VM is looked at this often even without events."""
+    workers: int = 4
+
+    @property
+    def console_dir(self) -> Path:
+        return self.layout.state_dir / "console"
+
+
+@dataclasses.dataclass
+class Scope:
+    """One VM's pass: the inputs read once, handed to the phase functions."""
+
+    key: Key
+    obj: dict[str, Any]
+    identity: domainxml.Identity
+    machine: machines.MachineSpec | None
+    status: dict[str, Any]
+    domain: DomainInfo | None
+    started_at: str | None = None
+    applied_restart_token: str | None = None
+    ready_reason: str | None = None
+    message: str = ""
+    network_states: list[netsegments.SegmentState] = dataclasses.field(default_factory=list)
+
+
+def _now() -> str:
+    return conditions.format_time(datetime.now(UTC))
+
+
+def nic_segments(
+    machine: machines.MachineSpec, networks: dict[str, str]
+) -> list[netsegments.Segment]:
+    """The segment of each NIC (pure). Raises KeyError for a network the node lacks."""
+    return [
+        netsegments.Segment(network=nic.network, vlan=nic.vlan, base_bridge=networks[nic.network])
+        for nic in machine.nics
+    ]
+
+
+def nic_placements(
+    machine: machines.MachineSpec, identity: domainxml.Identity, networks: dict[str, str]
+) -> tuple[domainxml.NICPlacement, ...]:
+    """Tap, bridge and MAC of each NIC (pure)."""
+    return tuple(
+        domainxml.NICPlacement(
+            name=nic.name,
+            mac=(nic.mac or domainxml.stable_mac(identity.uid, nic.name)).lower(),
+            bridge=segment.bridge,
+            tap=domainxml.tap_name(identity.uid, index),
+            model=nic.model,
+        )
+        for index, (nic, segment) in enumerate(
+            zip(machine.nics, nic_segments(machine, networks), strict=True)
+        )
+    )
+
+
+class Agent:
+    """Runs the VM loop of one node (see module docstring)."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        hypervisor: Hypervisor,
+        config: AgentConfig,
+        *,
+        segments: netsegments.Segments,
+        heartbeat: leases.Heartbeat | None = None,
+    ) -> None:
+        self.api = api
+        self.hv = hypervisor
+        self.config = config
+        self.segments = segments
+        self.heartbeat = heartbeat
+        self.status = status.StatusWriter(api)
+        self._custom: Any = client.CustomObjectsApi(api)
+        self._core: Any = client.CoreV1Api(api)
+        self.watcher = watching.VMWatcher(api, node=config.node, on_change=self.enqueue)
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._busy: set[Key] = set()
+        self._again: set[Key] = set()
+        self._shutdown_at: dict[Key, float] = {}
+        self._segments_up: set[netsegments.Segment] = set()
+        self._segment_lock = asyncio.Lock()
+        self.passes = 0
+
+    # -- queue -----------------------------------------------------------------------
+
+    def enqueue(self, key: Key) -> None:
+        """Ask for a pass over ``key`` (coalesced with pending ones)."""
+        if key in self._busy:
+            self._again.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def enqueue_later(self, key: Key, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._busy.add(key)
+            try:
+                await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("%s/%s: reconcile failed; retrying", *key)
+                self.enqueue_later(key, 5.0)
+            finally:
+                self._busy.discard(key)
+                if key in self._again:
+                    self._again.discard(key)
+                    self.enqueue(key)
+
+    async def _events(self) -> None:
+        while True:
+            event = await self.hv.next_event()
+            namespace, sep, name = event.name.partition("_")
+            if sep and (namespace, name) in self.watcher.cache:
+                self.enqueue((namespace, name))
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick)
+            for key in list(self.watcher.cache):
+                self.enqueue(key)
+
+    async def run(self) -> None:
+        """Run watch, heartbeat, events, tick and workers until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.watcher.run())
+            if self.heartbeat is not None:
+                group.create_task(self.heartbeat.run())
+            group.create_task(self._events())
+            group.create_task(self._ticker())
+            for _ in range(self.config.workers):
+                group.create_task(self._worker())
+            await self.watcher.synced.wait()
+            group.create_task(self._prune_segments_after_sync())
+
+    async def _prune_segments_after_sync(self) -> None:
+        """After the first list: adopt existing VLAN bridges, prune unneeded ones."""
+        existing = await asyncio.to_thread(
+            self.segments.existing_vlan_segments, self.config.networks
+        )
+        async with self._segment_lock:
+            self._segments_up.update(existing)
+        await self._sync_segments()
+
+    # -- one pass --------------------------------------------------------------------
+
+    def _scope(self, key: Key, obj: dict[str, Any], domain: DomainInfo | None) -> Scope:
+        meta = obj.get("metadata") or {}
+        st = obj.get("status") or {}
+        machine = None
+        if st.get("machine") is not None:
+            try:
+                machine = machines.MachineSpec.model_validate(st["machine"])
+            except ValidationError as exc:
+                logger.warning("%s/%s: status.machine invalid: %s", *key, exc)
+        return Scope(
+            key=key,
+            obj=obj,
+            identity=domainxml.Identity(namespace=key[0], name=key[1], uid=str(meta.get("uid"))),
+            machine=machine,
+            status=st,
+            domain=domain,
+            started_at=st.get("startedAt"),
+            applied_restart_token=st.get("appliedRestartToken"),
+        )
+
+    async def reconcile(self, key: Key) -> None:
+        """Read, decide, act, report for one VM."""
+        self.passes += 1
+        obj = self.watcher.cache.get(key)
+        if obj is None:
+            self._shutdown_at.pop(key, None)
+            return
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if labels.get(groups.LABEL_NODE) != self.config.node:
+            return  # re-check: the server-side selector is the filter, this the guard
+        identity_name = f"{key[0]}_{key[1]}"
+        domain = await self.hv.lookup(identity_name)
+        scope = self._scope(key, obj, domain)
+        if (
+            domain is not None
+            and domain.identity is not None
+            and domain.identity.uid != scope.identity.uid
+        ):
+            logger.warning("%s/%s: removing domain of an older VM with this name", *key)
+            await self.hv.destroy(domain.name)
+            await self.hv.undefine(domain.name)
+            scope.domain = None
+
+        deleting = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+        restart_token = scope.status.get("restartToken")
+        shutdown_at = self._shutdown_at.get(key)
+        active = scope.domain is not None and reconciling.DomainView(scope.domain.state).active
+        if not active:
+            self._shutdown_at.pop(key, None)
+            shutdown_at = None
+        observed = reconciling.Observed(
+            desired=scope.status.get("desiredState"),
+            has_machine=scope.machine is not None,
+            deleting=deleting,
+            restart_pending=restart_token is not None
+            and restart_token != scope.applied_restart_token,
+            phase=scope.status.get("phase"),
+            domain=None
+            if scope.domain is None
+            else reconciling.DomainView(
+                state=str(scope.domain.state), guest_shut_down=scope.domain.guest_shut_down
+            ),
+            shutdown_requested=shutdown_at is not None,
+            shutdown_timed_out=shutdown_at is not None
+            and time.monotonic() - shutdown_at > self.config.stop_timeout,
+        )
+        plan = reconciling.decide(observed)
+        if deleting and AGENT_FINALIZER not in (
+            (obj.get("metadata") or {}).get("finalizers") or []
+        ):
+            return  # already cleaned up; the controller finishes the delete
+        phase = plan.phase
+        for action in plan.actions:
+            ok = await self._act(action, scope, restart_token)
+            if not ok:
+                phase = "Starting"
+                self.enqueue_later(key, 10.0)
+                break
+        if plan.requeue:
+            self.enqueue_later(key, 1.0)
+        if deleting or phase is None:
+            return
+        await self._report(scope, phase)
+        if not plan.actions and phase in ("Running", "Paused"):
+            return
+        await self._sync_segments()
+
+    async def _act(
+        self, action: reconciling.Action, scope: Scope, restart_token: str | None
+    ) -> bool:
+        """Run one action; False when it could not be done for a reason the user can fix."""
+        name = scope.identity.domain_name
+        A = reconciling.Action
+        logger.info("%s/%s: %s", *scope.key, action)
+        if action is A.ENSURE:
+            return await self._ensure(scope)
+        if action is A.START:
+            await self.hv.start(name)
+            scope.started_at = _now()
+        elif action is A.SHUTDOWN:
+            await self.hv.shutdown(name)
+            self._shutdown_at[scope.key] = time.monotonic()
+        elif action is A.DESTROY:
+            await self.hv.destroy(name)
+        elif action is A.SUSPEND:
+            await self.hv.suspend(name)
+        elif action is A.RESUME:
+            await self.hv.resume(name)
+        elif action is A.UNDEFINE:
+            await self.hv.undefine(name)
+        elif action is A.CLEANUP:
+            await self._cleanup(scope)
+        elif action is A.APPLY_RESTART:
+            scope.applied_restart_token = restart_token
+        return True
+
+    async def _ensure(self, scope: Scope) -> bool:
+        """Finalizer, disks, segments, domain definition (from status.machine)."""
+        assert scope.machine is not None
+        await self._add_finalizer(scope.obj)
+        try:
+            plans = disks.plan(scope.machine, scope.identity, self.config.layout)
+            for disk in plans:
+                await disks.ensure(disk)
+        except disks.DiskError as exc:
+            scope.ready_reason, scope.message = exc.reason, str(exc)
+            return False
+        try:
+            wanted = nic_segments(scope.machine, self.config.networks)
+        except KeyError as exc:
+            scope.ready_reason = conditions.Reason.NETWORK_UNAVAILABLE
+            scope.message = f"network {exc.args[0]!r} is not offered by node {self.config.node}"
+            return False
+        async with self._segment_lock:
+            for segment in wanted:
+                try:
+                    state = await asyncio.to_thread(self.segments.ensure, segment)
+                except netsegments.SegmentError as exc:
+                    scope.ready_reason = conditions.Reason.NETWORK_UNAVAILABLE
+                    scope.message = str(exc)
+                    return False
+                self._segments_up.add(segment)
+                scope.network_states.append(state)
+        password = await self._vnc_password(scope)
+        self.config.console_dir.mkdir(parents=True, exist_ok=True)
+        placement = domainxml.Placement(
+            disks=disks.placements(plans),
+            nics=nic_placements(scope.machine, scope.identity, self.config.networks),
+            console_log=self.config.console_dir / f"{scope.identity.domain_name}.log"
+            if scope.machine.console.serial
+            else None,
+            vnc_password=password,
+        )
+        try:
+            xml = domainxml.render(scope.machine, scope.identity, placement, self.config.facts)
+        except domainxml.DomainXMLError as exc:
+            scope.ready_reason, scope.message = conditions.Reason.INVALID_SPEC, str(exc)
+            return False
+        if scope.domain is None or not reconciling.DomainView(scope.domain.state).active:
+            try:
+                scope.domain = await self.hv.define(xml)
+            except HypervisorError as exc:
+                scope.ready_reason, scope.message = conditions.Reason.FAILED, str(exc)
+                return False
+        return True
+
+    async def _vnc_password(self, scope: Scope) -> str | None:
+        assert scope.machine is not None
+        ref = scope.machine.display.password_secret_ref
+        if ref is None or not scope.machine.display.vnc:
+            return None
+        secret = await self._core.read_namespaced_secret(ref.name, scope.identity.namespace)
+        raw = (secret.data or {}).get(ref.key)
+        return base64.b64decode(raw).decode() if raw else None
+
+    async def _cleanup(self, scope: Scope) -> None:
+        """Delete the VM's own disks (never bases, never retained), prune segments, and
+        release the VM by removing our finalizer."""
+        if scope.machine is not None:
+            try:
+                plans = disks.plan(scope.machine, scope.identity, self.config.layout)
+            except disks.DiskError:
+                # A base image vanished: plan without bases (the files are still ours).
+                bare = scope.machine.model_copy(
+                    update={
+                        "disks": [
+                            d.model_copy(update={"image": None, "size": d.size or "1"})
+                            for d in scope.machine.disks
+                        ]
+                    }
+                )
+                plans = disks.plan(bare, scope.identity, self.config.layout)
+            removed = await asyncio.to_thread(
+                disks.remove, disks.deletable(plans, self.config.layout)
+            )
+            logger.info("%s/%s: removed disks %s", *scope.key, [str(p) for p in removed])
+        self.watcher.cache.pop(scope.key, None)
+        await self._sync_segments()
+        await self._remove_finalizer(scope.obj)
+
+    # -- finalizer ---------------------------------------------------------------------
+
+    async def _patch_finalizers(self, obj: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+        meta = obj["metadata"]
+        try:
+            await self._custom.patch_namespaced_custom_object(
+                groups.GROUP,
+                groups.VERSION,
+                meta["namespace"],
+                watching.PLURAL,
+                meta["name"],
+                ops,
+                _content_type="application/json-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):  # gone or changed under us: next pass decides
+                logger.info(
+                    "%s/%s: finalizer patch skipped (%s)",
+                    meta["namespace"],
+                    meta["name"],
+                    exc.status,
+                )
+                return
+            raise
+
+    async def _add_finalizer(self, obj: dict[str, Any]) -> None:
+        finalizers = (obj.get("metadata") or {}).get("finalizers")
+        if finalizers and AGENT_FINALIZER in finalizers:
+            return
+        if finalizers:
+            ops = [
+                {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": AGENT_FINALIZER},
+            ]
+        else:
+            ops = [{"op": "add", "path": "/metadata/finalizers", "value": [AGENT_FINALIZER]}]
+        await self._patch_finalizers(obj, ops)
+
+    async def _remove_finalizer(self, obj: dict[str, Any]) -> None:
+        finalizers = (obj.get("metadata") or {}).get("finalizers") or []
+        if AGENT_FINALIZER not in finalizers:
+            return
+        index = finalizers.index(AGENT_FINALIZER)
+        path = f"/metadata/finalizers/{index}"
+        await self._patch_finalizers(
+            obj,
+            [
+                {"op": "test", "path": path, "value": AGENT_FINALIZER},
+                {"op": "remove", "path": path},
+            ],
+        )
+
+    # -- segments ----------------------------------------------------------------------
+
+    def _needed_segments(self) -> set[netsegments.Segment]:
+        """Segments of the VMs on this node that are (to be) running."""
+        needed: set[netsegments.Segment] = set()
+        for obj in self.watcher.cache.values():
+            st = obj.get("status") or {}
+            if (obj.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            if st.get("desiredState") not in ("Running", "Paused") and st.get("phase") not in (
+                "Running",
+                "Paused",
+                "Stopping",
+                "Starting",
+            ):
+                continue
+            for nic in (st.get("machine") or {}).get("nics") or []:
+                network = nic.get("network")
+                if network in self.config.networks:
+                    needed.add(
+                        netsegments.Segment(
+                            network=network,
+                            vlan=nic.get("vlan"),
+                            base_bridge=self.config.networks[network],
+                        )
+                    )
+        return needed
+
+    async def _sync_segments(self) -> None:
+        """Remove VLAN segments no VM needs; publish the node's segment set."""
+        async with self._segment_lock:
+            needed = self._needed_segments()
+            for segment in sorted(
+                self._segments_up - needed, key=lambda s: (s.network, s.vlan or 0)
+            ):
+                if segment.vlan is not None:
+                    await asyncio.to_thread(self.segments.remove, segment)
+                self._segments_up.discard(segment)
+            if self.heartbeat is not None:
+                self.heartbeat.set_segments(frozenset(s.name for s in self._segments_up & needed))
+
+    # -- status ------------------------------------------------------------------------
+
+    async def _report(self, scope: Scope, phase: str) -> None:
+        assert scope.machine is not None or phase in ("Stopped", "Succeeded", "Failed")
+        st = scope.status
+        interfaces: list[dict[str, Any]] = []
+        display = None
+        domain_uuid = st.get("domainUUID")
+        if phase in ("Running", "Paused") or scope.domain is not None:
+            fresh = await self.hv.lookup(scope.identity.domain_name)
+            if fresh is not None:
+                domain_uuid = fresh.uuid
+                live = domainxml.live_facts(fresh.xml)
+                if live.vnc_port is not None and phase in ("Running", "Paused"):
+                    display = {"type": "vnc", "host": live.vnc_host, "port": live.vnc_port}
+                if scope.machine is not None:
+                    for nic in scope.machine.nics:
+                        entry: dict[str, Any] = {"name": nic.name, "network": nic.network}
+                        if nic.vlan is not None:
+                            entry["vlan"] = nic.vlan
+                        mac = live.macs.get(nic.name) or nic.mac
+                        if mac:
+                            entry["mac"] = mac.lower()
+                        if nic.name in live.taps and phase in ("Running", "Paused"):
+                            entry["tap"] = live.taps[nic.name]
+                        interfaces.append(entry)
+        running_at = st.get("runningAt")
+        if phase == "Running" and (running_at is None or scope.started_at != st.get("startedAt")):
+            running_at = _now()
+        network_ready: bool | None = None
+        network_message = ""
+        if scope.machine is not None and scope.machine.nics and phase in ("Running", "Paused"):
+            local = [s for s in scope.network_states if not s.uplinked]
+            network_ready = True
+            network_message = "; ".join(s.message for s in local)
+        console = self.config.console_dir / f"{scope.identity.domain_name}.log"
+        report = status.Report(
+            phase=phase,
+            interfaces=tuple(interfaces),
+            display=display,
+            console_log=str(console)
+            if scope.machine is not None and scope.machine.console.serial
+            else None,
+            domain_uuid=domain_uuid,
+            started_at=scope.started_at,
+            running_at=running_at,
+            applied_restart_token=scope.applied_restart_token,
+            ready_reason=scope.ready_reason,
+            message=scope.message,
+            network_ready=network_ready,
+            network_message=network_message,
+        )
+        # NetworkReady message is kept across passes (segment states are only known on ENSURE).
+        previous = conditions.get_condition(
+            st.get("conditions") or [], conditions.ConditionType.NETWORK_READY
+        )
+        if (
+            previous is not None
+            and not network_message
+            and network_ready
+            and not scope.network_states
+        ):
+            report = dataclasses.replace(report, network_message=str(previous.get("message", "")))
+        generation = (scope.obj.get("metadata") or {}).get("generation")
+        own = status.desired_status(
+            report, current=st, generation=generation, now=datetime.now(UTC)
+        )
+        result = await self.status.apply(
+            namespace=scope.key[0], name=scope.key[1], own=own, current=st
+        )
+        if result is not None and scope.key in self.watcher.cache:
+            # Keep the cache ahead of the watch so the next pass sees our own write.
+            self.watcher.cache[scope.key] = result
