@@ -17,7 +17,7 @@ from kubevisor.api import kinds
 from kubevisor.controller import notimplemented
 
 #: kind -> module (under kubevisor.controller) whose import registers its handlers.
-IMPLEMENTED: dict[str, str] = {}
+IMPLEMENTED: dict[str, str] = {"VirtualMachine": "vms", "VMTemplate": "vmtemplates"}
 
 
 def not_implemented_kinds() -> list[kinds.Kind]:

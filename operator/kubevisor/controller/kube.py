@@ -1,0 +1,115 @@
+"""The controller's Kubernetes adapter: the few reads and writes the VM logic needs.
+
+kopf watches and dispatches; these calls fetch fresh objects and write with
+server-side apply, which kopf's patches do not do. Everything returns plain dicts (the
+raw wire form); callers parse with the api models where they need types.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from kubernetes_asyncio import client, config
+
+from kubevisor.api import groups
+
+FIELD_MANAGER = "kubevisor-controller"
+APPLY = "application/apply-patch+yaml"
+
+Obj = dict[str, Any]
+
+
+class Kube:
+    """One shared API client for the process; create it inside the running loop."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+        self._custom = client.CustomObjectsApi(api)
+        self._coord = client.CoordinationV1Api(api)
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        """From $KUBECONFIG (what ``--kubeconfig`` sets), else the in-cluster account."""
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        else:
+            await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        return cls(client.ApiClient())
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def get(self, plural: str, namespace: str, name: str) -> Obj | None:
+        """A namespaced kubevisor object, or None when it does not exist."""
+        try:
+            obj: Obj = await self._custom.get_namespaced_custom_object(
+                groups.GROUP, groups.VERSION, namespace, plural, name
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    async def list_all(self, plural: str) -> list[Obj]:
+        """Every object of a kubevisor kind in every namespace."""
+        result = await self._custom.list_cluster_custom_object(groups.GROUP, groups.VERSION, plural)
+        return list(result.get("items") or [])
+
+    async def list_leases(self, namespace: str, label_selector: str) -> list[Obj]:
+        """Leases as raw dicts (camelCase keys, like the custom objects)."""
+        response: Any = await self._coord.list_namespaced_lease(
+            namespace, label_selector=label_selector, _preload_content=False
+        )
+        data = json.loads(await response.read())
+        return list(data.get("items") or [])
+
+    async def apply_status(
+        self, plural: str, kind: str, namespace: str, name: str, status: Obj
+    ) -> Obj:
+        """Server-side apply of ``status`` as field manager kubevisor-controller: the
+        fields listed are ours, fields owned by the agent are left alone."""
+        body = {
+            "apiVersion": groups.API_VERSION,
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        obj: Obj = await self._custom.patch_namespaced_custom_object_status(
+            groups.GROUP,
+            groups.VERSION,
+            namespace,
+            plural,
+            name,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,  # type: ignore[call-arg]
+        )
+        return obj
+
+    async def json_patch(self, plural: str, namespace: str, name: str, ops: list[Obj]) -> Obj:
+        """A JSON patch (with ``test`` ops for optimistic concurrency on lists)."""
+        obj: Obj = await self._custom.patch_namespaced_custom_object(
+            groups.GROUP,
+            groups.VERSION,
+            namespace,
+            plural,
+            name,
+            ops,
+            field_manager=FIELD_MANAGER,
+            _content_type="application/json-patch+json",  # type: ignore[call-arg]
+        )
+        return obj
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A failed ``test`` op (422) or a stale resourceVersion (409): re-read and retry."""
+    return isinstance(exc, client.ApiException) and exc.status in (409, 422)
+
+
+def is_gone(exc: BaseException) -> bool:
+    """The object was deleted meanwhile."""
+    return isinstance(exc, client.ApiException) and exc.status == 404

@@ -1,0 +1,334 @@
+"""One reconcile of a VirtualMachine: a scope and the phases run over it.
+
+Each phase reads the scope, fetches what it must through ``kube.Kube`` and records its
+decision in the scope; the decisions themselves are the pure functions in
+``resolving``, ``powering`` and ``placing``. ``vms.reconcile`` then writes status once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pydantic
+
+from kubevisor.api import groups, machines, virtualmachines
+from kubevisor.api.conditions import ConditionType, Reason
+from kubevisor.api.virtualmachines import DesiredState
+from kubevisor.controller import kube, placing, powering, resolving
+from kubevisor.controller.vmstatus import Cond
+
+PLURAL = "virtualmachines"
+TEMPLATES = "vmtemplates"
+ANNOTATION_PAUSED = "kubevisor.io/paused"
+ANNOTATION_POWER = "kubevisor.io/power"
+#: The agent's finalizer (docs/dev/vm-contract.md): ours waits until it is gone.
+AGENT_FINALIZER = "kubevisor.io/agent-cleanup"
+#: Agent phases meaning no domain is running.
+AT_REST = frozenset({None, "Pending", "Scheduling", "Stopped", "Succeeded", "Failed"})
+
+#: vCPUs per reported core placement allows (KUBEVISOR_CPU_OVERCOMMIT, default 1).
+CPU_OVERCOMMIT = float(os.environ.get("KUBEVISOR_CPU_OVERCOMMIT", "1"))
+
+
+@dataclass
+class Scope:
+    """Everything one reconcile knows and decides about one VM."""
+
+    obj: dict[str, Any]
+    """The VM as just read from the API server."""
+    now: datetime
+    spec: virtualmachines.VirtualMachineSpec | None = None
+    """Parsed spec; None when it does not parse (reported as InvalidSpec)."""
+    wanted: machines.MachineSpec | None = None
+    """The machine the spec and template resolve to now."""
+    only_nodes: frozenset[str] | None = None
+    """Nodes the VM may be placed on at all (clone sources)."""
+    only_reason: str = ""
+    power: powering.PowerDecision | None = None
+    machine: machines.MachineSpec | None = None
+    """The machine to record in status (the running one unless a restart applies)."""
+    node: str | None = None
+    phase: str | None = None
+    """Our phase while unplaced; None once placed (the agent's then)."""
+    conds: dict[str, Cond] = field(default_factory=dict)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    """Normal Events to post, (reason, message); warnings follow from conditions."""
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.obj.get("metadata") or {})
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.obj.get("status") or {})
+
+    @property
+    def namespace(self) -> str:
+        return str(self.meta.get("namespace"))
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name"))
+
+    @property
+    def uid(self) -> str:
+        return str(self.meta.get("uid"))
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta.get("generation") or 0)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return dict(self.meta.get("annotations") or {})
+
+    @property
+    def current_machine(self) -> machines.MachineSpec | None:
+        raw = self.status.get("machine")
+        if not raw:
+            return None
+        try:
+            return machines.MachineSpec.model_validate(raw)
+        except pydantic.ValidationError:
+            return None
+
+
+def _errors(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def resolve(scope: Scope, api: kube.Kube) -> None:
+    """Template / clone source / inline spec -> ``scope.wanted`` and TemplateResolved."""
+    ok = ConditionType.TEMPLATE_RESOLVED
+    try:
+        scope.spec = virtualmachines.VirtualMachineSpec.model_validate(scope.obj.get("spec") or {})
+    except pydantic.ValidationError as exc:
+        scope.conds[ok] = Cond("False", Reason.INVALID_SPEC, f"spec is invalid: {_errors(exc)}")
+        return
+    spec = scope.spec
+    template: machines.MachineSpec | None = None
+    origin = "from its own spec"
+    if spec.source is not None:
+        await _resolve_clone(scope, api, spec)
+        return
+    if spec.template_ref is not None:
+        name = spec.template_ref.name
+        raw = await api.get(TEMPLATES, scope.namespace, name)
+        if raw is None:
+            scope.conds[ok] = Cond(
+                "False",
+                Reason.TEMPLATE_NOT_FOUND,
+                f"VMTemplate {name} does not exist in namespace {scope.namespace}; the VM"
+                " is created as soon as it does.",
+            )
+            return
+        try:
+            template = machines.MachineSpec.model_validate(raw.get("spec") or {})
+        except pydantic.ValidationError as exc:
+            scope.conds[ok] = Cond(
+                "False", Reason.INVALID_SPEC, f"VMTemplate {name} is invalid: {_errors(exc)}"
+            )
+            return
+        origin = f"from VMTemplate {name}"
+    try:
+        scope.wanted = resolving.resolve(template, spec, uid=scope.uid)
+    except pydantic.ValidationError as exc:
+        scope.conds[ok] = Cond(
+            "False", Reason.INVALID_SPEC, f"the resolved machine is invalid: {_errors(exc)}"
+        )
+        return
+    scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"machine resolved {origin}")
+
+
+async def _resolve_clone(
+    scope: Scope, api: kube.Kube, spec: virtualmachines.VirtualMachineSpec
+) -> None:
+    ok = ConditionType.TEMPLATE_RESOLVED
+    assert spec.source is not None
+    if spec.source.virtual_machine is None:
+        scope.conds[ok] = Cond(
+            "False",
+            Reason.NOT_IMPLEMENTED,
+            "restoring from a VMBackup (spec.source.backup) is not implemented yet.",
+        )
+        return
+    source_name = spec.source.virtual_machine.name
+    if scope.status.get("nodeName") and scope.current_machine is not None:
+        # Disks are copied once, when the clone is first realized: keep what was recorded.
+        scope.wanted = scope.current_machine
+        scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"cloned from {source_name}")
+        return
+    source = await api.get(PLURAL, scope.namespace, source_name)
+    src_status = dict((source or {}).get("status") or {})
+    src_node = src_status.get("nodeName")
+    if source is None or not src_node or not src_status.get("machine"):
+        why = "does not exist" if source is None else "has no disks yet (it was never placed)"
+        scope.conds[ok] = Cond(
+            "False",
+            Reason.SOURCE_NOT_FOUND,
+            f"clone source VirtualMachine {source_name} {why} in namespace"
+            f" {scope.namespace}; the clone waits for it.",
+        )
+        return
+    src_machine = machines.MachineSpec.model_validate(src_status["machine"])
+    try:
+        scope.wanted = resolving.resolve_clone(
+            src_machine,
+            spec,
+            source_namespace=scope.namespace,
+            source_name=source_name,
+            uid=scope.uid,
+        )
+    except pydantic.ValidationError as exc:
+        scope.conds[ok] = Cond(
+            "False", Reason.INVALID_SPEC, f"the resolved machine is invalid: {_errors(exc)}"
+        )
+        return
+    running = src_status.get("phase") not in AT_REST or src_status.get("desiredState") != (
+        DesiredState.STOPPED
+    )
+    local = any(d.storage == "local" for d in src_machine.disks)
+    if running or local:
+        scope.only_nodes = frozenset({src_node})
+        scope.only_reason = (
+            f"clone source {source_name} is running on {src_node} (its agent takes the"
+            " point-in-time copy)"
+            if running
+            else f"clone source disks are local to {src_node}"
+        )
+    scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"cloning {source_name}")
+
+
+def power(scope: Scope) -> None:
+    """runStrategy + annotations + what the agent reports -> desired state, token."""
+    strategy = scope.spec.run_strategy if scope.spec else virtualmachines.RunStrategy.HALTED
+    status, notes = scope.status, scope.annotations
+    scope.power = powering.next_power_state(
+        powering.PowerInputs(
+            run_strategy=strategy,
+            phase=status.get("phase"),
+            desired=status.get("desiredState"),
+            restart_annotation=notes.get(groups.ANNOTATION_RESTART),
+            restart_token=status.get("restartToken"),
+            applied_restart_token=status.get("appliedRestartToken"),
+            paused=notes.get(ANNOTATION_PAUSED) == "true",
+            manual_power=notes.get(ANNOTATION_POWER),
+        )
+    )
+
+
+def record_machine(scope: Scope) -> None:
+    """Which machine goes into status, and RestartRequired.
+
+    A VM that is not running takes the newly resolved machine; a running one keeps its
+    recorded machine until a restart, and says what a restart would change.
+    """
+    assert scope.power is not None
+    current, wanted = scope.current_machine, scope.wanted
+    rr = ConditionType.RESTART_REQUIRED
+    at_rest = (
+        not scope.status.get("nodeName")
+        or current is None
+        or scope.power.restarted
+        or (scope.power.desired == DesiredState.STOPPED and scope.status.get("phase") in AT_REST)
+    )
+    if wanted is None:
+        scope.machine = current
+    elif at_rest:
+        scope.machine = wanted
+    else:
+        scope.machine = current
+    changed = (
+        resolving.changed_fields(scope.machine, wanted)
+        if scope.machine is not None and wanted is not None
+        else []
+    )
+    if changed:
+        scope.conds[rr] = Cond(
+            "True",
+            Reason.SPEC_CHANGED,
+            f"{', '.join(changed)} changed; restart the VM to apply"
+            " (kubevisor restart NAME, or set annotation kubevisor.io/restart).",
+        )
+    else:
+        scope.conds[rr] = Cond("False", Reason.AS_EXPECTED, "")
+
+
+_placing_lock: asyncio.Lock | None = None
+
+
+def _lock() -> asyncio.Lock:
+    global _placing_lock
+    if _placing_lock is None:
+        _placing_lock = asyncio.Lock()
+    return _placing_lock
+
+
+async def used_by_node(api: kube.Kube, *, exclude_uid: str) -> dict[str, placing.Usage]:
+    """Sum of the machines placed per node, except stopped VMs and ``exclude_uid``."""
+    used: dict[str, placing.Usage] = {}
+    for vm in await api.list_all(PLURAL):
+        status = vm.get("status") or {}
+        node, raw = status.get("nodeName"), status.get("machine")
+        if (vm.get("metadata") or {}).get("uid") == exclude_uid or not node or not raw:
+            continue
+        if status.get("desiredState") == DesiredState.STOPPED:
+            continue
+        try:
+            usage = placing.usage_of(machines.MachineSpec.model_validate(raw))
+        except pydantic.ValidationError:
+            continue
+        used[node] = used.get(node, placing.Usage()) + usage
+    return used
+
+
+async def schedule(scope: Scope, api: kube.Kube, write: Any) -> None:
+    """Keep the node of a placed VM; place a VM that should run; report why not.
+
+    ``write`` is the status write, called while the placement lock is held so the next
+    placement counts this VM.
+    """
+    assert scope.power is not None
+    sched = ConditionType.SCHEDULED
+    placed = scope.status.get("nodeName")
+    if placed:
+        scope.node = str(placed)
+        scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {placed}")
+        await write(scope)
+        return
+    if scope.machine is None:
+        scope.phase = virtualmachines.VirtualMachinePhase.PENDING
+        scope.conds[sched] = Cond(
+            "False", Reason.UNSCHEDULABLE, "waiting for the machine to be resolved"
+        )
+        await write(scope)
+        return
+    if scope.power.desired == DesiredState.STOPPED:
+        scope.phase = virtualmachines.VirtualMachinePhase.STOPPED
+        scope.conds[sched] = Cond("False", Reason.STOPPED, "not placed: the VM is not asked to run")
+        await write(scope)
+        return
+    async with _lock():
+        leases = await api.list_leases(placing.LEASE_NAMESPACE, f"{placing.LABEL_AGENT}=true")
+        nodes = [placing.node_from_lease(lease, now=scope.now) for lease in leases]
+        used = await used_by_node(api, exclude_uid=scope.uid)
+        request = placing.request_for(
+            scope.machine, only_nodes=scope.only_nodes, only_reason=scope.only_reason
+        )
+        result = placing.place(request, nodes, used, cpu_overcommit=CPU_OVERCOMMIT)
+        if result.node is None:
+            scope.phase = virtualmachines.VirtualMachinePhase.PENDING
+            scope.conds[sched] = Cond("False", Reason.UNSCHEDULABLE, result.reason)
+        else:
+            scope.node = result.node
+            scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {result.node}")
+            scope.events.append((Reason.SCHEDULED, f"placed on node {result.node}"))
+        await write(scope)
