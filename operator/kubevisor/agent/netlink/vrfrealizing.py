@@ -151,7 +151,11 @@ class VRFRealizer:
         except (NetlinkError, OSError) as error:
             return self._status(desired, ready=False, message=f"NetlinkError: {error}")
         status = self._observe_one(desired.name, desired.backend)
-        wanted = sorted(i.name for i in desired.interfaces)
+        # in vrf mode a host interface keeps its own name; in a namespace it is renamed
+        wanted = sorted(
+            (i.host_interface or i.name) if desired.backend == "vrf" else i.name
+            for i in desired.interfaces
+        )
         ready = (
             status["interfaces"] == wanted
             and installed == len(desired.routes) == status["routesInstalled"]
