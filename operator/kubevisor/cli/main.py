@@ -1,0 +1,195 @@
+"""``kubevisor`` (also ``kubectl kubevisor``): operate VirtualMachines from a shell.
+
+Every verb is an ordinary API write the controller reacts to, so nothing here bypasses
+the controller: start/stop patch ``spec.runStrategy`` (or, for runStrategy Manual, the
+``kubevisor.io/power`` annotation), restart sets a new ``kubevisor.io/restart`` token,
+pause/unpause set or remove ``kubevisor.io/paused``.
+
+Examples::
+
+    kubevisor list -n default
+    kubevisor restart web -n default
+    kubectl kubevisor console web
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kubevisor.api import groups
+
+PLURAL = "virtualmachines"
+ANNOTATION_PAUSED = "kubevisor.io/paused"
+ANNOTATION_POWER = "kubevisor.io/power"
+GUEST_STOPPED = ("Succeeded", "Failed")
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def new_token() -> str:
+    """A fresh restart token (no '#': the controller appends '#<n>' to its own)."""
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def power_patch(verb: str, vm: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch a verb amounts to for this VM (pure; see the module docstring)."""
+    spec = vm.get("spec") or {}
+    status = vm.get("status") or {}
+    strategy = spec.get("runStrategy", "Always")
+    name = vm["metadata"]["name"]
+    stopped = status.get("phase") in GUEST_STOPPED or status.get("desiredState") == "Stopped"
+    if verb == "start":
+        if strategy == "Halted":
+            return {"spec": {"runStrategy": "Always"}}
+        notes: dict[str, Any] = {}
+        if strategy == "Manual":
+            notes[ANNOTATION_POWER] = "Running"
+            if status.get("phase") in GUEST_STOPPED:
+                notes[groups.ANNOTATION_RESTART] = new_token()
+        elif stopped:
+            notes[groups.ANNOTATION_RESTART] = new_token()
+        else:
+            raise CLIError(f"{name} is already running (runStrategy {strategy})")
+        return {"metadata": {"annotations": notes}}
+    if verb == "stop":
+        if strategy == "Manual":
+            return {"metadata": {"annotations": {ANNOTATION_POWER: "Stopped"}}}
+        if strategy == "Halted":
+            raise CLIError(f"{name} is already stopped (runStrategy Halted)")
+        return {"spec": {"runStrategy": "Halted"}}
+    if verb == "restart":
+        return {"metadata": {"annotations": {groups.ANNOTATION_RESTART: new_token()}}}
+    if verb == "pause":
+        return {"metadata": {"annotations": {ANNOTATION_PAUSED: "true"}}}
+    if verb == "unpause":
+        return {"metadata": {"annotations": {ANNOTATION_PAUSED: None}}}
+    raise CLIError(f"unknown verb {verb}")
+
+
+def row(vm: dict[str, Any]) -> list[str]:
+    """One line of ``list``: name, phase, desired state, node, first IP, strategy."""
+    st = vm.get("status") or {}
+    ifaces = st.get("interfaces") or [{}]
+    return [
+        vm["metadata"]["name"],
+        str(st.get("phase") or "-"),
+        str(st.get("desiredState") or "-"),
+        str(st.get("nodeName") or "-"),
+        str(ifaces[0].get("ipAddress") or "-"),
+        str((vm.get("spec") or {}).get("runStrategy") or "Always"),
+    ]
+
+
+def table(rows: list[list[str]]) -> str:
+    header = ["NAME", "PHASE", "DESIRED", "NODE", "IP", "STRATEGY"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    )
+
+
+def describe(vm: dict[str, Any]) -> str:
+    """``get``: the list row plus conditions and machine summary."""
+    st = vm.get("status") or {}
+    lines = [table([row(vm)]), ""]
+    machine = st.get("machine") or {}
+    if machine:
+        nics = ", ".join(f"{n['name']}={n.get('mac')}" for n in machine.get("nics") or [])
+        lines.append(
+            f"machine: {machine.get('cpu', {}).get('cores')} vCPU, {machine.get('memory')},"
+            f" nics: {nics or '-'}"
+        )
+    for c in st.get("conditions") or []:
+        lines.append(f"{c['type']}={c['status']} ({c['reason']}) {c.get('message', '')}".rstrip())
+    return "\n".join(lines)
+
+
+def _client(kubeconfig: str | None) -> Any:
+    import kubernetes
+
+    if (
+        not kubeconfig
+        and not os.environ.get("KUBECONFIG")
+        and os.environ.get("KUBERNETES_SERVICE_HOST")
+    ):
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:
+        kubernetes.config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    return kubernetes.client.CustomObjectsApi()
+
+
+def run(args: argparse.Namespace) -> str:
+    import kubernetes
+
+    api = _client(args.kubeconfig)
+    ns = args.namespace
+    try:
+        if args.verb == "list":
+            if args.all_namespaces:
+                items = api.list_cluster_custom_object(groups.GROUP, groups.VERSION, PLURAL)
+            else:
+                items = api.list_namespaced_custom_object(groups.GROUP, groups.VERSION, ns, PLURAL)
+            return table([row(vm) for vm in items["items"]])
+        vm = api.get_namespaced_custom_object(groups.GROUP, groups.VERSION, ns, PLURAL, args.name)
+        if args.verb == "get":
+            return describe(vm)
+        if args.verb == "console":
+            st = vm.get("status") or {}
+            path = st.get("consoleLog")
+            if not path:
+                raise CLIError(f"{args.name} has no console log yet (not realized on a node)")
+            out = [f"node {st.get('nodeName')}: {path}"]
+            log = Path(path)
+            if log.is_file():
+                out.extend(log.read_text(errors="replace").splitlines()[-args.tail :])
+            else:
+                out.append("(the log is on the node; not readable from here)")
+            return "\n".join(out)
+        patch = power_patch(args.verb, vm)
+        api.patch_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, ns, PLURAL, args.name, patch
+        )
+        return f"virtualmachine/{args.name} {args.verb} requested"
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            raise CLIError(f"VirtualMachine {args.name!r} not found in namespace {ns}") from exc
+        raise CLIError(f"API error {exc.status}: {exc.reason}") from exc
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kubevisor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
+    sub = p.add_subparsers(dest="verb", required=True)
+    for verb in ("start", "stop", "restart", "pause", "unpause", "get", "console"):
+        s = sub.add_parser(verb, help=f"{verb} a VirtualMachine")
+        s.add_argument("name")
+        s.add_argument("-n", "--namespace", default="default")
+        if verb == "console":
+            s.add_argument("--tail", type=int, default=20, help="lines of the log to print")
+    s = sub.add_parser("list", help="list VirtualMachines")
+    s.add_argument("-n", "--namespace", default="default")
+    s.add_argument("-A", "--all-namespaces", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        print(run(args))
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
