@@ -267,8 +267,13 @@ def build(
     identity: Identity,
     placement: Placement,
     facts: HostFacts,
+    *,
+    domain_uuid: str | None = None,
 ) -> ET.Element:
-    """The <domain> tree (type='qemu': TCG, works where KVM cannot run guests)."""
+    """The <domain> tree (type='qemu': TCG, works where KVM cannot run guests).
+
+    ``domain_uuid`` is given when redefining an existing domain (libvirt refuses a
+    second definition of a name under a new UUID)."""
     if len(placement.disks) != len(machine.disks):
         raise DomainXMLError(
             f"{len(machine.disks)} disks in the machine, {len(placement.disks)} placed"
@@ -279,6 +284,8 @@ def build(
         )
     domain = ET.Element("domain", {"type": "qemu"})
     ET.SubElement(domain, "name").text = identity.domain_name
+    if domain_uuid:
+        ET.SubElement(domain, "uuid").text = domain_uuid
     domain.append(configure_metadata(identity))
     domain.extend(configure_memory(machine))
     domain.extend(configure_cpu(machine))
@@ -306,10 +313,12 @@ def render(
     identity: Identity,
     placement: Placement,
     facts: HostFacts,
+    *,
+    domain_uuid: str | None = None,
 ) -> str:
     """:func:`build` serialised; deterministic for equal inputs."""
     ET.register_namespace(METADATA_PREFIX, METADATA_NS)
-    tree = build(machine, identity, placement, facts)
+    tree = build(machine, identity, placement, facts, domain_uuid=domain_uuid)
     ET.indent(tree)
     return ET.tostring(tree, encoding="unicode")
 

@@ -354,7 +354,13 @@ class Agent:
             vnc_password=password,
         )
         try:
-            xml = domainxml.render(scope.machine, scope.identity, placement, self.config.facts)
+            xml = domainxml.render(
+                scope.machine,
+                scope.identity,
+                placement,
+                self.config.facts,
+                domain_uuid=scope.domain.uuid if scope.domain is not None else None,
+            )
         except domainxml.DomainXMLError as exc:
             scope.ready_reason, scope.message = conditions.Reason.INVALID_SPEC, str(exc)
             return False

@@ -104,6 +104,12 @@ class DomainEvent:
     detail: int
 
 
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; ours arrive as exceptions."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
 
