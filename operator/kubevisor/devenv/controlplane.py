@@ -240,6 +240,8 @@ class ControlPlane:
     etcd_port: int = 0
     api_port: int = 0
     pids: dict[str, int] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    """More kube-apiserver flags (e.g. an audit policy for a benchmark); appended last."""
 
     @property
     def pki(self) -> Path:
@@ -306,6 +308,7 @@ class ControlPlane:
                     "--enable-priority-and-fairness=false",
                     "--profiling=false",
                     "--v=1",
+                    *self.extra_args,
                 ],
             )
             self._write_state()
