@@ -24,7 +24,7 @@ NS = "vmctl-test"
 LEASE_NS = "kubevisor-system"
 G, V = groups.GROUP, groups.VERSION
 NODES = {
-    "fake-a": ({"zone": "a"}, {"cpu": 4, "memoryBytes": 2 * 2**30, "gpus": 0}),
+    "fake-a": ({"zone": "a"}, {"cpu": 16, "memoryBytes": 2 * 2**30, "gpus": 0}),
     "fake-b": ({"zone": "b", "gpu": "yes"}, {"cpu": 4, "memoryBytes": 1 * 2**30, "gpus": 1}),
 }
 TEMPLATE = {
@@ -369,3 +369,66 @@ def test_finalizer_waits_for_the_agent(env: Env) -> None:
     _wait(lambda: env.status("short").get("desiredState"), what="short reconciled")
     env.custom.delete_namespaced_custom_object(G, V, NS, "virtualmachines", "short")
     _wait(lambda: env.vm("short") is None, what="unplaced VM gone")
+
+
+def test_clone_copies_source_disks_on_its_node(env: Env) -> None:
+    tmpl = _template(env)
+    env.create(
+        "virtualmachines",
+        "VirtualMachine",
+        "clone-1",
+        {"source": {"virtualMachine": {"name": "golden"}}},
+    )
+    cond = _wait(lambda: env.cond("clone-1", "TemplateResolved"), what="clone waits")
+    assert cond["reason"] == "SourceNotFound"
+    env.create(
+        "virtualmachines",
+        "VirtualMachine",
+        "golden",
+        {"templateRef": {"name": tmpl}, "nodeSelector": {"zone": "b"}},
+    )
+    src = _wait(
+        lambda: env.status("golden").get("nodeName") and env.status("golden"), what="source placed"
+    )
+    st = _wait(
+        lambda: env.status("clone-1").get("nodeName") and env.status("clone-1"), what="clone placed"
+    )
+    assert st["nodeName"] == src["nodeName"] == "fake-b"  # local disks: same node
+    disk = st["machine"]["disks"][0]
+    assert (disk["image"], disk["clone"]) == (f"vm:{NS}/golden/root", "full")
+    assert st["machine"]["nics"][0]["mac"] != src["machine"]["nics"][0]["mac"]
+
+
+def test_cli_verbs(env: Env, cluster: Any) -> None:
+    tmpl = _template(env)
+    env.create("virtualmachines", "VirtualMachine", "cli", {"templateRef": {"name": tmpl}})
+    _wait(lambda: env.status("cli").get("nodeName"), what="placement")
+
+    def cli(*args: str) -> str:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kubevisor.cli.main",
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                *args,
+                "-n",
+                NS,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout
+
+    assert "cli" in cli("list")
+    cli("restart", "cli")
+    _wait(lambda: env.status("cli").get("restartToken"), what="restartToken from CLI")
+    cli("pause", "cli")
+    _wait(lambda: env.status("cli").get("desiredState") == "Paused", what="paused")
+    cli("unpause", "cli")
+    _wait(lambda: env.status("cli").get("desiredState") == "Running", what="unpaused")
+    cli("stop", "cli")
+    _wait(lambda: env.status("cli").get("desiredState") == "Stopped", what="stopped")
+    assert "Stopped" in cli("get", "cli")
