@@ -17,7 +17,7 @@ from kubevisor.api import kinds
 from kubevisor.controller import notimplemented
 
 #: kind -> module (under kubevisor.controller) whose import registers its handlers.
-IMPLEMENTED: dict[str, str] = {"VirtualMachine": "vms", "VMTemplate": "vmtemplates"}
+IMPLEMENTED: dict[str, str] = {"VirtualMachine": "vms", "VMTemplate": "vmtemplates", "VRF": "vrfs"}
 
 
 def not_implemented_kinds() -> list[kinds.Kind]:
