@@ -113,8 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+        main_pid = os.getpid()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            # Not loop.add_signal_handler: pyroute2 forks helpers to enter a netns, and a
+            # forked child shares asyncio's wakeup fd, so a SIGTERM sent to the child would
+            # stop the agent. Here the child just dies as it would by default.
+            if os.getpid() != main_pid:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            loop.call_soon_threadsafe(task.cancel)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            signal.signal(sig, on_signal)
         try:
             await run(args)
         except asyncio.CancelledError:

@@ -1,0 +1,226 @@
+"""A whole dev cluster on one host: control plane, simulated nodes, controller, agents.
+
+``up`` creates the simulated nodes first (their teardown removes the whole cluster
+directory, so nothing else may live there before), then starts etcd + kube-apiserver
+with the CRDs, then ``kubevisor-controller`` on the host and one ``kubevisor-agent`` per
+node inside the node's mount namespace (so ``qemu:///system`` is the node's libvirtd;
+netlink goes to the node's network namespace via ``--netns``). Processes are detached,
+log to ``<cluster>/logs/<name>.log`` and are recorded in ``<cluster>/procs.json``.
+
+``down`` stops the controller and agents, the control plane, and destroys the nodes
+(which kills anything left in their namespaces: QEMU guests included), leaving nothing
+running.
+
+    python -m kubevisor.devenv.cluster up --cluster dev --nodes 2
+    python -m kubevisor.devenv.cluster down --cluster dev
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubevisor.devenv import controlplane, nodes
+
+VENV_BIN = Path(sys.executable).parent
+#: Where templates find kernels and base images (docs/examples/vmtemplate.yaml).
+IMAGE_DIR = Path("/var/lib/kubevisor/images")
+GUEST_CACHE = Path(os.environ.get("KUBEVISOR_CACHE", "/var/cache/kubevisor")) / "images"
+
+
+@dataclasses.dataclass(frozen=True)
+class DevCluster:
+    """A running dev cluster: where its kubeconfig, logs and nodes are."""
+
+    name: str
+    base_dir: Path
+    kubeconfig: Path
+    kubectl: Path
+    nodes: tuple[nodes.SimNode, ...]
+    pids: dict[str, int]
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.base_dir / self.name
+
+    def log(self, process: str) -> Path:
+        return self.cluster_dir / "logs" / f"{process}.log"
+
+
+def controlplane_dir(name: str, base_dir: Path) -> Path:
+    return base_dir / name / "controlplane"
+
+
+def agent_argv(node: nodes.SimNode, *, kubeconfig: Path, stop_timeout: float = 10.0) -> list[str]:
+    """The agent command line for a simulated node (pure)."""
+    return [
+        *nodes.node_mount_exec_prefix(node),
+        str(VENV_BIN / "kubevisor-agent"),
+        f"--node={node.name}",
+        f"--kubeconfig={kubeconfig}",
+        "--libvirt-uri=qemu:///system",
+        f"--netns={node.netns}",
+        f"--state-dir={node.state_dir / 'kubevisor'}",
+        f"--image-dir={IMAGE_DIR}",
+        f"--shared-dir={node.shared_dir}",
+        f"--address={node.fabric_ip}",
+        f"--migration-uri={node.tcp_uri}",
+        f"--label=kubevisor.io/hostname={node.name}",
+        "--network=default=kvbr0",
+        "--cpu=2",
+        "--memory=4Gi",
+        f"--stop-timeout={stop_timeout}",
+    ]
+
+
+def ensure_images() -> None:
+    """Make the tiny guest (hack/build-guest.sh output) visible under IMAGE_DIR."""
+    IMAGE_DIR.mkdir(parents=True, exist_ok=True)
+    link = IMAGE_DIR / "tiny"
+    if not link.exists() and (GUEST_CACHE / "tiny").is_dir():
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(GUEST_CACHE / "tiny")
+
+
+def _spawn(argv: list[str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd="/",
+        )  # fmt: skip
+    return proc.pid
+
+
+def up(
+    name: str = "dev",
+    *,
+    nodes_count: int = 2,
+    base_dir: Path = nodes.DEFAULT_BASE_DIR,
+    controller: bool = True,
+    stop_timeout: float = 10.0,
+) -> DevCluster:
+    """Create and start everything (any leftover of the same cluster is removed first)."""
+    down(name, base_dir=base_dir)
+    ensure_images()
+    sim_nodes = nodes.create_cluster_nodes(name, nodes_count, base_dir=base_dir)
+    try:
+        cp = controlplane.ControlPlane(state_dir=controlplane_dir(name, base_dir))
+        cp.start()
+        cp.install_crds()
+        logs = base_dir / name / "logs"
+        pids: dict[str, int] = {}
+        if controller:
+            pids["controller"] = _spawn(
+                [str(VENV_BIN / "kubevisor-controller"), f"--kubeconfig={cp.kubeconfig}"],
+                logs / "controller.log",
+            )
+        for node in sim_nodes:
+            argv = agent_argv(node, kubeconfig=cp.kubeconfig, stop_timeout=stop_timeout)
+            pids[f"agent-{node.name}"] = _spawn(argv, logs / f"agent-{node.name}.log")
+        (base_dir / name / "procs.json").write_text(json.dumps(pids, indent=2) + "\n")
+        return DevCluster(
+            name=name,
+            base_dir=base_dir,
+            kubeconfig=cp.kubeconfig,
+            kubectl=cp.kubectl,
+            nodes=tuple(sim_nodes),
+            pids=pids,
+        )
+    except BaseException:
+        down(name, base_dir=base_dir)
+        raise
+
+
+def _stop_pid(pid: int, *, timeout: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL after ``timeout``; reap if it is our child."""
+    for sig, grace in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return
+            except ChildProcessError:
+                if not Path(f"/proc/{pid}").exists():
+                    return
+                stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+                if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+            time.sleep(0.05)
+
+
+def down(name: str = "dev", *, base_dir: Path = nodes.DEFAULT_BASE_DIR) -> None:
+    """Stop agents and controller, the control plane, then destroy the nodes."""
+    procs = base_dir / name / "procs.json"
+    if procs.exists():
+        for _, pid in sorted(json.loads(procs.read_text()).items()):
+            _stop_pid(int(pid))
+        procs.unlink()
+    cp_dir = controlplane_dir(name, base_dir)
+    if (cp_dir / "state.json").exists():
+        controlplane.ControlPlane.load(cp_dir).stop()
+    nodes.destroy_cluster_nodes(name, base_dir=base_dir)
+
+
+def load(name: str = "dev", *, base_dir: Path = nodes.DEFAULT_BASE_DIR) -> DevCluster | None:
+    """The cluster started earlier by ``up`` (possibly another process), or None."""
+    procs = base_dir / name / "procs.json"
+    cp_dir = controlplane_dir(name, base_dir)
+    if not procs.exists() or not (cp_dir / "state.json").exists():
+        return None
+    cp = controlplane.ControlPlane.load(cp_dir)
+    return DevCluster(
+        name=name,
+        base_dir=base_dir,
+        kubeconfig=cp.kubeconfig,
+        kubectl=cp.kubectl,
+        nodes=tuple(nodes.load_cluster_nodes(name, base_dir=base_dir)),
+        pids={k: int(v) for k, v in json.loads(procs.read_text()).items()},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kubevisor.devenv.cluster", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--base-dir", type=Path, default=nodes.DEFAULT_BASE_DIR)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up")
+    p_up.add_argument("--cluster", default="dev")
+    p_up.add_argument("--nodes", type=int, default=2)
+    p_up.add_argument("--no-controller", action="store_true")
+    p_down = sub.add_parser("down")
+    p_down.add_argument("--cluster", default="dev")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("a dev cluster needs root (namespaces, libvirtd)", file=sys.stderr)
+        return 2
+    if args.command == "up":
+        dev = up(
+            args.cluster,
+            nodes_count=args.nodes,
+            base_dir=args.base_dir,
+            controller=not args.no_controller,
+        )
+        print(json.dumps({"kubeconfig": str(dev.kubeconfig), "kubectl": str(dev.kubectl),
+                          "logs": str(dev.cluster_dir / "logs"), "pids": dev.pids}))  # fmt: skip
+    else:
+        down(args.cluster, base_dir=args.base_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
