@@ -30,3 +30,11 @@ ANNOTATION_RESTART: Final = "kubevisor.io/restart"
 
 #: Finalizer that keeps an object until the agent has released node resources.
 FINALIZER: Final = "kubevisor.io/finalizer"
+
+#: Annotation asking to pause ("true") a running VM; removing it resumes.
+ANNOTATION_PAUSED: Final = "kubevisor.io/paused"
+#: Annotation carrying the desired power state (Running|Stopped) under runStrategy Manual.
+ANNOTATION_POWER: Final = "kubevisor.io/power"
+
+#: The agent's finalizer: its node resources (domain, taps, own disks) are still there.
+AGENT_FINALIZER: Final = "kubevisor.io/agent-cleanup"

@@ -25,8 +25,8 @@ from typing import Any
 from kubevisor.api import groups
 
 PLURAL = "virtualmachines"
-ANNOTATION_PAUSED = "kubevisor.io/paused"
-ANNOTATION_POWER = "kubevisor.io/power"
+ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
+ANNOTATION_POWER = groups.ANNOTATION_POWER
 GUEST_STOPPED = ("Succeeded", "Failed")
 
 

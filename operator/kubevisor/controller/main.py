@@ -50,10 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # kopf.configure() sets up logging (format, level); a basicConfig() as well would
+    # print every line twice.
     registry.register_all()
     kopf.configure(verbose=args.verbose)
     kopf.run(

@@ -23,10 +23,10 @@ from kubevisor.controller.vmstatus import Cond
 
 PLURAL = "virtualmachines"
 TEMPLATES = "vmtemplates"
-ANNOTATION_PAUSED = "kubevisor.io/paused"
-ANNOTATION_POWER = "kubevisor.io/power"
+ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
+ANNOTATION_POWER = groups.ANNOTATION_POWER
 #: The agent's finalizer (docs/dev/vm-contract.md): ours waits until it is gone.
-AGENT_FINALIZER = "kubevisor.io/agent-cleanup"
+AGENT_FINALIZER = groups.AGENT_FINALIZER
 #: Agent phases meaning no domain is running.
 AT_REST = frozenset({None, "Pending", "Scheduling", "Stopped", "Succeeded", "Failed"})
 
