@@ -33,6 +33,33 @@ def kernel_has_l3mdev_vrf() -> bool:
         netns.remove(name)
 
 
+def kernel_has_8021q() -> bool:
+    """Create an 802.1Q VLAN link on a dummy-free base (a veth) in a throwaway namespace.
+
+    True if the kernel accepts ``kind=vlan``; the CI kernel lacks it, and then a VRF
+    interface with ``vlan`` is reported as BackendUnavailable instead of half-realized.
+    """
+    name = f"kvprobe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    netns.create(name)
+    try:
+        with IPRoute(netns=name, flags=0) as ipr:
+            try:
+                ipr.link("add", ifname="kvprobe0", kind="veth", peer={"ifname": "kvprobe1"})
+                base = ipr.link_lookup(ifname="kvprobe0")[0]
+                ipr.link("add", ifname="kvprobe0.7", kind="vlan", link=base, vlan_id=7)
+            except NetlinkError:
+                return False
+            return True
+    finally:
+        netns.remove(name)
+
+
+@functools.cache
+def cached_8021q() -> bool:
+    """`kernel_has_8021q`, once per process."""
+    return kernel_has_8021q()
+
+
 @functools.cache
 def _cached_probe() -> bool:
     return kernel_has_l3mdev_vrf()

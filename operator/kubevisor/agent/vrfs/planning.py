@@ -409,6 +409,25 @@ def plan(
     )
 
 
+def check_node_support(name: str, spec: specs.VRFSpec, *, kernel_has_8021q: bool) -> None:
+    """Refuse what this node's kernel cannot build, with a sentence saying so.
+
+    A VLAN member needs an 802.1Q sub-interface of the network's bridge; a kernel without
+    802.1Q would silently leave the VRF on the untagged segment (a leak), so refuse.
+    """
+    if kernel_has_8021q:
+        return
+    for iface in spec.get("interfaces", []):
+        if "vlan" in iface:
+            raise SpecError(
+                Problem(
+                    "BackendUnavailable",
+                    f"interface {iface['name']!r} wants VLAN {iface['vlan']} on network "
+                    f"{iface.get('network')!r}: 802.1Q not available in this kernel.",
+                )
+            )
+
+
 def selects_node(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
     """Whether a VRF's nodeSelector matches a node's labels (empty selects every node)."""
     return all(labels.get(k) == v for k, v in (selector or {}).items())
@@ -429,6 +448,7 @@ def plan_node(
     current: Mapping[str, int],
     bridge_for: Callable[[str, int | None], str],
     kernel_has_vrf: bool,
+    kernel_has_8021q: bool = True,
 ) -> NodePlan:
     """Select, check, allocate and plan every VRF for one node in one pure step.
 
@@ -445,6 +465,7 @@ def plan_node(
     desired: dict[str, DesiredVRF] = {}
     for name, spec in good.items():
         try:
+            check_node_support(name, spec, kernel_has_8021q=kernel_has_8021q)
             desired[name] = plan(
                 name,
                 spec,

@@ -1,7 +1,8 @@
 """Shapes of a VRF spec and of its per-node status, as the API server carries them.
 
 These mirror the CRD (camelCase keys) so the agent can pass the raw object's ``spec`` in
-without conversion; they are reconciled with ``kubevisor.api.vrfs`` once that exists.
+without conversion. ``kubevisor.api.vrfs`` is the source of the schema; a unit test
+(tests/unit/vrf/test_specs_aligned.py) fails when these keys drift from its wire names.
 """
 
 from __future__ import annotations

@@ -1,0 +1,287 @@
+"""The agent's VRF loop: watch VRF objects, realize this node's share, report per node.
+
+Level-based. Every pass (on a watch event, or every ``resync`` seconds) compares all
+VRF objects with what the node's kernel holds (``VRFRealizer.observe``): it realizes
+the VRFs selected onto this node, removes realized VRFs nobody wants any more (also those
+deleted while the agent was down), and repairs drift (a route deleted by hand comes back
+on the next pass). Each agent writes only ``status.nodes.<its node>`` with a JSON merge
+patch, and only when the entry changed, so many nodes never fight over one object and the
+controller's server-side-applied fields are untouched.
+
+VRF objects carry no node label (selection is by ``spec.nodeSelector`` against this
+node's labels), so the watch is over all VRFs; they are few and small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kubevisor.agent.netlink import probing, segments, vrfrealizing
+from kubevisor.agent.vrfs import planning, selecting, specs
+from kubevisor.api import conditions, groups
+
+logger = logging.getLogger(__name__)
+
+PLURAL = "vrfs"
+DEFAULT_RESYNC = 30.0
+MERGE = "application/merge-patch+json"
+
+Key = tuple[str, str]
+BridgeFor = Callable[[str, int | None], str]
+
+
+def bridge_mapper(networks: Mapping[str, str]) -> BridgeFor:
+    """The VM agent's network -> bridge mapping (``--network NAME=BRIDGE``) for VRF
+    interfaces, so a VM NIC on segment X and the VRF gateway for X share one bridge. A VLAN
+    is the VM agent's VLAN bridge of that network; an unknown network maps to its own
+    name, which the realizer then reports as a missing segment."""
+
+    def bridge_for(network: str, vlan: int | None) -> str:
+        base = networks.get(network, network)
+        return base if vlan is None else segments.vlan_bridge_name(base, vlan)
+
+    return bridge_for
+
+
+class VRFWatcher:
+    """A list+watch of every VRF keeping ``cache`` current; ``changed`` is set on news."""
+
+    def __init__(self, api: client.ApiClient, *, relist: float = 300.0) -> None:
+        self._custom: Any = client.CustomObjectsApi(api)
+        self.cache: dict[Key, dict[str, Any]] = {}
+        self.changed = asyncio.Event()
+        self.synced = asyncio.Event()
+        self.relist = relist
+
+    async def _list(self) -> str:
+        result = await self._custom.list_cluster_custom_object(groups.GROUP, groups.VERSION, PLURAL)
+        self.cache = {_key(item): item for item in result.get("items") or []}
+        self.synced.set()
+        self.changed.set()
+        return str(result["metadata"]["resourceVersion"])
+
+    async def _watch(self, resource_version: str) -> None:
+        stream = watch.Watch()
+        async with stream.stream(
+            self._custom.list_cluster_custom_object,
+            groups.GROUP,
+            groups.VERSION,
+            PLURAL,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=int(self.relist),
+        ) as events:
+            async for event in events:
+                obj = event.get("raw_object") or event.get("object")
+                if not isinstance(obj, dict):
+                    continue
+                kind = event.get("type")
+                if kind == "ERROR":
+                    raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
+                if kind == "BOOKMARK":
+                    continue
+                if kind == "DELETED":
+                    self.cache.pop(_key(obj), None)
+                else:
+                    self.cache[_key(obj)] = obj
+                self.changed.set()
+
+    async def run(self) -> None:
+        """List, watch until the server ends the watch, re-list; errors back off."""
+        backoff = 1.0
+        while True:
+            try:
+                await self._watch(await self._list())
+                backoff = 1.0
+                continue
+            except asyncio.CancelledError:
+                raise
+            except ApiException as exc:
+                if exc.status == 410:
+                    continue
+                logger.warning("VRF watch failed: %s; retrying in %.0fs", exc, backoff)
+            except Exception as exc:  # network errors of any kind
+                logger.warning("VRF watch failed: %r; retrying in %.0fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
+def _key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+def _age(entry: Mapping[str, Any] | None, now: datetime) -> float | None:
+    text = (entry or {}).get("lastSyncTime")
+    if not text:
+        return None
+    try:
+        then = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (now - then).total_seconds()
+
+
+class VRFAgent:
+    """One node's VRF loop. ``kernel_has_vrf``/``kernel_has_8021q``: facts probed once
+    (None: probe the kernel)."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        node: str,
+        labels: Mapping[str, str],
+        realizer: vrfrealizing.VRFRealizer,
+        bridge_for: BridgeFor,
+        resync: float = DEFAULT_RESYNC,
+        kernel_has_vrf: bool | None = None,
+        kernel_has_8021q: bool | None = None,
+    ) -> None:
+        self.node = node
+        self.labels = dict(labels)
+        self.realizer = realizer
+        self.bridge_for = bridge_for
+        self.resync = resync
+        self.kernel_has_vrf = kernel_has_vrf
+        self.kernel_has_8021q = kernel_has_8021q
+        self.watcher = VRFWatcher(api)
+        self._custom: Any = client.CustomObjectsApi(api)
+        self.passes = 0
+
+    async def _facts(self) -> tuple[bool, bool]:
+        if self.kernel_has_vrf is None:
+            self.kernel_has_vrf = await asyncio.to_thread(probing.detect_backend) == "vrf"
+        if self.kernel_has_8021q is None:
+            self.kernel_has_8021q = await asyncio.to_thread(probing.cached_8021q)
+        return self.kernel_has_vrf, self.kernel_has_8021q
+
+    async def sync_once(self) -> None:
+        """One level-based pass over every VRF object and the node's kernel."""
+        has_vrf, has_8021q = await self._facts()
+        objs = dict(self.watcher.cache)
+        selection = selecting.select(objs.values(), labels=self.labels)
+        observed = await self.realizer.observe()
+        current = {name: s["table"] for name, s in observed.items() if s["table"]}
+        plan = planning.plan_node(
+            {name: sel.spec for name, sel in selection.wanted.items()},
+            labels={},  # already selected against this node's labels
+            current=current,
+            bridge_for=self.bridge_for,
+            kernel_has_vrf=has_vrf,
+            kernel_has_8021q=has_8021q,
+        )
+        for name in sorted(set(observed) - set(plan.desired)):
+            logger.info("removing VRF %s from node %s", name, self.node)
+            await self.realizer.remove(name)
+        now = datetime.now(UTC)
+        stamp = conditions.format_time(now)
+        entries: dict[Key, dict[str, Any]] = {}
+        for name, desired in plan.desired.items():
+            sel = selection.wanted[name]
+            status: specs.NodeVRFStatus = await self.realizer.apply(desired)
+            entries[sel.key] = selecting.entry(status, generation=sel.generation, now=stamp)
+        for name, problem in plan.refused.items():
+            sel = selection.wanted[name]
+            entries[sel.key] = selecting.entry(
+                None,
+                generation=sel.generation,
+                now=stamp,
+                message=selecting.problem_message(problem),
+                table=sel.spec.get("table"),
+            )
+        for sel, why in selection.waiting.values():
+            entries[sel.key] = selecting.entry(
+                None, generation=sel.generation, now=stamp, message=why
+            )
+        for key, obj in objs.items():
+            have = ((obj.get("status") or {}).get("nodes") or {}).get(self.node)
+            if key in entries:
+                if selecting.needs_write(have, entries[key], age_seconds=_age(have, now)):
+                    await self._patch(key, entries[key])
+            elif have is not None:
+                await self._patch(key, None)
+        self.passes += 1
+
+    async def _patch(self, key: Key, entry: dict[str, Any] | None) -> None:
+        body = {"status": {"nodes": {self.node: entry}}}
+        try:
+            await self._custom.patch_namespaced_custom_object_status(
+                groups.GROUP,
+                groups.VERSION,
+                key[0],
+                PLURAL,
+                key[1],
+                body,
+                field_manager=f"kubevisor-agent-{self.node}"[:128],
+                _content_type=MERGE,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Watch and sync until ``stop`` is set (or cancelled). Realized VRFs stay: an
+        agent restart must not interrupt the data plane."""
+        stop = stop or asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(self.watcher.run())
+        stopping = asyncio.get_running_loop().create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                changed = asyncio.get_running_loop().create_task(self.watcher.changed.wait())
+                await asyncio.wait(
+                    {changed, stopping}, timeout=self.resync, return_when=asyncio.FIRST_COMPLETED
+                )
+                changed.cancel()
+                if stop.is_set():
+                    break
+                if not self.watcher.synced.is_set():
+                    continue
+                self.watcher.changed.clear()
+                try:
+                    await self.sync_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("VRF pass on node %s failed; retrying", self.node)
+                    await asyncio.sleep(1.0)
+                    self.watcher.changed.set()
+        finally:
+            for task in (watcher, stopping):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+async def run_vrfs(
+    *,
+    node: str,
+    labels: dict[str, str],
+    api_client: client.ApiClient,
+    node_netns: str | None,
+    bridge_for: BridgeFor,
+    resync: float = DEFAULT_RESYNC,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """The agent's VRF task: realize this node's VRFs until ``stop`` (or cancellation)."""
+    realizer = vrfrealizing.VRFRealizer(node_netns=node_netns)
+    try:
+        agent = VRFAgent(
+            api_client,
+            node=node,
+            labels=labels,
+            realizer=realizer,
+            bridge_for=bridge_for,
+            resync=resync,
+        )
+        await agent.run(stop)
+    finally:
+        realizer.close()
