@@ -356,13 +356,7 @@ class ControlPlane:
         return ctx
 
     def readyz(self) -> bool:
-        try:
-            with urllib.request.urlopen(
-                f"{self.server}/readyz", context=self._ssl_context(), timeout=2
-            ) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return self._get_ok("/readyz")
 
     def wait_ready(self, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -438,9 +432,28 @@ class ControlPlane:
                 check=False,
             ).stdout.split()
             if len(out) >= len(files):
+                break
+            time.sleep(0.2)
+        else:
+            raise ControlPlaneError("kubevisor.io resources did not appear in discovery")
+        # Discovery lists a new resource before its storage is ready ("storage is
+        # (re)initializing", 429); wait until every one can be listed, so clients that start
+        # right after this do not begin with a burst of retries.
+        plurals = [name.split(".", 1)[0] for name in out]
+        while time.monotonic() < deadline:
+            if all(self._get_ok(f"/apis/kubevisor.io/v1alpha1/{p}?limit=1") for p in plurals):
                 return
             time.sleep(0.2)
-        raise ControlPlaneError("kubevisor.io resources did not appear in discovery")
+        raise ControlPlaneError("kubevisor.io resources were not listable in time")
+
+    def _get_ok(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"{self.server}{path}", context=self._ssl_context(), timeout=5
+            ) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
 
 def _alive(pid: int) -> bool:
