@@ -10,6 +10,17 @@ Making: linked = ``qemu-img create -f qcow2 -b BASE -F FMT`` (an overlay; the ba
 is only read), full = ``qemu-img convert`` (an independent copy), no image = an empty
 qcow2 of the given size. An existing file is never recreated (it holds the guest's data).
 
+Clones: an image ``vm:<namespace>/<vm>/<disk>`` (docs/dev/vm-contract.md, "Clones") is the
+file of another VM's disk at this node's layout path for that VM (same ``storage`` as the
+clone's disk, so a shared disk is found in the shared dir, a local one only on its node).
+It is copied with ``qemu-img convert -U -O qcow2``: the copy is *flattened* — a standalone
+image that does not point at the source's overlay nor at the source's base image — so the
+clone survives the source's deletion and a later change of the base image, at the price
+of copying the base's data once. ``-U`` (force-share) lets us read an image QEMU holds
+open; consistency for a running source (suspend, copy, resume) is the caller's job
+(``realizing``). The source file is only ever read: it is never a copy target, and it is
+never on a clone's deletable list.
+
 Deleting: only files inside our roots, at the layout path of this VM, never a base image,
 never a disk marked ``retain``.
 """
@@ -27,6 +38,9 @@ from kubevisor.agent import domainxml
 from kubevisor.api import machines, quantities
 
 logger = logging.getLogger(__name__)
+
+#: Image prefix naming another VM's disk: ``vm:<namespace>/<vm name>/<disk name>``.
+VM_IMAGE_PREFIX = "vm:"
 
 
 class DiskError(RuntimeError):
@@ -67,6 +81,43 @@ class DiskPlan:
     size_bytes: int | None
     retain: bool
     bus: machines.DiskBus
+    source_vm: domainxml.Identity | None = None
+    """Set for a clone's disk (image ``vm:...``): the VM whose disk ``base`` is. Its uid is
+    unknown here (empty); ``source_vm.domain_name`` is what the caller suspends."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VMImage:
+    """A parsed ``vm:<namespace>/<vm>/<disk>`` image reference."""
+
+    namespace: str
+    name: str
+    disk: str
+
+    @property
+    def identity(self) -> domainxml.Identity:
+        return domainxml.Identity(namespace=self.namespace, name=self.name, uid="")
+
+
+def parse_vm_image(image: str) -> VMImage | None:
+    """The source VM disk an image names, None for an ordinary image (pure).
+
+    Raises DiskError(InvalidSpec) for a malformed ``vm:`` reference: each part must be a
+    plain name, so the path built from it cannot leave the disk root.
+    """
+    if not image.startswith(VM_IMAGE_PREFIX):
+        return None
+    parts = image[len(VM_IMAGE_PREFIX) :].split("/")
+    if len(parts) != 3 or any(not p or p in (".", "..") or "\x00" in p for p in parts):
+        raise DiskError(
+            "InvalidSpec", f"image {image!r}: expected vm:<namespace>/<vm name>/<disk name>"
+        )
+    return VMImage(namespace=parts[0], name=parts[1], disk=parts[2])
+
+
+def vm_disk_path(layout: Layout, ref: VMImage, storage: machines.StorageKind) -> Path:
+    """Where the source VM's disk lives on this node (pure, same layout as ``disk_path``)."""
+    return layout.root(storage) / ref.namespace / ref.name / f"{ref.disk}.qcow2"
 
 
 def resolve_image(image: str, image_dir: Path) -> Path | None:
@@ -97,6 +148,24 @@ def plan(
     plans = []
     for disk in machine.disks:
         base = None
+        path = disk_path(layout, identity, disk)
+        ref = parse_vm_image(disk.image) if disk.image is not None else None
+        if ref is not None:
+            source = vm_disk_path(layout, ref, disk.storage)
+            if source == path:
+                raise DiskError("InvalidSpec", f"disk {disk.name!r} is a clone of itself")
+            if path.exists():
+                # Copied already: the source is not needed again (it may even be gone).
+                plans.append(_plan(disk, path, None, source_vm=ref.identity))
+                continue
+            if not source.is_file():
+                raise DiskError(
+                    "ImageNotFound",
+                    f"disk {disk.name!r}: clone source disk {disk.image!r} not found at "
+                    f"{source} on this node",
+                )
+            plans.append(_plan(disk, path, source, source_vm=ref.identity))
+            continue
         if disk.image is not None:
             base = resolve_image(disk.image, layout.image_dir)
             if base is None:
@@ -107,18 +176,36 @@ def plan(
                 )
         if base is None and disk.size is None:
             raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
-        plans.append(
-            DiskPlan(
-                name=disk.name,
-                path=disk_path(layout, identity, disk),
-                base=base,
-                clone=disk.clone,
-                size_bytes=quantities.to_bytes(disk.size) if disk.size is not None else None,
-                retain=disk.retain,
-                bus=disk.bus,
-            )
-        )
+        plans.append(_plan(disk, path, base))
     return plans
+
+
+def _plan(
+    disk: machines.Disk,
+    path: Path,
+    base: Path | None,
+    *,
+    source_vm: domainxml.Identity | None = None,
+) -> DiskPlan:
+    return DiskPlan(
+        name=disk.name,
+        path=path,
+        base=base,
+        clone="full" if source_vm is not None else disk.clone,
+        size_bytes=quantities.to_bytes(disk.size) if disk.size is not None else None,
+        retain=disk.retain,
+        bus=disk.bus,
+        source_vm=source_vm,
+    )
+
+
+def clone_sources(plans: list[DiskPlan]) -> list[domainxml.Identity]:
+    """Source VMs whose disks still have to be copied (each once, in plan order)."""
+    seen: list[domainxml.Identity] = []
+    for p in plans:
+        if p.source_vm is not None and p.base is not None and p.source_vm not in seen:
+            seen.append(p.source_vm)
+    return seen
 
 
 def placements(plans: list[DiskPlan]) -> tuple[domainxml.DiskPlacement, ...]:
@@ -136,6 +223,12 @@ def deletable(plans: list[DiskPlan], layout: Layout) -> list[Path]:
     for p in plans:
         if p.retain or p.path in bases:
             continue
+        if (
+            p.source_vm is not None
+            and p.path.parent.name == p.source_vm.name
+            and (p.path.parent.parent.name == p.source_vm.namespace)
+        ):
+            continue  # would be the source's own directory: never ours to delete
         if not any(p.path.is_relative_to(root) for root in roots):
             continue
         if layout.image_dir in p.path.parents:
@@ -161,13 +254,28 @@ async def image_info(path: Path) -> tuple[str, int]:
 
 
 async def ensure(disk: DiskPlan) -> bool:
-    """Create the file unless it exists; True when it was created now."""
+    """Create the file unless it exists; True when it was created now.
+
+    The file appears only complete: it is written under a temporary name in the same
+    directory and renamed, so a crash mid-copy never leaves a half disk that a later pass
+    would take for the real one.
+    """
     if disk.path.exists():
         return False
+    if disk.base is not None and disk.path.resolve() == disk.base.resolve():
+        raise DiskError("InvalidSpec", f"disk {disk.name!r}: refusing to overwrite its own source")
     disk.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = disk.path.with_name(f".{disk.path.name}.tmp-{os.getpid()}")
     try:
-        if disk.base is None:
+        if disk.source_vm is not None and disk.base is not None:
+            # Another VM's disk, possibly open in its QEMU: read-only, shared lock (-U).
+            _, virtual = await image_info(disk.base)
+            await _run(
+                "qemu-img", "convert", "-q", "-U", "-O", "qcow2", str(disk.base), str(tmp)
+            )  # fmt: skip
+            if (disk.size_bytes or 0) > virtual:
+                await _run("qemu-img", "resize", "-q", str(tmp), str(disk.size_bytes))
+        elif disk.base is None:
             assert disk.size_bytes is not None
             await _run("qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(disk.size_bytes))
         else:

@@ -29,7 +29,6 @@ from kubevisor.api import conditions, groups, machines
 
 logger = logging.getLogger(__name__)
 
-AGENT_FINALIZER = "kubevisor.io/agent-cleanup"
 Key = watching.Key
 
 
@@ -47,6 +46,8 @@ class AgentConfig:
     tick: float = 15.0
     """Every VM is looked at this often even without events."""
     workers: int = 4
+    orphan_sweep: float = 300.0
+    """Seconds between looks for orphaned domains (also done once after the first list)."""
 
     @property
     def console_dir(self) -> Path:
@@ -130,7 +131,12 @@ class Agent:
         self._shutdown_at: dict[Key, float] = {}
         self._segments_up: set[netsegments.Segment] = set()
         self._segment_lock = asyncio.Lock()
+        self._clone_lock = asyncio.Lock()
+        self._holding: set[Key] = set()
+        """Clone sources suspended for a copy: their own passes wait (see _copy_clones)."""
+        self._seen: set[Key] = set()
         self.passes = 0
+        self.orphans_removed: list[str] = []
 
     # -- queue -----------------------------------------------------------------------
 
@@ -188,6 +194,7 @@ class Agent:
                 group.create_task(self._worker())
             await self.watcher.synced.wait()
             group.create_task(self._prune_segments_after_sync())
+            group.create_task(self._orphan_sweeper())
 
     async def _prune_segments_after_sync(self) -> None:
         """After the first list: adopt existing VLAN bridges, prune unneeded ones."""
@@ -197,6 +204,80 @@ class Agent:
         async with self._segment_lock:
             self._segments_up.update(existing)
         await self._sync_segments()
+
+    # -- orphans -----------------------------------------------------------------------
+
+    async def _orphan_sweeper(self) -> None:
+        """Sweep once after the first list, then every ``orphan_sweep`` seconds."""
+        while True:
+            try:
+                await self.sweep_orphans()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("orphan sweep failed; trying again next time")
+            await asyncio.sleep(self.config.orphan_sweep)
+
+    async def sweep_orphans(self) -> list[str]:
+        """Destroy and undefine domains we created whose VirtualMachine no longer exists.
+
+        An orphan is a domain carrying our metadata (VM identity) for which no VM object
+        with that uid exists: the VM was deleted while this agent was down and its
+        finalizer removed by hand, or the agent died between undefine and finalizer
+        removal. The VM is gone, so nothing will ever start the domain again, and a
+        running orphan holds memory and a tap.
+
+        Its disks are kept on purpose: nobody asked for them to be deleted (the delete
+        that did happen skipped the agent), and a disk is the one thing that cannot be
+        recreated. They are logged with the removal so an operator can delete them.
+        Domains without our metadata are never touched.
+        """
+        removed: list[str] = []
+        for info in await self.hv.list():
+            ident = info.identity
+            if ident is None:
+                continue
+            key = (ident.namespace, ident.name)
+            cached = self.watcher.cache.get(key)
+            if cached is not None and (cached.get("metadata") or {}).get("uid") == ident.uid:
+                continue
+            if key in self._busy or key in self._holding:
+                continue
+            try:
+                obj = await self._custom.get_namespaced_custom_object(
+                    groups.GROUP, groups.VERSION, key[0], watching.PLURAL, key[1]
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                obj = None
+            if obj is not None and (obj.get("metadata") or {}).get("uid") == ident.uid:
+                continue  # the VM exists (placed elsewhere, or migrating here): not ours to judge
+            own_dirs = [
+                str(root / key[0] / key[1])
+                for root in (
+                    self.config.layout.state_dir / "disks",
+                    *(
+                        [self.config.layout.shared_dir / "disks"]
+                        if self.config.layout.shared_dir is not None
+                        else []
+                    ),
+                )
+            ]
+            logger.warning(
+                "%s/%s: domain %s (VM uid %s) is orphaned: its VirtualMachine is gone;"
+                " destroying and undefining it, KEEPING its disks (delete them by hand"
+                " if unwanted: %s)",
+                *key,
+                info.name,
+                ident.uid,
+                ", ".join(own_dirs),
+            )
+            await self.hv.destroy(info.name)
+            await self.hv.undefine(info.name)
+            removed.append(info.name)
+        self.orphans_removed.extend(removed)
+        return removed
 
     # -- one pass --------------------------------------------------------------------
 
@@ -226,7 +307,10 @@ class Agent:
         obj = self.watcher.cache.get(key)
         if obj is None:
             self._shutdown_at.pop(key, None)
+            self._seen.discard(key)
             return
+        if key in self._holding:
+            return  # suspended for a clone's copy; enqueued again when the copy is done
         labels = (obj.get("metadata") or {}).get("labels") or {}
         if labels.get(groups.LABEL_NODE) != self.config.node:
             return  # re-check: the server-side selector is the filter, this the guard
@@ -267,10 +351,12 @@ class Agent:
             and time.monotonic() - shutdown_at > self.config.stop_timeout,
         )
         plan = reconciling.decide(observed)
-        if deleting and AGENT_FINALIZER not in (
+        if deleting and groups.AGENT_FINALIZER not in (
             (obj.get("metadata") or {}).get("finalizers") or []
         ):
             return  # already cleaned up; the controller finishes the delete
+        first_pass = key not in self._seen
+        self._seen.add(key)
         phase = plan.phase
         for action in plan.actions:
             ok = await self._act(action, scope, restart_token)
@@ -282,7 +368,14 @@ class Agent:
             self.enqueue_later(key, 1.0)
         if deleting or phase is None:
             return
-        await self._report(scope, phase)
+        wrote = await self._report(scope, phase)
+        if first_pass and active and not plan.actions:
+            logger.info(
+                "%s/%s: adopted running domain %s; status %s",
+                *key,
+                identity_name,
+                "updated" if wrote else "unchanged (no write)",
+            )
         if not plan.actions and phase in ("Running", "Paused"):
             return
         await self._sync_segments()
@@ -322,6 +415,8 @@ class Agent:
         await self._add_finalizer(scope.obj)
         try:
             plans = disks.plan(scope.machine, scope.identity, self.config.layout)
+            if disks.clone_sources(plans):
+                await self._copy_clones(scope, plans)
             for disk in plans:
                 await disks.ensure(disk)
         except disks.DiskError as exc:
@@ -371,6 +466,53 @@ class Agent:
                 scope.ready_reason, scope.message = conditions.Reason.FAILED, str(exc)
                 return False
         return True
+
+    async def _copy_clones(self, scope: Scope, plans: list[disks.DiskPlan]) -> None:
+        """Copy a clone's disks from its source VM(s), crash-consistently.
+
+        A source domain running on this node is suspended, all its disks are copied
+        (``qemu-img convert -U``, so every disk is from the same instant), and it is
+        resumed — also when a copy fails. While it is held, the source's own passes are
+        skipped (otherwise the paused domain would look like something to resume); it is
+        enqueued again afterwards. A source that is off, or already paused by its user,
+        is copied as it is and left as it was. One copy at a time per agent, so two
+        clones of one source never interleave their suspend/resume.
+        """
+        async with self._clone_lock:
+            held: list[domainxml.Identity] = []
+            try:
+                for source in disks.clone_sources(plans):
+                    info = await self.hv.lookup(source.domain_name)
+                    if info is None or info.state != "running":
+                        continue
+                    key = (source.namespace, source.name)
+                    self._holding.add(key)
+                    held.append(source)
+                    logger.info(
+                        "%s/%s: suspending clone source %s for a point-in-time copy",
+                        *scope.key,
+                        source.domain_name,
+                    )
+                    await self.hv.suspend(source.domain_name)
+                for disk in plans:
+                    if disk.source_vm is not None and disk.base is not None:
+                        await disks.ensure(disk)
+            finally:
+                for source in held:
+                    key = (source.namespace, source.name)
+                    try:
+                        await self.hv.resume(source.domain_name)
+                    except HypervisorError as exc:
+                        logger.error("could not resume clone source %s: %s", source, exc)
+                    finally:
+                        self._holding.discard(key)
+                        self.enqueue(key)
+            if held:
+                logger.info(
+                    "%s/%s: copied disks of %s; resumed the source(s)",
+                    *scope.key,
+                    ", ".join(s.domain_name for s in held),
+                )
 
     async def _vnc_password(self, scope: Scope) -> str | None:
         assert scope.machine is not None
@@ -433,27 +575,27 @@ class Agent:
 
     async def _add_finalizer(self, obj: dict[str, Any]) -> None:
         finalizers = (obj.get("metadata") or {}).get("finalizers")
-        if finalizers and AGENT_FINALIZER in finalizers:
+        if finalizers and groups.AGENT_FINALIZER in finalizers:
             return
         if finalizers:
             ops = [
                 {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
-                {"op": "add", "path": "/metadata/finalizers/-", "value": AGENT_FINALIZER},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": groups.AGENT_FINALIZER},
             ]
         else:
-            ops = [{"op": "add", "path": "/metadata/finalizers", "value": [AGENT_FINALIZER]}]
+            ops = [{"op": "add", "path": "/metadata/finalizers", "value": [groups.AGENT_FINALIZER]}]
         await self._patch_finalizers(obj, ops)
 
     async def _remove_finalizer(self, obj: dict[str, Any]) -> None:
         finalizers = (obj.get("metadata") or {}).get("finalizers") or []
-        if AGENT_FINALIZER not in finalizers:
+        if groups.AGENT_FINALIZER not in finalizers:
             return
-        index = finalizers.index(AGENT_FINALIZER)
+        index = finalizers.index(groups.AGENT_FINALIZER)
         path = f"/metadata/finalizers/{index}"
         await self._patch_finalizers(
             obj,
             [
-                {"op": "test", "path": path, "value": AGENT_FINALIZER},
+                {"op": "test", "path": path, "value": groups.AGENT_FINALIZER},
                 {"op": "remove", "path": path},
             ],
         )
@@ -501,7 +643,8 @@ class Agent:
 
     # -- status ------------------------------------------------------------------------
 
-    async def _report(self, scope: Scope, phase: str) -> None:
+    async def _report(self, scope: Scope, phase: str) -> bool:
+        """Apply the agent's status; True when it was written (not a no-op)."""
         assert scope.machine is not None or phase in ("Stopped", "Succeeded", "Failed")
         st = scope.status
         interfaces: list[dict[str, Any]] = []
@@ -572,3 +715,4 @@ class Agent:
         if result is not None and scope.key in self.watcher.cache:
             # Keep the cache ahead of the watch so the next pass sees our own write.
             self.watcher.cache[scope.key] = result
+        return result is not None
