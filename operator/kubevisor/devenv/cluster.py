@@ -175,6 +175,55 @@ def down(name: str = "dev", *, base_dir: Path = nodes.DEFAULT_BASE_DIR) -> None:
     nodes.destroy_cluster_nodes(name, base_dir=base_dir)
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (reaped if it is our child, or a zombie of someone else)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return bool(done)
+    except ChildProcessError:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+        except FileNotFoundError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def agent_flags(pid: int) -> list[str]:
+    """The ``--flag`` arguments a running agent was started with (from /proc)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    start = next(i for i, a in enumerate(argv) if a.endswith("kubevisor-agent")) + 1
+    return [a for a in argv[start:] if a]
+
+
+def restart_agent(
+    dev: DevCluster, node: str, *, kill_signal: int = signal.SIGKILL, timeout: float = 15.0
+) -> int:
+    """Kill one node's agent (default ``kill -9``: no clean shutdown) and start it again
+    with the same flags; return the new pid. ``dev.pids`` and procs.json are updated.
+
+    Why: the agent keeps no state, so a killed agent must adopt its running domains
+    (same QEMU process) and converge from what the objects say — e2e tests check that.
+    """
+    key = f"agent-{node}"
+    old = dev.pids[key]
+    sim = next(n for n in dev.nodes if n.name == node)
+    flags = agent_flags(old)
+    try:
+        os.killpg(old, kill_signal)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while not _gone(old):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"agent of {node} (pid {old}) did not exit after {kill_signal}")
+        time.sleep(0.05)
+    argv = [*nodes.node_mount_exec_prefix(sim), str(VENV_BIN / "kubevisor-agent"), *flags]
+    pid = _spawn(argv, dev.log(key))
+    dev.pids[key] = pid
+    (dev.cluster_dir / "procs.json").write_text(json.dumps(dev.pids, indent=2) + "\n")
+    return pid
+
+
 def load(name: str = "dev", *, base_dir: Path = nodes.DEFAULT_BASE_DIR) -> DevCluster | None:
     """The cluster started earlier by ``up`` (possibly another process), or None."""
     procs = base_dir / name / "procs.json"
