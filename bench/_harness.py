@@ -107,6 +107,8 @@ class AuditWrite:
     field_manager: str = ""
     phase: str = ""
     """``status.phase`` in the request body of a status write (audit level Request)."""
+    node: str = ""
+    """``status.nodeName`` in the request body of a status write."""
 
     @property
     def writer(self) -> str:
@@ -141,9 +143,10 @@ def read_audit(path: Path, *, namespace: str) -> list[AuditWrite]:
                 continue
             query = parse_qs(urlsplit(ev.get("requestURI") or "").query)
             body = ev.get("requestObject")
-            phase = ""
+            phase = node = ""
             if isinstance(body, dict):
                 phase = str((body.get("status") or {}).get("phase") or "")
+                node = str((body.get("status") or {}).get("nodeName") or "")
             out.append(
                 AuditWrite(
                     name=ref.get("name") or "",
@@ -155,6 +158,7 @@ def read_audit(path: Path, *, namespace: str) -> list[AuditWrite]:
                     received=parse_time(ev["requestReceivedTimestamp"]),
                     field_manager=(query.get("fieldManager") or [""])[0],
                     phase=phase,
+                    node=node,
                 )
             )
     return out
@@ -367,10 +371,16 @@ class PhaseWatch:
 
 
 def create_all(
-    api: Any, namespace: str, bodies: list[dict[str, Any]], *, concurrency: int
+    api: Any,
+    namespace: str,
+    bodies: list[dict[str, Any]],
+    *,
+    concurrency: int,
+    interval: float = 0.0,
 ) -> dict[str, float]:
     """Create every object with ``concurrency`` client threads; name -> monotonic time the
-    create request was sent."""
+    create request was sent. ``interval`` > 0 paces the submissions (an arrival rate,
+    not a synchronisation): object i is submitted at ``i * interval``."""
     import kubernetes
 
     custom = kubernetes.client.CustomObjectsApi(api)
@@ -382,8 +392,14 @@ def create_all(
             groups.GROUP, groups.VERSION, namespace, VM_PLURAL, body
         )
 
+    t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for f in [pool.submit(one, b) for b in bodies]:
+        futures = []
+        for i, body in enumerate(bodies):
+            if interval > 0:
+                time.sleep(max(0.0, t0 + i * interval - time.monotonic()))
+            futures.append(pool.submit(one, body))
+        for f in futures:
             f.result()
     return sent
 
@@ -433,14 +449,24 @@ def nodes_with_leases(api: Any, names: Iterable[str]) -> bool:
     return set(names) <= have
 
 
-def server_latencies(writes: Iterable[AuditWrite], *, phase: str = "Running") -> dict[str, float]:
-    """Per VM, seconds from the API server receiving the user's create to receiving the
-    first status write that sets ``phase`` (pure; needs audit level Request on status)."""
-    created: dict[str, float] = {}
-    reached: dict[str, float] = {}
+def server_times(writes: Iterable[AuditWrite]) -> dict[str, dict[str, float]]:
+    """Per VM, when the API server received (pure; needs audit level Request on status):
+    ``created`` the user's create, ``placed`` the controller's first status write naming
+    a node, ``running`` the first status write setting phase Running."""
+    out: dict[str, dict[str, float]] = {}
     for w in sorted(writes, key=lambda w: w.received):
-        if w.verb == "create" and w.writer == "user" and w.code < 400:
-            created.setdefault(w.name, w.received)
-        elif w.subresource == "status" and w.phase == phase and w.code < 400:
-            reached.setdefault(w.name, w.received)
-    return {n: reached[n] - created[n] for n in reached if n in created}
+        if w.code >= 400:
+            continue
+        times = out.setdefault(w.name, {})
+        if w.verb == "create" and w.writer == "user":
+            times.setdefault("created", w.received)
+        elif w.subresource == "status" and w.writer == "controller" and w.node:
+            times.setdefault("placed", w.received)
+        if w.subresource == "status" and w.phase == "Running":
+            times.setdefault("running", w.received)
+    return out
+
+
+def spans(times: dict[str, dict[str, float]], start: str, end: str) -> list[float]:
+    """``end - start`` for every VM that has both (pure)."""
+    return [t[end] - t[start] for t in times.values() if start in t and end in t]

@@ -155,23 +155,28 @@ def raw_sequential(uri: str, xmls: list[str]) -> list[float]:
     return out
 
 
-def raw_burst(uris: list[str], xmls: list[str], *, workers_per_node: int) -> list[float]:
-    """All domains submitted at once, round-robin over nodes, ``workers_per_node`` threads
-    sharing one connection per node (the agent's shape); seconds from submit to running."""
+def raw_arrivals(
+    uris: list[str], xmls: list[str], *, workers_per_node: int, interval: float
+) -> list[float]:
+    """Domains submitted with the VMs' arrival pattern (all at once, or one every
+    ``interval`` s), round-robin over nodes, ``workers_per_node`` threads sharing one
+    connection per node (the agent's shape); seconds from each submit to running."""
     conns = [libvirt.open(u) for u in uris]
     pools = [ThreadPoolExecutor(max_workers=workers_per_node) for _ in uris]
     done: list[float] = []
     try:
         t0 = time.monotonic()
 
-        def one(conn: libvirt.virConnect, xml: str) -> None:
+        def one(conn: libvirt.virConnect, xml: str, submitted: float) -> None:
             raw_start(conn, xml)
-            done.append(time.monotonic() - t0)
+            done.append(time.monotonic() - submitted)
 
-        futures = [
-            pools[i % len(uris)].submit(one, conns[i % len(uris)], xml)
-            for i, xml in enumerate(xmls)
-        ]
+        futures = []
+        for i, xml in enumerate(xmls):
+            if interval > 0:
+                time.sleep(max(0.0, t0 + i * interval - time.monotonic()))
+            n = i % len(uris)
+            futures.append(pools[n].submit(one, conns[n], xml, time.monotonic()))
         for f in futures:
             f.result()
     finally:
@@ -228,6 +233,7 @@ def measure_set(
     namespace: str,
     count: int,
     concurrency: int,
+    interval: float,
     timeout: float,
     tmpl: dict[str, Any],
     before_delete: Callable[[dict[str, dict[str, Any]]], None],
@@ -244,7 +250,7 @@ def measure_set(
     names = [b["metadata"]["name"] for b in bodies]
     with h.PhaseWatch(api, namespace) as watch:
         t0 = time.monotonic()
-        sent = h.create_all(api, namespace, bodies, concurrency=concurrency)
+        sent = h.create_all(api, namespace, bodies, concurrency=concurrency, interval=interval)
         log(f"{count} VMs created in {time.monotonic() - t0:.2f}s; waiting for Running")
         last = [0.0]
 
@@ -277,7 +283,7 @@ def measure_set(
             )
     writes = h.read_audit(cp.state_dir / "audit.log", namespace=namespace)
     creates_logged = sum(1 for w in writes if w.verb == "create" and w.writer == "user")
-    server = h.server_latencies(writes)
+    server = h.server_times(writes)
     to_running = h.count_writes(writes, names=until.keys(), until=until)
     settled = h.count_writes(writes, names=names)
     before_delete(objects)
@@ -289,7 +295,11 @@ def measure_set(
         "running": len(latencies),
         "complete": complete,
         "apply_to_running_s": h.Stats.of(latencies).json(),
-        "server_create_to_running_write_s": h.Stats.of(server.values()).json(),
+        "server_create_to_running_write_s": h.Stats.of(
+            h.spans(server, "created", "running")
+        ).json(),
+        "server_create_to_placed_s": h.Stats.of(h.spans(server, "created", "placed")).json(),
+        "server_placed_to_running_s": h.Stats.of(h.spans(server, "placed", "running")).json(),
         "status_runningAt_minus_created_s": h.Stats.of(status_lat).json(1),
         "all_running_after_s": round(wall_all, 2),
         "writes_to_running": to_running.json(),
@@ -300,9 +310,9 @@ def measure_set(
     }
 
 
-def baseline(uris: list[str], xmls: list[str]) -> dict[str, Any]:
-    """Raw libvirt define+start of the same XMLs: sequential on the first node, then a
-    burst over all nodes; the domains are removed after each."""
+def baseline(uris: list[str], xmls: list[str], *, interval: float) -> dict[str, Any]:
+    """Raw libvirt define+start of the same XMLs: sequential on the first node, then with
+    the VMs' arrival pattern over all nodes; the domains are removed after each."""
     seq_xmls = [rename(x, f"raw-seq-{i:04d}") for i, x in enumerate(xmls)]
     burst_xmls = [rename(x, f"raw-burst-{i:04d}") for i, x in enumerate(xmls)]
     names = {f"raw-seq-{i:04d}" for i in range(len(xmls))} | {
@@ -312,16 +322,16 @@ def baseline(uris: list[str], xmls: list[str]) -> dict[str, Any]:
         log(f"raw libvirt: {len(xmls)} sequential define+start on {uris[0]}")
         seq = raw_sequential(uris[0], seq_xmls)
         raw_cleanup(uris[0], names)
-        log(f"raw libvirt: burst of {len(xmls)} over {len(uris)} node(s)")
-        burst = raw_burst(uris, burst_xmls, workers_per_node=AGENT_WORKERS)
+        log(f"raw libvirt: {len(xmls)} with the same arrivals over {len(uris)} node(s)")
+        burst = raw_arrivals(uris, burst_xmls, workers_per_node=AGENT_WORKERS, interval=interval)
     finally:
         for u in uris:
             raw_cleanup(u, names)
-    return {"sequential_s": h.Stats.of(seq).json(), "burst_s": h.Stats.of(burst).json()}
+    return {"sequential_s": h.Stats.of(seq).json(), "same_arrivals_s": h.Stats.of(burst).json()}
 
 
 def overhead(result: dict[str, Any]) -> dict[str, float | None]:
-    kv, raw = result["apply_to_running_s"], result["raw_libvirt"]["burst_s"]
+    kv, raw = result["apply_to_running_s"], result["raw_libvirt"]["same_arrivals_s"]
     out: dict[str, float | None] = {}
     for q in ("p50", "p95"):
         a, b = kv.get(q), raw.get(q)
@@ -373,12 +383,15 @@ def run_test_driver(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         result = measure_set(
             api=api, cp=cp, namespace="bench-test", count=args.vms_test,
-            concurrency=args.concurrency, timeout=args.timeout_test,
+            concurrency=args.concurrency, interval=args.interval_test, timeout=args.timeout_test,
             tmpl=template(memory="64Mi", nics=False), before_delete=take_xmls,
         )  # fmt: skip
         result["nodes"] = len(node_names)
-        result["raw_libvirt"] = baseline(["test:///default"] * len(node_names), xmls)
-        result["overhead_vs_raw_burst_s"] = overhead(result)
+        result["raw_libvirt"] = baseline(
+            ["test:///default"] * len(node_names), xmls, interval=args.interval_test
+        )
+        result["interval_s"] = args.interval_test
+        result["overhead_vs_raw_s"] = overhead(result)
         if procs.dead():
             result["dead_processes"] = procs.dead()
         api.close()
@@ -440,12 +453,15 @@ def run_qemu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         result = measure_set(
             api=api, cp=cp, namespace="bench-qemu", count=args.vms_qemu,
-            concurrency=args.concurrency, timeout=args.timeout_qemu,
+            concurrency=args.concurrency, interval=args.interval_qemu, timeout=args.timeout_qemu,
             tmpl=template(memory="128Mi", nics=True), before_delete=take_xmls,
         )  # fmt: skip
         result["nodes"] = len(sim)
-        result["raw_libvirt"] = baseline([n.libvirt_uri for n in sim], xmls)
-        result["overhead_vs_raw_burst_s"] = overhead(result)
+        result["raw_libvirt"] = baseline(
+            [n.libvirt_uri for n in sim], xmls, interval=args.interval_qemu
+        )
+        result["interval_s"] = args.interval_qemu
+        result["overhead_vs_raw_s"] = overhead(result)
         if procs.dead():
             result["dead_processes"] = procs.dead()
         api.close()
@@ -473,21 +489,24 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         for what, st in (
             (f"kubevisor apply->Running ({r['nodes']} nodes)", r["apply_to_running_s"]),
             ("  audit: create -> Running status write", r["server_create_to_running_write_s"]),
+            ("    of which create -> placed (ctrl)", r["server_create_to_placed_s"]),
+            ("    of which placed -> Running (agent)", r["server_placed_to_running_s"]),
             ("  status runningAt-creationTimestamp", r["status_runningAt_minus_created_s"]),
             ("raw libvirt define+start, sequential", r["raw_libvirt"]["sequential_s"]),
-            ("raw libvirt define+start, burst", r["raw_libvirt"]["burst_s"]),
+            ("raw libvirt define+start, same arrivals", r["raw_libvirt"]["same_arrivals_s"]),
         ):
             rows.append(f"{label:<6} {what:<38} {st['n']:>4} {_f(st['p50']):>8} "
                         f"{_f(st['p95']):>8} {_f(st['max']):>8}")  # fmt: skip
-        o = r["overhead_vs_raw_burst_s"]
-        rows.append(f"{label:<6} {'overhead vs raw burst':<38} {'':>4} {_f(o['p50']):>8} "
+        o = r["overhead_vs_raw_s"]
+        rows.append(f"{label:<6} {'overhead vs raw, same arrivals':<38} {'':>4} {_f(o['p50']):>8} "
                     f"{_f(o['p95']):>8}")  # fmt: skip
         for what, w in (("to Running", r["writes_to_running"]), ("settled", r["writes_settled"])):
             by = " ".join(f"{k}={v}" for k, v in w["by_writer"].items())
             rows.append(f"{label:<6} writes/VM {what:<11} total {w['total']:.2f}  status "
                         f"{w['status']:.2f} (max {w['max_status']})  metadata {w['metadata']:.2f}"
                         f"  failed {w['failed']:.2f}  [{by}]")  # fmt: skip
-        rows.append(f"{label:<6} all {r['running']}/{r['vms']} Running after "
+        rows.append(f"{label:<6} interval {r['interval_s']}s; all {r['running']}/{r['vms']} "
+                    f"Running after "
                     f"{r['all_running_after_s']}s; per node {r['per_node']}")  # fmt: skip
     return "\n".join(rows)
 
@@ -514,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=3, help="simulated QEMU nodes")
     p.add_argument("--nodes-test", type=int, default=5, help="agents on the test driver")
     p.add_argument("--concurrency", type=int, default=10, help="client threads creating VMs")
+    p.add_argument("--interval-test", type=float, default=0.0,
+                   help="seconds between VM creates (0: all at once)")  # fmt: skip
+    p.add_argument("--interval-qemu", type=float, default=0.0,
+                   help="seconds between VM creates (0: all at once)")  # fmt: skip
     p.add_argument("--timeout-test", type=float, default=300.0)
     p.add_argument("--timeout-qemu", type=float, default=600.0)
     p.add_argument("--skip-qemu", action="store_true")
