@@ -22,12 +22,13 @@ the writes settle; split into status writes, metadata writes (finalizers, labels
 bookkeeping) and by writer (user, controller, agent).
 
 Baseline, same run, same domain XML: define + start directly with libvirt-python (no
-Kubernetes): sequentially (the pure libvirt cost of one VM) and as a burst of all VMs at
-once with the agents' libvirt concurrency (4 threads per node, one connection per node).
+Kubernetes): sequentially (the pure libvirt cost of one VM) and with the VMs' arrival
+pattern (all at once, or ``--interval-*``) and the agents' libvirt concurrency (4 threads
+per node, one connection per node).
 For QEMU the XMLs are the agent's own (``dumpxml --inactive``), started on the same nodes
 after the VMs were deleted; for the test driver they come from the agent's pure
 conversion (``domainxml.render``) of each VM's ``status.machine``.
-Overhead = kubevisor p50/p95 minus raw burst p50/p95.
+Overhead = kubevisor p50/p95 minus raw same-arrivals p50/p95.
 
 Prints a table and ONE JSON line. Never asserts a time; targets are reported, not
 enforced (p95 <= 2 s for QEMU, <= 3 status writes per VM). Cleans up everything
@@ -35,7 +36,8 @@ enforced (p95 <= 2 s for QEMU, <= 3 status writes per VM). Cleans up everything
 
 Run as root from the repo root:
     .venv/bin/python bench/vm_start.py [--vms-test 500] [--vms-qemu 50] [--nodes 3]
-        [--nodes-test 5] [--concurrency 10] [--skip-qemu] [--skip-test] [--json-only]
+        [--nodes-test 5] [--concurrency 10] [--interval-test S] [--interval-qemu S]
+        [--skip-qemu] [--skip-test] [--json-only]
 """
 
 from __future__ import annotations
