@@ -355,6 +355,8 @@ class Agent:
             (obj.get("metadata") or {}).get("finalizers") or []
         ):
             return  # already cleaned up; the controller finishes the delete
+        if key in self._holding:
+            return  # a clone's copy suspended it while we looked: nothing may resume it now
         first_pass = key not in self._seen
         self._seen.add(key)
         phase = plan.phase
