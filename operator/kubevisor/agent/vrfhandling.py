@@ -173,7 +173,7 @@ class VRFAgent:
         current = {name: s["table"] for name, s in observed.items() if s["table"]}
         plan = planning.plan_node(
             {name: sel.spec for name, sel in selection.wanted.items()},
-            labels={},  # already selected against this node's labels
+            labels=self.labels,
             current=current,
             bridge_for=self.bridge_for,
             kernel_has_vrf=has_vrf,
