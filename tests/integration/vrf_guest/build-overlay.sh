@@ -2,7 +2,7 @@
 # Overlay initramfs: a trimmed CPython 3.11 + pyroute2 + kubevisor + veth.ko + guest program.
 set -euo pipefail
 OUT=$1; REPO=$2; PROG=$3
-PY=/root/.pyenv/versions/3.11.7
+PY=${KUBEVISOR_GUEST_PYTHON:-/root/.pyenv/versions/3.11.7}
 ST=$(mktemp -d); trap 'rm -rf "$ST"' EXIT
 mkdir -p $ST/kv/lib $ST/kv/py/lib/python3.11 $ST/kv/py/bin $ST/kv/site $ST/run $ST/var
 ln -s ../run $ST/var/run
