@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
-from kubevisor.agent import disks, domainxml, leases, realizing
+from kubevisor.agent import disks, domainxml, leases, realizing, vrfhandling
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.netlink import segments as netsegments
 from kubevisor.api import quantities
@@ -53,6 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", help="node address (VNC listens here; default 127.0.0.1)")
     p.add_argument("--migration-uri", help="libvirt URI peers use to migrate to this node")
     p.add_argument("--stop-timeout", type=float, default=30.0, help="ACPI shutdown grace (s)")
+    p.add_argument(
+        "--vrf-resync-seconds", type=float, default=30.0,
+        help="VRF drift repair interval (s); 0 disables the VRF loop",
+    )  # fmt: skip
     p.add_argument("--verbose", "-v", action="store_true")
     return p.parse_args(argv)
 
@@ -99,7 +104,25 @@ async def run(args: argparse.Namespace) -> None:
             api, hv, cfg, segments=netsegments.Segments(netns=args.netns), heartbeat=heartbeat
         )
         logger.info("agent for node %s: libvirt %s, networks %s", args.node, hv.uri, networks)
-        await agent.run()
+        vrfs = None
+        if args.vrf_resync_seconds > 0:
+            vrfs = asyncio.get_running_loop().create_task(
+                vrfhandling.run_vrfs(
+                    node=args.node,
+                    labels=dict(args.label),
+                    api_client=api,
+                    node_netns=args.netns,
+                    bridge_for=vrfhandling.bridge_mapper(networks),
+                    resync=args.vrf_resync_seconds,
+                )
+            )
+        try:
+            await agent.run()
+        finally:
+            if vrfs is not None:
+                vrfs.cancel()
+                with contextlib.suppress(BaseException):
+                    await vrfs
 
 
 def main(argv: list[str] | None = None) -> int:
