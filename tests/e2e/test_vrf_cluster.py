@@ -139,7 +139,9 @@ class Agents:
         self.stop: asyncio.Event | None = None
         self.agents: dict[str, vrfhandling.VRFAgent] = {}
         self.realizers = {node: vrfrealizing.VRFRealizer(node_netns=names[node]) for node in NODES}
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),))
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self._main(),), daemon=True
+        )
         self.started = threading.Event()
 
     async def _main(self) -> None:
@@ -170,7 +172,8 @@ class Agents:
         if self.stop is not None:
             self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(timeout=30)
-        self.loop.close()
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class Env:
@@ -271,13 +274,14 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
                 )
             except kubernetes.client.ApiException:
                 pass
+        if proc is not None:
+            proc.terminate()
         if agents is not None:
+            agents.close()  # first: no netlink from two threads at once
             for realizer in agents.realizers.values():
                 # whatever a failed test left: remove every VRF the realizer finds
-                for name in asyncio.run(asyncio.to_thread(realizer.observe_sync)):
+                for name in realizer.observe_sync():
                     realizer.remove_sync(name)
-            agents.close()
-            for realizer in agents.realizers.values():
                 realizer.close()
         if proc is not None:
             proc.terminate()
