@@ -70,6 +70,12 @@ class Reason(StrEnum):
     """The requested VRF backend is not supported by the node's kernel."""
     TABLE_CONFLICT = "TableConflict"
     """The requested routing table is already used by another VRF on a node."""
+    INTERFACE_CONFLICT = "InterfaceConflict"
+    """Another VRF already claims this segment or host interface on a shared node."""
+    TABLES_EXHAUSTED = "TablesExhausted"
+    """No free routing table is left in the automatic allocation range."""
+    WAITING_FOR_TABLE = "WaitingForTable"
+    """The controller has not allocated a routing table for the VRF yet."""
     POOL_NOT_FOUND = "PoolNotFound"
     """spec.poolRef names a DesktopPool that does not exist."""
     POOL_EXHAUSTED = "PoolExhausted"
@@ -191,3 +197,15 @@ class Status(common.Model):
     """Current state as conditions; Ready summarises."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """metadata.generation the status was last computed from."""
+
+
+#: Ready reasons with which the controller refuses a VRF outright; agents do not realize
+#: a VRF refused with one of these. Shared here because controller and agent both need it.
+VRF_REFUSALS: frozenset[str] = frozenset(
+    {
+        Reason.TABLE_CONFLICT,
+        Reason.INTERFACE_CONFLICT,
+        Reason.INVALID_SPEC,
+        Reason.TABLES_EXHAUSTED,
+    }
+)

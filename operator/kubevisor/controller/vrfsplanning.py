@@ -30,12 +30,10 @@ from kubevisor.controller import placing
 #: Where automatic allocation looks for a free table (the agent uses the same range).
 AUTO_TABLE_FIRST = 1000
 AUTO_TABLE_LAST = 1999
-INTERFACE_CONFLICT = "InterfaceConflict"
-TABLES_EXHAUSTED = "TablesExhausted"
+INTERFACE_CONFLICT = Reason.INTERFACE_CONFLICT
+TABLES_EXHAUSTED = Reason.TABLES_EXHAUSTED
 #: Reasons that mean "the controller refused this VRF": agents do not realize it.
-REFUSALS = frozenset(
-    {Reason.TABLE_CONFLICT, INTERFACE_CONFLICT, Reason.INVALID_SPEC, TABLES_EXHAUSTED}
-)
+REFUSALS = conditions.VRF_REFUSALS
 OWNED_CONDITIONS = (ConditionType.READY, ConditionType.SCHEDULED)
 OWNED_FIELDS = ("phase", "readyNodes", "tableAllocated", "observedGeneration")
 

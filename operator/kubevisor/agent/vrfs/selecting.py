@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubevisor.agent.vrfs import planning, specs
+from kubevisor.api import conditions
 
 #: Ready reasons with which the controller refuses a VRF (controller/vrfsplanning.py).
-CONTROLLER_REFUSALS = frozenset(
-    {"TableConflict", "InterfaceConflict", "InvalidSpec", "TablesExhausted"}
-)
+CONTROLLER_REFUSALS = conditions.VRF_REFUSALS
 #: Entry fields compared to decide whether to write (lastSyncTime and usage excluded).
 COMPARED = ("backend", "table", "interfaces", "routesInstalled", "ready", "message")
 #: How old the reported usage may get before an otherwise unchanged entry is rewritten.
@@ -90,7 +89,8 @@ def select(objs: Iterable[Mapping[str, Any]], *, labels: Mapping[str, str]) -> S
         if spec.get("table") is None:
             result.waiting[name] = (
                 item,
-                "WaitingForTable: the controller has not allocated a table yet.",
+                f"{conditions.Reason.WAITING_FOR_TABLE}: "
+                "the controller has not allocated a table yet.",
             )
         else:
             result.wanted[name] = item
