@@ -257,16 +257,21 @@ class Processes:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, so ``finally`` cleanup runs for both."""
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so ``finally`` cleanup runs for both.
+
+    SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and Python
+    then installs no handler for it.
+    """
 
     def handler(_sig: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def wait_for(what: str, check: Callable[[], Any], *, timeout: float, every: float = 0.2) -> Any:
