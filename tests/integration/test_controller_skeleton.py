@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ import yaml
 
 from kubevisor.api import groups
 from kubevisor.controller import registry
+from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
 
@@ -31,37 +29,10 @@ def _examples_by_kind() -> dict[str, dict[str, Any]]:
     return found
 
 
-def _wait(predicate: Any, *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 @pytest.fixture
 def controller(cluster: Any, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = open(tmp_path / "controller.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kubevisor.controller.main",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    log.close()
-    print((tmp_path / "controller.log").read_text()[-3000:])
+    with testing.running_controller(cluster.kubeconfig, log=tmp_path / "controller.log") as proc:
+        yield proc
 
 
 def test_not_implemented_kinds_report_a_condition_and_sigterm_exits_cleanly(
@@ -93,7 +64,7 @@ def test_not_implemented_kinds_report_a_condition_and_sigterm_exits_cleanly(
         return None
 
     for kind in created:
-        cond = _wait(
+        cond = testing.wait_for(
             lambda kind=kind: condition(kind.plural, f"skeleton-{kind.singular}"),
             timeout=60,
             what=f"{kind.kind} Ready condition",

@@ -4,19 +4,18 @@ RestartRequired and finalizers. Nodes are fake: Leases this test writes, no agen
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubevisor.api import groups
+from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +35,7 @@ TEMPLATE = {
 
 
 def _wait(predicate: Callable[[], Any], *, timeout: float = 30, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return testing.wait_for(predicate, timeout=timeout, what=what)
 
 
 class Env:
@@ -151,39 +143,17 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
     for name, (labels, cap) in NODES.items():
         e.coord.create_namespaced_lease(LEASE_NS, _lease(name, labels, cap))
     logfile = tmp_path_factory.mktemp("vmctl") / "controller.log"
-    log = open(logfile, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kubevisor.controller.main",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--namespace",
-            NS,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        yield e
-    finally:
-        # Leave nothing behind: drop finalizers so the objects go with the namespace.
-        for vm in e.custom.list_namespaced_custom_object(G, V, NS, "virtualmachines")["items"]:
-            name = vm["metadata"]["name"]
-            e.patch_vm(name, {"metadata": {"finalizers": None}})
-            e.custom.delete_namespaced_custom_object(G, V, NS, "virtualmachines", name)
-        for name in NODES:
-            e.coord.delete_namespaced_lease(name, LEASE_NS)
-        proc.terminate()
+    with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        print(Path(logfile).read_text()[-4000:])
+            yield e
+        finally:
+            # Leave nothing behind: drop finalizers so the objects go with the namespace.
+            for vm in e.custom.list_namespaced_custom_object(G, V, NS, "virtualmachines")["items"]:
+                name = vm["metadata"]["name"]
+                e.patch_vm(name, {"metadata": {"finalizers": None}})
+                e.custom.delete_namespaced_custom_object(G, V, NS, "virtualmachines", name)
+            for name in NODES:
+                e.coord.delete_namespaced_lease(name, LEASE_NS)
 
 
 def _name(prefix: str) -> str:

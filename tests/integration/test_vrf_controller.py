@@ -5,18 +5,14 @@ server-side apply. Nodes are fake Leases; agents are played by this test's patch
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubevisor.api import groups
+from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +24,7 @@ NODES = {"vrfctl-a": {"zone": "a"}, "vrfctl-b": {"zone": "b"}}
 
 
 def _wait(predicate: Callable[[], Any], *, timeout: float = 30, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return testing.wait_for(predicate, timeout=timeout, what=what)
 
 
 class Env:
@@ -120,40 +109,18 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
     for name, labels in NODES.items():
         e.lease(name, labels)
     logfile = tmp_path_factory.mktemp("vrfctl") / "controller.log"
-    log = open(logfile, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kubevisor.controller.main",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--namespace",
-            NS,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        yield e
-    finally:
-        for vrf in e.custom.list_namespaced_custom_object(G, V, NS, "vrfs")["items"]:
-            e.delete(vrf["metadata"]["name"])
-        for name in NODES:
-            try:
-                e.coord.delete_namespaced_lease(name, LEASE_NS)
-            except e.k.client.ApiException as exc:
-                if exc.status != 404:
-                    raise
-        proc.terminate()
+    with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        print(Path(logfile).read_text()[-3000:])
+            yield e
+        finally:
+            for vrf in e.custom.list_namespaced_custom_object(G, V, NS, "vrfs")["items"]:
+                e.delete(vrf["metadata"]["name"])
+            for name in NODES:
+                try:
+                    e.coord.delete_namespaced_lease(name, LEASE_NS)
+                except e.k.client.ApiException as exc:
+                    if exc.status != 404:
+                        raise
 
 
 def _seg(name: str, network: str) -> dict[str, Any]:
