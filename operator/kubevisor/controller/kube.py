@@ -58,6 +58,13 @@ class Kube:
         result = await self._custom.list_cluster_custom_object(groups.GROUP, groups.VERSION, plural)
         return list(result.get("items") or [])
 
+    async def list_snapshot(self, plural: str) -> tuple[list[Obj], str | None]:
+        """Every object of a kubevisor kind, with the list's resourceVersion (the point
+        in time the list shows, for merging it with watch events)."""
+        result = await self._custom.list_cluster_custom_object(groups.GROUP, groups.VERSION, plural)
+        rv = (result.get("metadata") or {}).get("resourceVersion")
+        return list(result.get("items") or []), str(rv) if rv else None
+
     async def list_leases(self, namespace: str, label_selector: str) -> list[Obj]:
         """Leases as raw dicts (camelCase keys, like the custom objects)."""
         response: Any = await self._coord.list_namespaced_lease(

@@ -8,7 +8,10 @@ decision in the scope; the decisions themselves are the pure functions in
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +21,7 @@ import pydantic
 from kubevisor.api import groups, machines, virtualmachines
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.api.virtualmachines import DesiredState
-from kubevisor.controller import kube, placing, powering, resolving
+from kubevisor.controller import kube, ledger, placing, powering, resolving
 from kubevisor.controller.vmstatus import Cond
 
 PLURAL = "virtualmachines"
@@ -262,41 +265,110 @@ def record_machine(scope: Scope) -> None:
         scope.conds[rr] = Cond("False", Reason.AS_EXPECTED, "")
 
 
-_placing_lock: asyncio.Lock | None = None
+class Placer:
+    """Process-wide placement state: the ledger, a short-lived cache of node Leases.
+
+    Placement reads the ledger's per-node totals, picks a node and reserves it in one
+    step with no ``await`` in between (and under a plain lock, so it stays one step
+    should a handler ever run in a thread); the status write happens after, outside.
+    The ledger is primed by one full list before the first placement, refreshed by a
+    full list every ``RESYNC_SECONDS``, and otherwise fed by the VM watch events.
+    """
+
+    LEASE_TTL = 1.0
+    """Seconds a Lease list is reused: agents renew every 10 s and publish capacity
+    rarely, so a placement burst needs one list per second, not one per VM."""
+    RESYNC_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self.ledger = ledger.Ledger()
+        self._decide = threading.Lock()
+        self._refresh: asyncio.Lock | None = None
+        self._leases: list[dict[str, Any]] = []
+        self._leases_at = -math.inf
+        self._synced_at = -math.inf
+
+    def _refresh_lock(self) -> asyncio.Lock:
+        if self._refresh is None:
+            self._refresh = asyncio.Lock()
+        return self._refresh
+
+    def observe(self, obj: dict[str, Any]) -> None:
+        """A VM watch event (not a deletion)."""
+        with self._decide:
+            self.ledger.observe(ledger.seen(obj))
+
+    def forget(self, uid: str) -> None:
+        """A VM DELETED event."""
+        with self._decide:
+            self.ledger.forget(uid)
+
+    async def resync(self, api: kube.Kube) -> None:
+        """Merge a full VM list into the ledger (priming; healing missed events)."""
+        items, rv = await api.list_snapshot(PLURAL)
+        seen = [ledger.seen(vm) for vm in items]
+        with self._decide:
+            self.ledger.resync(seen, rv=ledger.resource_version(rv))
+        self._synced_at = time.monotonic()
+
+    async def ready(self, api: kube.Kube) -> None:
+        """Prime the ledger once (and resync it when due) before placing."""
+        if self.ledger.primed and time.monotonic() - self._synced_at < self.RESYNC_SECONDS:
+            return
+        async with self._refresh_lock():
+            if not self.ledger.primed or time.monotonic() - self._synced_at >= self.RESYNC_SECONDS:
+                await self.resync(api)
+
+    async def nodes(self, api: kube.Kube, *, now: datetime) -> list[placing.Node]:
+        """The agents' nodes, from a Lease list at most ``LEASE_TTL`` seconds old."""
+        if time.monotonic() - self._leases_at >= self.LEASE_TTL:
+            async with self._refresh_lock():
+                if time.monotonic() - self._leases_at >= self.LEASE_TTL:
+                    self._leases = await api.list_leases(
+                        placing.LEASE_NAMESPACE, f"{placing.LABEL_AGENT}=true"
+                    )
+                    self._leases_at = time.monotonic()
+        return [placing.node_from_lease(lease, now=now) for lease in self._leases]
+
+    def choose(
+        self, uid: str, request: placing.Request, nodes: list[placing.Node]
+    ) -> placing.Placement:
+        """Pick a node against the ledger's totals and reserve it, in one step."""
+        with self._decide:
+            used = self.ledger.totals(exclude=uid)
+            result = placing.place(request, nodes, used, cpu_overcommit=CPU_OVERCOMMIT)
+            if result.node is not None:
+                usage = placing.Usage(request.cpu, request.memory_bytes, request.gpus)
+                self.ledger.reserve(uid, result.node, usage)
+            return result
+
+    def confirm(self, uid: str, obj: dict[str, Any]) -> None:
+        """The status write returned ``obj``: it holds the reservation from its version on."""
+        seen = ledger.seen(obj)
+        with self._decide:
+            entry = self.ledger.entry(uid)
+            if entry is not None and entry.pending and seen.node == entry.node:
+                self.ledger.confirm(uid, seen.rv)
+
+    def release(self, uid: str) -> None:
+        with self._decide:
+            self.ledger.release(uid)
 
 
-def _lock() -> asyncio.Lock:
-    global _placing_lock
-    if _placing_lock is None:
-        _placing_lock = asyncio.Lock()
-    return _placing_lock
+#: The controller process's placer (one per process, like kopf's registry).
+PLACER = Placer()
 
 
-async def used_by_node(api: kube.Kube, *, exclude_uid: str) -> dict[str, placing.Usage]:
-    """Sum of the machines placed per node, except stopped VMs and ``exclude_uid``."""
-    used: dict[str, placing.Usage] = {}
-    for vm in await api.list_all(PLURAL):
-        status = vm.get("status") or {}
-        node, raw = status.get("nodeName"), status.get("machine")
-        if (vm.get("metadata") or {}).get("uid") == exclude_uid or not node or not raw:
-            continue
-        if status.get("desiredState") == DesiredState.STOPPED:
-            continue
-        try:
-            usage = placing.usage_of(machines.MachineSpec.model_validate(raw))
-        except pydantic.ValidationError:
-            continue
-        used[node] = used.get(node, placing.Usage()) + usage
-    return used
-
-
-async def schedule(scope: Scope, api: kube.Kube, write: Any) -> None:
+async def schedule(
+    scope: Scope, api: kube.Kube, write: Any, *, placer: Placer | None = None
+) -> None:
     """Keep the node of a placed VM; place a VM that should run; report why not.
 
-    ``write`` is the status write, called while the placement lock is held so the next
-    placement counts this VM.
+    ``write`` is the status write. A placement is reserved in the ledger before the
+    write, so concurrent placements count this VM; a failed write releases it.
     """
     assert scope.power is not None
+    placer = placer or PLACER
     sched = ConditionType.SCHEDULED
     placed = scope.status.get("nodeName")
     if placed:
@@ -316,19 +388,23 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any) -> None:
         scope.conds[sched] = Cond("False", Reason.STOPPED, "not placed: the VM is not asked to run")
         await write(scope)
         return
-    async with _lock():
-        leases = await api.list_leases(placing.LEASE_NAMESPACE, f"{placing.LABEL_AGENT}=true")
-        nodes = [placing.node_from_lease(lease, now=scope.now) for lease in leases]
-        used = await used_by_node(api, exclude_uid=scope.uid)
-        request = placing.request_for(
-            scope.machine, only_nodes=scope.only_nodes, only_reason=scope.only_reason
-        )
-        result = placing.place(request, nodes, used, cpu_overcommit=CPU_OVERCOMMIT)
-        if result.node is None:
-            scope.phase = virtualmachines.VirtualMachinePhase.PENDING
-            scope.conds[sched] = Cond("False", Reason.UNSCHEDULABLE, result.reason)
-        else:
-            scope.node = result.node
-            scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {result.node}")
-            scope.events.append((Reason.SCHEDULED, f"placed on node {result.node}"))
+    await placer.ready(api)
+    nodes = await placer.nodes(api, now=scope.now)
+    request = placing.request_for(
+        scope.machine, only_nodes=scope.only_nodes, only_reason=scope.only_reason
+    )
+    result = placer.choose(scope.uid, request, nodes)
+    if result.node is None:
+        scope.phase = virtualmachines.VirtualMachinePhase.PENDING
+        scope.conds[sched] = Cond("False", Reason.UNSCHEDULABLE, result.reason)
         await write(scope)
+        return
+    scope.node = result.node
+    scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {result.node}")
+    scope.events.append((Reason.SCHEDULED, f"placed on node {result.node}"))
+    try:
+        await write(scope)
+    except BaseException:
+        placer.release(scope.uid)
+        raise
+    placer.confirm(scope.uid, scope.obj)

@@ -168,6 +168,7 @@ async def reconcile_once(namespace: str, name: str) -> None:
         _track(key, None)
         await _finalize(obj)
         return
+    vmphases.PLACER.observe(obj)
     scope = Scope(obj=obj, now=datetime.now(UTC))
     await vmphases.resolve(scope, client)
     vmphases.power(scope)
@@ -232,13 +233,17 @@ async def _disconnect(**_: Any) -> None:
 
 
 @kopf.on.event(groups.GROUP, groups.VERSION, PLURAL)
-async def vm_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
-    """Every VM event: reconcile that VM (deletions only forget it)."""
+async def vm_event(type: str, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    """Every VM event: update the placement ledger, reconcile that VM (deletions only
+    forget it)."""
     assert namespace is not None  # VirtualMachines are namespaced
+    raw = dict(body)
     if type == "DELETED":
+        vmphases.PLACER.forget(str((raw.get("metadata") or {}).get("uid")))
         _track((namespace, name), None)
         State.locks.pop((namespace, name), None)
         return
+    vmphases.PLACER.observe(raw)
     await reconcile(namespace, name)
 
 
