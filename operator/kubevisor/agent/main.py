@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
-from kubevisor.agent import disks, domainxml, leases, realizing, vrfhandling
+from kubevisor.agent import disks, domainxml, leases, realizing, segmenting, vrfhandling
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.netlink import segments as netsegments
 from kubevisor.api import quantities
@@ -32,6 +32,25 @@ def _pair(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _network(text: str) -> tuple[str, str | None]:
+    """``NAME=BRIDGE`` (a bridge the node provides) or ``NAME`` (managed: the agent owns
+    the bridge ``kvn-NAME``, created when a VM or VRF needs it, deleted when none does)."""
+    name, sep, bridge = text.partition("=")
+    if not name or (sep and not bridge):
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME=BRIDGE, got {text!r}")
+    return name, bridge if sep else None
+
+
+def network_mapping(flags: list[tuple[str, str | None]]) -> tuple[dict[str, str], frozenset[str]]:
+    """network -> bridge, and the managed networks, from the ``--network`` flags (pure).
+    No flag at all means ``default=kvbr0``."""
+    if not flags:
+        return {"default": "kvbr0"}, frozenset()
+    bridges = {name: bridge or netsegments.managed_bridge_name(name) for name, bridge in flags}
+    managed = frozenset(name for name, bridge in flags if bridge is None)
+    return bridges, managed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,8 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=0)
     p.add_argument("--label", type=_pair, action="append", default=[], metavar="K=V")
     p.add_argument(
-        "--network", type=_pair, action="append", default=[], metavar="NAME=BRIDGE",
-        help='bridge realizing a network (repeatable; default "default=kvbr0")',
+        "--network", type=_network, action="append", default=[], metavar="NAME[=BRIDGE]",
+        help='bridge realizing a network (repeatable; default "default=kvbr0"); a bare NAME'
+        " is a node-local network whose bridge kvn-NAME the agent creates and removes",
     )  # fmt: skip
     p.add_argument("--address", help="node address (VNC listens here; default 127.0.0.1)")
     p.add_argument("--migration-uri", help="libvirt URI peers use to migrate to this node")
@@ -75,7 +95,7 @@ async def run(args: argparse.Namespace) -> None:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
             await config.load_kube_config()
-    networks = dict(args.network) or {"default": "kvbr0"}
+    networks, managed = network_mapping(args.network)
     memory = quantities.to_bytes(args.memory) if args.memory else _host_memory()
     layout = disks.Layout(
         state_dir=args.state_dir, image_dir=args.image_dir, shared_dir=args.shared_dir
@@ -93,6 +113,7 @@ async def run(args: argparse.Namespace) -> None:
         node=args.node,
         layout=layout,
         networks=networks,
+        managed_networks=managed,
         facts=domainxml.HostFacts(display_address=args.address or "127.0.0.1"),
         stop_timeout=args.stop_timeout,
     )
@@ -100,10 +121,23 @@ async def run(args: argparse.Namespace) -> None:
         heartbeat = leases.Heartbeat(
             api, node=args.node, labels=dict(args.label), capacity=capacity
         )
-        agent = realizing.Agent(
-            api, hv, cfg, segments=netsegments.Segments(netns=args.netns), heartbeat=heartbeat
+        adapter = netsegments.Segments(netns=args.netns)
+        node_segments = segmenting.NodeSegments(
+            adapter,
+            users=(segmenting.VMS, segmenting.VRFS)
+            if args.vrf_resync_seconds > 0
+            else (segmenting.VMS,),
+            networks=networks,
+            managed=managed,
+            heartbeat=heartbeat,
         )
-        logger.info("agent for node %s: libvirt %s, networks %s", args.node, hv.uri, networks)
+        agent = realizing.Agent(
+            api, hv, cfg, segments=adapter, heartbeat=heartbeat, node_segments=node_segments
+        )
+        logger.info(
+            "agent for node %s: libvirt %s, networks %s (managed: %s)",
+            args.node, hv.uri, networks, sorted(managed),
+        )  # fmt: skip
         vrfs = None
         if args.vrf_resync_seconds > 0:
             vrfs = asyncio.get_running_loop().create_task(
@@ -114,6 +148,7 @@ async def run(args: argparse.Namespace) -> None:
                     node_netns=args.netns,
                     bridge_for=vrfhandling.bridge_mapper(networks),
                     resync=args.vrf_resync_seconds,
+                    node_segments=node_segments,
                 )
             )
         try:

@@ -22,7 +22,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from kubevisor.agent import disks, domainxml, leases, reconciling, status, watching
+from kubevisor.agent import disks, domainxml, leases, reconciling, segmenting, status, watching
 from kubevisor.agent.libvirt import DomainInfo, Hypervisor, HypervisorError
 from kubevisor.agent.netlink import segments as netsegments
 from kubevisor.api import conditions, groups, machines
@@ -41,6 +41,8 @@ class AgentConfig:
     networks: dict[str, str]
     """network name -> bridge realising it on this node."""
     facts: domainxml.HostFacts
+    managed_networks: frozenset[str] = frozenset()
+    """Networks whose bridge the agent creates on demand and deletes when unneeded."""
     stop_timeout: float = 30.0
     """Seconds a guest gets to power off after ACPI shutdown before it is destroyed."""
     tick: float = 15.0
@@ -76,17 +78,23 @@ def _now() -> str:
 
 
 def nic_segments(
-    machine: machines.MachineSpec, networks: dict[str, str]
+    machine: machines.MachineSpec,
+    networks: dict[str, str],
+    *,
+    managed: frozenset[str] = frozenset(),
 ) -> list[netsegments.Segment]:
     """The segment of each NIC (pure). Raises KeyError for a network the node lacks."""
     return [
-        netsegments.Segment(network=nic.network, vlan=nic.vlan, base_bridge=networks[nic.network])
-        for nic in machine.nics
+        netsegments.segment_of(nic.network, nic.vlan, networks, managed) for nic in machine.nics
     ]
 
 
 def nic_placements(
-    machine: machines.MachineSpec, identity: domainxml.Identity, networks: dict[str, str]
+    machine: machines.MachineSpec,
+    identity: domainxml.Identity,
+    networks: dict[str, str],
+    *,
+    managed: frozenset[str] = frozenset(),
 ) -> tuple[domainxml.NICPlacement, ...]:
     """Tap, bridge and MAC of each NIC (pure)."""
     return tuple(
@@ -98,7 +106,7 @@ def nic_placements(
             model=nic.model,
         )
         for index, (nic, segment) in enumerate(
-            zip(machine.nics, nic_segments(machine, networks), strict=True)
+            zip(machine.nics, nic_segments(machine, networks, managed=managed), strict=True)
         )
     )
 
@@ -114,6 +122,7 @@ class Agent:
         *,
         segments: netsegments.Segments,
         heartbeat: leases.Heartbeat | None = None,
+        node_segments: segmenting.NodeSegments | None = None,
     ) -> None:
         self.api = api
         self.hv = hypervisor
@@ -129,8 +138,14 @@ class Agent:
         self._busy: set[Key] = set()
         self._again: set[Key] = set()
         self._shutdown_at: dict[Key, float] = {}
-        self._segments_up: set[netsegments.Segment] = set()
-        self._segment_lock = asyncio.Lock()
+        self.node_segments = node_segments or segmenting.NodeSegments(
+            segments,
+            users=(segmenting.VMS,),
+            networks=config.networks,
+            managed=config.managed_networks,
+            heartbeat=heartbeat,
+        )
+        """The node's segment set, shared with the VRF loop when the agent runs both."""
         self._clone_lock = asyncio.Lock()
         self._holding: set[Key] = set()
         """Clone sources suspended for a copy: their own passes wait (see _copy_clones)."""
@@ -197,12 +212,8 @@ class Agent:
             group.create_task(self._orphan_sweeper())
 
     async def _prune_segments_after_sync(self) -> None:
-        """After the first list: adopt existing VLAN bridges, prune unneeded ones."""
-        existing = await asyncio.to_thread(
-            self.segments.existing_vlan_segments, self.config.networks
-        )
-        async with self._segment_lock:
-            self._segments_up.update(existing)
+        """After the first list: declare the VMs' segments (adopting and pruning what an
+        earlier agent left once every user of segments has declared its needs)."""
         await self._sync_segments()
 
     # -- orphans -----------------------------------------------------------------------
@@ -425,26 +436,31 @@ class Agent:
             scope.ready_reason, scope.message = exc.reason, str(exc)
             return False
         try:
-            wanted = nic_segments(scope.machine, self.config.networks)
+            wanted = nic_segments(
+                scope.machine, self.config.networks, managed=self.config.managed_networks
+            )
         except KeyError as exc:
             scope.ready_reason = conditions.Reason.NETWORK_UNAVAILABLE
             scope.message = f"network {exc.args[0]!r} is not offered by node {self.config.node}"
             return False
-        async with self._segment_lock:
-            for segment in wanted:
-                try:
-                    state = await asyncio.to_thread(self.segments.ensure, segment)
-                except netsegments.SegmentError as exc:
-                    scope.ready_reason = conditions.Reason.NETWORK_UNAVAILABLE
-                    scope.message = str(exc)
-                    return False
-                self._segments_up.add(segment)
-                scope.network_states.append(state)
+        for segment in wanted:
+            try:
+                state = await self.node_segments.ensure(segment)
+            except netsegments.SegmentError as exc:
+                scope.ready_reason = conditions.Reason.NETWORK_UNAVAILABLE
+                scope.message = str(exc)
+                return False
+            scope.network_states.append(state)
         password = await self._vnc_password(scope)
         self.config.console_dir.mkdir(parents=True, exist_ok=True)
         placement = domainxml.Placement(
             disks=disks.placements(plans),
-            nics=nic_placements(scope.machine, scope.identity, self.config.networks),
+            nics=nic_placements(
+                scope.machine,
+                scope.identity,
+                self.config.networks,
+                managed=self.config.managed_networks,
+            ),
             console_log=self.config.console_dir / f"{scope.identity.domain_name}.log"
             if scope.machine.console.serial
             else None,
@@ -622,26 +638,19 @@ class Agent:
                 network = nic.get("network")
                 if network in self.config.networks:
                     needed.add(
-                        netsegments.Segment(
-                            network=network,
-                            vlan=nic.get("vlan"),
-                            base_bridge=self.config.networks[network],
+                        netsegments.segment_of(
+                            network,
+                            nic.get("vlan"),
+                            self.config.networks,
+                            self.config.managed_networks,
                         )
                     )
         return needed
 
     async def _sync_segments(self) -> None:
-        """Remove VLAN segments no VM needs; publish the node's segment set."""
-        async with self._segment_lock:
-            needed = self._needed_segments()
-            for segment in sorted(
-                self._segments_up - needed, key=lambda s: (s.network, s.vlan or 0)
-            ):
-                if segment.vlan is not None:
-                    await asyncio.to_thread(self.segments.remove, segment)
-                self._segments_up.discard(segment)
-            if self.heartbeat is not None:
-                self.heartbeat.set_segments(frozenset(s.name for s in self._segments_up & needed))
+        """Declare the VMs' segments: the shared set prunes what neither VMs nor VRFs
+        need and publishes the node's segment set."""
+        await self.node_segments.set_needed(segmenting.VMS, self._needed_segments())
 
     # -- status ------------------------------------------------------------------------
 

@@ -8,6 +8,11 @@ on the next pass). Each agent writes only ``status.nodes.<its node>`` with a JSO
 patch, and only when the entry changed, so many nodes never fight over one object and the
 controller's server-side-applied fields are untouched.
 
+Segments: with a shared :class:`segmenting.NodeSegments` (as ``kubevisor-agent`` runs
+it) the loop sets up the segment bridges its VRFs' interfaces need before realizing them
+(a managed network's bridge, a VLAN bridge) and declares them, so the VM loop never prunes
+a bridge only a VRF uses, and the node's segment set includes them.
+
 VRF objects carry no node label (selection is by ``spec.nodeSelector`` against this
 node's labels), so the watch is over all VRFs; they are few and small.
 """
@@ -17,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kubevisor.agent import segmenting
 from kubevisor.agent.netlink import probing, segments, vrfrealizing
 from kubevisor.agent.vrfs import planning, selecting, specs
 from kubevisor.api import conditions, groups
@@ -49,6 +55,24 @@ def bridge_mapper(networks: Mapping[str, str]) -> BridgeFor:
         return base if vlan is None else segments.vlan_bridge_name(base, vlan)
 
     return bridge_for
+
+
+def vrf_segments(
+    vrf_specs: Iterable[specs.VRFSpec],
+    networks: Mapping[str, str],
+    managed: Iterable[str] = (),
+) -> set[segments.Segment]:
+    """The node segments the interfaces of ``vrf_specs`` plug into (pure). Interfaces on
+    a network the node does not offer are left out: the realizer reports them as
+    ``SegmentMissing``."""
+    bridges = dict(networks)
+    managed = frozenset(managed)
+    return {
+        segments.segment_of(iface["network"], iface.get("vlan"), bridges, managed)
+        for spec in vrf_specs
+        for iface in spec.get("interfaces") or []
+        if "network" in iface and iface["network"] in bridges
+    }
 
 
 class VRFWatcher:
@@ -145,8 +169,10 @@ class VRFAgent:
         resync: float = DEFAULT_RESYNC,
         kernel_has_vrf: bool | None = None,
         kernel_has_8021q: bool | None = None,
+        node_segments: segmenting.NodeSegments | None = None,
     ) -> None:
         self.node = node
+        self.node_segments = node_segments
         self.labels = dict(labels)
         self.realizer = realizer
         self.bridge_for = bridge_for
@@ -179,6 +205,9 @@ class VRFAgent:
             kernel_has_vrf=has_vrf,
             kernel_has_8021q=has_8021q,
         )
+        wanted_segments = await self._ensure_segments(
+            [selection.wanted[name].spec for name in plan.desired]
+        )
         for name in sorted(set(observed) - set(plan.desired)):
             logger.info("removing VRF %s from node %s", name, self.node)
             await self.realizer.remove(name)
@@ -209,7 +238,22 @@ class VRFAgent:
                     await self._patch(key, entries[key])
             elif have is not None:
                 await self._patch(key, None)
+        if self.node_segments is not None:
+            await self.node_segments.set_needed(segmenting.VRFS, wanted_segments)
         self.passes += 1
+
+    async def _ensure_segments(self, vrf_specs: list[specs.VRFSpec]) -> set[segments.Segment]:
+        """Set up the segment bridges of the VRFs to realize (with a shared segment set);
+        a failure is left for the realizer to report as ``SegmentMissing``."""
+        if self.node_segments is None:
+            return set()
+        wanted = vrf_segments(vrf_specs, self.node_segments.networks, self.node_segments.managed)
+        for segment in sorted(wanted, key=lambda s: (s.network, s.vlan or 0)):
+            try:
+                await self.node_segments.ensure(segment)
+            except segments.SegmentError as exc:
+                logger.warning("VRF segment %s on node %s: %s", segment.name, self.node, exc)
+        return wanted
 
     async def _patch(self, key: Key, entry: dict[str, Any] | None) -> None:
         body = {"status": {"nodes": {self.node: entry}}}
@@ -270,6 +314,7 @@ async def run_vrfs(
     bridge_for: BridgeFor,
     resync: float = DEFAULT_RESYNC,
     stop: asyncio.Event | None = None,
+    node_segments: segmenting.NodeSegments | None = None,
 ) -> None:
     """The agent's VRF task: realize this node's VRFs until ``stop`` (or cancellation)."""
     realizer = vrfrealizing.VRFRealizer(node_netns=node_netns)
@@ -281,6 +326,7 @@ async def run_vrfs(
             realizer=realizer,
             bridge_for=bridge_for,
             resync=resync,
+            node_segments=node_segments,
         )
         await agent.run(stop)
     finally:
