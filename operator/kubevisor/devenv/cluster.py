@@ -21,10 +21,12 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from kubevisor.devenv import controlplane, nodes
@@ -58,8 +60,15 @@ def controlplane_dir(name: str, base_dir: Path) -> Path:
     return base_dir / name / "controlplane"
 
 
-def agent_argv(node: nodes.SimNode, *, kubeconfig: Path, stop_timeout: float = 10.0) -> list[str]:
-    """The agent command line for a simulated node (pure)."""
+def agent_argv(
+    node: nodes.SimNode,
+    *,
+    kubeconfig: Path,
+    stop_timeout: float = 10.0,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The agent command line for a simulated node (pure). ``extra_args`` are appended,
+    e.g. ``--network=red`` (a managed, node-local network) or ``--vrf-resync-seconds=5``."""
     return [
         *nodes.node_mount_exec_prefix(node),
         str(VENV_BIN / "kubevisor-agent"),
@@ -77,6 +86,7 @@ def agent_argv(node: nodes.SimNode, *, kubeconfig: Path, stop_timeout: float = 1
         "--cpu=2",
         "--memory=4Gi",
         f"--stop-timeout={stop_timeout}",
+        *extra_args,
     ]
 
 
@@ -107,8 +117,10 @@ def up(
     base_dir: Path = nodes.DEFAULT_BASE_DIR,
     controller: bool = True,
     stop_timeout: float = 10.0,
+    agent_args: Sequence[str] = (),
 ) -> DevCluster:
-    """Create and start everything (any leftover of the same cluster is removed first)."""
+    """Create and start everything (any leftover of the same cluster is removed first).
+    ``agent_args``: extra flags for every agent (see :func:`agent_argv`)."""
     down(name, base_dir=base_dir)
     ensure_images()
     sim_nodes = nodes.create_cluster_nodes(name, nodes_count, base_dir=base_dir)
@@ -124,7 +136,9 @@ def up(
                 logs / "controller.log",
             )
         for node in sim_nodes:
-            argv = agent_argv(node, kubeconfig=cp.kubeconfig, stop_timeout=stop_timeout)
+            argv = agent_argv(
+                node, kubeconfig=cp.kubeconfig, stop_timeout=stop_timeout, extra_args=agent_args
+            )
             pids[f"agent-{node.name}"] = _spawn(argv, logs / f"agent-{node.name}.log")
         (base_dir / name / "procs.json").write_text(json.dumps(pids, indent=2) + "\n")
         return DevCluster(
@@ -173,6 +187,51 @@ def down(name: str = "dev", *, base_dir: Path = nodes.DEFAULT_BASE_DIR) -> None:
     if (cp_dir / "state.json").exists():
         controlplane.ControlPlane.load(cp_dir).stop()
     nodes.destroy_cluster_nodes(name, base_dir=base_dir)
+    remove_vrf_leftovers(name)
+
+
+#: Where VRFRealizer puts a simulated node's VRFs: netns ``<node netns>-vrf-<vrf>`` and
+#: cgroups ``<root>/<controller>/kubevisor-<node netns>/<vrf>``.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def remove_vrf_leftovers(name: str) -> list[str]:
+    """Remove VRF namespaces and cgroups the cluster's agents left (agents keep realized
+    VRFs when they stop, so the data plane survives an agent restart; after ``down``
+    nothing may remain). Returns what was removed.
+
+    Why here: the agents run in the nodes' mount namespaces, so a VRF namespace's bind
+    mount lives there and dies with it, but its file under ``/run/netns`` stays on the
+    host; the cgroups are host-wide.
+    """
+    removed: list[str] = []
+    prefix = re.compile(rf"^kv-{re.escape(name)}-node-\d+-vrf-")
+    try:
+        entries = sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        if prefix.match(entry):
+            subprocess.run(["ip", "netns", "del", entry], capture_output=True, check=False)
+            removed.append(f"netns {entry}")
+    parents = re.compile(rf"^kubevisor-kv-{re.escape(name)}-node-\d+$")
+    for controller in sorted(CGROUP_ROOT.iterdir()) if CGROUP_ROOT.is_dir() else []:
+        if not controller.is_dir() or controller.is_symlink():
+            continue
+        for parent in sorted(controller.iterdir()):
+            if not parent.is_dir() or not parents.match(parent.name):
+                continue
+            for child in sorted(p for p in parent.iterdir() if p.is_dir()):
+                try:
+                    child.rmdir()
+                except OSError:
+                    continue
+            try:
+                parent.rmdir()
+                removed.append(f"cgroup {parent}")
+            except OSError:
+                pass
+    return removed
 
 
 def _gone(pid: int) -> bool:
@@ -251,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--cluster", default="dev")
     p_up.add_argument("--nodes", type=int, default=2)
     p_up.add_argument("--no-controller", action="store_true")
+    p_up.add_argument(
+        "--agent-arg", action="append", default=[], metavar="FLAG",
+        help="extra agent flag, repeatable (e.g. --agent-arg=--network=red)",
+    )  # fmt: skip
     p_down = sub.add_parser("down")
     p_down.add_argument("--cluster", default="dev")
     args = parser.parse_args(argv)
@@ -263,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             nodes_count=args.nodes,
             base_dir=args.base_dir,
             controller=not args.no_controller,
+            agent_args=args.agent_arg,
         )
         print(json.dumps({"kubeconfig": str(dev.kubeconfig), "kubectl": str(dev.kubectl),
                           "logs": str(dev.cluster_dir / "logs"), "pids": dev.pids}))  # fmt: skip
