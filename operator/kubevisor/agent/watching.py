@@ -103,6 +103,8 @@ class VMWatcher:
                     key = key_of(obj)
                     if kind == "DELETED":
                         self.cache.pop(key, None)
+                    elif is_stale(self.cache.get(key), obj):
+                        continue  # our own write already put a newer version in the cache
                     else:
                         self.cache[key] = obj
                     self.on_change(key)
@@ -128,3 +130,23 @@ class VMWatcher:
                 logger.warning("VM watch failed: %r; retrying in %.0fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+
+def is_stale(cached: dict[str, Any] | None, incoming: dict[str, Any]) -> bool:
+    """Whether ``incoming`` is an older version of the same object than ``cached``.
+
+    The agent puts the object its own status write returned into the cache, and a watch
+    event queued before that write can arrive after it; applying it would make the next
+    pass act on (and re-apply) a status without the agent's own fields. resourceVersions
+    are opaque by contract, but one API server's are etcd revisions: compare them as
+    integers when both parse, and treat anything else as not stale.
+    """
+    if cached is None:
+        return False
+    old_meta, new_meta = cached.get("metadata") or {}, incoming.get("metadata") or {}
+    if old_meta.get("uid") != new_meta.get("uid"):
+        return False
+    try:
+        return int(str(new_meta.get("resourceVersion"))) < int(str(old_meta.get("resourceVersion")))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,34 @@
+"""A watch event older than the agent's own write never replaces it in the cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubevisor.agent import watching
+
+pytestmark = pytest.mark.unit
+
+
+def _obj(uid: str, rv: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"uid": uid}
+    if rv is not None:
+        meta["resourceVersion"] = rv
+    return {"metadata": meta}
+
+
+@pytest.mark.parametrize(
+    ("cached", "incoming", "stale"),
+    [
+        (None, _obj("a", "5"), False),
+        (_obj("a", "10"), _obj("a", "9"), True),  # queued before our write, arrives after
+        (_obj("a", "10"), _obj("a", "10"), False),
+        (_obj("a", "10"), _obj("a", "11"), False),
+        (_obj("a", "10"), _obj("b", "3"), False),  # recreated object: new uid wins
+        (_obj("a", "x"), _obj("a", "9"), False),  # not integers: never guess
+        (_obj("a", None), _obj("a", "9"), False),
+    ],
+)
+def test_is_stale(cached: dict[str, Any] | None, incoming: dict[str, Any], stale: bool) -> None:
+    assert watching.is_stale(cached, incoming) is stale
