@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "kubevisor-system"
+#: Where this node's Lease lives (must match the controller's). The Helm chart sets it to
+#: the release namespace; read here only, once at import.
+NAMESPACE = os.environ.get("KUBEVISOR_LEASE_NAMESPACE") or "kubevisor-system"
 LEASE_DURATION_S = 30
 RENEW_INTERVAL_S = 10.0
 LABEL_AGENT = "kubevisor.io/agent"
@@ -171,10 +174,13 @@ class Heartbeat:
             self._wake.set()
 
     async def _ensure_namespace(self) -> None:
+        """Create the Lease namespace in a bare dev cluster. Installed by Helm, the agent's
+        account may not create namespaces (least privilege) and the namespace exists, so a
+        403 is not an error: creating the Lease itself says whether it is there."""
         try:
             await self._core.create_namespace({"metadata": {"name": NAMESPACE}})
         except ApiException as exc:
-            if exc.status != 409:
+            if exc.status not in (403, 409):
                 raise
 
     async def renew_once(self, *, now: datetime | None = None) -> None:

@@ -8,6 +8,7 @@ handler gathers both, calls ``place`` and records the answer.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,9 @@ from typing import Any
 
 from kubevisor.api import machines, quantities
 
-LEASE_NAMESPACE = "kubevisor-system"
+#: Where the agents' node Leases live. The Helm chart sets it to the release namespace;
+#: read here only, once at import, so the controller has one answer for its lifetime.
+LEASE_NAMESPACE = os.environ.get("KUBEVISOR_LEASE_NAMESPACE") or "kubevisor-system"
 ANNOTATION_CAPACITY = "kubevisor.io/capacity"
 LABEL_AGENT = "kubevisor.io/agent"
 
