@@ -109,6 +109,12 @@ def sim_nodes() -> Iterator[list[nodes.SimNode]]:
     try:
         yield created
     finally:
+        # Printed always, shown by pytest only when the test fails: the nodes' libvirt logs
+        # are gone once the nodes are destroyed.
+        for node in created:
+            for log in sorted((node.state_dir / "log" / "libvirt").rglob("*.log")):
+                print(f"==== {node.name}: {log.name} (tail)")
+                print(log.read_text(errors="replace")[-3000:])
         nodes.destroy_cluster_nodes(cluster)
 
 

@@ -240,6 +240,10 @@ def render_libvirtd_conf(node: NodePlan, *, host_uuid: str) -> str:
         'auth_unix_rw = "none"\n'
         f'host_uuid = "{host_uuid}"\n'
         'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+        # Two cores shared by several nodes' QEMU (TCG) can starve a libvirtd for seconds;
+        # the default keepalive (5 s x 5) then drops peers mid-migration.
+        "keepalive_interval = 10\n"
+        "keepalive_count = 12\n"
     )
 
 
@@ -265,6 +269,10 @@ def render_qemu_conf(node: NodePlan) -> str:
         "migration_port_min = 49152\n"
         "migration_port_max = 49215\n"
         'lock_manager = "nop"\n'
+        # Keepalive of the peer-to-peer migration connection to the destination libvirtd
+        # (see libvirtd.conf above for why it is relaxed).
+        "keepalive_interval = 10\n"
+        "keepalive_count = 12\n"
     )
 
 
