@@ -3,13 +3,11 @@ RestartRequired and finalizers. Nodes are fake: Leases this test writes, no agen
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -106,42 +104,15 @@ class Env:
         return [e.message for e in items if e.reason == reason]
 
 
-def _lease(name: str, labels: dict[str, str], capacity: dict[str, Any]) -> dict[str, Any]:
-    cap = {
-        "networks": ["default"],
-        "sharedStorage": None,
-        "migrationURI": None,
-        "address": None,
-        **capacity,
-    }
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": name,
-            "namespace": LEASE_NS,
-            "labels": {**labels, "kubevisor.io/agent": "true"},
-            "annotations": {"kubevisor.io/capacity": json.dumps(cap)},
-        },
-        "spec": {
-            "holderIdentity": name,
-            "leaseDurationSeconds": 3600,
-            "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     e = Env(cluster)
     for ns in (NS, LEASE_NS):
-        try:
-            e.core.create_namespace({"metadata": {"name": ns}})
-        except e.k.client.ApiException as exc:
-            if exc.status != 409:
-                raise
+        testing.ensure_namespace(e.core, ns)
     for name, (labels, cap) in NODES.items():
-        e.coord.create_namespaced_lease(LEASE_NS, _lease(name, labels, cap))
+        e.coord.create_namespaced_lease(
+            LEASE_NS, testing.fake_node_lease(name, labels=labels, capacity=cap)
+        )
     logfile = tmp_path_factory.mktemp("vmctl") / "controller.log"
     with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
         try:

@@ -8,11 +8,9 @@ write, so exactly 30 are placed and 10 report Unschedulable, whatever the interl
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,30 +34,8 @@ TEMPLATE = {"cpu": {"cores": 1}, "memory": "128Mi", "nodeSelector": SELECTOR}
 
 
 def _lease(name: str) -> dict[str, Any]:
-    cap = {
-        "cpu": 1000,
-        "memoryBytes": PER_NODE * VM_MEMORY,
-        "gpus": 0,
-        "networks": ["default"],
-        "sharedStorage": None,
-        "migrationURI": None,
-        "address": None,
-    }
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": name,
-            "namespace": LEASE_NS,
-            "labels": {**SELECTOR, "kubevisor.io/agent": "true"},
-            "annotations": {"kubevisor.io/capacity": json.dumps(cap)},
-        },
-        "spec": {
-            "holderIdentity": name,
-            "leaseDurationSeconds": 3600,
-            "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        },
-    }
+    capacity = {"cpu": 1000, "memoryBytes": PER_NODE * VM_MEMORY, "gpus": 0}
+    return testing.fake_node_lease(name, labels=SELECTOR, capacity=capacity)
 
 
 class Env:
@@ -109,11 +85,7 @@ def _placed(vms: list[dict[str, Any]]) -> Counter[str]:
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     e = Env(cluster, tmp_path_factory.mktemp("vmload"))
     for ns in (NS, LEASE_NS):
-        try:
-            e.core.create_namespace({"metadata": {"name": ns}})
-        except e.k.client.ApiException as exc:
-            if exc.status != 409:
-                raise
+        testing.ensure_namespace(e.core, ns)
     for name in NODES:
         e.coord.create_namespaced_lease(LEASE_NS, _lease(name))
     body = {

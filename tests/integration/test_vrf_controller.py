@@ -6,7 +6,6 @@ server-side apply. Nodes are fake Leases; agents are played by this test's patch
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -82,18 +81,7 @@ class Env:
 
     def lease(self, name: str, labels: dict[str, str]) -> None:
         self.coord.create_namespaced_lease(
-            LEASE_NS,
-            {
-                "metadata": {
-                    "name": name,
-                    "labels": {**labels, **SELECT, "kubevisor.io/agent": "true"},
-                },
-                "spec": {
-                    "holderIdentity": name,
-                    "leaseDurationSeconds": 3600,
-                    "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                },
-            },
+            LEASE_NS, testing.fake_node_lease(name, labels={**labels, **SELECT})
         )
 
 
@@ -101,11 +89,7 @@ class Env:
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     e = Env(cluster)
     for ns in (NS, LEASE_NS):
-        try:
-            e.core.create_namespace({"metadata": {"name": ns}})
-        except e.k.client.ApiException as exc:
-            if exc.status != 409:
-                raise
+        testing.ensure_namespace(e.core, ns)
     for name, labels in NODES.items():
         e.lease(name, labels)
     logfile = tmp_path_factory.mktemp("vrfctl") / "controller.log"

@@ -7,11 +7,13 @@ message says what was awaited and what was last seen.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,3 +72,50 @@ def running_controller(
                     proc.wait()
     print(f"--- controller log tail ({log}) ---")
     print(log.read_text(errors="replace")[-4000:])
+
+
+def fake_node_lease(
+    name: str,
+    *,
+    labels: dict[str, str] | None = None,
+    capacity: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A node Lease as an agent writes it (docs/dev/vm-contract.md), for tests without agents.
+
+    Valid for an hour, so it never expires mid-test; ``capacity`` (if given) becomes the
+    ``kubevisor.io/capacity`` annotation on top of neutral defaults.
+    """
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {**(labels or {}), "kubevisor.io/agent": "true"},
+    }
+    if capacity is not None:
+        cap = {
+            "networks": ["default"],
+            "sharedStorage": None,
+            "migrationURI": None,
+            "address": None,
+            **capacity,
+        }
+        meta["annotations"] = {"kubevisor.io/capacity": json.dumps(cap)}
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": meta,
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": 3600,
+            "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        },
+    }
+
+
+def ensure_namespace(core: Any, name: str) -> None:
+    """Create namespace ``name`` unless it exists (``core``: a kubernetes CoreV1Api)."""
+    import kubernetes
+
+    try:
+        core.create_namespace({"metadata": {"name": name}})
+    except kubernetes.client.ApiException as exc:
+        if exc.status != 409:
+            raise
