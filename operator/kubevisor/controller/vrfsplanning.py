@@ -124,8 +124,19 @@ def _nodes_text(names: Iterable[str]) -> str:
 
 
 def _order(items: Iterable[Item]) -> list[Item]:
-    # RFC 3339 timestamps of one API server sort as text; ties by namespace/name.
-    return sorted(items, key=lambda i: (i.created, i.namespace, i.name))
+    """Oldest first, so the later-created VRF is the one refused.
+
+    RFC 3339 timestamps of one API server sort as text, but only to the second: two VRFs
+    created in the same second tie, and then the one accepted before (it holds
+    ``status.tableAllocated``) must stay first, or a newcomer whose name sorts earlier
+    would take its table away. Remaining ties by namespace/name.
+    """
+
+    def key(i: Item) -> tuple[str, bool, str, str]:
+        incumbent = isinstance(i.status.get("tableAllocated"), int)
+        return (i.created, not incumbent, i.namespace, i.name)
+
+    return sorted(items, key=key)
 
 
 def decide(

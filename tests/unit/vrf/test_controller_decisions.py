@@ -72,6 +72,16 @@ def test_later_vrf_is_refused(later: dict[str, Any], reason: str) -> None:
     assert "nodes a, b" in decided[("ns", "second")].message
 
 
+def test_same_second_tie_keeps_the_incumbent() -> None:
+    # creationTimestamp has one-second resolution: "blue" created in the same second as
+    # the already accepted "red" sorts first by name, yet must not take red's table.
+    red = _vrf("red", 1, status={"tableAllocated": 100}, table=100)
+    blue = _vrf("blue", 1, table=100)
+    decided = vrfsplanning.decide([blue, red], NODES)
+    assert decided[("ns", "red")].reason == ""
+    assert decided[("ns", "blue")].reason == "TableConflict"
+
+
 @pytest.mark.parametrize(
     "later",
     [
