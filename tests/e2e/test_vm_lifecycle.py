@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from kubevisor.devenv import cluster as devcluster
+from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.e2e
 
@@ -23,14 +23,7 @@ CLUSTER = "kve2e"
 
 
 def _poll(what: str, check: Callable[[], Any], *, limit: float) -> Any:
-    deadline = time.monotonic() + limit
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {limit:.0f}s waiting for {what}")
-        time.sleep(0.2)
+    return testing.wait_for(check, timeout=limit, what=what, every=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from kubevisor.devenv import cluster as devcluster
-from kubevisor.devenv import guest, nodes
+from kubevisor.devenv import guest, nodes, testing
 
 pytestmark = pytest.mark.e2e
 
@@ -37,14 +37,7 @@ BOOT_LIMIT = 300.0
 
 
 def _poll(what: str, check: Callable[[], Any], *, limit: float = 120.0) -> Any:
-    deadline = time.monotonic() + limit
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {limit:.0f}s waiting for {what}")
-        time.sleep(0.2)
+    return testing.wait_for(check, timeout=limit, what=what, every=0.2)
 
 
 class Cluster:
