@@ -26,6 +26,7 @@ from kubernetes_asyncio import client, config  # noqa: E402
 
 from kubevisor.agent import disks, domainxml, leases, realizing  # noqa: E402
 from kubevisor.agent.netlink import segments as netsegments  # noqa: E402
+from kubevisor.api import nodes  # noqa: E402
 
 NODE = "node-t"
 URI = "test:///default"
@@ -118,7 +119,7 @@ async def test_vm_lifecycle_with_test_driver(
         await hv.connect()
         heartbeat = leases.Heartbeat(
             api, node=NODE, labels={"zone": "a"},
-            capacity=leases.Capacity(cpu=2, memory_bytes=1 << 30), interval=1.0,
+            capacity=nodes.Capacity(cpu=2, memory_bytes=1 << 30), interval=1.0,
         )  # fmt: skip
         agent = realizing.Agent(
             api, hv, cfg, segments=netsegments.Segments(netns=netns), heartbeat=heartbeat
@@ -201,15 +202,15 @@ async def _passes(agent: realizing.Agent) -> bool:
 
 
 async def _lease(api: client.ApiClient) -> Any:
-    return await client.CoordinationV1Api(api).read_namespaced_lease(NODE, leases.NAMESPACE)
+    return await client.CoordinationV1Api(api).read_namespaced_lease(NODE, nodes.LEASE_NAMESPACE)
 
 
 async def _lease_with_vlan(api: client.ApiClient) -> Any:
     lease = await _lease(api)
-    segs = (lease.metadata.annotations or {}).get(leases.ANNOTATION_SEGMENTS)
+    segs = (lease.metadata.annotations or {}).get(nodes.ANNOTATION_SEGMENTS)
     return lease if segs == '["default","vlan-100"]' else None
 
 
 async def _lease_segments(api: client.ApiClient, value: str) -> bool:
     lease = await _lease(api)
-    return bool((lease.metadata.annotations or {}).get(leases.ANNOTATION_SEGMENTS) == value)
+    return bool((lease.metadata.annotations or {}).get(nodes.ANNOTATION_SEGMENTS) == value)

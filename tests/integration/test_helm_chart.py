@@ -209,15 +209,16 @@ def _agent_heartbeat(kubeconfig: Path, log: Path) -> Iterator[subprocess.Popen[b
         import asyncio
         from kubernetes_asyncio import client, config
         from kubevisor.agent import leases
+        from kubevisor.api import nodes
 
         async def main():
             await config.load_kube_config(config_file={str(kubeconfig)!r})
             async with client.ApiClient() as api:
-                capacity = leases.Capacity(cpu=8, memory_bytes=8 * 2**30)
+                capacity = nodes.Capacity(cpu=8, memory_bytes=8 * 2**30)
                 hb = leases.Heartbeat(api, node={NODE!r}, labels={SELECT!r}, capacity=capacity)
                 await hb.renew_once()
                 await hb.renew_once()
-                print("lease namespace", leases.NAMESPACE, "renewals", hb.renewals, flush=True)
+                print("lease namespace", nodes.LEASE_NAMESPACE, "renewals", hb.renewals, flush=True)
                 await hb.run()
 
         asyncio.run(main())

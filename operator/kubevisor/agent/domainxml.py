@@ -14,11 +14,10 @@ address VNC listens on) is decided before, by the agent, and passed in as plain 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from kubevisor.api import machines, quantities
+from kubevisor.api import machines, naming, quantities
 
 #: XML namespace of our <metadata> element; the URI is an identifier, never fetched.
 METADATA_NS = "https://kubevisor.io/xmlns/domain/v1"
@@ -41,8 +40,8 @@ class Identity:
 
     @property
     def domain_name(self) -> str:
-        """``<namespace>_<name>``: unique per cluster, readable in ``virsh list``."""
-        return f"{self.namespace}_{self.name}"
+        """``<namespace>_<name>`` (see ``api/naming``)."""
+        return naming.domain_name(self.namespace, self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,30 +88,6 @@ class Placement:
     """File the serial console is logged to (None: no serial console)."""
     vnc_password: str | None = None
     """VNC password read from the machine's Secret, if any."""
-
-
-# ---------------------------------------------------------------------------------------
-# Stable names.
-
-
-def stable_mac(uid: str, nic_name: str) -> str:
-    """A locally administered unicast MAC derived from the VM UID and NIC name.
-
-    The controller normally fills MACs in ``status.machine``; this is the fallback so a
-    NIC never gets a random MAC that would change on restart.
-    """
-    digest = hashlib.sha256(f"{uid}/{nic_name}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-
-
-def tap_name(uid: str, index: int) -> str:
-    """Host tap name for NIC ``index`` of a VM: ``kv<8 hex of uid hash><index>``.
-
-    Interface names are limited to 15 characters; a hash of the UID keeps names of two
-    VMs apart, the index keeps a VM's NICs apart, and the name survives agent restarts.
-    """
-    digest = hashlib.sha256(uid.encode()).hexdigest()[:8]
-    return f"kv{digest}n{index}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from kubernetes_asyncio import client, config
 from kubevisor.agent import disks, domainxml, leases, realizing, segmenting, vrfhandling
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.netlink import segments as netsegments
-from kubevisor.api import quantities
+from kubevisor.api import nodes, quantities
 
 logger = logging.getLogger("kubevisor.agent")
 
@@ -100,7 +100,7 @@ async def run(args: argparse.Namespace) -> None:
     layout = disks.Layout(
         state_dir=args.state_dir, image_dir=args.image_dir, shared_dir=args.shared_dir
     )
-    capacity = leases.Capacity(
+    capacity = nodes.Capacity(
         cpu=args.cpu,
         memory_bytes=memory,
         gpus=args.gpus,

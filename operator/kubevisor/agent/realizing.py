@@ -25,9 +25,17 @@ from pydantic import ValidationError
 from kubevisor.agent import disks, domainxml, leases, reconciling, segmenting, status, watching
 from kubevisor.agent.libvirt import DomainInfo, Hypervisor, HypervisorError
 from kubevisor.agent.netlink import segments as netsegments
-from kubevisor.api import conditions, groups, machines
+from kubevisor.api import conditions, groups, kinds, machines, naming, virtualmachines
 
 logger = logging.getLogger(__name__)
+
+Phase = virtualmachines.VirtualMachinePhase
+#: Desired states that want the domain up.
+_WANTED_UP = frozenset({virtualmachines.DesiredState.RUNNING, virtualmachines.DesiredState.PAUSED})
+#: Phases in which the VM may still use its NICs' segments (so they are not pruned).
+_SEGMENTS_IN_USE = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.STOPPING, Phase.STARTING})
+#: Phases reported without a resolved machine (nothing to run).
+_AT_REST = frozenset({Phase.STOPPED, *virtualmachines.GUEST_STOPPED})
 
 Key = watching.Key
 
@@ -100,9 +108,9 @@ def nic_placements(
     return tuple(
         domainxml.NICPlacement(
             name=nic.name,
-            mac=(nic.mac or domainxml.stable_mac(identity.uid, nic.name)).lower(),
+            mac=(nic.mac or naming.mac(identity.uid, nic.name)).lower(),
             bridge=segment.bridge,
-            tap=domainxml.tap_name(identity.uid, index),
+            tap=naming.tap(identity.uid, index),
             model=nic.model,
         )
         for index, (nic, segment) in enumerate(
@@ -187,9 +195,9 @@ class Agent:
     async def _events(self) -> None:
         while True:
             event = await self.hv.next_event()
-            namespace, sep, name = event.name.partition("_")
-            if sep and (namespace, name) in self.watcher.cache:
-                self.enqueue((namespace, name))
+            key = naming.vm_of_domain(event.name)
+            if key is not None and key in self.watcher.cache:
+                self.enqueue(key)
 
     async def _ticker(self) -> None:
         while True:
@@ -256,7 +264,7 @@ class Agent:
                 continue
             try:
                 obj = await self._custom.get_namespaced_custom_object(
-                    groups.GROUP, groups.VERSION, key[0], watching.PLURAL, key[1]
+                    groups.GROUP, groups.VERSION, key[0], kinds.VIRTUALMACHINE.plural, key[1]
                 )
             except ApiException as exc:
                 if exc.status != 404:
@@ -325,7 +333,7 @@ class Agent:
         labels = (obj.get("metadata") or {}).get("labels") or {}
         if labels.get(groups.LABEL_NODE) != self.config.node:
             return  # re-check: the server-side selector is the filter, this the guard
-        identity_name = f"{key[0]}_{key[1]}"
+        identity_name = naming.domain_name(*key)
         domain = await self.hv.lookup(identity_name)
         scope = self._scope(key, obj, domain)
         if (
@@ -374,7 +382,7 @@ class Agent:
         for action in plan.actions:
             ok = await self._act(action, scope, restart_token)
             if not ok:
-                phase = "Starting"
+                phase = Phase.STARTING
                 self.enqueue_later(key, 10.0)
                 break
         if plan.requeue:
@@ -389,7 +397,7 @@ class Agent:
                 identity_name,
                 "updated" if wrote else "unchanged (no write)",
             )
-        if not plan.actions and phase in ("Running", "Paused"):
+        if not plan.actions and phase in status.UP:
             return
         await self._sync_segments()
 
@@ -575,7 +583,7 @@ class Agent:
                 groups.GROUP,
                 groups.VERSION,
                 meta["namespace"],
-                watching.PLURAL,
+                kinds.VIRTUALMACHINE.plural,
                 meta["name"],
                 ops,
                 _content_type="application/json-patch+json",
@@ -627,12 +635,7 @@ class Agent:
             st = obj.get("status") or {}
             if (obj.get("metadata") or {}).get("deletionTimestamp"):
                 continue
-            if st.get("desiredState") not in ("Running", "Paused") and st.get("phase") not in (
-                "Running",
-                "Paused",
-                "Stopping",
-                "Starting",
-            ):
+            if st.get("desiredState") not in _WANTED_UP and st.get("phase") not in _SEGMENTS_IN_USE:
                 continue
             for nic in (st.get("machine") or {}).get("nics") or []:
                 network = nic.get("network")
@@ -654,19 +657,19 @@ class Agent:
 
     # -- status ------------------------------------------------------------------------
 
-    async def _report(self, scope: Scope, phase: str) -> bool:
+    async def _report(self, scope: Scope, phase: Phase) -> bool:
         """Apply the agent's status; True when it was written (not a no-op)."""
-        assert scope.machine is not None or phase in ("Stopped", "Succeeded", "Failed")
+        assert scope.machine is not None or phase in _AT_REST
         st = scope.status
         interfaces: list[dict[str, Any]] = []
         display = None
         domain_uuid = st.get("domainUUID")
-        if phase in ("Running", "Paused") or scope.domain is not None:
+        if phase in status.UP or scope.domain is not None:
             fresh = await self.hv.lookup(scope.identity.domain_name)
             if fresh is not None:
                 domain_uuid = fresh.uuid
                 live = domainxml.live_facts(fresh.xml)
-                if live.vnc_port is not None and phase in ("Running", "Paused"):
+                if live.vnc_port is not None and phase in status.UP:
                     display = {"type": "vnc", "host": live.vnc_host, "port": live.vnc_port}
                 if scope.machine is not None:
                     for nic in scope.machine.nics:
@@ -676,15 +679,17 @@ class Agent:
                         mac = live.macs.get(nic.name) or nic.mac
                         if mac:
                             entry["mac"] = mac.lower()
-                        if nic.name in live.taps and phase in ("Running", "Paused"):
+                        if nic.name in live.taps and phase in status.UP:
                             entry["tap"] = live.taps[nic.name]
                         interfaces.append(entry)
         running_at = st.get("runningAt")
-        if phase == "Running" and (running_at is None or scope.started_at != st.get("startedAt")):
+        if phase == Phase.RUNNING and (
+            running_at is None or scope.started_at != st.get("startedAt")
+        ):
             running_at = _now()
         network_ready: bool | None = None
         network_message = ""
-        if scope.machine is not None and scope.machine.nics and phase in ("Running", "Paused"):
+        if scope.machine is not None and scope.machine.nics and phase in status.UP:
             local = [s for s in scope.network_states if not s.uplinked]
             network_ready = True
             network_message = "; ".join(s.message for s in local)

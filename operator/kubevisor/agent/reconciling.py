@@ -17,6 +17,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from kubevisor.api import virtualmachines
+
+Phase = virtualmachines.VirtualMachinePhase
+Desired = virtualmachines.DesiredState
+
 
 class Action(enum.StrEnum):
     """Steps the agent can take, executed in the order given."""
@@ -37,8 +42,7 @@ class Action(enum.StrEnum):
 
 
 #: Phases meaning "the domain should be up as far as we know".
-_UP_PHASES = frozenset({"Running", "Paused", "Starting", "Migrating"})
-_GUEST_STOPPED = frozenset({"Succeeded", "Failed"})
+_UP_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.STARTING, Phase.MIGRATING})
 _ACTIVE = frozenset({"running", "paused", "shutting-down", "other"})
 
 
@@ -61,14 +65,15 @@ class Observed:
     """Everything the decision reads."""
 
     desired: str | None
-    """status.desiredState: Running, Stopped, Paused (None: controller not done yet)."""
+    """status.desiredState as read (a :class:`Desired` value; None: controller not done
+    yet)."""
     has_machine: bool = True
     """status.machine is set (the agent realizes only a resolved machine)."""
     deleting: bool = False
     restart_pending: bool = False
     """status.restartToken differs from status.appliedRestartToken."""
     phase: str | None = None
-    """status.phase as last reported."""
+    """status.phase as last reported (a :class:`Phase` value, read from the object)."""
     domain: DomainView | None = None
     shutdown_requested: bool = False
     """We sent an ACPI shutdown and are waiting for the guest."""
@@ -81,7 +86,7 @@ class Plan:
     """What to do and what to report afterwards."""
 
     actions: tuple[Action, ...] = ()
-    phase: str | None = None
+    phase: Phase | None = None
     """Phase to report once the actions succeeded; None: leave the phase alone."""
     requeue: bool = False
     """Look again soon (a shutdown is in progress)."""
@@ -89,17 +94,17 @@ class Plan:
 
 def _graceful_stop(observed: Observed) -> Plan:
     if observed.shutdown_timed_out:
-        return Plan((Action.DESTROY,), phase="Stopping", requeue=True)
+        return Plan((Action.DESTROY,), phase=Phase.STOPPING, requeue=True)
     if observed.shutdown_requested:
-        return Plan((), phase="Stopping", requeue=True)
-    return Plan((Action.SHUTDOWN,), phase="Stopping", requeue=True)
+        return Plan((), phase=Phase.STOPPING, requeue=True)
+    return Plan((Action.SHUTDOWN,), phase=Phase.STOPPING, requeue=True)
 
 
 def _run(desired: str, *extra: Action) -> Plan:
     actions = (Action.ENSURE, Action.START, *extra)
-    if desired == "Paused":
-        return Plan((*actions, Action.SUSPEND), phase="Paused")
-    return Plan(actions, phase="Running")
+    if desired == Desired.PAUSED:
+        return Plan((*actions, Action.SUSPEND), phase=Phase.PAUSED)
+    return Plan(actions, phase=Phase.RUNNING)
 
 
 def decide(observed: Observed) -> Plan:
@@ -116,27 +121,27 @@ def decide(observed: Observed) -> Plan:
         if domain is not None and domain.active:
             return _graceful_stop(observed)
         return _run(observed.desired, Action.APPLY_RESTART)
-    if observed.desired == "Stopped":
+    if observed.desired == Desired.STOPPED:
         if domain is not None and domain.active:
             return _graceful_stop(observed)
-        if observed.phase in _GUEST_STOPPED:
+        if observed.phase in virtualmachines.GUEST_STOPPED:
             return Plan()
-        return Plan(phase="Stopped")
+        return Plan(phase=Phase.STOPPED)
     # desired Running or Paused
     if domain is None:
         return _run(observed.desired)
     if domain.state == "shutting-down":
         return Plan(requeue=True)
     if not domain.active:
-        if observed.phase in _GUEST_STOPPED:
+        if observed.phase in virtualmachines.GUEST_STOPPED:
             return Plan()  # wait for the controller (restartToken or desiredState)
         if observed.phase in _UP_PHASES:
-            return Plan(phase="Succeeded" if domain.guest_shut_down else "Failed")
+            return Plan(phase=Phase.SUCCEEDED if domain.guest_shut_down else Phase.FAILED)
         return _run(observed.desired)
-    if observed.desired == "Paused":
+    if observed.desired == Desired.PAUSED:
         if domain.state == "running":
-            return Plan((Action.SUSPEND,), phase="Paused")
-        return Plan(phase="Paused")
+            return Plan((Action.SUSPEND,), phase=Phase.PAUSED)
+        return Plan(phase=Phase.PAUSED)
     if domain.state == "paused":
-        return Plan((Action.RESUME,), phase="Running")
-    return Plan(phase="Running")
+        return Plan((Action.RESUME,), phase=Phase.RUNNING)
+    return Plan(phase=Phase.RUNNING)

@@ -19,12 +19,11 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kubevisor.api import conditions, groups
+from kubevisor.api import conditions, groups, kinds, virtualmachines
 
 logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "kubevisor-agent"
-PLURAL = "virtualmachines"
 #: Condition types the agent owns on a VirtualMachine.
 OWN_CONDITIONS = (conditions.ConditionType.READY, conditions.ConditionType.NETWORK_READY)
 #: Status fields the agent owns (besides its conditions).
@@ -39,14 +38,19 @@ OWN_FIELDS = (
     "appliedRestartToken",
 )
 
+Phase = virtualmachines.VirtualMachinePhase
+
+#: Phases in which the domain is up: Ready, and live facts (display, taps) are reported.
+UP = frozenset({Phase.RUNNING, Phase.PAUSED})
+
 _READY_REASONS = {
-    "Running": conditions.Reason.RUNNING,
-    "Paused": conditions.Reason.AS_EXPECTED,
-    "Starting": conditions.Reason.STARTING,
-    "Stopping": conditions.Reason.IN_PROGRESS,
-    "Stopped": conditions.Reason.STOPPED,
-    "Succeeded": conditions.Reason.SUCCEEDED,
-    "Failed": conditions.Reason.FAILED,
+    Phase.RUNNING: conditions.Reason.RUNNING,
+    Phase.PAUSED: conditions.Reason.AS_EXPECTED,
+    Phase.STARTING: conditions.Reason.STARTING,
+    Phase.STOPPING: conditions.Reason.IN_PROGRESS,
+    Phase.STOPPED: conditions.Reason.STOPPED,
+    Phase.SUCCEEDED: conditions.Reason.SUCCEEDED,
+    Phase.FAILED: conditions.Reason.FAILED,
 }
 
 
@@ -54,7 +58,7 @@ _READY_REASONS = {
 class Report:
     """What the agent knows about one VM after a reconcile."""
 
-    phase: str
+    phase: Phase
     interfaces: tuple[dict[str, Any], ...] = ()
     display: dict[str, Any] | None = None
     console_log: str | None = None
@@ -78,7 +82,7 @@ def desired_status(
     ``current`` is the object's status as read (both managers' fields); condition
     transition times are carried over from it when a condition's status did not flip.
     """
-    own: dict[str, Any] = {"phase": report.phase}
+    own: dict[str, Any] = {"phase": str(report.phase)}
     if report.interfaces:
         own["interfaces"] = [dict(i) for i in report.interfaces]
     for key, value in (
@@ -92,7 +96,7 @@ def desired_status(
         if value is not None:
             own[key] = value
     existing = [c for c in current.get("conditions") or [] if c.get("type") in set(OWN_CONDITIONS)]
-    ready = report.phase in ("Running", "Paused")
+    ready = report.phase in UP
     reason = report.ready_reason or _READY_REASONS.get(report.phase, conditions.Reason.IN_PROGRESS)
     message = report.message or f"the domain is {report.phase.lower()}"
     conds = conditions.set_condition(
@@ -168,7 +172,7 @@ class StatusWriter:
                 groups.GROUP,
                 groups.VERSION,
                 namespace,
-                PLURAL,
+                kinds.VIRTUALMACHINE.plural,
                 name,
                 body,
                 field_manager=FIELD_MANAGER,

@@ -21,12 +21,11 @@ from typing import Any
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kubevisor.api import groups
+from kubevisor.api import groups, kinds
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-PLURAL = "virtualmachines"
 
 
 def key_of(obj: dict[str, Any]) -> Key:
@@ -59,7 +58,7 @@ class VMWatcher:
 
     async def _list(self) -> str:
         result = await self._custom.list_cluster_custom_object(
-            groups.GROUP, groups.VERSION, PLURAL, label_selector=self.selector
+            groups.GROUP, groups.VERSION, kinds.VIRTUALMACHINE.plural, label_selector=self.selector
         )
         fresh = {key_of(item): item for item in result.get("items", [])}
         gone = set(self.cache) - set(fresh)
@@ -81,7 +80,7 @@ class VMWatcher:
                 self._custom.list_cluster_custom_object,
                 groups.GROUP,
                 groups.VERSION,
-                PLURAL,
+                kinds.VIRTUALMACHINE.plural,
                 label_selector=self.selector,
                 resource_version=resource_version,
                 allow_watch_bookmarks=True,

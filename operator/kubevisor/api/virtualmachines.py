@@ -4,7 +4,7 @@ restore source, and the status the agent reports (node, interfaces, display)."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -42,6 +42,11 @@ class VirtualMachinePhase(StrEnum):
     FAILED = "Failed"
     UNKNOWN = "Unknown"
     TERMINATING = "Terminating"
+
+
+#: Phases the agent reports when the guest stopped without being asked to: it powered
+#: itself off (Succeeded) or died (Failed). runStrategy reacts to exactly these.
+GUEST_STOPPED: Final = frozenset({VirtualMachinePhase.SUCCEEDED, VirtualMachinePhase.FAILED})
 
 
 class VMSource(common.Model):

@@ -22,12 +22,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kubevisor.api import groups
+from kubevisor.api import groups, kinds, virtualmachines
+from kubevisor.api.virtualmachines import DesiredState, RunStrategy
 
-PLURAL = "virtualmachines"
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
-GUEST_STOPPED = ("Succeeded", "Failed")
 
 
 class CLIError(Exception):
@@ -43,16 +42,19 @@ def power_patch(verb: str, vm: dict[str, Any]) -> dict[str, Any]:
     """The merge patch a verb amounts to for this VM (pure; see the module docstring)."""
     spec = vm.get("spec") or {}
     status = vm.get("status") or {}
-    strategy = spec.get("runStrategy", "Always")
+    strategy = spec.get("runStrategy", RunStrategy.ALWAYS)
     name = vm["metadata"]["name"]
-    stopped = status.get("phase") in GUEST_STOPPED or status.get("desiredState") == "Stopped"
+    stopped = (
+        status.get("phase") in virtualmachines.GUEST_STOPPED
+        or status.get("desiredState") == DesiredState.STOPPED
+    )
     if verb == "start":
-        if strategy == "Halted":
-            return {"spec": {"runStrategy": "Always"}}
+        if strategy == RunStrategy.HALTED:
+            return {"spec": {"runStrategy": RunStrategy.ALWAYS.value}}
         notes: dict[str, Any] = {}
-        if strategy == "Manual":
-            notes[ANNOTATION_POWER] = "Running"
-            if status.get("phase") in GUEST_STOPPED:
+        if strategy == RunStrategy.MANUAL:
+            notes[ANNOTATION_POWER] = DesiredState.RUNNING.value
+            if status.get("phase") in virtualmachines.GUEST_STOPPED:
                 notes[groups.ANNOTATION_RESTART] = new_token()
         elif stopped:
             notes[groups.ANNOTATION_RESTART] = new_token()
@@ -60,11 +62,11 @@ def power_patch(verb: str, vm: dict[str, Any]) -> dict[str, Any]:
             raise CLIError(f"{name} is already running (runStrategy {strategy})")
         return {"metadata": {"annotations": notes}}
     if verb == "stop":
-        if strategy == "Manual":
-            return {"metadata": {"annotations": {ANNOTATION_POWER: "Stopped"}}}
-        if strategy == "Halted":
+        if strategy == RunStrategy.MANUAL:
+            return {"metadata": {"annotations": {ANNOTATION_POWER: DesiredState.STOPPED.value}}}
+        if strategy == RunStrategy.HALTED:
             raise CLIError(f"{name} is already stopped (runStrategy Halted)")
-        return {"spec": {"runStrategy": "Halted"}}
+        return {"spec": {"runStrategy": RunStrategy.HALTED.value}}
     if verb == "restart":
         return {"metadata": {"annotations": {groups.ANNOTATION_RESTART: new_token()}}}
     if verb == "pause":
@@ -135,11 +137,17 @@ def run(args: argparse.Namespace) -> str:
     try:
         if args.verb == "list":
             if args.all_namespaces:
-                items = api.list_cluster_custom_object(groups.GROUP, groups.VERSION, PLURAL)
+                items = api.list_cluster_custom_object(
+                    groups.GROUP, groups.VERSION, kinds.VIRTUALMACHINE.plural
+                )
             else:
-                items = api.list_namespaced_custom_object(groups.GROUP, groups.VERSION, ns, PLURAL)
+                items = api.list_namespaced_custom_object(
+                    groups.GROUP, groups.VERSION, ns, kinds.VIRTUALMACHINE.plural
+                )
             return table([row(vm) for vm in items["items"]])
-        vm = api.get_namespaced_custom_object(groups.GROUP, groups.VERSION, ns, PLURAL, args.name)
+        vm = api.get_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, ns, kinds.VIRTUALMACHINE.plural, args.name
+        )
         if args.verb == "get":
             return describe(vm)
         if args.verb == "console":
@@ -156,7 +164,7 @@ def run(args: argparse.Namespace) -> str:
             return "\n".join(out)
         patch = power_patch(args.verb, vm)
         api.patch_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, ns, PLURAL, args.name, patch
+            groups.GROUP, groups.VERSION, ns, kinds.VIRTUALMACHINE.plural, args.name, patch
         )
         return f"virtualmachine/{args.name} {args.verb} requested"
     except kubernetes.client.ApiException as exc:

@@ -7,20 +7,17 @@ handler gathers both, calls ``place`` and records the answer.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from kubevisor.api import machines, quantities
+from kubevisor.api import machines, nodes, quantities
 
-#: Where the agents' node Leases live. The Helm chart sets it to the release namespace;
-#: read here only, once at import, so the controller has one answer for its lifetime.
-LEASE_NAMESPACE = os.environ.get("KUBEVISOR_LEASE_NAMESPACE") or "kubevisor-system"
-ANNOTATION_CAPACITY = "kubevisor.io/capacity"
-LABEL_AGENT = "kubevisor.io/agent"
+# The node contract is ``api/nodes``. These two names remain only for
+# ``controller/vrfs.py`` (owned by the VRF work); new code reads ``nodes`` directly.
+LEASE_NAMESPACE = nodes.LEASE_NAMESPACE
+LABEL_AGENT = nodes.LABEL_AGENT
 
 
 @dataclass(frozen=True)
@@ -99,43 +96,22 @@ def usage_of(machine: machines.MachineSpec) -> Usage:
     return Usage(machine.cpu.cores, quantities.to_bytes(machine.memory), machine.gpus)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not value:
-        return None
-    text = str(value).replace("Z", "+00:00")
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def node_from_lease(lease: Mapping[str, Any], *, now: datetime) -> Node:
-    """A node from its agent's Lease (a raw API object). A Lease whose
-    ``renewTime + leaseDurationSeconds`` is past marks the node lost; a missing or
-    unreadable capacity annotation leaves it with no capacity (nothing fits there)."""
-    meta = lease.get("metadata") or {}
-    spec = lease.get("spec") or {}
-    renewed = _parse_time(spec.get("renewTime"))
-    duration = int(spec.get("leaseDurationSeconds") or 0)
-    alive = renewed is not None and renewed + timedelta(seconds=duration) > now
-    try:
-        capacity = json.loads((meta.get("annotations") or {}).get(ANNOTATION_CAPACITY) or "{}")
-    except ValueError:
-        capacity = {}
-    if not isinstance(capacity, dict):
-        capacity = {}
+    """A node from its agent's Lease (a raw API object), parsed with the node contract
+    (``api/nodes``). A Lease whose ``renewTime + leaseDurationSeconds`` is past marks the
+    node lost; a missing or unreadable capacity annotation leaves it with no capacity
+    (nothing fits there)."""
+    parsed = nodes.parse(lease)
+    capacity = parsed.capacity
     return Node(
-        name=str(meta.get("name")),
-        labels=dict(meta.get("labels") or {}),
-        cpu=int(capacity.get("cpu") or 0),
-        memory_bytes=int(capacity.get("memoryBytes") or 0),
-        gpus=int(capacity.get("gpus") or 0),
-        networks=frozenset(capacity.get("networks") or ()),
-        shared_storage=capacity.get("sharedStorage"),
-        alive=alive,
+        name=parsed.name,
+        labels=parsed.labels,
+        cpu=capacity.cpu,
+        memory_bytes=capacity.memory_bytes,
+        gpus=capacity.gpus,
+        networks=frozenset(capacity.networks),
+        shared_storage=capacity.shared_storage,
+        alive=parsed.alive(now),
     )
 
 

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubevisor.api.virtualmachines import DesiredState, RunStrategy
-
-#: Agent phases meaning the guest stopped without being asked to.
-GUEST_STOPPED = frozenset({"Succeeded", "Failed"})
+from kubevisor.api import virtualmachines
+from kubevisor.api.virtualmachines import DesiredState, RunStrategy, VirtualMachinePhase
 
 
 @dataclass(frozen=True)
@@ -84,9 +82,11 @@ def next_power_state(inputs: PowerInputs) -> PowerDecision:
     if annotation and annotation != base_token(token):
         token, restarted = annotation, True
     pending = token is not None and token != inputs.applied_restart_token
-    stopped_by_guest = inputs.phase in GUEST_STOPPED and not pending
+    stopped_by_guest = inputs.phase in virtualmachines.GUEST_STOPPED and not pending
     auto_restart = (strategy == RunStrategy.ALWAYS and stopped_by_guest) or (
-        strategy == RunStrategy.RERUN_ON_FAILURE and inputs.phase == "Failed" and not pending
+        strategy == RunStrategy.RERUN_ON_FAILURE
+        and inputs.phase == VirtualMachinePhase.FAILED
+        and not pending
     )
     if auto_restart:
         token, restarted, pending = bumped(token), True, True

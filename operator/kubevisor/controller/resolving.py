@@ -7,32 +7,15 @@ explicit restart (see ``changed_fields``).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from kubevisor.api import machines, virtualmachines
-
-#: First two octets of generated MACs: 0x52 has the locally-administered bit set and the
-#: multicast bit clear, and 52:54 is the prefix QEMU users recognise.
-MAC_PREFIX = (0x52, 0x54)
-
-
-def mac_for(uid: str, nic: str) -> str:
-    """A stable MAC for NIC ``nic`` of the VM with ``uid``.
-
-    Derived from a hash rather than stored anywhere, so a restarted controller, a
-    migration or a re-resolve after a template change all give the same address.
-    32 hashed bits keep collisions unlikely well beyond a cluster's VM count.
-    """
-    digest = hashlib.sha256(f"{uid}/{nic}".encode()).digest()
-    octets = (*MAC_PREFIX, *digest[:4])
-    return ":".join(f"{o:02x}" for o in octets)
+from kubevisor.api import machines, naming, virtualmachines
 
 
 def with_macs(machine: machines.MachineSpec, *, uid: str) -> machines.MachineSpec:
-    """``machine`` with every NIC that has no MAC given a stable generated one."""
+    """``machine`` with every NIC that has no MAC given its stable one (``api/naming``)."""
     nics = [
-        nic if nic.mac is not None else nic.model_copy(update={"mac": mac_for(uid, nic.name)})
+        nic if nic.mac is not None else nic.model_copy(update={"mac": naming.mac(uid, nic.name)})
         for nic in machine.nics
     ]
     return machine.model_copy(update={"nics": nics})

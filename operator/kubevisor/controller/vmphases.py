@@ -18,20 +18,26 @@ from typing import Any
 
 import pydantic
 
-from kubevisor.api import groups, machines, virtualmachines
+from kubevisor.api import groups, kinds, machines, nodes, virtualmachines
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.api.virtualmachines import DesiredState
 from kubevisor.controller import kube, ledger, placing, powering, resolving
 from kubevisor.controller.vmstatus import Cond
 
-PLURAL = "virtualmachines"
-TEMPLATES = "vmtemplates"
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
 #: The agent's finalizer (docs/dev/vm-contract.md): ours waits until it is gone.
 AGENT_FINALIZER = groups.AGENT_FINALIZER
 #: Agent phases meaning no domain is running.
-AT_REST = frozenset({None, "Pending", "Scheduling", "Stopped", "Succeeded", "Failed"})
+AT_REST: frozenset[str | None] = frozenset(
+    {
+        None,
+        virtualmachines.VirtualMachinePhase.PENDING,
+        virtualmachines.VirtualMachinePhase.SCHEDULING,
+        virtualmachines.VirtualMachinePhase.STOPPED,
+        *virtualmachines.GUEST_STOPPED,
+    }
+)
 
 #: vCPUs per reported core placement allows (KUBEVISOR_CPU_OVERCOMMIT, default 1).
 CPU_OVERCOMMIT = float(os.environ.get("KUBEVISOR_CPU_OVERCOMMIT", "1"))
@@ -124,7 +130,7 @@ async def resolve(scope: Scope, api: kube.Kube) -> None:
         return
     if spec.template_ref is not None:
         name = spec.template_ref.name
-        raw = await api.get(TEMPLATES, scope.namespace, name)
+        raw = await api.get(kinds.VMTEMPLATE.plural, scope.namespace, name)
         if raw is None:
             scope.conds[ok] = Cond(
                 "False",
@@ -169,7 +175,7 @@ async def _resolve_clone(
         scope.wanted = scope.current_machine
         scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"cloned from {source_name}")
         return
-    source = await api.get(PLURAL, scope.namespace, source_name)
+    source = await api.get(kinds.VIRTUALMACHINE.plural, scope.namespace, source_name)
     src_status = dict((source or {}).get("status") or {})
     src_node = src_status.get("nodeName")
     if source is None or not src_node or not src_status.get("machine"):
@@ -305,7 +311,7 @@ class Placer:
 
     async def resync(self, api: kube.Kube) -> None:
         """Merge a full VM list into the ledger (priming; healing missed events)."""
-        items, rv = await api.list_snapshot(PLURAL)
+        items, rv = await api.list_snapshot(kinds.VIRTUALMACHINE.plural)
         seen = [ledger.seen(vm) for vm in items]
         with self._decide:
             self.ledger.resync(seen, rv=ledger.resource_version(rv))
@@ -325,7 +331,7 @@ class Placer:
             async with self._refresh_lock():
                 if time.monotonic() - self._leases_at >= self.LEASE_TTL:
                     self._leases = await api.list_leases(
-                        placing.LEASE_NAMESPACE, f"{placing.LABEL_AGENT}=true"
+                        nodes.LEASE_NAMESPACE, nodes.AGENT_SELECTOR
                     )
                     self._leases_at = time.monotonic()
         return [placing.node_from_lease(lease, now=now) for lease in self._leases]

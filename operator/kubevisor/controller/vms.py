@@ -20,10 +20,10 @@ from typing import Any
 
 import kopf
 
-from kubevisor.api import groups
+from kubevisor.api import groups, kinds
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller import kube, vmphases, vmstatus
-from kubevisor.controller.vmphases import PLURAL, Scope
+from kubevisor.controller.vmphases import Scope
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,11 @@ async def _write(scope: Scope) -> None:
     )
     if not vmstatus.same(old, wanted):
         result = await api().apply_status(
-            PLURAL, "VirtualMachine", scope.namespace, scope.name, wanted
+            kinds.VIRTUALMACHINE.plural,
+            kinds.VIRTUALMACHINE.kind,
+            scope.namespace,
+            scope.name,
+            wanted,
         )
         scope.obj = result
     for type_, cond in scope.conds.items():
@@ -114,7 +118,7 @@ async def _ensure_metadata(scope: Scope) -> None:
         ops.append(
             {"op": "add", "path": "/metadata/finalizers", "value": [*finalizers, groups.FINALIZER]}
         )
-    await api().json_patch(PLURAL, scope.namespace, scope.name, ops)
+    await api().json_patch(kinds.VIRTUALMACHINE.plural, scope.namespace, scope.name, ops)
 
 
 async def _finalize(obj: dict[str, Any]) -> None:
@@ -125,7 +129,7 @@ async def _finalize(obj: dict[str, Any]) -> None:
         return
     remaining = [f for f in finalizers if f != groups.FINALIZER]
     await api().json_patch(
-        PLURAL,
+        kinds.VIRTUALMACHINE.plural,
         meta["namespace"],
         meta["name"],
         [
@@ -158,7 +162,7 @@ def _track(key: Key, scope: Scope | None) -> None:
 async def reconcile_once(namespace: str, name: str) -> None:
     """One pass over one VM: read, decide, write."""
     client = api()
-    obj = await client.get(PLURAL, namespace, name)
+    obj = await client.get(kinds.VIRTUALMACHINE.plural, namespace, name)
     key = (namespace, name)
     if obj is None:
         _track(key, None)
@@ -232,7 +236,7 @@ async def _disconnect(**_: Any) -> None:
         State.api = None
 
 
-@kopf.on.event(groups.GROUP, groups.VERSION, PLURAL)
+@kopf.on.event(groups.GROUP, groups.VERSION, kinds.VIRTUALMACHINE.plural)
 async def vm_event(type: str, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
     """Every VM event: update the placement ledger, reconcile that VM (deletions only
     forget it)."""

@@ -13,11 +13,9 @@ from typing import Any
 import kopf
 import pydantic
 
-from kubevisor.api import conditions, groups, machines
+from kubevisor.api import conditions, groups, kinds, machines
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller import vms
-
-PLURAL = "vmtemplates"
 
 
 def template_status(
@@ -49,7 +47,7 @@ def template_status(
     }
 
 
-@kopf.on.event(groups.GROUP, groups.VERSION, PLURAL)
+@kopf.on.event(groups.GROUP, groups.VERSION, kinds.VMTEMPLATE.plural)
 async def template_event(
     type: str,
     name: str,
@@ -66,5 +64,7 @@ async def template_event(
             status = template_status(
                 dict(body.get("spec") or {}), current, generation=generation, now=datetime.now(UTC)
             )
-            await vms.api().apply_status(PLURAL, "VMTemplate", namespace, name, status)
+            await vms.api().apply_status(
+                kinds.VMTEMPLATE.plural, kinds.VMTEMPLATE.kind, namespace, name, status
+            )
     vms.template_changed(namespace, name)

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kubevisor.api import nodes
+
 T = TypeVar("T")
 
 
@@ -80,14 +82,14 @@ def fake_node_lease(
     labels: dict[str, str] | None = None,
     capacity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A node Lease as an agent writes it (docs/dev/vm-contract.md), for tests without agents.
+    """A node Lease as an agent writes it (``api/nodes``), for tests without agents.
 
     Valid for an hour, so it never expires mid-test; ``capacity`` (if given) becomes the
     ``kubevisor.io/capacity`` annotation on top of neutral defaults.
     """
     meta: dict[str, Any] = {
         "name": name,
-        "labels": {**(labels or {}), "kubevisor.io/agent": "true"},
+        "labels": {**(labels or {}), nodes.LABEL_AGENT: "true"},
     }
     if capacity is not None:
         cap = {
@@ -97,7 +99,7 @@ def fake_node_lease(
             "address": None,
             **capacity,
         }
-        meta["annotations"] = {"kubevisor.io/capacity": json.dumps(cap)}
+        meta["annotations"] = {nodes.ANNOTATION_CAPACITY: json.dumps(cap)}
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -105,7 +107,7 @@ def fake_node_lease(
         "spec": {
             "holderIdentity": name,
             "leaseDurationSeconds": 3600,
-            "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "renewTime": nodes.micro_time(datetime.now(UTC)),
         },
     }
 

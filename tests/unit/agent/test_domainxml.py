@@ -192,14 +192,6 @@ def test_render_is_deterministic() -> None:
     assert a == b
 
 
-def test_stable_names() -> None:
-    assert domainxml.stable_mac("u", "eth0") == domainxml.stable_mac("u", "eth0")
-    assert domainxml.stable_mac("u", "eth0") != domainxml.stable_mac("u", "eth1")
-    assert domainxml.stable_mac("u", "eth0").startswith("52:54:00:")
-    tap = domainxml.tap_name("some-uid", 3)
-    assert len(tap) <= 15 and tap.endswith("n3")
-
-
 def test_live_facts_from_xml() -> None:
     xml = domainxml.render(_machine(), IDENTITY, _placement(), FACTS)
     xml = xml.replace('port="-1"', 'port="5901"')

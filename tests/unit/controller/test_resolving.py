@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 
-from kubevisor.api import common, machines, virtualmachines
+from kubevisor.api import machines, naming, virtualmachines
 from kubevisor.controller import resolving
 
 pytestmark = pytest.mark.unit
@@ -66,23 +65,6 @@ def test_inline_vm_without_template() -> None:
     assert machine.memory == "128Mi" and machine.cpu.cores == 1
 
 
-@pytest.mark.parametrize(
-    ("uid", "nic"), [("u1", "eth0"), ("u1", "eth1"), ("0000-1111", "eth0"), ("x" * 36, "n")]
-)
-def test_generated_macs_are_stable_unicast_and_locally_administered(uid: str, nic: str) -> None:
-    mac = resolving.mac_for(uid, nic)
-    assert mac == resolving.mac_for(uid, nic)
-    assert re.match(common.MAC_PATTERN, mac)
-    first = int(mac.split(":")[0], 16)
-    assert first & 0x01 == 0  # unicast
-    assert first & 0x02 == 0x02  # locally administered
-
-
-def test_macs_differ_per_vm_and_nic() -> None:
-    macs = {resolving.mac_for(f"uid-{i}", n) for i in range(200) for n in ("eth0", "eth1")}
-    assert len(macs) == 400
-
-
 def test_explicit_mac_is_kept_others_generated() -> None:
     vm = _vm(
         nics=[
@@ -91,7 +73,7 @@ def test_explicit_mac_is_kept_others_generated() -> None:
         ]
     )
     nics = resolving.resolve(_template(), vm, uid="abc").nics
-    assert nics[0].mac == resolving.mac_for("abc", "eth0")
+    assert nics[0].mac == naming.mac("abc", "eth0")
     assert nics[1].mac == "52:54:00:12:34:56"
 
 
@@ -122,5 +104,5 @@ def test_clone_copies_disks_fully_and_gets_new_macs() -> None:
     assert [(d.name, d.image, d.clone, d.retain) for d in clone.disks] == [
         ("root", "vm:ns/web/root", "full", False)
     ]
-    assert clone.nics[0].mac == resolving.mac_for("clone-uid", "eth0")
+    assert clone.nics[0].mac == naming.mac("clone-uid", "eth0")
     assert clone.nics[0].mac != source.nics[0].mac
