@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from kubevisor.api import groups
+from kubevisor.api import groups, nodes
 
 VM_PLURAL = "virtualmachines"
 USER_AGENT = "kvbench"
@@ -448,8 +448,8 @@ def nodes_with_leases(api: Any, names: Iterable[str]) -> bool:
     coord: Any = kubernetes.client.CoordinationV1Api(api)
     have = {
         lease.metadata.name
-        for lease in coord.list_namespaced_lease("kubevisor-system").items
-        if "kubevisor.io/capacity" in (lease.metadata.annotations or {})
+        for lease in coord.list_namespaced_lease(nodes.LEASE_NAMESPACE).items
+        if nodes.ANNOTATION_CAPACITY in (lease.metadata.annotations or {})
     }
     return set(names) <= have
 

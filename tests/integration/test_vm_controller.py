@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from kubevisor.api import groups
+from kubevisor.api import groups, nodes
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
 
 NS = "vmctl-test"
-LEASE_NS = "kubevisor-system"
+LEASE_NS = nodes.LEASE_NAMESPACE
 G, V = groups.GROUP, groups.VERSION
 NODES = {
     "fake-a": ({"zone": "a"}, {"cpu": 16, "memoryBytes": 2 * 2**30, "gpus": 0}),

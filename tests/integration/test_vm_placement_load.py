@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from kubevisor.api import groups
+from kubevisor.api import groups, nodes
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
 
 NS = "vmload-test"
-LEASE_NS = "kubevisor-system"
+LEASE_NS = nodes.LEASE_NAMESPACE
 G, V = groups.GROUP, groups.VERSION
 Mi = 2**20
 VM_MEMORY = 128 * Mi
