@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from kubevisor.api import groups, nodes
+from kubevisor.api import groups, kinds, nodes
 
-VM_PLURAL = "virtualmachines"
+VM_PLURAL = kinds.VIRTUALMACHINE.plural
 USER_AGENT = "kvbench"
 
 AUDIT_POLICY = """\

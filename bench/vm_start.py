@@ -63,7 +63,7 @@ import libvirt  # baseline only; the product imports it in agent/libvirt
 
 import _harness as h
 from kubevisor.agent import domainxml
-from kubevisor.api import groups, machines
+from kubevisor.api import groups, kinds, machines
 from kubevisor.devenv import controlplane, nodes
 
 VENV_BIN = Path(sys.executable).parent
@@ -246,7 +246,7 @@ def measure_set(
 
     h.ensure_namespace(api, namespace)
     kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(
-        groups.GROUP, groups.VERSION, namespace, "vmtemplates", tmpl
+        groups.GROUP, groups.VERSION, namespace, kinds.VMTEMPLATE.plural, tmpl
     )
     bodies = vm_bodies(count)
     names = [b["metadata"]["name"] for b in bodies]
