@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 import pydantic
 
-from kubevisor.api import conditions, groups, kinds, machines
+from kubevisor.api import conditions, groups, kinds, machines, vmtemplates
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller import vms
 
@@ -25,12 +25,17 @@ def template_status(
     try:
         machines.MachineSpec.model_validate(spec)
     except pydantic.ValidationError as exc:
-        phase, status, reason = "Failed", "False", Reason.INVALID_SPEC
+        phase, status, reason = vmtemplates.VMTemplatePhase.FAILED, "False", Reason.INVALID_SPEC
         message = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
         )
     else:
-        phase, status, reason, message = "Ready", "True", Reason.AS_EXPECTED, ""
+        phase, status, reason, message = (
+            vmtemplates.VMTemplatePhase.READY,
+            "True",
+            Reason.AS_EXPECTED,
+            "",
+        )
     listed = conditions.set_condition(
         list(current.get("conditions") or []),
         type=ConditionType.READY,
@@ -41,7 +46,7 @@ def template_status(
         now=now,
     )
     return {
-        "phase": phase,
+        "phase": phase.value,
         "observedGeneration": generation,
         "conditions": [c for c in listed if c["type"] == ConditionType.READY],
     }
