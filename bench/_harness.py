@@ -261,9 +261,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and Python
     then installs no handler for it.
-    """
 
-    def handler(_sig: int, _frame: object) -> None:
+    A process forked from this one inherits the handler: pyroute2 forks a child per
+    namespace socket and stops it with SIGTERM; raising there would let the child run on
+    as a copy of the parent (seen: a copy of the netlink worker thread, forever). A forked
+    child therefore exits at once, as the default action would.
+    """
+    owner = os.getpid()
+
+    def handler(sig: int, _frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + sig)
         raise KeyboardInterrupt
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
