@@ -31,8 +31,9 @@ conversion (``domainxml.render``) of each VM's ``status.machine``.
 Overhead = kubevisor p50/p95 minus raw same-arrivals p50/p95.
 
 Prints a table and ONE JSON line. Never asserts a time; targets are reported, not
-enforced (p95 <= 2 s for QEMU, <= 3 status writes per VM). Cleans up everything
-(VMs, processes, nodes, netns, temp dirs) on success, failure and Ctrl-C/SIGTERM.
+enforced (p95 <= 2 s for QEMU; <= 3 status writes for every VM, i.e. on the maximum over
+VMs, not the mean). Cleans up everything (VMs, processes, nodes, netns, temp dirs) on
+success, failure and Ctrl-C/SIGTERM.
 
 Run as root from the repo root:
     .venv/bin/python bench/vm_start.py [--vms-test 500] [--vms-qemu 50] [--nodes 3]
@@ -521,8 +522,9 @@ def targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["qemu_p95_le_2s"] = None if p95 is None else p95 <= TARGET_P95_QEMU
     for key, r in results.items():
         if "error" not in r:
-            out[f"{key}_status_writes_le_3"] = (
-                r["writes_to_running"]["status"] <= TARGET_STATUS_WRITES
+            # per VM: the VM with the most status writes decides, not the mean
+            out[f"{key}_status_writes_le_3_every_vm"] = (
+                r["writes_to_running"]["max_status"] <= TARGET_STATUS_WRITES
             )
     return out
 

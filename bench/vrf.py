@@ -285,7 +285,7 @@ def run_product(row: Row) -> None:
 
 def _node_script(row: Row) -> list[str]:
     return [
-        f'link set {row.node_side(v)} master {BRIDGE} alias '
+        f"link set {row.node_side(v)} master {BRIDGE} alias "
         f'"{vrfrealizing.ALIAS_NODE_SIDE}{v.name}/{IFACE}" up\n'
         for v in row.plan()
     ]
@@ -590,19 +590,25 @@ def main(argv: list[str] | None = None) -> int:
         "vrfs": args.vrfs,
         "routes_per_vrf": args.routes,
         "rows": {
-            key: {"label": LABELS[key], "seconds": round(seconds, 3),
-                  "vrfs_read_back": back.vrfs_complete, "routes_read_back": back.routes,
-                  "routes_per_s": round(back.routes / seconds)}
+            key: {
+                "label": LABELS[key],
+                "seconds": round(seconds, 3),
+                "vrfs_read_back": back.vrfs_complete,
+                "routes_read_back": back.routes,
+                "routes_per_s": round(back.routes / seconds),
+            }
             for key, (seconds, back) in results.items()
-        },  # fmt: skip
+        },
     }
     if all(k in results for k in HEADLINE):
         line |= compare({k: results[k][0] for k in HEADLINE})
         r = line["ratios"]
         print(f"product time / ip -batch time      = {r['product_time_over_ip_batch_time']:.2f}"
               "  (issue 4 target <= 3, issue 12 target <= 2)")  # fmt: skip
-        print(f"ip per object time / product time  = "
-              f"{r['ip_per_object_time_over_product_time']:.2f}  (issue 4 target >= 20)")
+        print(
+            f"ip per object time / product time  = "
+            f"{r['ip_per_object_time_over_product_time']:.2f}  (issue 4 target >= 20)"
+        )
     print(json.dumps(line, sort_keys=True))
     return 0
 
