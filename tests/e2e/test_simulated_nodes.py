@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kubevisor.devenv import guest, nodes
+from kubevisor.devenv import guest, nodes, testing
 
 GUEST_MAC = "52:54:00:4b:56:01"
 GUEST_IP = "10.77.0.100"
@@ -33,14 +33,10 @@ def _poll(what: str, condition: Callable[[], bool], *, timeout: float) -> None:
 
 
 def _require_host() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("simulated nodes need root (namespaces, mounts, libvirtd)")
-    for tool in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img", "nsenter"):
-        if shutil.which(tool) is None:
-            pytest.skip(
-                f"{tool} not installed (apt-get install libvirt-daemon-system "
-                "qemu-system-x86 qemu-utils)"
-            )
+    testing.require_root("simulated nodes (namespaces, mounts, libvirtd)")
+    testing.require_tools(
+        "libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img", "nsenter"
+    )
 
 
 def _live_processes_mentioning(text: str) -> list[str]:
@@ -81,7 +77,7 @@ def _ping_command() -> list[str]:
         return ["ping"]
     if shutil.which("busybox"):
         return ["busybox", "ping"]
-    pytest.skip("no ping and no busybox on this host")
+    testing.absent("no ping and no busybox on this host")
 
 
 def _ping_from_fabric(cluster: str, address: str) -> bool:
@@ -122,7 +118,9 @@ def sim_nodes() -> Iterator[list[nodes.SimNode]]:
 def test_guest_boots_and_live_migrates_between_nodes(
     tiny_image: guest.TinyImage, sim_nodes: list[nodes.SimNode]
 ) -> None:
-    libvirt = pytest.importorskip("libvirt", reason="libvirt-python not installed")
+    testing.require_module("libvirt")
+    import libvirt
+
     node1, node2 = sim_nodes
     cluster = node1.cluster
 
@@ -147,7 +145,7 @@ def test_guest_boots_and_live_migrates_between_nodes(
             disk=disk,
             console_log=console,
             mac=GUEST_MAC,
-            cmdline=guest.kernel_cmdline(ip=f"{GUEST_IP}/24"),
+            cmdline=guest.kernel_cmdline(ip=f"{GUEST_IP}/24", script=guest.TICKER_SCRIPT),
         )
 
         started = time.monotonic()
@@ -179,6 +177,8 @@ def test_guest_boots_and_live_migrates_between_nodes(
             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
             | libvirt.VIR_MIGRATE_UNSAFE
         )
+        _poll("the guest's counter", lambda: guest.console_mark(console).tick > 0, timeout=60)
+        mark = guest.console_mark(console)
         migration_started = time.monotonic()
         dom.migrateToURI3(node2.tcp_uri, {}, flags)
         print(f"migrateToURI3 returned after {time.monotonic() - migration_started:.2f}s")
@@ -199,6 +199,8 @@ def test_guest_boots_and_live_migrates_between_nodes(
                 stats.get("memory_iteration"),
             )
         )
+        # the guest survived: its counter continues on node-2, it did not boot again
+        _poll("the migrated guest counts on", lambda: guest.kept_running(console, mark), timeout=60)
         _poll(
             "ping to the migrated guest on node-2 from the fabric",
             lambda: _ping_from_fabric(cluster, GUEST_IP),

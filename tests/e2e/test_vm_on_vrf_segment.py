@@ -24,9 +24,7 @@ asserted; every wait polls a condition with a deadline.
 from __future__ import annotations
 
 import copy
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -192,13 +190,9 @@ def _wire_server(node: nodes.SimNode) -> None:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    if os.geteuid() != 0:
-        pytest.skip("a dev cluster needs root (namespaces, mounts, libvirtd)")
-    for tool in ("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter", "ip"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (hack/setup installs it)")
-    if not (devcluster.GUEST_CACHE / "tiny" / "vmlinuz").exists():
-        pytest.skip(f"tiny guest missing in {devcluster.GUEST_CACHE}: run hack/build-guest.sh")
+    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
+    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter", "ip")
+    testing.require_tiny_guest(devcluster.GUEST_CACHE)
     _run("ip", "netns", "del", SERVER_NS, check=False)
     try:
         dev = devcluster.up(
@@ -207,9 +201,9 @@ def env() -> Iterator[Env]:
             stop_timeout=5.0,
             agent_args=("--network=red", "--network=blue", "--vrf-resync-seconds=5"),
         )
-    except Exception as exc:  # e.g. control plane binaries not built
+    except BaseException:  # a cluster that cannot start is a failure, not a skip
         devcluster.down(CLUSTER)
-        pytest.skip(f"dev cluster could not start: {exc}")
+        raise
     env = Env(dev)
     try:
         _server_netns()

@@ -10,8 +10,6 @@ waits poll a condition with a deadline.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -165,18 +163,16 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def kv() -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("a dev cluster needs root (namespaces, mounts, libvirtd)")
-    for tool in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img", "nsenter"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (hack/setup installs it)")
-    if not (devcluster.GUEST_CACHE / "tiny" / "vmlinuz").exists():
-        pytest.skip(f"tiny guest missing in {devcluster.GUEST_CACHE}: run hack/build-guest.sh")
+    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
+    testing.require_tools(
+        "libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img", "nsenter"
+    )
+    testing.require_tiny_guest(devcluster.GUEST_CACHE)
     try:
         dev = devcluster.up(CLUSTER, nodes_count=2, stop_timeout=5.0)
-    except Exception as exc:  # e.g. control plane binaries not built
+    except BaseException:  # a cluster that cannot start is a failure, not a skip
         devcluster.down(CLUSTER)
-        pytest.skip(f"dev cluster could not start: {exc}")
+        raise
     try:
         kv = Cluster(dev)
         kv.create_template("tiny", _tiny_spec())
@@ -186,13 +182,15 @@ def kv() -> Iterator[Cluster]:
 
 
 def _tiny_spec() -> dict[str, Any]:
-    """The example template, with ``no_timer_check`` on the kernel command line: under
+    """The example template, with ``no_timer_check`` on the kernel command line (under
     TCG on a loaded host the guest kernel's IO-APIC timer check can fail and panic the
-    boot ("IO-APIC + timer doesn't work"); virtual guests conventionally skip it."""
+    boot, "IO-APIC + timer doesn't work"; virtual guests conventionally skip it) and the
+    guest's tick counter (`guest.TICKER_SCRIPT`), its own proof that it was not reset."""
     spec = dict(
         copy.deepcopy(yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())["spec"])
     )
-    spec["boot"]["cmdline"] = f"{spec['boot'].get('cmdline', '')} no_timer_check".strip()
+    ticker = guest.kernel_cmdline(script=guest.TICKER_SCRIPT).split()[-1]  # kv.script=...
+    spec["boot"]["cmdline"] = f"{spec['boot'].get('cmdline', '')} no_timer_check {ticker}".strip()
     return spec
 
 
@@ -272,7 +270,11 @@ def test_power_verbs_agent_restart_and_clean_delete(kv: Cluster) -> None:
     pid3 = _poll("restart: new QEMU pid and phase Running", restarted, limit=BOOT_LIMIT)
     kv.wait_booted(name, boots=3)
 
-    # pause / resume: libvirt state follows, same QEMU process.
+    # pause / resume: libvirt state follows, same QEMU process, and the guest itself
+    # carries on: no new boot, its counter continues.
+    console = Path(kv.status(name)["consoleLog"])
+    _poll("the guest's counter runs", lambda: guest.console_mark(console).tick > 0, limit=60)
+    mark = guest.console_mark(console)
     kv.cli("pause", name)
     kv.wait_phase(name, "Paused", limit=60)
     assert kv.domstate(node, name) == "paused"
@@ -280,12 +282,14 @@ def test_power_verbs_agent_restart_and_clean_delete(kv: Cluster) -> None:
     kv.wait_phase(name, "Running", limit=60)
     assert kv.domstate(node, name) == "running"
     assert kv.qemu_pid(node, name) == pid3
+    _poll("the guest counts on after resume", lambda: guest.kept_running(console, mark), limit=60)
 
     # kill -9 the node's agent, start it again: it adopts the domain, writes nothing.
     before = kv.get(name)
     assert before is not None
     log = kv.dev.log(f"agent-{node.name}")
     offset = log.stat().st_size
+    mark = guest.console_mark(console)
     devcluster.restart_agent(kv.dev, node.name)
 
     def adopted() -> str | None:
@@ -301,6 +305,7 @@ def test_power_verbs_agent_restart_and_clean_delete(kv: Cluster) -> None:
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert kv.qemu_pid(node, name) == pid3
     assert kv.domstate(node, name) == "running"
+    _poll("the adopted guest counts on", lambda: guest.kept_running(console, mark), limit=60)
 
     # delete (served by the restarted agent): no domain, no tap, no disk; base kept.
     kv.delete_vm(name)

@@ -3,34 +3,49 @@
 The host kernel has no l3mdev VRF (nor 802.1Q), so this module boots a tiny TCG guest
 whose initramfs carries a trimmed CPython, pyroute2, the kubevisor package and
 `tests/integration/vrf_guest/guest_vrf.py`, which runs the unchanged realizer there.
-It skips, saying why, when the guest image, qemu, or the Python/pyroute2 the overlay
-copies are not where `vrf_guest/build-overlay.sh` expects them.
+The guest's CPython is the one running this test (the .venv's base interpreter, so
+whatever Python `hack/setup` built the venv from); the only skip is a missing guest image
+or qemu, both of which `hack/setup` provides.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
+import pyroute2
 import pytest
+
+from kubevisor.devenv import guest, testing
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = REPO / "tests" / "integration" / "vrf_guest"
-#: What build-overlay.sh copies into the guest (keep in step with the script).
-GUEST_PYTHON = Path(os.environ.get("KUBEVISOR_GUEST_PYTHON", "/root/.pyenv/versions/3.11.7"))
-PYROUTE2 = REPO / ".venv" / "lib" / "python3.11" / "site-packages" / "pyroute2"
+
+
+def _guest_python_env() -> dict[str, str]:
+    """Where build-overlay.sh finds the interpreter it copies: this test's own."""
+    binary = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    return {
+        "KV_GUEST_PY_BIN": binary,
+        "KV_GUEST_PY_STDLIB": sysconfig.get_paths()["stdlib"],
+        "KV_GUEST_PY_VER": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "KV_GUEST_PYROUTE2": str(Path(pyroute2.__file__).parent),
+    }
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=True)
+    return subprocess.run(
+        argv, capture_output=True, text=True, check=True, env={**os.environ, **_guest_python_env()}
+    )
 
 
-GUEST_DIR = Path(os.environ.get("KUBEVISOR_CACHE", "/var/cache/kubevisor")) / "images" / "tiny"
+GUEST_DIR = guest.cache_dir() / "images" / "tiny"
 
 
 def test_l3mdev_backend_in_a_guest(tmp_path: Path) -> None:
@@ -41,20 +56,8 @@ def test_l3mdev_backend_in_a_guest(tmp_path: Path) -> None:
     (`vrf_guest/guest_vrf.py`) that applies red and blue, checks tables, drift, the l3mdev
     rule and removal, and prints PASS/FAIL lines and KV-GUEST-OK.
     """
-    needed = [GUEST_DIR / "vmlinuz", GUEST_DIR / "initrd.img"]
-    if not all(p.exists() for p in needed) or not shutil.which("qemu-system-x86_64"):
-        pytest.skip(f"guest image {GUEST_DIR} (hack/build-guest.sh) or qemu missing")
-    missing = [
-        str(p)
-        for p in (
-            GUEST_PYTHON / "bin" / "python3.11",
-            GUEST_PYTHON / "lib" / "libpython3.11.so.1.0",
-            PYROUTE2,
-        )
-        if not p.exists()
-    ]
-    if missing:
-        pytest.skip(f"the guest overlay copies {', '.join(missing)}, which is missing here")
+    testing.require_tiny_guest(GUEST_DIR.parent)
+    testing.require_tools("qemu-system-x86_64")
     repo = REPO
     overlay = tmp_path / "overlay.gz"
     _run(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -18,13 +17,16 @@ from typing import Any
 
 import pytest
 
+from kubevisor.devenv import testing
+
 pytestmark = pytest.mark.integration
 
-libvirt_adapter = pytest.importorskip("kubevisor.agent.libvirt", reason="libvirt-python missing")
+testing.require_module("libvirt")
 
 from kubernetes_asyncio import client, config  # noqa: E402
 
 from kubevisor.agent import disks, domainxml, realizing  # noqa: E402
+from kubevisor.agent import libvirt as libvirt_adapter  # noqa: E402
 from kubevisor.agent.netlink import segments as netsegments  # noqa: E402
 from kubevisor.api import machines  # noqa: E402
 
@@ -106,8 +108,7 @@ async def _events_of(hv: Any, name: str) -> list[int]:
 async def test_clone_copy_is_point_in_time_and_leaves_the_source_as_it_was(
     api: client.ApiClient, hv: Any, tmp_path: Path, source_state: str
 ) -> None:
-    if shutil.which("qemu-img") is None:
-        pytest.skip("qemu-img not installed (apt-get install qemu-utils)")
+    testing.require_tools("qemu-img")
     layout = _layout(tmp_path)
     base = layout.image_dir / "base.qcow2"
     _qemu_img("create", "-q", "-f", "qcow2", str(base), "8M")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from kubevisor.agent import disks, domainxml
 from kubevisor.api import machines
+from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +26,7 @@ def _info(path: Path) -> dict[str, object]:
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
     """An 8 MiB qcow2 base image in ``tmp_path/images``."""
-    if shutil.which("qemu-img") is None:
-        pytest.skip("qemu-img not installed (apt-get install qemu-utils)")
+    testing.require_tools("qemu-img")
     images = tmp_path / "images"
     images.mkdir()
     path = images / "base.qcow2"

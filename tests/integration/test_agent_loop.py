@@ -8,7 +8,6 @@ kubevisor-controller), exactly as docs/dev/vm-contract.md says.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 import uuid
@@ -18,13 +17,16 @@ from typing import Any
 
 import pytest
 
+from kubevisor.devenv import testing
+
 pytestmark = pytest.mark.integration
 
-libvirt_adapter = pytest.importorskip("kubevisor.agent.libvirt", reason="libvirt-python missing")
+testing.require_module("libvirt")
 
 from kubernetes_asyncio import client, config  # noqa: E402
 
 from kubevisor.agent import disks, domainxml, leases, realizing  # noqa: E402
+from kubevisor.agent import libvirt as libvirt_adapter  # noqa: E402
 from kubevisor.agent.netlink import segments as netsegments  # noqa: E402
 from kubevisor.api import nodes  # noqa: E402
 
@@ -35,8 +37,7 @@ URI = "test:///default"
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A network namespace with the node bridge kvbr0 (the agent's netlink target)."""
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 missing")
+    testing.require_tools("ip")
     name = f"kvt-agent-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -61,6 +62,32 @@ async def _poll(what: str, check: Callable[[], Any], *, limit: float = 60) -> An
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {limit:.0f}s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def _status_writes(
+    custom: client.CustomObjectsApi, name: str, *, since: dict[str, Any], until: dict[str, Any]
+) -> int:
+    """How many writes changed the VM's status after the object ``since`` up to the object
+    ``until``: the API server's own history (a watch from ``since``'s resourceVersion)."""
+    from kubernetes_asyncio import watch
+
+    writes, previous = 0, since.get("status")
+    stream = watch.Watch()
+    async for event in stream.stream(
+        custom.list_namespaced_custom_object, "kubevisor.io", "v1alpha1", "default",
+        "virtualmachines", field_selector=f"metadata.name={name}",
+        resource_version=since["metadata"]["resourceVersion"],
+        timeout_seconds=10,
+    ):  # fmt: skip
+        obj = event["object"]
+        status = obj.get("status")
+        if status != previous:
+            writes += 1
+        previous = status
+        if obj["metadata"]["resourceVersion"] == until["metadata"]["resourceVersion"]:
+            stream.stop()
+            break
+    return writes
 
 
 async def test_vm_lifecycle_with_test_driver(
@@ -105,6 +132,7 @@ async def test_vm_lifecycle_with_test_driver(
         },
     )  # fmt: skip
     await controller_applies(machine=machine, desiredState="Running")
+    applied = await get()
 
     holder = libvirt_adapter.Hypervisor(URI)  # plays libvirtd outliving agent restarts
     await holder.connect(events=False)
@@ -134,7 +162,8 @@ async def test_vm_lifecycle_with_test_driver(
         assert {i["name"]: i.get("mac") for i in st["interfaces"]}["eth0"] == "52:54:00:00:aa:01"
         assert st["domainUUID"] and st["runningAt"]
         assert "kubevisor.io/agent-cleanup" in vm["metadata"]["finalizers"]
-        assert agent.status.writes == 1  # apply -> Running in one agent status write
+        # apply -> Running in one status write, counted by the API server, not the agent
+        assert await _status_writes(custom, name, since=applied, until=vm) == 1
         disk = layout.state_dir / "disks" / ns / name / "root.qcow2"
         assert disk.exists()
 
@@ -143,6 +172,7 @@ async def test_vm_lifecycle_with_test_driver(
 
         # Agent restart: adopts the running domain without restarting it, writes nothing.
         uuid_before = st["domainUUID"]
+        rv_before = (await get())["metadata"]["resourceVersion"]
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await hv.close()
@@ -151,7 +181,7 @@ async def test_vm_lifecycle_with_test_driver(
         info = await holder.lookup(f"{ns}_{name}")
         assert info is not None and info.uuid == uuid_before
         assert info.state is libvirt_adapter.DomainState.RUNNING
-        assert agent.status.writes == 0
+        assert (await get())["metadata"]["resourceVersion"] == rv_before  # no write at all
 
         # Stop: graceful (the test driver powers off at once), phase Stopped, VLAN pruned.
         await controller_applies(machine=machine, desiredState="Stopped")

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from kubevisor.devenv import testing
+
 pytestmark = pytest.mark.integration
 
-libvirt_adapter = pytest.importorskip("kubevisor.agent.libvirt", reason="libvirt-python missing")
+testing.require_module("libvirt")
 
 from kubevisor.agent import domainxml  # noqa: E402
+from kubevisor.agent import libvirt as libvirt_adapter  # noqa: E402
 from kubevisor.api import machines  # noqa: E402
 
 URI = "test:///default"

@@ -5,8 +5,6 @@ and found again by a restarted agent."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ import pytest
 
 from kubevisor.agent import segmenting
 from kubevisor.agent.netlink import segments
+from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +23,8 @@ MANAGED = frozenset({"red"})
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create a network namespace")
+    testing.require_root("to create a network namespace")
+    testing.require_tools("ip")
     name = f"kvseg-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:

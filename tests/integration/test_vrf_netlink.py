@@ -7,7 +7,15 @@ Topology (every piece a network namespace this module creates and removes):
         the fabric bridge of its network, and a veth "eth-red2" to a host behind it
     hosts: red A 10.0.0.11, red B 10.0.0.12, blue A 10.0.0.21, blue B 10.0.0.22, all
         /24 via gateway 10.0.0.1 (the same prefix and gateway in both VRFs); red2 A/B
-        10.0.2.11 behind node A's/B's "eth-red2" (a host interface taken into red).
+        10.0.2.11 behind node A's/B's "eth-red2" (a host interface taken into red);
+        blue2 A/B 10.0.3.11 behind "eth-blue2" (taken into blue).
+
+Isolation is checked on routed paths: red's hosts and blue's hosts both have a gateway
+that would forward to 10.0.2.0/24 and 10.0.3.0/24 if the VRFs shared a table, so only
+the separation of the VRFs keeps blue from red2 and red from blue2. (A ping to the other
+VRF's hosts on 10.0.0.0/24 proves nothing: those sit on another bridge, ARP never
+crosses.) The test also leaks blue's route into red's table on purpose and sees the
+probe succeed, so the probe is known to be able to fail.
 
 The agent code under test is `VRFRealizer` running against node A and node B. The
 test itself uses `ip`/`ping` as an independent observer.
@@ -29,6 +37,7 @@ import pytest
 
 from kubevisor.agent.netlink import cgroups, probing, vrfrealizing
 from kubevisor.agent.vrfs import planning, specs
+from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
 
@@ -89,8 +98,8 @@ def _add_host(
 
 @pytest.fixture(scope="module")
 def topology() -> Iterator[Topology]:
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("needs root and iproute2 to build network namespaces")
+    testing.require_root("to build network namespaces")
+    testing.require_tools("ip")
     created: list[str] = []
     topo = Topology(fabric=f"{P}-fab", nodes={}, hosts={})
     try:
@@ -132,10 +141,12 @@ def topology() -> Iterator[Topology]:
                 created.append(host_ns)
                 _add_host(node_ns, host_ns, f"h-{net}", address, "10.0.0.1", f"br-{net}")
                 topo.hosts[key] = host_ns
-            host_ns = f"{P}-hred2-{node}"
-            created.append(host_ns)
-            _add_host(node_ns, host_ns, "eth-red2", "10.0.2.11/24", "10.0.2.1", None)
-            topo.hosts[f"red2-{node}"] = host_ns
+            for net, address, gw in (("red2", "10.0.2.11/24", "10.0.2.1"),
+                                     ("blue2", "10.0.3.11/24", "10.0.3.1")):  # fmt: skip
+                host_ns = f"{P}-h{net}-{node}"
+                created.append(host_ns)
+                _add_host(node_ns, host_ns, f"eth-{net}", address, gw, None)
+                topo.hosts[f"{net}-{node}"] = host_ns
         yield topo
     finally:
         for ns in reversed(created):
@@ -159,7 +170,10 @@ RED: specs.VRFSpec = {
     "resources": {"cpu": "200m", "memory": "64Mi"},
 }
 BLUE: specs.VRFSpec = {
-    "interfaces": [{"name": "blue0", "network": "blue", "addresses": ["10.0.0.1/24"]}],
+    "interfaces": [
+        {"name": "blue0", "network": "blue", "addresses": ["10.0.0.1/24"]},
+        {"name": "blue2", "hostInterface": "eth-blue2", "addresses": ["10.0.3.1/24"]},
+    ],
     "routes": [
         {"prefix": "192.168.50.0/24", "via": "10.0.0.22"},
         {"prefix": "203.0.113.0/24", "type": "unreachable"},
@@ -226,16 +240,44 @@ async def test_red_reaches_red_never_blue(topology: Topology, nodes: dict[str, N
     assert _pings_within(red_b, "10.0.0.11"), "red host B cannot reach red host A"
     assert _pings_within(blue_a, "10.0.0.22"), "blue host A cannot reach blue host B"
     assert _pings_within(red_a, "10.0.2.11"), "red host A is not routed to red2 by the VRF"
-    # same prefix, same gateway address, but nothing crosses between the VRFs
-    assert not _pings(red_a, "10.0.0.21")
-    assert not _pings(red_a, "10.0.0.22")
-    assert not _pings(blue_a, "10.0.0.11")
-    assert not _pings(blue_a, "10.0.2.11")
+    assert _pings_within(blue_a, "10.0.3.11"), "blue host A is not routed to blue2 by the VRF"
+    # routed targets only the other VRF's table knows: the VRF separation alone blocks them
+    assert not _pings(red_a, "10.0.3.11"), "red reaches blue2: the VRFs leak"
+    assert not _pings(blue_a, "10.0.2.11"), "blue reaches red2: the VRFs leak"
     # the gateway that answered red is red's: its MAC is red's anycast MAC
     neighbours = _ip("neigh", "show", "10.0.0.1", ns=red_a)
     assert planning.interface_mac("red", "red0") in neighbours
     neighbours = _ip("neigh", "show", "10.0.0.1", ns=blue_a)
     assert planning.interface_mac("blue", "blue0") in neighbours
+
+
+async def test_the_isolation_probe_sees_a_leak(topology: Topology, nodes: dict[str, Node]) -> None:
+    """Leak blue's route into red's table (a veth between the two VRFs, the route to
+    blue2 in red's table, the way back in blue's): the probe of the test above must then
+    succeed; with the leak gone it must fail again."""
+    red_a = topology.hosts["red-a"]
+    leaks = []
+    try:
+        for node in nodes.values():
+            red, blue = node.plan.desired["red"], node.plan.desired["blue"]
+            red_ns = node.realizer.naming.vrf_netns("red")
+            blue_ns = node.realizer.naming.vrf_netns("blue")
+            _ip("link", "add", "leak-r", "type", "veth", "peer", "name", "leak-b",
+                "netns", blue_ns, ns=red_ns)  # fmt: skip
+            leaks.append(red_ns)
+            _ip("addr", "add", "169.254.77.1/30", "dev", "leak-r", ns=red_ns)
+            _ip("addr", "add", "169.254.77.2/30", "dev", "leak-b", ns=blue_ns)
+            _ip("link", "set", "leak-r", "up", ns=red_ns)
+            _ip("link", "set", "leak-b", "up", ns=blue_ns)
+            _ip("route", "add", "10.0.3.0/24", "via", "169.254.77.2",
+                "table", str(red.table), ns=red_ns)  # fmt: skip
+            _ip("route", "add", "10.0.0.11/32", "via", "169.254.77.1",
+                "table", str(blue.table), ns=blue_ns)  # fmt: skip
+        assert _pings_within(red_a, "10.0.3.11"), "a leaked route is invisible to the probe"
+    finally:
+        for red_ns in leaks:
+            _ip("link", "del", "leak-r", ns=red_ns, check=False)
+    assert not _pings(red_a, "10.0.3.11")
 
 
 async def test_routes_sit_in_the_right_tables(nodes: dict[str, Node]) -> None:
@@ -258,6 +300,7 @@ async def test_routes_sit_in_the_right_tables(nodes: dict[str, Node]) -> None:
         assert observed["red"]["routesInstalled"] == 3
         assert observed["red"]["interfaces"] == ["red0", "red2"]
         assert observed["blue"]["routesInstalled"] == 2
+        assert observed["blue"]["interfaces"] == ["blue0", "blue2"]
 
 
 async def test_drift_is_repaired(topology: Topology, nodes: dict[str, Node]) -> None:
@@ -309,7 +352,7 @@ async def test_resource_context(nodes: dict[str, Node]) -> None:
     node = nodes["a"]
     context = cgroups.CgroupContext("red", parent=node.realizer.naming.cgroup_parent)
     if context.version == "none":
-        pytest.skip("no cpu+memory cgroup controllers on this host")
+        testing.absent("no cpu+memory cgroup controllers on this host", setup_provides=False)
     assert context.limits() == planning.Limits(cpu_quota_us=20_000, memory_bytes=64 << 20)
     process = await node.realizer.launch("red", ["sleep", "600"])
     try:
@@ -335,8 +378,9 @@ async def test_removal_leaves_nothing(topology: Topology, nodes: dict[str, Node]
         assert await node.realizer.observe() == {}
         links = _ip("-o", "link", "show", ns=node.ns)
         assert not re.search(r": kv[0-9a-f]{11}@", links)
-        assert "eth-red2" in links, "the host interface was not handed back"
+        assert "eth-red2" in links and "eth-blue2" in links, "host interfaces not handed back"
         assert "10.0.2.1" not in _ip("addr", "show", "eth-red2", ns=node.ns)
+        assert "10.0.3.1" not in _ip("addr", "show", "eth-blue2", ns=node.ns)
         prefix = node.realizer.naming.netns_prefix
         assert not any(ns.startswith(prefix) for ns in _netns_list())
         parent = node.realizer.naming.cgroup_parent

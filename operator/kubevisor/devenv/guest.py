@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import subprocess
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -21,6 +22,49 @@ BUILD_SCRIPT = REPO_ROOT / "hack" / "build-guest.sh"
 BOOTED_MARKER = "kubevisor-guest: booted"
 READY_MARKER = "kubevisor-guest: ready"
 MAC_MARKER = "kubevisor-guest: eth0 mac="
+TICK_MARKER = "kubevisor-guest: tick "
+TICKER_SCRIPT = (
+    '(i=0; while :; do i=$((i+1)); echo "kubevisor-guest: tick $i" >/dev/console; sleep 1; done) &'
+)
+"""A ``kv.script`` printing a counter on the console every second. The guest's own proof
+of life: a guest that was reset boots again (BOOTED_MARKER) and counts from 1; one that
+kept running (paused, adopted, migrated) continues where it was."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsoleMark:
+    """Where a console log stood: offset in its text (at a line end), last tick, boots."""
+
+    offset: int
+    tick: int
+    boots: int
+
+
+def _ticks(text: str) -> list[int]:
+    return [int(n) for n in re.findall(re.escape(TICK_MARKER) + r"(\d+)\s*$", text, re.M)]
+
+
+def console_mark(console: Path) -> ConsoleMark:
+    """The console log's state now (only whole lines)."""
+    text = console.read_text(errors="replace")
+    text = text[: text.rfind("\n") + 1]
+    ticks = _ticks(text)
+    return ConsoleMark(
+        offset=len(text), tick=ticks[-1] if ticks else 0, boots=text.count(BOOTED_MARKER)
+    )
+
+
+def kept_running(console: Path, since: ConsoleMark) -> bool:
+    """True once the guest printed its next tick after ``since``; AssertionError when it
+    booted again or its counter does not continue (the guest was reset, not kept)."""
+    text = console.read_text(errors="replace")
+    later = text[since.offset :]
+    assert BOOTED_MARKER not in later, f"the guest booted again: {later[-500:]!r}"
+    ticks = _ticks(later[: later.rfind("\n") + 1])
+    if not ticks:
+        return False
+    assert ticks[0] == since.tick + 1, f"counter went {since.tick} -> {ticks[0]}: reset"
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

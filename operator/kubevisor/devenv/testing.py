@@ -1,25 +1,60 @@
-"""Test support shared by tests/ and bench/: waiting on conditions, a controller process.
+"""Test support shared by tests/ and bench/: waiting on conditions, a controller process,
+skipping on a named absence.
 
 Waiting is by polling a predicate against a deadline (never a bare sleep): the failure
 message says what was awaited and what was last seen.
+
+Skipping: a test may skip only on a detected, named absence (`absent`), never on an
+error. Under ``hack/test`` (``KUBEVISOR_REQUIRE_ALL=1``, set after ``hack/setup`` ran)
+whatever setup provides must be present, so its absence fails instead of skipping; what
+setup cannot provide (a kernel feature, root) stays a skip with its reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from kubevisor.api import nodes
 
 T = TypeVar("T")
+
+REQUIRE_ALL_ENV = "KUBEVISOR_REQUIRE_ALL"
+"""Set to ``1`` by ``hack/test``: a missing component that hack/setup provides fails."""
+
+
+def absent(what: str, *, setup_provides: bool = True) -> NoReturn:
+    """Skip the calling test because ``what`` is missing here (printed, and the reason
+    pytest shows); fail instead when ``setup_provides`` it and ``hack/test`` demands it."""
+    import pytest
+
+    print(f"absent: {what}")
+    if setup_provides and os.environ.get(REQUIRE_ALL_ENV) == "1":
+        pytest.fail(f"{what} (hack/setup provides it; {REQUIRE_ALL_ENV}=1)", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
+
+def require_root(why: str) -> None:
+    """`absent` unless running as root (not something setup can provide)."""
+    if os.geteuid() != 0:
+        absent(f"needs root: {why}", setup_provides=False)
+
+
+def require_tools(*tools: str) -> None:
+    """`absent` for the first of ``tools`` not on PATH (hack/setup installs them all)."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            absent(f"{tool} not installed (hack/setup installs it)")
 
 
 def wait_for(
@@ -121,3 +156,19 @@ def ensure_namespace(core: Any, name: str) -> None:
     except kubernetes.client.ApiException as exc:
         if exc.status != 409:
             raise
+
+
+def require_module(name: str) -> None:
+    """`absent` unless the third-party module ``name`` is importable (hack/setup installs it).
+
+    Only for other people's modules: importing ours must never turn into a skip, an
+    ImportError there is a bug.
+    """
+    if importlib.util.find_spec(name) is None:
+        absent(f"Python module {name} not installed (hack/setup installs it)")
+
+
+def require_tiny_guest(cache: Path) -> None:
+    """`absent` unless the tiny guest (hack/build-guest.sh, run by hack/setup) is in ``cache``."""
+    if not (cache / "tiny" / "vmlinuz").exists():
+        absent(f"tiny guest missing in {cache / 'tiny'}: run hack/build-guest.sh")

@@ -1,26 +1,30 @@
 #!/bin/bash
-# Overlay initramfs: a trimmed CPython 3.11 + pyroute2 + kubevisor + veth.ko + guest program.
+# Overlay initramfs: a trimmed CPython + pyroute2 + kubevisor + veth.ko + guest program.
+# The CPython is the one the test runs on (the .venv's base interpreter, which hack/setup
+# made the venv from): its binary, stdlib and version come from the test in the
+# environment, so nothing here depends on where this machine keeps its Pythons.
 set -euo pipefail
 OUT=$1; REPO=$2; PROG=$3
-PY=${KUBEVISOR_GUEST_PYTHON:-/root/.pyenv/versions/3.11.7}
+: "${KV_GUEST_PY_BIN:?the interpreter binary}" "${KV_GUEST_PY_STDLIB:?its stdlib dir}"
+: "${KV_GUEST_PY_VER:?its version, e.g. 3.11}" "${KV_GUEST_PYROUTE2:?the pyroute2 package dir}"
+VER=$KV_GUEST_PY_VER
 ST=$(mktemp -d); trap 'rm -rf "$ST"' EXIT
-mkdir -p $ST/kv/lib $ST/kv/py/lib/python3.11 $ST/kv/py/bin $ST/kv/site $ST/run $ST/var
+mkdir -p $ST/kv/lib $ST/kv/py/lib/python$VER $ST/kv/py/bin $ST/kv/site $ST/run $ST/var
 ln -s ../run $ST/var/run
-cp $PY/bin/python3.11 $ST/kv/py/bin/
-cp $PY/lib/libpython3.11.so.1.0 $ST/kv/lib/
-( cd $PY/lib/python3.11 && tar cf - --exclude=test --exclude=tests --exclude=idlelib --exclude=tkinter \
+cp "$KV_GUEST_PY_BIN" $ST/kv/py/bin/python$VER
+( cd "$KV_GUEST_PY_STDLIB" && tar cf - --exclude=test --exclude=tests --exclude=idlelib --exclude=tkinter \
    --exclude=turtledemo --exclude=ensurepip --exclude=site-packages --exclude=__pycache__ --exclude=lib2to3 \
-   --exclude='config-3.11*' --exclude=pydoc_data --exclude='_test*' --exclude='*_tkinter*' . ) | tar xf - -C $ST/kv/py/lib/python3.11
-cp -r $REPO/.venv/lib/python3.11/site-packages/pyroute2 $ST/kv/site/
+   --exclude="config-$VER*" --exclude=pydoc_data --exclude='_test*' --exclude='*_tkinter*' . ) | tar xf - -C $ST/kv/py/lib/python$VER
+cp -r "$KV_GUEST_PYROUTE2" $ST/kv/site/
 cp -r $REPO/operator/kubevisor $ST/kv/site/
 find $ST/kv -name __pycache__ -prune -exec rm -rf {} +
-for f in $PY/bin/python3.11 $PY/lib/python3.11/lib-dynload/*.so; do ldd $f 2>/dev/null | awk '/=> \//{print $3} /ld-linux/{print $1}'; done | sort -u | while read l; do cp -L $l $ST/kv/lib/; done
+for f in "$KV_GUEST_PY_BIN" "$KV_GUEST_PY_STDLIB"/lib-dynload/*.so; do ldd $f 2>/dev/null | awk '/=> \//{print $3} /ld-linux/{print $1}'; done | sort -u | while read l; do cp -L $l $ST/kv/lib/; done
 KVER=$(ls /boot/vmlinuz-*-amd64 | sed 's|/boot/vmlinuz-||' | sort -V | tail -n1)
 cp /lib/modules/$KVER/kernel/drivers/net/veth.ko* $ST/kv/
 cp $PROG $ST/kv/run.py
-cat > $ST/kv/run.sh <<'EOS'
-for m in /kv/veth.ko*; do case $m in *.xz) xz -dc $m > /tmp/veth.ko; insmod /tmp/veth.ko;; *) insmod $m;; esac; done
+cat > $ST/kv/run.sh <<EOS
+for m in /kv/veth.ko*; do case \$m in *.xz) xz -dc \$m > /tmp/veth.ko; insmod /tmp/veth.ko;; *) insmod \$m;; esac; done
 mkdir -p /run/netns
-PYTHONHOME=/kv/py PYTHONPATH=/kv/site PYTHONDONTWRITEBYTECODE=1 /kv/lib/ld-linux-x86-64.so.2 --library-path /kv/lib /kv/py/bin/python3.11 /kv/run.py
+PYTHONHOME=/kv/py PYTHONPATH=/kv/site PYTHONDONTWRITEBYTECODE=1 /kv/lib/ld-linux-x86-64.so.2 --library-path /kv/lib /kv/py/bin/python$VER /kv/run.py
 EOS
 ( cd $ST && find . | cpio -o -H newc --quiet | gzip -1 ) > $OUT

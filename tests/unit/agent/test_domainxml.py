@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -186,10 +189,26 @@ def test_placement_must_match_machine() -> None:
         domainxml.render(_machine(), IDENTITY, _placement(disks=()), FACTS)
 
 
-def test_render_is_deterministic() -> None:
-    a = domainxml.render(_machine(), IDENTITY, _placement(), FACTS)
-    b = domainxml.render(_machine(), IDENTITY, _placement(), FACTS)
-    assert a == b
+def _render_in_fresh_process(hash_seed: str) -> str:
+    """This module's render, in a new interpreter with its own string-hash seed."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('t', {__file__!r})\n"
+        "t = importlib.util.module_from_spec(spec); spec.loader.exec_module(t)\n"
+        "sys.stdout.write(t.domainxml.render(t._machine(), t.IDENTITY, t._placement(), t.FACTS))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
+
+
+def test_render_is_deterministic_across_processes() -> None:
+    """The agent compares XML it rendered before a restart with XML it renders now: equal
+    input must give equal output in any process (no set order, no per-process hash)."""
+    here = domainxml.render(_machine(), IDENTITY, _placement(), FACTS)
+    assert _render_in_fresh_process("1") == here
+    assert _render_in_fresh_process("2") == here
 
 
 def test_live_facts_from_xml() -> None:

@@ -82,10 +82,55 @@ BAD: list[tuple[str, type[common.Model], dict[str, Any]]] = [
 ]
 
 
+#: case -> (the field the one error is reported on, dotted wire names, "" for a rule of the
+#: whole object; a fragment of its message): a case rejected for another reason than the
+#: one it is named after proves nothing.
+WHERE: dict[str, tuple[str, str]] = {
+    "template-no-memory": ("memory", "Field required"),
+    "template-zero-memory": ("memory", "greater than zero"),
+    "template-negative-memory": ("memory", "should match pattern"),
+    "vlan-0": ("vlan", "greater than or equal to 1"),
+    "vlan-4095": ("vlan", "less than or equal to 4094"),
+    "multicast-mac": ("mac", "should match pattern"),
+    "bad-bus": ("bus", "'virtio' or 'sata'"),
+    "vm-nothing": ("", "needs spec.templateRef"),
+    "vm-memory-only": ("", "needs spec.templateRef"),
+    "vm-bad-strategy": ("runStrategy", "'Always'"),
+    "vm-source-both": ("source", "exactly one of spec.source"),
+    "vm-source-empty": ("source", "exactly one of spec.source"),
+    "vrf-table-254": ("", "253, 254 and 255"),
+    "vrf-table-0": ("table", "greater than or equal to 1"),
+    "vrf-iface-both": ("", "exactly one of network"),
+    "vrf-iface-neither": ("", "exactly one of network"),
+    "vrf-vlan-no-network": ("", "set network too"),
+    "vrf-iface-lo": ("", "'lo' is the VRF's own loopback"),
+    "vrf-iface-too-long": ("name", "at most 15 characters"),
+    "vrf-bad-cidr": ("addresses.0", "'10.0.0.300/24'"),
+    "vrf-cidr-no-prefix": ("addresses.0", "is not a CIDR"),
+    "vrf-route-host-bits": ("prefix", "host bits set"),
+    "vrf-route-bad-via": ("via", "'10.0.0.x'"),
+    "vrf-route-family": ("", "same address family"),
+    "vrf-unicast-nowhere": ("", "needs via or device"),
+    "vrf-blackhole-via": ("", "only unicast routes take via or device"),
+    "vrf-route-device-unknown": ("", "must be one of the VRF's interfaces"),
+    "vrf-duplicate-iface": ("", "names must be unique"),
+    "migration-no-vm": ("vmName", "Field required"),
+    "migration-zero-rtt": ("policy.maxRTTMs", "greater than 0"),
+    "pool-min-gt-max": ("", "min must not exceed max"),
+    "pool-spare-gt-max": ("", "spare must not exceed max"),
+    "claim-no-pool": ("poolRef", "Field required"),
+}
+
+
 @pytest.mark.parametrize(("case_id", "model", "data"), BAD, ids=[b[0] for b in BAD])
 def test_model_rejects(case_id: str, model: type[common.Model], data: dict[str, Any]) -> None:
-    with pytest.raises(pydantic.ValidationError):
+    loc, fragment = WHERE[case_id]
+    with pytest.raises(pydantic.ValidationError) as caught:
         model.model_validate(data)
+    errors = [(".".join(map(str, e["loc"])), e["msg"]) for e in caught.value.errors()]
+    assert len(errors) == 1, errors
+    assert errors[0][0] == loc, errors
+    assert fragment in errors[0][1], errors
 
 
 GOOD: list[tuple[str, type[common.Model], dict[str, Any]]] = [
@@ -107,9 +152,42 @@ GOOD: list[tuple[str, type[common.Model], dict[str, Any]]] = [
 ]
 
 
+def _dropped(model: type[common.Model], data: dict[str, Any]) -> dict[str, Any]:
+    """What parsing lost or changed: the input against the parsed model's wire form.
+
+    Models ignore unknown fields (as the API server prunes them), so a misspelled field
+    would vanish without an error; comparing the round trip catches it.
+    """
+    parsed = model.model_validate(data).to_json()
+    return {k: v for k, v in data.items() if parsed.get(k, object()) != v}
+
+
 @pytest.mark.parametrize(("case_id", "model", "data"), GOOD, ids=[g[0] for g in GOOD])
 def test_model_accepts(case_id: str, model: type[common.Model], data: dict[str, Any]) -> None:
-    model.model_validate(data)
+    assert _dropped(model, data) == {}
+    assert model.model_validate(data).to_json() == data
+
+
+def test_a_misspelled_field_is_caught_by_the_round_trip() -> None:
+    data = {"templateRef": {"name": "t"}, "runStrategyy": "Halted"}
+    assert _dropped(virtualmachines.VirtualMachineSpec, data) == {"runStrategyy": "Halted"}
+
+
+def test_accepted_values_are_parsed_into_their_fields() -> None:
+    spec = machines.MachineSpec.model_validate(TEMPLATE)
+    assert spec.cpu.cores == 1 and spec.memory == "256Mi"
+    assert [(d.name, d.image) for d in spec.disks] == [("root", "tiny")]
+    route = vrfs.Route.model_validate({"prefix": "::/0", "via": "fd00::1"})
+    assert (route.prefix, route.via) == ("::/0", "fd00::1")
+    iface = vrfs.VRFInterface.model_validate({"name": "e1", "hostInterface": "eth1"})
+    assert (iface.host_interface, iface.network) == ("eth1", None)
+    clone = virtualmachines.VirtualMachineSpec.model_validate(
+        {"source": {"virtualMachine": {"name": "a"}}}
+    )
+    assert clone.source is not None and clone.source.virtual_machine is not None
+    assert clone.source.virtual_machine.name == "a"
+    pool = desktoppools.DesktopPoolSpec.model_validate({"templateRef": {"name": "t"}, "max": 1})
+    assert (pool.template_ref.name, pool.max) == ("t", 1)
 
 
 def test_defaults_match_the_agreed_ones() -> None:
