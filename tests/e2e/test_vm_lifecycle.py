@@ -140,7 +140,7 @@ def test_vnc_password_from_the_secret_is_required(dev: devcluster.DevCluster) ->
     """display.passwordSecretRef: the agent reads the Secret, the domain carries that
     password, and the VNC server offers only password authentication."""
     _kubectl(dev, "apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
-    password = "kv-e2e-pw"
+    password = "kve2e-pw"  # VNC (DES) passwords are at most 8 characters; libvirt refuses more
     _kubectl(dev, "create", "secret", "generic", "e2e-vnc", f"--from-literal=password={password}")
     vm_yaml = yaml.safe_load((REPO / "docs/examples/vm.yaml").read_text())
     vm_yaml["metadata"]["name"] = "e2e-vnc"
@@ -156,7 +156,9 @@ def test_vnc_password_from_the_secret_is_required(dev: devcluster.DevCluster) ->
             vm = _vm(dev, "e2e-vnc")
             return vm if vm and (vm.get("status") or {}).get("phase") == "Running" else None
 
-        st = _poll("phase Running", running, limit=180)["status"]
+        st = testing.wait_for(
+            running, timeout=180, what="phase Running", show=lambda: _vm(dev, "e2e-vnc")
+        )["status"]
         node = next(n for n in dev.nodes if n.name == st["nodeName"])
         xml = subprocess.run(
             ["virsh", "-q", "-c", node.libvirt_uri, "dumpxml", "--security-info",

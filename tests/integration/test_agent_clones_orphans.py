@@ -105,9 +105,13 @@ async def _events_of(hv: Any, name: str) -> list[int]:
 
 
 @pytest.mark.parametrize("source_state", ["running", "paused", "shutoff"])
-async def test_clone_copy_is_point_in_time_and_leaves_the_source_as_it_was(
+async def test_clone_copy_suspends_a_running_source_around_it_and_leaves_it_as_it_was(
     api: client.ApiClient, hv: Any, tmp_path: Path, source_state: str
 ) -> None:
+    """What the test driver can show: the running source is suspended before the copy and
+    resumed after it, a paused or stopped one is left alone, the copy is flat with the
+    source's content. Whether the copy is a point in time of a guest that writes cannot
+    be seen here (the test driver runs no guest); that needs a real QEMU guest."""
     testing.require_tools("qemu-img")
     layout = _layout(tmp_path)
     base = layout.image_dir / "base.qcow2"
