@@ -274,9 +274,9 @@ def test_power_verbs_agent_restart_and_clean_delete(kv: Cluster) -> None:
     # carries on: no new boot, its counter continues.
     console = Path(kv.status(name)["consoleLog"])
     _poll("the guest's counter runs", lambda: guest.console_mark(console).tick > 0, limit=60)
-    mark = guest.console_mark(console)
     kv.cli("pause", name)
     kv.wait_phase(name, "Paused", limit=60)
+    mark = guest.console_mark(console)  # paused: nothing prints until the resume
     assert kv.domstate(node, name) == "paused"
     kv.cli("unpause", name)
     kv.wait_phase(name, "Running", limit=60)
@@ -305,7 +305,9 @@ def test_power_verbs_agent_restart_and_clean_delete(kv: Cluster) -> None:
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert kv.qemu_pid(node, name) == pid3
     assert kv.domstate(node, name) == "running"
-    _poll("the adopted guest counts on", lambda: guest.kept_running(console, mark), limit=60)
+    adopted_at = guest.console_mark(console)
+    _poll("the adopted guest counts on", lambda: guest.kept_running(console, adopted_at), limit=60)
+    assert guest.kept_running(console, mark)  # and never booted since before the restart
 
     # delete (served by the restarted agent): no domain, no tap, no disk; base kept.
     kv.delete_vm(name)
