@@ -25,9 +25,10 @@ testing.require_module("libvirt")
 
 from kubernetes_asyncio import client, config  # noqa: E402
 
-from kubevisor.agent import disks, domainxml, realizing  # noqa: E402
+from kubevisor.agent import disks, domainxml  # noqa: E402
 from kubevisor.agent import libvirt as libvirt_adapter  # noqa: E402
-from kubevisor.agent.netlink import segments as netsegments  # noqa: E402
+from kubevisor.agent.kernel import bridges as netsegments  # noqa: E402
+from kubevisor.agent.vms import handling, realizing  # noqa: E402
 from kubevisor.api import machines  # noqa: E402
 
 URI = "test:///default"
@@ -142,9 +143,9 @@ async def test_clone_copy_suspends_a_running_source_around_it_and_leaves_it_as_i
         )
         agent = _agent(api, hv, layout)
         plans = disks.plan(machine, clone, layout)
-        scope = realizing.Scope(key=(NS, clone.name), obj={}, identity=clone, machine=machine,
+        scope = handling.Scope(key=(NS, clone.name), obj={}, identity=clone, machine=machine,
                                 status={}, domain=None)  # fmt: skip
-        await agent._copy_clones(scope, plans)
+        await agent.clones.copy(scope.key, plans)
 
         events = await _events_of(hv, source.domain_name)
         if source_state == "running":
@@ -153,7 +154,7 @@ async def test_clone_copy_suspends_a_running_source_around_it_and_leaves_it_as_i
             assert events == []  # a paused or stopped source is copied as it is
         expected_state = {"running": "running", "paused": "paused", "shutoff": "shutoff"}
         assert await hv.state(source.domain_name) == expected_state[source_state]
-        assert agent._holding == set()
+        assert agent.clones.holding == set()
 
         copy = plans[0].path
         assert copy == layout.root("shared") / NS / clone.name / "root.qcow2"

@@ -25,9 +25,11 @@ testing.require_module("libvirt")
 
 from kubernetes_asyncio import client, config  # noqa: E402
 
-from kubevisor.agent import disks, domainxml, leases, realizing  # noqa: E402
+from kubevisor.agent import disks, domainxml  # noqa: E402
 from kubevisor.agent import libvirt as libvirt_adapter  # noqa: E402
-from kubevisor.agent.netlink import segments as netsegments  # noqa: E402
+from kubevisor.agent.kernel import bridges as netsegments  # noqa: E402
+from kubevisor.agent.kube import leases  # noqa: E402
+from kubevisor.agent.vms import realizing  # noqa: E402
 from kubevisor.api import nodes  # noqa: E402
 
 NODE = "node-t"
@@ -228,7 +230,7 @@ async def _gone(get: Callable[[], Any]) -> bool:
 
 
 async def _passes(agent: realizing.Agent) -> bool:
-    return agent.watcher.synced.is_set() and agent.passes > 0 and agent._queue.empty()
+    return agent.watcher.synced.is_set() and agent.passes > 0 and agent.loop.queue.empty()
 
 
 async def _lease(api: client.ApiClient) -> Any:

@@ -204,7 +204,7 @@ def _agent_heartbeat(kubeconfig: Path, log: Path) -> Iterator[subprocess.Popen[b
         f"""
         import asyncio
         from kubernetes_asyncio import client, config
-        from kubevisor.agent import leases
+        from kubevisor.agent.kube import leases
         from kubevisor.api import nodes
 
         async def main():

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kubevisor.agent import segmenting
-from kubevisor.agent.netlink import segments
+from kubevisor.agent import segmenting, segments
+from kubevisor.agent.kernel import bridges
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_bridge_only_a_vrf_uses_survives_vm_pruning(netns: str) -> None:
 
     async def scenario() -> None:
         shared = segmenting.NodeSegments(
-            segments.Segments(netns=netns),
+            bridges.Segments(netns=netns),
             users=(segmenting.VMS, segmenting.VRFS),
             networks=NETWORKS,
             managed=MANAGED,
@@ -63,7 +63,7 @@ def test_bridge_only_a_vrf_uses_survives_vm_pruning(netns: str) -> None:
         # a restarted agent adopts the bridge an earlier one left and prunes it
         await shared.ensure(red)
         again = segmenting.NodeSegments(
-            segments.Segments(netns=netns), networks=NETWORKS, managed=MANAGED
+            bridges.Segments(netns=netns), networks=NETWORKS, managed=MANAGED
         )
         await again.set_needed(segmenting.VMS, set())
         assert "kvn-red" not in _links(netns)
@@ -76,7 +76,7 @@ def test_foreign_bridge_with_the_managed_name_is_left_alone(netns: str) -> None:
 
     async def scenario() -> None:
         shared = segmenting.NodeSegments(
-            segments.Segments(netns=netns), networks=NETWORKS, managed=MANAGED
+            bridges.Segments(netns=netns), networks=NETWORKS, managed=MANAGED
         )
         await shared.set_needed(segmenting.VMS, set())
 

@@ -17,11 +17,11 @@ import signal
 import sys
 from pathlib import Path
 
-from kubernetes_asyncio import client, config
-
-from kubevisor.agent import disks, domainxml, leases, realizing, segmenting, vrfhandling
+from kubevisor.agent import disks, domainxml, segmenting, segments, vrfhandling
+from kubevisor.agent.kernel import bridges
+from kubevisor.agent.kube import connecting, leases
 from kubevisor.agent.libvirt import Hypervisor
-from kubevisor.agent.netlink import segments as netsegments
+from kubevisor.agent.vms import realizing
 from kubevisor.api import nodes, quantities
 
 logger = logging.getLogger("kubevisor.agent")
@@ -48,7 +48,7 @@ def network_mapping(flags: list[tuple[str, str | None]]) -> tuple[dict[str, str]
     No flag at all means ``default=kvbr0``."""
     if not flags:
         return {"default": "kvbr0"}, frozenset()
-    bridges = {name: bridge or netsegments.managed_bridge_name(name) for name, bridge in flags}
+    bridges = {name: bridge or segments.managed_bridge_name(name) for name, bridge in flags}
     managed = frozenset(name for name, bridge in flags if bridge is None)
     return bridges, managed
 
@@ -88,13 +88,7 @@ def _host_memory() -> int:
 
 async def run(args: argparse.Namespace) -> None:
     """Build the parts from the flags and run until cancelled."""
-    if args.kubeconfig:
-        await config.load_kube_config(config_file=args.kubeconfig)
-    else:
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            await config.load_kube_config()
+    await connecting.load_config(args.kubeconfig)
     networks, managed = network_mapping(args.network)
     memory = quantities.to_bytes(args.memory) if args.memory else _host_memory()
     layout = disks.Layout(
@@ -117,11 +111,11 @@ async def run(args: argparse.Namespace) -> None:
         facts=domainxml.HostFacts(display_address=args.address or "127.0.0.1"),
         stop_timeout=args.stop_timeout,
     )
-    async with client.ApiClient() as api, Hypervisor(args.libvirt_uri) as hv:
+    async with connecting.api_client() as api, Hypervisor(args.libvirt_uri) as hv:
         heartbeat = leases.Heartbeat(
             api, node=args.node, labels=dict(args.label), capacity=capacity
         )
-        adapter = netsegments.Segments(netns=args.netns)
+        adapter = bridges.Segments(netns=args.netns)
         node_segments = segmenting.NodeSegments(
             adapter,
             users=(segmenting.VMS, segmenting.VRFS)

@@ -9,7 +9,7 @@ its needs once (a just-started VM loop must not delete a bridge the VRF loop has
 claimed yet). The node's segment set (Lease annotation ``kubevisor.io/segments``) is what
 is set up and needed by any user.
 
-Netlink calls go through the blocking :class:`segments.Segments` adapter in a thread.
+Netlink calls go through the blocking :class:`bridges.Segments` adapter in a thread.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from kubevisor.agent import leases
-from kubevisor.agent.netlink import segments
+from kubevisor.agent import segments
+from kubevisor.agent.kernel import bridges
+from kubevisor.agent.kube import leases
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class NodeSegments:
 
     def __init__(
         self,
-        adapter: segments.Segments,
+        adapter: bridges.Segments,
         *,
         users: Iterable[str] = (VMS,),
         networks: dict[str, str] | None = None,

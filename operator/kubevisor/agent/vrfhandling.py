@@ -29,8 +29,8 @@ from typing import Any
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kubevisor.agent import segmenting
-from kubevisor.agent.netlink import probing, segments, vrfrealizing
+from kubevisor.agent import segmenting, segments
+from kubevisor.agent.netlink import probing, vrfrealizing
 from kubevisor.agent.vrfs import planning, selecting, specs
 from kubevisor.api import conditions, groups
 

@@ -18,6 +18,9 @@ CATEGORY: Final = "kubevisor"
 #: Label on a VirtualMachine (and its helpers) naming the node it is placed on; the
 #: agent watches with a label selector on it, so the filtering happens server-side.
 LABEL_NODE: Final = "kubevisor.io/node"
+#: Label on a VirtualMachine naming the node it is being live-migrated to: the target
+#: node's agent watches with a label selector on it (as on LABEL_NODE for its own VMs).
+LABEL_MIGRATION_TARGET: Final = "kubevisor.io/migration-target"
 #: Label linking a desktop VM to its DesktopPool.
 LABEL_POOL: Final = "kubevisor.io/pool"
 #: Label linking a desktop VM to the DesktopClaim it is bound to.

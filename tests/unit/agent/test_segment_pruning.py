@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubevisor.agent import main, vrfhandling
-from kubevisor.agent.netlink import segments
+from kubevisor.agent import main, segments, vrfhandling
 
 pytestmark = pytest.mark.unit
 

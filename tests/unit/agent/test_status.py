@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kubevisor.agent import status
+from kubevisor.agent.vms import statuses as status
 
 pytestmark = pytest.mark.unit
 

@@ -1,54 +1,91 @@
-"""A label-selected list+watch of the VirtualMachines placed on this node.
+"""A generic informer: list + watch of one kind through one server-side selector.
 
-Why our own loop instead of kopf: the agent needs a server-side label selector
+Why our own loop instead of kopf: the agent needs server-side label and field selectors
 (``kubevisor.io/node=<me>``) and nothing of kopf's handler bookkeeping; a list+watch with
 resourceVersion is the informer pattern in ~100 lines. The cache is the truth the worker
-reads from; every change only enqueues the object's key, so bursts coalesce.
+reads from; every change only calls ``on_change(key)``, so bursts coalesce in the queue.
+
+One class serves every role: the VMs placed on this node, the VMs for which this node is
+a migration target, every VRF; each is an :class:`Informer` over a :class:`Source` (the
+Kubernetes adapter, :mod:`kubevisor.agent.kube.watches`) bound to a kind and a selector.
 
 - list, remember resourceVersion, watch from it with bookmarks;
-- 410 Gone (or any error): back off, re-list (objects that vanished meanwhile are
-  reported deleted);
-- a full re-list every ``resync`` seconds, enqueuing every key (level-based resync).
+- :class:`Expired` (410 Gone) re-lists at once; any other error backs off (1 s doubling
+  to 30 s) and re-lists (objects that vanished meanwhile are reported deleted);
+- a full re-list every ``resync`` seconds, reporting every key (level-based resync);
+- an event older than what the cache holds (:func:`is_stale`) is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Callable
-from typing import Any
-
-from kubernetes_asyncio import client, watch
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from kubevisor.api import groups, kinds
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 
 
+class Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): re-list without backing off."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One watch event: ``ADDED``, ``MODIFIED``, ``DELETED`` or ``BOOKMARK``."""
+
+    type: str
+    obj: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """A list response: the items and the resourceVersion to watch from."""
+
+    items: list[dict[str, Any]]
+    resource_version: str
+
+
+class Source(Protocol):
+    """List and watch one kind through one selector (implemented by the kube adapter)."""
+
+    @property
+    def description(self) -> str:
+        """What is watched, for log lines (``virtualmachines kubevisor.io/node=n1``)."""
+        ...
+
+    async def list(self) -> Listing: ...
+
+    def watch(
+        self, resource_version: str, *, timeout_seconds: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """Events after ``resource_version``; raises :class:`Expired` on 410."""
+        ...
+
+
 def key_of(obj: dict[str, Any]) -> Key:
-    """(namespace, name) of an object."""
+    """(namespace, name) of an object ("" namespace for cluster-scoped ones)."""
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
-class VMWatcher:
-    """Keeps ``cache`` in sync with the VMs labelled for ``node``; calls ``on_change(key)``
-    for every added/modified/deleted object (deleted ones are absent from the cache)."""
+class Informer:
+    """Keeps ``cache`` in sync with what ``source`` selects; calls ``on_change(key)`` for
+    every added/modified/deleted object (deleted ones are absent from the cache)."""
 
     def __init__(
         self,
-        api: client.ApiClient,
+        source: Source,
         *,
-        node: str,
         on_change: Callable[[Key], None],
         resync: float = 300.0,
         timeout_seconds: int = 240,
     ) -> None:
-        self._custom: Any = client.CustomObjectsApi(api)
-        self.selector = f"{groups.LABEL_NODE}={node}"
+        self.source = source
         self.on_change = on_change
         self.resync = resync
         self.timeout_seconds = timeout_seconds
@@ -57,10 +94,8 @@ class VMWatcher:
         self.relists = 0
 
     async def _list(self) -> str:
-        result = await self._custom.list_cluster_custom_object(
-            groups.GROUP, groups.VERSION, kinds.VIRTUALMACHINE.plural, label_selector=self.selector
-        )
-        fresh = {key_of(item): item for item in result.get("items", [])}
+        listing = await self.source.list()
+        fresh = {key_of(item): item for item in listing.items}
         gone = set(self.cache) - set(fresh)
         self.cache = fresh
         for key in gone:
@@ -69,43 +104,26 @@ class VMWatcher:
             self.on_change(key)
         self.relists += 1
         self.synced.set()
-        return str(result["metadata"]["resourceVersion"])
+        return listing.resource_version
 
     async def _watch(self, resource_version: str, deadline: float) -> str:
         loop = asyncio.get_running_loop()
         while loop.time() < deadline:
-            stream = watch.Watch()
             timeout = max(1, min(self.timeout_seconds, int(deadline - loop.time())))
-            async with stream.stream(
-                self._custom.list_cluster_custom_object,
-                groups.GROUP,
-                groups.VERSION,
-                kinds.VIRTUALMACHINE.plural,
-                label_selector=self.selector,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=timeout,
-            ) as events:
+            async with self.source.watch(resource_version, timeout_seconds=timeout) as events:
                 async for event in events:
-                    kind = event.get("type")
-                    obj = event.get("raw_object") or event.get("object")
-                    if not isinstance(obj, dict):
-                        continue
-                    if kind == "ERROR":
-                        code = obj.get("code")
-                        raise ApiException(status=code, reason=str(obj.get("message")))
-                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    rv = (event.obj.get("metadata") or {}).get("resourceVersion")
                     if rv:
                         resource_version = str(rv)
-                    if kind == "BOOKMARK":
+                    if event.type == "BOOKMARK":
                         continue
-                    key = key_of(obj)
-                    if kind == "DELETED":
+                    key = key_of(event.obj)
+                    if event.type == "DELETED":
                         self.cache.pop(key, None)
-                    elif is_stale(self.cache.get(key), obj):
+                    elif is_stale(self.cache.get(key), event.obj):
                         continue  # our own write already put a newer version in the cache
                     else:
-                        self.cache[key] = obj
+                        self.cache[key] = event.obj
                     self.on_change(key)
         return resource_version
 
@@ -120,13 +138,16 @@ class VMWatcher:
                 await self._watch(rv, loop.time() + self.resync)
             except asyncio.CancelledError:
                 raise
-            except ApiException as exc:
-                if exc.status == 410:
-                    logger.info("watch expired (410); re-listing")
-                    continue
-                logger.warning("VM watch failed: %s; retrying in %.0fs", exc, backoff)
-            except Exception as exc:  # network errors of any kind: back off and re-list
-                logger.warning("VM watch failed: %r; retrying in %.0fs", exc, backoff)
+            except Expired:
+                logger.info("%s: watch expired (410); re-listing", self.source.description)
+                continue
+            except Exception as exc:  # API and network errors of any kind: back off, re-list
+                logger.warning(
+                    "%s: watch failed: %r; retrying in %.0fs",
+                    self.source.description,
+                    exc,
+                    backoff,
+                )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 

@@ -1,27 +1,19 @@
-"""The agent's part of VirtualMachine status: computed purely, applied with server-side
-apply (field manager ``kubevisor-agent``) and only when it differs from what the object
-already says.
+"""The agent's part of VirtualMachine status, computed purely: the fields and conditions
+it owns (:data:`OWN_FIELDS`, :data:`OWN_CONDITIONS`), built from a :class:`Report`, and
+whether they differ from what the object already says.
 
-Why SSA with the full set of our fields: the controller owns other fields and condition
-types of the same status; applying our complete set each time lets the API server merge
-the two without either side reading-modifying-writing, and a field we stop sending is
-removed (we own it). Skipping no-op applies is what keeps a VM at <= 3 status writes
-from apply to Running.
+They are applied with server-side apply (field manager ``kubevisor-agent``, see
+:mod:`kubevisor.agent.kube.statuses`) and only when :func:`needs_apply`: skipping no-op
+applies is what keeps a VM at <= 3 status writes from apply to Running.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from datetime import datetime
 from typing import Any
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from kubevisor.api import conditions, groups, kinds, virtualmachines
-
-logger = logging.getLogger(__name__)
+from kubevisor.api import conditions, virtualmachines
 
 FIELD_MANAGER = "kubevisor-agent"
 #: Condition types the agent owns on a VirtualMachine.
@@ -142,47 +134,3 @@ def needs_apply(own: dict[str, Any], current: dict[str, Any]) -> bool:
     # A condition type we used to own but no longer send.
     stale = {str(t) for t in OWN_CONDITIONS} - set(mine)
     return any(c.get("type") in stale for c in current.get("conditions") or [])
-
-
-class StatusWriter:
-    """Applies agent status to VirtualMachines; counts writes (benchmarks read it)."""
-
-    def __init__(self, api: client.ApiClient) -> None:
-        self._custom: Any = client.CustomObjectsApi(api)
-        self.writes = 0
-
-    async def apply(
-        self, *, namespace: str, name: str, own: dict[str, Any], current: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """SSA ``own`` onto the status subresource unless it changes nothing.
-
-        Returns the object as the server has it after the write, or None when skipped
-        (or the VM is gone).
-        """
-        if not needs_apply(own, current):
-            return None
-        body = {
-            "apiVersion": groups.API_VERSION,
-            "kind": "VirtualMachine",
-            "metadata": {"name": name, "namespace": namespace},
-            "status": own,
-        }
-        try:
-            result: dict[str, Any] = await self._custom.patch_namespaced_custom_object_status(
-                groups.GROUP,
-                groups.VERSION,
-                namespace,
-                kinds.VIRTUALMACHINE.plural,
-                name,
-                body,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type="application/apply-patch+yaml",
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        self.writes += 1
-        logger.info("%s/%s: status phase=%s", namespace, name, own.get("phase"))
-        return result

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubevisor.agent import watching
+from kubevisor.agent.runtime import informing as watching
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,138 @@
+"""The report of one pass: what the domain looks like now, as the agent's status fields.
+
+:func:`assemble` is pure (scope + the domain as libvirt has it now -> a
+:class:`statuses.Report`); :class:`Reporter` looks the domain up, builds the agent's
+status with :func:`statuses.desired_status`, and applies it only when it changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubevisor.agent import domainxml
+from kubevisor.agent.kube import statuses as kubestatuses
+from kubevisor.agent.libvirt import DomainInfo, Hypervisor
+from kubevisor.agent.vms import statuses
+from kubevisor.api import conditions, virtualmachines
+
+if TYPE_CHECKING:
+    from kubevisor.agent.vms.handling import Scope
+
+Phase = statuses.Phase
+#: Phases reported without a resolved machine (nothing to run).
+_AT_REST = frozenset({Phase.STOPPED, *virtualmachines.GUEST_STOPPED})
+
+
+def now_text() -> str:
+    """Now, as status timestamps are written."""
+    return conditions.format_time(datetime.now(UTC))
+
+
+def _interfaces(
+    scope: Scope, phase: Phase, live: domainxml.LiveFacts
+) -> tuple[dict[str, Any], ...]:
+    if scope.machine is None:
+        return ()
+    interfaces = []
+    for nic in scope.machine.nics:
+        entry: dict[str, Any] = {"name": nic.name, "network": nic.network}
+        if nic.vlan is not None:
+            entry["vlan"] = nic.vlan
+        mac = live.macs.get(nic.name) or nic.mac
+        if mac:
+            entry["mac"] = mac.lower()
+        if nic.name in live.taps and phase in statuses.UP:
+            entry["tap"] = live.taps[nic.name]
+        interfaces.append(entry)
+    return tuple(interfaces)
+
+
+def assemble(
+    scope: Scope, phase: Phase, *, fresh: DomainInfo | None, console_dir: Path, now: str
+) -> statuses.Report:
+    """What the agent reports for ``scope`` in ``phase`` (pure). ``fresh``: the domain as
+    looked up after the pass's actions (None: none, or not looked up)."""
+    st = scope.status
+    interfaces: tuple[dict[str, Any], ...] = ()
+    display = None
+    domain_uuid = st.get("domainUUID")
+    if fresh is not None:
+        domain_uuid = fresh.uuid
+        live = domainxml.live_facts(fresh.xml)
+        if live.vnc_port is not None and phase in statuses.UP:
+            display = {"type": "vnc", "host": live.vnc_host, "port": live.vnc_port}
+        interfaces = _interfaces(scope, phase, live)
+    running_at = st.get("runningAt")
+    if phase == Phase.RUNNING and (running_at is None or scope.started_at != st.get("startedAt")):
+        running_at = now
+    network_ready: bool | None = None
+    network_message = ""
+    if scope.machine is not None and scope.machine.nics and phase in statuses.UP:
+        local = [s for s in scope.network_states if not s.uplinked]
+        network_ready = True
+        network_message = "; ".join(s.message for s in local)
+    console = console_dir / f"{scope.identity.domain_name}.log"
+    report = statuses.Report(
+        phase=phase,
+        interfaces=interfaces,
+        display=display,
+        console_log=str(console)
+        if scope.machine is not None and scope.machine.console.serial
+        else None,
+        domain_uuid=domain_uuid,
+        started_at=scope.started_at,
+        running_at=running_at,
+        applied_restart_token=scope.applied_restart_token,
+        ready_reason=scope.ready_reason,
+        message=scope.message,
+        network_ready=network_ready,
+        network_message=network_message,
+    )
+    # NetworkReady message is kept across passes (segment states are only known on ENSURE).
+    previous = conditions.get_condition(
+        st.get("conditions") or [], conditions.ConditionType.NETWORK_READY
+    )
+    if previous is not None and not network_message and network_ready and not scope.network_states:
+        report = dataclasses.replace(report, network_message=str(previous.get("message", "")))
+    return report
+
+
+class Reporter:
+    """Applies the agent's status of a pass; ``on_written`` gets the object the write
+    returned (the cache keeps it, so the next pass sees our own write)."""
+
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        writer: kubestatuses.StatusWriter,
+        *,
+        console_dir: Path,
+        on_written: Callable[[tuple[str, str], dict[str, Any]], None],
+    ) -> None:
+        self.hv = hypervisor
+        self.writer = writer
+        self.console_dir = console_dir
+        self.on_written = on_written
+
+    async def report(self, scope: Scope, phase: Phase) -> bool:
+        """Apply the agent's status; True when it was written (not a no-op)."""
+        assert scope.machine is not None or phase in _AT_REST
+        fresh = None
+        if phase in statuses.UP or scope.domain is not None:
+            fresh = await self.hv.lookup(scope.identity.domain_name)
+        report = assemble(scope, phase, fresh=fresh, console_dir=self.console_dir, now=now_text())
+        generation = (scope.obj.get("metadata") or {}).get("generation")
+        own = statuses.desired_status(
+            report, current=scope.status, generation=generation, now=datetime.now(UTC)
+        )
+        if not statuses.needs_apply(own, scope.status):
+            return False
+        result = await self.writer.apply(namespace=scope.key[0], name=scope.key[1], own=own)
+        if result is None:
+            return False
+        self.on_written(scope.key, result)
+        return True
