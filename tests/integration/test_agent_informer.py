@@ -88,6 +88,7 @@ async def test_one_informer_serves_placed_and_incoming_roles(api: client.ApiClie
         await custom.patch_namespaced_custom_object(
             G, V, NS, PLURAL, elsewhere,
             {"metadata": {"labels": {groups.LABEL_MIGRATION_TARGET: node}}},
+            _content_type="application/merge-patch+json",
         )  # fmt: skip
         await incoming_changes.wait("relabelled VM", lambda: (NS, elsewhere) in incoming.cache)
 
