@@ -70,7 +70,7 @@ from kubevisor.devenv import controlplane, nodes
 VENV_BIN = Path(sys.executable).parent
 IMAGE_DIR = Path("/var/lib/kubevisor/images")
 TINY = IMAGE_DIR / "tiny"
-AGENT_WORKERS = 4  # realizing.AgentConfig.workers and Hypervisor workers
+AGENT_WORKERS = 4  # vms.realizing.AgentConfig.workers and Hypervisor workers
 QEMU_CLUSTER = "kvbench"
 TARGET_P95_QEMU = 2.0
 TARGET_STATUS_WRITES = 3

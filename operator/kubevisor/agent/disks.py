@@ -18,8 +18,8 @@ image that does not point at the source's overlay nor at the source's base image
 clone survives the source's deletion and a later change of the base image, at the price
 of copying the base's data once. ``-U`` (force-share) lets us read an image QEMU holds
 open; consistency for a running source (suspend, copy, resume) is the caller's job
-(``realizing``). The source file is only ever read: it is never a copy target, and it is
-never on a clone's deletable list.
+(:mod:`kubevisor.agent.vms.cloning`). The source file is only ever read: it is never a
+copy target, and it is never on a clone's deletable list.
 
 Deleting: only files inside our roots, at the layout path of this VM, never a base image,
 never a disk marked ``retain``.

@@ -26,6 +26,26 @@ APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 
 
+async def _patch_status(
+    custom: Any,
+    plural: str,
+    namespace: str,
+    name: str,
+    body: dict[str, Any],
+    **options: Any,
+) -> dict[str, Any] | None:
+    """Patch the status subresource; None when the object is gone (404)."""
+    try:
+        result: dict[str, Any] = await custom.patch_namespaced_custom_object_status(
+            groups.GROUP, groups.VERSION, namespace, plural, name, body, **options
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return result
+
+
 class StatusWriter:
     """Applies status to objects of one kind as ``field_manager``; counts writes
     (benchmarks and tests read ``writes``)."""
@@ -53,22 +73,18 @@ class StatusWriter:
             "metadata": {"name": name, "namespace": namespace},
             "status": own,
         }
-        try:
-            result: dict[str, Any] = await self._custom.patch_namespaced_custom_object_status(
-                groups.GROUP,
-                groups.VERSION,
-                namespace,
-                self.plural,
-                name,
-                body,
-                field_manager=self.field_manager,
-                force=True,
-                _content_type=APPLY_PATCH,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        result = await _patch_status(
+            self._custom,
+            self.plural,
+            namespace,
+            name,
+            body,
+            field_manager=self.field_manager,
+            force=True,
+            _content_type=APPLY_PATCH,
+        )
+        if result is None:
+            return None
         self.writes += 1
         logger.info("%s/%s: status phase=%s", namespace, name, own.get("phase"))
         return result
@@ -86,17 +102,12 @@ class NodeEntryWriter:
     async def patch(self, namespace: str, name: str, entry: dict[str, Any] | None) -> None:
         """Set (or, with None, delete) this node's entry; a vanished object is no error."""
         body = {"status": {"nodes": {self.node: entry}}}
-        try:
-            await self._custom.patch_namespaced_custom_object_status(
-                groups.GROUP,
-                groups.VERSION,
-                namespace,
-                self.plural,
-                name,
-                body,
-                field_manager=self.field_manager,
-                _content_type=MERGE_PATCH,
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        await _patch_status(
+            self._custom,
+            self.plural,
+            namespace,
+            name,
+            body,
+            field_manager=self.field_manager,
+            _content_type=MERGE_PATCH,
+        )
