@@ -67,8 +67,8 @@ import _harness as h
 # are: vrfrealizing.{VRFRealizer, sync_routes, ALIAS_SEGMENT, ALIAS_NODE_SIDE},
 # routes.{RouteSocket, KernelRoute}, cgroups.{CgroupContext, CGROUP_ROOT},
 # planning.{DesiredVRF, DesiredInterface, DesiredRoute, interface_mac}.
-from kubevisor.agent.netlink import cgroups, vrfrealizing
-from kubevisor.agent.netlink import routes as product_routes
+from kubevisor.agent.kernel import cgroups, vrfrealizing
+from kubevisor.agent.kernel import routes as product_routes
 from kubevisor.agent.vrfs import planning
 
 FIRST_TABLE = 1000

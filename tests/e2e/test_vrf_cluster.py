@@ -37,8 +37,8 @@ from typing import Any
 
 import pytest
 
-from kubevisor.agent import vrfhandling
-from kubevisor.agent.netlink import cgroups, probing, vrfrealizing
+from kubevisor.agent.kernel import cgroups, probing, vrfrealizing
+from kubevisor.agent.vrfs import handling as vrfhandling
 from kubevisor.agent.vrfs import planning
 from kubevisor.api import groups
 from kubevisor.devenv import testing

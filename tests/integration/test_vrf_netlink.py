@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from kubevisor.agent.netlink import cgroups, probing, vrfrealizing
+from kubevisor.agent.kernel import cgroups, probing, vrfrealizing
 from kubevisor.agent.vrfs import planning, specs
 from kubevisor.devenv import testing
 

@@ -17,11 +17,12 @@ import signal
 import sys
 from pathlib import Path
 
-from kubevisor.agent import disks, domainxml, segmenting, segments, vrfhandling
+from kubevisor.agent import disks, domainxml, segmenting, segments
 from kubevisor.agent.kernel import bridges
 from kubevisor.agent.kube import connecting, leases
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.vms import realizing
+from kubevisor.agent.vrfs import handling as vrfhandling
 from kubevisor.api import nodes, quantities
 
 logger = logging.getLogger("kubevisor.agent")

@@ -7,7 +7,7 @@ import traceback
 
 from pyroute2 import IPRoute
 
-from kubevisor.agent.netlink import probing, routes, vrfrealizing
+from kubevisor.agent.kernel import probing, routes, vrfrealizing
 from kubevisor.agent.vrfs import planning
 
 

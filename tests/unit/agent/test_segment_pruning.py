@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubevisor.agent import main, segments, vrfhandling
+from kubevisor.agent import main, segments
+from kubevisor.agent.vrfs import handling as vrfhandling
 
 pytestmark = pytest.mark.unit
 

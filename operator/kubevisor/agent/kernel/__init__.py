@@ -1,5 +1,8 @@
 """The agent's kernel adapters: the only agent package that imports pyroute2.
 
 `bridges` creates and prunes the bridges of network segments (what a segment is, and
-which to prune, is pure: :mod:`kubevisor.agent.segments`).
+which to prune, is pure: :mod:`kubevisor.agent.segments`); `routes` batches route
+messages over a raw rtnetlink socket; `probing` finds what the kernel can do;
+`vrfrealizing` turns a planned VRF into devices, namespaces, addresses, rules and
+routes; `cgroups` gives a VRF's context its CPU/memory limits.
 """

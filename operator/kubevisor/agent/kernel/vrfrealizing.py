@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from kubevisor.agent.netlink import cgroups, routes
+from kubevisor.agent.kernel import cgroups, routes
 from kubevisor.agent.vrfs import planning, specs
 
 ALIAS_SEGMENT = "kubevisor:seg:"

@@ -1,8 +1,9 @@
 """The agent's VRF loop: watch VRF objects, realize this node's share, report per node.
 
-Level-based. Every pass (on a watch event, or every ``resync`` seconds) compares all
-VRF objects with what the node's kernel holds (``VRFRealizer.observe``): it realizes
-the VRFs selected onto this node, removes realized VRFs nobody wants any more (also those
+Level-based, on the runtime shared with the VM side (one informer, one work loop with a
+single key: a pass is node-wide). Every pass (on a watch event, or every ``resync``
+seconds) compares all VRF objects with what the node's kernel holds
+(``VRFRealizer.observe``): it realizes the VRFs selected onto this node, removes realized VRFs nobody wants any more (also those
 deleted while the agent was down), and repairs drift (a route deleted by hand comes back
 on the next pass). Each agent writes only ``status.nodes.<its node>`` with a JSON merge
 patch, and only when the entry changed, so many nodes never fight over one object and the
@@ -26,21 +27,21 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio import client, watch
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from kubevisor.agent import segmenting, segments
-from kubevisor.agent.netlink import probing, vrfrealizing
+from kubevisor.agent.kernel import probing, vrfrealizing
+from kubevisor.agent.kube import ApiClient, statuses, watches
+from kubevisor.agent.runtime import informing, looping
 from kubevisor.agent.vrfs import planning, selecting, specs
-from kubevisor.api import conditions, groups
+from kubevisor.api import conditions, kinds
 
 logger = logging.getLogger(__name__)
 
-PLURAL = "vrfs"
+PLURAL = kinds.VRF.plural
 DEFAULT_RESYNC = 30.0
-MERGE = "application/merge-patch+json"
+#: The one key of the VRF work loop: a pass is over every VRF and the node's kernel.
+NODE_PASS: informing.Key = ("", "*")
 
-Key = tuple[str, str]
+Key = informing.Key
 BridgeFor = Callable[[str, int | None], str]
 
 
@@ -75,74 +76,6 @@ def vrf_segments(
     }
 
 
-class VRFWatcher:
-    """A list+watch of every VRF keeping ``cache`` current; ``changed`` is set on news."""
-
-    def __init__(self, api: client.ApiClient, *, relist: float = 300.0) -> None:
-        self._custom: Any = client.CustomObjectsApi(api)
-        self.cache: dict[Key, dict[str, Any]] = {}
-        self.changed = asyncio.Event()
-        self.synced = asyncio.Event()
-        self.relist = relist
-
-    async def _list(self) -> str:
-        result = await self._custom.list_cluster_custom_object(groups.GROUP, groups.VERSION, PLURAL)
-        self.cache = {_key(item): item for item in result.get("items") or []}
-        self.synced.set()
-        self.changed.set()
-        return str(result["metadata"]["resourceVersion"])
-
-    async def _watch(self, resource_version: str) -> None:
-        stream = watch.Watch()
-        async with stream.stream(
-            self._custom.list_cluster_custom_object,
-            groups.GROUP,
-            groups.VERSION,
-            PLURAL,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=int(self.relist),
-        ) as events:
-            async for event in events:
-                obj = event.get("raw_object") or event.get("object")
-                if not isinstance(obj, dict):
-                    continue
-                kind = event.get("type")
-                if kind == "ERROR":
-                    raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
-                if kind == "BOOKMARK":
-                    continue
-                if kind == "DELETED":
-                    self.cache.pop(_key(obj), None)
-                else:
-                    self.cache[_key(obj)] = obj
-                self.changed.set()
-
-    async def run(self) -> None:
-        """List, watch until the server ends the watch, re-list; errors back off."""
-        backoff = 1.0
-        while True:
-            try:
-                await self._watch(await self._list())
-                backoff = 1.0
-                continue
-            except asyncio.CancelledError:
-                raise
-            except ApiException as exc:
-                if exc.status == 410:
-                    continue
-                logger.warning("VRF watch failed: %s; retrying in %.0fs", exc, backoff)
-            except Exception as exc:  # network errors of any kind
-                logger.warning("VRF watch failed: %r; retrying in %.0fs", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
-
-
-def _key(obj: Mapping[str, Any]) -> Key:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace", "")), str(meta.get("name", ""))
-
-
 def _age(entry: Mapping[str, Any] | None, now: datetime) -> float | None:
     text = (entry or {}).get("lastSyncTime")
     if not text:
@@ -160,7 +93,7 @@ class VRFAgent:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         *,
         node: str,
         labels: Mapping[str, str],
@@ -179,8 +112,11 @@ class VRFAgent:
         self.resync = resync
         self.kernel_has_vrf = kernel_has_vrf
         self.kernel_has_8021q = kernel_has_8021q
-        self.watcher = VRFWatcher(api)
-        self._custom: Any = client.CustomObjectsApi(api)
+        self.loop = looping.WorkLoop(self._pass, workers=1, retry=1.0)
+        self.watcher = informing.Informer(
+            watches.ListWatch(api, PLURAL), on_change=lambda _key: self.loop.enqueue(NODE_PASS)
+        )
+        self._entries = statuses.NodeEntryWriter(api, plural=PLURAL, node=node)
         self.passes = 0
 
     async def _facts(self) -> tuple[bool, bool]:
@@ -235,9 +171,9 @@ class VRFAgent:
             have = ((obj.get("status") or {}).get("nodes") or {}).get(self.node)
             if key in entries:
                 if selecting.needs_write(have, entries[key], age_seconds=_age(have, now)):
-                    await self._patch(key, entries[key])
+                    await self._entries.patch(key[0], key[1], entries[key])
             elif have is not None:
-                await self._patch(key, None)
+                await self._entries.patch(key[0], key[1], None)
         if self.node_segments is not None:
             await self.node_segments.set_needed(segmenting.VRFS, wanted_segments)
         self.passes += 1
@@ -255,51 +191,38 @@ class VRFAgent:
                 logger.warning("VRF segment %s on node %s: %s", segment.name, self.node, exc)
         return wanted
 
-    async def _patch(self, key: Key, entry: dict[str, Any] | None) -> None:
-        body = {"status": {"nodes": {self.node: entry}}}
+    async def _pass(self, key: Key) -> None:
+        if not self.watcher.synced.is_set():
+            return  # the first list comes first; it enqueues a pass itself
         try:
-            await self._custom.patch_namespaced_custom_object_status(
-                groups.GROUP,
-                groups.VERSION,
-                key[0],
-                PLURAL,
-                key[1],
-                body,
-                field_manager=f"kubevisor-agent-{self.node}"[:128],
-                _content_type=MERGE,
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+            await self.sync_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("VRF pass on node %s failed; retrying", self.node)
+            self.loop.enqueue_later(NODE_PASS, 1.0)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Watch and sync until ``stop`` is set (or cancelled). Realized VRFs stay: an
+        """Watch and sync until ``stop`` is set (or cancelled): a pass after the first list,
+        on every change (coalesced) and every ``resync`` seconds. Realized VRFs stay: an
         agent restart must not interrupt the data plane."""
         stop = stop or asyncio.Event()
-        watcher = asyncio.get_running_loop().create_task(self.watcher.run())
-        stopping = asyncio.get_running_loop().create_task(stop.wait())
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[Any]] = [
+            loop.create_task(self.watcher.run()),
+            loop.create_task(self.loop.run()),
+        ]
         try:
-            while not stop.is_set():
-                changed = asyncio.get_running_loop().create_task(self.watcher.changed.wait())
-                await asyncio.wait(
-                    {changed, stopping}, timeout=self.resync, return_when=asyncio.FIRST_COMPLETED
-                )
-                changed.cancel()
-                if stop.is_set():
-                    break
-                if not self.watcher.synced.is_set():
-                    continue
-                self.watcher.changed.clear()
-                try:
-                    await self.sync_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    logger.exception("VRF pass on node %s failed; retrying", self.node)
-                    await asyncio.sleep(1.0)
-                    self.watcher.changed.set()
+            synced = loop.create_task(self.watcher.synced.wait())
+            stopping = loop.create_task(stop.wait())
+            tasks += [synced, stopping]
+            await asyncio.wait({synced, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not stop.is_set():
+                self.loop.enqueue(NODE_PASS)  # also with no VRF at all: remove leftovers
+                tasks.append(loop.create_task(self.loop.tick(self.resync, lambda: [NODE_PASS])))
+                await stopping
         finally:
-            for task in (watcher, stopping):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
@@ -309,7 +232,7 @@ async def run_vrfs(
     *,
     node: str,
     labels: dict[str, str],
-    api_client: client.ApiClient,
+    api_client: ApiClient,
     node_netns: str | None,
     bridge_for: BridgeFor,
     resync: float = DEFAULT_RESYNC,

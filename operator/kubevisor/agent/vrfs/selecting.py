@@ -1,7 +1,7 @@
 """Which VRF objects this node realizes, and the per-node status entry it reports.
 
 Pure functions over raw VRF objects (the API server's wire form). The agent's loop
-(``kubevisor.agent.vrfhandling``) feeds them the watch cache and writes what they return.
+(``kubevisor.agent.vrfs.handling``) feeds them the watch cache and writes what they return.
 
 A VRF is realized on a node when its ``nodeSelector`` matches the node's labels, it is
 not being deleted, the controller has not refused it (Ready=False with a refusal reason
