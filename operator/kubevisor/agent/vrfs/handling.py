@@ -3,11 +3,12 @@
 Level-based, on the runtime shared with the VM side (one informer, one work loop with a
 single key: a pass is node-wide). Every pass (on a watch event, or every ``resync``
 seconds) compares all VRF objects with what the node's kernel holds
-(``VRFRealizer.observe``): it realizes the VRFs selected onto this node, removes realized VRFs nobody wants any more (also those
-deleted while the agent was down), and repairs drift (a route deleted by hand comes back
-on the next pass). Each agent writes only ``status.nodes.<its node>`` with a JSON merge
-patch, and only when the entry changed, so many nodes never fight over one object and the
-controller's server-side-applied fields are untouched.
+(``VRFRealizer.observe``): it realizes the VRFs selected onto this node, removes
+realized VRFs nobody wants any more (also those deleted while the agent was down), and
+repairs drift (a route deleted by hand comes back on the next pass). Each agent writes
+only ``status.nodes.<its node>`` with a JSON merge patch, and only when the entry
+changed, so many nodes never fight over one object and the controller's server-side-
+applied fields are untouched.
 
 Segments: with a shared :class:`segmenting.NodeSegments` (as ``kubevisor-agent`` runs
 it) the loop sets up the segment bridges its VRFs' interfaces need before realizing them
