@@ -9,6 +9,7 @@ import re
 import pytest
 
 from kubevisor.agent import domainxml
+from kubevisor.agent.vms import placing
 from kubevisor.api import common, naming, virtualmachines
 from kubevisor.controller import resolving
 
@@ -78,7 +79,6 @@ def test_a_domain_not_named_by_us_is_no_vm(foreign: str) -> None:
 def test_controller_and_agent_agree_on_a_nics_mac() -> None:
     """The controller resolves the MAC into status.machine; the agent, for a NIC that
     reaches it without one, falls back to the same derivation: one address either way."""
-    realizing = pytest.importorskip("kubevisor.agent.realizing", reason="libvirt-python missing")
     vm = virtualmachines.VirtualMachineSpec.model_validate(
         {"memory": "128Mi", "disks": [], "nics": [{"name": "eth0", "network": "default"}]}
     )
@@ -89,5 +89,5 @@ def test_controller_and_agent_agree_on_a_nics_mac() -> None:
     )
     identity = domainxml.Identity("default", "web", UID)
     for machine in (resolved, bare):
-        placed = realizing.nic_placements(machine, identity, {"default": "kvbr0"})
+        placed = placing.nic_placements(machine, identity, {"default": "kvbr0"})
         assert [(p.mac, p.tap) for p in placed] == [("52:54:f7:44:f6:6d", "kva415597en0")]
