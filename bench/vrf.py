@@ -64,8 +64,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 
 # The product's VRF path. When operator/ moves, re-point these four imports; the names used
-# are: vrfrealizing.{VRFRealizer, sync_routes, ALIAS_SEGMENT, ALIAS_NODE_SIDE},
-# routes.{RouteSocket, KernelRoute}, cgroups.{CgroupContext, CGROUP_ROOT},
+# are: vrfrealizing.{VRFRealizer, ALIAS_SEGMENT, ALIAS_NODE_SIDE},
+# routes.{RouteSocket, KernelRoute, sync_routes}, cgroups.{CgroupContext, CGROUP_ROOT},
 # planning.{DesiredVRF, DesiredInterface, DesiredRoute, interface_mac}.
 from kubevisor.agent.kernel import cgroups, vrfrealizing
 from kubevisor.agent.kernel import routes as product_routes
@@ -381,7 +381,7 @@ def run_primitive(row: Row, ns: str) -> None:
     ]
     with product_routes.RouteSocket(ns) as sock:
         for vrf, table_routes in zip(row.plan(), wanted, strict=True):
-            vrfrealizing.sync_routes(sock, vrf.table, table_routes, whole_namespace=False)
+            product_routes.sync_routes(sock, vrf.table, table_routes, whole_namespace=False)
 
 
 def run_primitive_ip_batch(row: Row, ns: str, scripts: Path) -> None:

@@ -316,3 +316,35 @@ def _chunks(
             batch = []
     if batch:
         yield batch
+
+
+def _same(want: KernelRoute, have: KernelRoute) -> bool:
+    """A dumped route satisfies a wanted one (the kernel fills in the oif of a gateway)."""
+    return (
+        want.key == have.key
+        and want.type == have.type
+        and want.gateway == have.gateway
+        and (want.oif is None or want.oif == have.oif)
+    )
+
+
+def sync_routes(
+    sock: RouteSocket,
+    table: int,
+    wanted: Sequence[KernelRoute],
+    *,
+    whole_namespace: bool,
+) -> int:
+    """Make the owned routes equal ``wanted``; returns how many are installed after.
+
+    ``whole_namespace``: the namespace belongs to this VRF, so owned routes in any other
+    table are stale too (a changed table id).
+    """
+    actual = sock.dump(table=None if whole_namespace else table, protocol=PROTO_KUBEVISOR)
+    by_key = {r.key: r for r in actual}
+    want_keys = {r.key for r in wanted}
+    delete = [r for r in actual if r.key not in want_keys]
+    add = [r for r in wanted if r.key not in by_key or not _same(r, by_key[r.key])]
+    if add or delete:
+        sock.apply(add=add, delete=delete)
+    return len(wanted)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import os
 import socket
 import subprocess
@@ -37,14 +36,13 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from kubevisor.agent.kernel import cgroups, routes
+from kubevisor.agent.kernel import cgroups, linking, routes
 from kubevisor.agent.vrfs import planning, specs
 
 ALIAS_SEGMENT = "kubevisor:seg:"
 ALIAS_NODE_SIDE = "kubevisor:segnode:"
 ALIAS_HOST = "kubevisor:host:"
 ALIAS_VRF = "kubevisor:vrf:"
-RULE_PRIORITY = 1000
 IFF_UP = 0x1
 
 T = TypeVar("T")
@@ -186,7 +184,7 @@ class VRFRealizer:
         with self._node() as node, IPRoute(netns=ns, flags=0) as ctx:
             lo = ctx.link_lookup(ifname="lo")[0]
             ctx.link("set", index=lo, state="up")
-            _set_forwarding(ns)
+            linking.set_forwarding(ns)
             wanted = {i.name: i for i in desired.interfaces}
             for link in ctx.get_links():
                 ifname = _attr(link, "IFLA_IFNAME")
@@ -194,12 +192,12 @@ class VRFRealizer:
                     self._release_netns(node, ctx, link)
             for iface in desired.interfaces:
                 index = self._ensure_member_netns(node, ctx, ns, desired.name, iface)
-                _ensure_addresses(ctx, index, iface.addresses)
-            _ensure_rules(ctx, desired.table)
+                linking.ensure_addresses(ctx, index, iface.addresses)
+            linking.ensure_rules(ctx, desired.table)
             oifs = {_attr(link, "IFLA_IFNAME"): link["index"] for link in ctx.get_links()}
         kernel_routes = _kernel_routes(desired, lambda dev: oifs.get(dev))
         with routes.RouteSocket(ns) as sock:
-            return sync_routes(sock, desired.table, kernel_routes, whole_namespace=True)
+            return routes.sync_routes(sock, desired.table, kernel_routes, whole_namespace=True)
 
     def _member_ok(self, link: Any, iface: planning.DesiredInterface | None, vrf: str) -> bool:
         """Whether a link in the VRF namespace is the member the plan wants by that name."""
@@ -220,7 +218,7 @@ class VRFRealizer:
     ) -> int:
         found = ctx.link_lookup(ifname=iface.name)
         if iface.bridge is not None:
-            bridge = _lookup(node, iface.bridge)
+            bridge = linking.lookup(node, iface.bridge)
             if bridge is None:
                 raise RealizeError(
                     "SegmentMissing",
@@ -228,7 +226,7 @@ class VRFRealizer:
                 )
             node_side = self.naming.node_ifname(vrf, iface.name)
             if not found:
-                stale = _lookup(node, node_side)
+                stale = linking.lookup(node, node_side)
                 if stale is not None:
                     node.link("del", index=stale)
                 node.link(
@@ -252,7 +250,7 @@ class VRFRealizer:
         else:
             host = str(iface.host_interface)
             if not found:
-                moved = _lookup(node, host)
+                moved = linking.lookup(node, host)
                 if moved is None:
                     raise RealizeError(
                         "HostInterfaceMissing",
@@ -271,7 +269,7 @@ class VRFRealizer:
 
     def _ensure_node_side(self, node: IPRoute, vrf: str, iface: str, bridge: int) -> None:
         node_side = self.naming.node_ifname(vrf, iface)
-        index = _lookup(node, node_side)
+        index = linking.lookup(node, node_side)
         if index is None:
             raise RealizeError("SegmentBroken", f"node side {node_side!r} of {iface!r} vanished.")
         link = node.get_links(index)[0]
@@ -308,16 +306,16 @@ class VRFRealizer:
     def _apply_vrf(self, desired: planning.DesiredVRF) -> int:
         device = self.naming.vrf_device(desired.name)
         with self._node() as node:
-            index = _lookup(node, device)
-            if index is not None and _vrf_table(node.get_links(index)[0]) != desired.table:
-                old = _vrf_table(node.get_links(index)[0])
+            index = linking.lookup(node, device)
+            if index is not None and linking.vrf_table(node.get_links(index)[0]) != desired.table:
+                old = linking.vrf_table(node.get_links(index)[0])
                 with routes.RouteSocket(self.naming.node_netns) as sock:
                     sock.apply(delete=sock.dump(table=old, protocol=routes.PROTO_KUBEVISOR))
                 node.link("del", index=index)
                 index = None
             if index is None:
                 node.link("add", ifname=device, kind="vrf", vrf_table=desired.table)
-                index = _lookup(node, device)
+                index = linking.lookup(node, device)
                 if index is None:
                     raise RealizeError("VRFDeviceMissing", f"VRF device {device!r} vanished.")
                 node.link("set", index=index, ifalias=f"{ALIAS_VRF}{desired.name}")
@@ -338,25 +336,25 @@ class VRFRealizer:
                         node.link("set", index=link["index"], master=0, ifalias="")
             for iface in desired.interfaces:
                 member = self._ensure_member_vrf(node, index, desired.name, iface)
-                _ensure_addresses(node, member, iface.addresses)
+                linking.ensure_addresses(node, member, iface.addresses)
             oifs = {_attr(link, "IFLA_IFNAME"): link["index"] for link in node.get_links()}
         names = {i.name: (i.host_interface or i.name) for i in desired.interfaces}
         kernel_routes = _kernel_routes(desired, lambda dev: oifs.get(names.get(dev, dev)))
         with routes.RouteSocket(self.naming.node_netns) as sock:
-            return sync_routes(sock, desired.table, kernel_routes, whole_namespace=False)
+            return routes.sync_routes(sock, desired.table, kernel_routes, whole_namespace=False)
 
     def _ensure_member_vrf(
         self, node: IPRoute, vrf_index: int, vrf: str, iface: planning.DesiredInterface
     ) -> int:
         if iface.bridge is not None:
-            bridge = _lookup(node, iface.bridge)
+            bridge = linking.lookup(node, iface.bridge)
             if bridge is None:
                 raise RealizeError(
                     "SegmentMissing",
                     f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
                 )
             alias = f"{ALIAS_SEGMENT}{vrf}/{iface.name}"
-            index = _lookup(node, iface.name)
+            index = linking.lookup(node, iface.name)
             if index is not None and _attr(node.get_links(index)[0], "IFLA_IFALIAS") != alias:
                 raise RealizeError(
                     "InterfaceNameTaken",
@@ -364,15 +362,15 @@ class VRFRealizer:
                 )
             if index is None:
                 node_side = self.naming.node_ifname(vrf, iface.name)
-                stale = _lookup(node, node_side)
+                stale = linking.lookup(node, node_side)
                 if stale is not None:
                     node.link("del", index=stale)
                 node.link("add", ifname=node_side, kind="veth", peer={"ifname": iface.name})
-                index = _lookup(node, iface.name)
+                index = linking.lookup(node, iface.name)
                 node.link("set", index=index, address=iface.mac, ifalias=alias)
             self._ensure_node_side(node, vrf, iface.name, bridge)
         else:
-            index = _lookup(node, str(iface.host_interface))
+            index = linking.lookup(node, str(iface.host_interface))
             if index is None:
                 raise RealizeError(
                     "HostInterfaceMissing",
@@ -414,15 +412,15 @@ class VRFRealizer:
                     if _attr(link, "IFLA_IFNAME") != "lo"
                 )
                 for rule in ctx.get_rules(family=socket.AF_INET):
-                    if rule.get("priority") == RULE_PRIORITY:
+                    if rule.get("priority") == linking.RULE_PRIORITY:
                         table = int(rule.get("table"))
             with routes.RouteSocket(ns) as sock:
                 installed = len(sock.dump(protocol=routes.PROTO_KUBEVISOR))
         else:
             with self._node() as node:
-                index = _lookup(node, self.naming.vrf_device(name))
+                index = linking.lookup(node, self.naming.vrf_device(name))
                 if index is not None:
-                    table = _vrf_table(node.get_links(index)[0])
+                    table = linking.vrf_table(node.get_links(index)[0])
                     interfaces = sorted(
                         _attr(link, "IFLA_IFNAME")
                         for link in node.get_links()
@@ -456,9 +454,9 @@ class VRFRealizer:
                         if _attr(link, "IFLA_IFNAME") != "lo":
                             self._release_netns(node, ctx, link)
                 netns.remove(ns)
-            device = _lookup(node, self.naming.vrf_device(name))
+            device = linking.lookup(node, self.naming.vrf_device(name))
             if device is not None:
-                table = _vrf_table(node.get_links(device)[0])
+                table = linking.vrf_table(node.get_links(device)[0])
                 for link in node.get_links():
                     if _attr(link, "IFLA_MASTER") != device:
                         continue
@@ -513,59 +511,6 @@ class VRFRealizer:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _lookup(ipr: IPRoute, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return int(found[0]) if found else None
-
-
-def _vrf_table(link: Any) -> int:
-    info = _attr(link, "IFLA_LINKINFO")
-    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
-    return int(data.get_attr("IFLA_VRF_TABLE")) if data is not None else 0
-
-
-def _set_forwarding(ns: str) -> None:
-    """A VRF routes between its members: turn forwarding on inside its namespace."""
-    netns.pushns(ns)
-    try:
-        for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
-            with open(path, "w") as handle:
-                handle.write("1")
-    finally:
-        netns.popns()
-
-
-def _ensure_addresses(ipr: IPRoute, index: int, addresses: Sequence[str]) -> None:
-    """Global addresses on a member equal the plan's; link-local ones are left alone."""
-    have: dict[str, Any] = {}
-    for msg in ipr.get_addr(index=index):
-        if msg["scope"] != 0:
-            continue
-        have[f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"] = msg
-    want = {str(ipaddress.ip_interface(a)) for a in addresses}
-    for text in sorted(set(have) - want):
-        address, length = text.split("/")
-        ipr.addr("del", index=index, address=address, prefixlen=int(length))
-    for text in sorted(want - set(have)):
-        address, length = text.split("/")
-        ipr.addr("add", index=index, address=address, prefixlen=int(length))
-
-
-def _ensure_rules(ctx: IPRoute, table: int) -> None:
-    """In a VRF namespace every lookup goes to the VRF's table first, as with l3mdev."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        present = False
-        for rule in ctx.get_rules(family=family):
-            if rule.get("priority") != RULE_PRIORITY:
-                continue
-            if int(rule.get("table")) == table:
-                present = True
-            else:
-                ctx.rule("del", family=family, priority=RULE_PRIORITY, table=rule.get("table"))
-        if not present:
-            ctx.rule("add", family=family, priority=RULE_PRIORITY, table=table)
-
-
 def _kernel_routes(
     desired: planning.DesiredVRF, oif: Callable[[str], int | None]
 ) -> list[routes.KernelRoute]:
@@ -589,35 +534,3 @@ def _kernel_routes(
             )
         )
     return result
-
-
-def _same(want: routes.KernelRoute, have: routes.KernelRoute) -> bool:
-    """A dumped route satisfies a wanted one (the kernel fills in the oif of a gateway)."""
-    return (
-        want.key == have.key
-        and want.type == have.type
-        and want.gateway == have.gateway
-        and (want.oif is None or want.oif == have.oif)
-    )
-
-
-def sync_routes(
-    sock: routes.RouteSocket,
-    table: int,
-    wanted: Sequence[routes.KernelRoute],
-    *,
-    whole_namespace: bool,
-) -> int:
-    """Make the owned routes equal ``wanted``; returns how many are installed after.
-
-    ``whole_namespace``: the namespace belongs to this VRF, so owned routes in any other
-    table are stale too (a changed table id).
-    """
-    actual = sock.dump(table=None if whole_namespace else table, protocol=routes.PROTO_KUBEVISOR)
-    by_key = {r.key: r for r in actual}
-    want_keys = {r.key for r in wanted}
-    delete = [r for r in actual if r.key not in want_keys]
-    add = [r for r in wanted if r.key not in by_key or not _same(r, by_key[r.key])]
-    if add or delete:
-        sock.apply(add=add, delete=delete)
-    return len(wanted)
