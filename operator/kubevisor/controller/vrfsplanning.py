@@ -15,29 +15,24 @@ one and a running VRF never loses its table or segment to a newcomer. The handle
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pydantic
-
 from kubevisor.api import conditions, vrfs
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller import placing
 
-#: Where automatic allocation looks for a free table (the agent uses the same range).
-AUTO_TABLE_FIRST = 1000
-AUTO_TABLE_LAST = 1999
+#: Where automatic allocation looks for a free table (the contract's range).
+AUTO_TABLE_FIRST = vrfs.AUTO_TABLE_FIRST
+AUTO_TABLE_LAST = vrfs.AUTO_TABLE_LAST
 INTERFACE_CONFLICT = Reason.INTERFACE_CONFLICT
 TABLES_EXHAUSTED = Reason.TABLES_EXHAUSTED
 #: Reasons that mean "the controller refused this VRF": agents do not realize it.
 REFUSALS = conditions.VRF_REFUSALS
 OWNED_CONDITIONS = (ConditionType.READY, ConditionType.SCHEDULED)
 OWNED_FIELDS = ("phase", "readyNodes", "tableAllocated", "observedGeneration")
-
-_REASON = re.compile(r"^([A-Z][A-Za-z0-9]*): (.*)$", re.S)
 
 Key = tuple[str, str]
 
@@ -61,14 +56,14 @@ class Item:
 
 
 def item_from(obj: Mapping[str, Any]) -> Item:
-    """An `Item` from a raw VRF object."""
+    """An `Item` from a raw VRF object, its spec parsed as the agents parse it."""
     meta = obj.get("metadata") or {}
     spec: vrfs.VRFSpec | None = None
     error = ""
     try:
-        spec = vrfs.VRFSpec.model_validate(obj.get("spec") or {})
-    except pydantic.ValidationError as exc:
-        error = "; ".join(str(e.get("msg")) for e in exc.errors())
+        spec = vrfs.parse_spec(obj)
+    except vrfs.InvalidVRF as exc:
+        error = str(exc)
     return Item(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
@@ -96,14 +91,9 @@ class Decision:
 
 
 def selected_nodes(selector: Mapping[str, str], nodes: Iterable[placing.Node]) -> tuple[str, ...]:
-    """Live nodes whose labels match ``selector`` (empty selects every node)."""
-    return tuple(
-        sorted(
-            n.name
-            for n in nodes
-            if n.alive and all(n.labels.get(k) == v for k, v in selector.items())
-        )
-    )
+    """Live nodes whose labels match ``selector`` (empty selects every node), by the
+    function each agent uses to decide whether it is selected."""
+    return tuple(sorted(n.name for n in nodes if n.alive and vrfs.selects_node(selector, n.labels)))
 
 
 def claims(spec: vrfs.VRFSpec) -> list[tuple[str, str]]:
@@ -231,12 +221,9 @@ def _conflict(
 
 
 def _entry_reason(entry: Mapping[str, Any]) -> tuple[str, str]:
-    """(reason, sentence) from an agent's ``message`` ("Reason: sentence")."""
-    text = str(entry.get("message") or "not ready")
-    match = _REASON.match(text)
-    if match:
-        return match.group(1), match.group(2)
-    return "NodeNotReady", text
+    """(reason, sentence) from an agent's node entry (its ``reason`` and ``message``)."""
+    reason = entry.get("reason") or Reason.NODE_NOT_READY
+    return str(reason), str(entry.get("message") or "not ready")
 
 
 def build_status(item: Item, decision: Decision, *, now: datetime) -> dict[str, Any]:
