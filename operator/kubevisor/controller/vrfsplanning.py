@@ -140,10 +140,13 @@ def decide(
 
     Explicit tables conflict only where node sets overlap (a table is unique per node);
     allocated tables are unique among all accepted VRFs, and a VRF keeps the table it
-    was allocated before (``status.tableAllocated``) while nobody earlier holds it.
+    was allocated before (``status.tableAllocated``) while nobody earlier holds it; new
+    allocations avoid tables other VRFs hold, so an older VRF accepted late does not move
+    a running one.
     """
     accepted: list[tuple[Item, Decision]] = []
     used: set[int] = set()
+    held = {t for t in (_held(i) for i in items) if t is not None}
     out: dict[Key, Decision] = {}
     for item in _order(items):
         spec = item.spec
@@ -161,18 +164,17 @@ def decide(
         allocated = False
         if table is None:
             allocated = True
-            previous = item.status.get("tableAllocated")
-            if isinstance(previous, int) and previous > 0 and previous not in used:
+            previous = _held(item)
+            if previous is not None and previous not in used:
                 table = previous
             else:
-                table = next(
-                    (
-                        t
-                        for t in range(first, last + 1)
-                        if t not in used and t not in vrfs.RESERVED_TABLES
-                    ),
-                    None,
-                )
+                free = [
+                    t
+                    for t in range(first, last + 1)
+                    if t not in used and t not in vrfs.RESERVED_TABLES
+                ]
+                # a newcomer takes a table nobody holds, so no realized VRF has to move
+                table = next((t for t in free if t not in held), next(iter(free), None))
             if table is None:
                 out[item.key] = Decision(
                     mine,
@@ -186,6 +188,12 @@ def decide(
         accepted.append((item, decision))
         out[item.key] = decision
     return out
+
+
+def _held(item: Item) -> int | None:
+    """The table the controller allocated to this VRF before, if any."""
+    previous = item.status.get("tableAllocated")
+    return previous if isinstance(previous, int) and previous > 0 else None
 
 
 def _conflict(
