@@ -1,5 +1,5 @@
 #!/bin/bash
-# Overlay initramfs: a trimmed CPython 3.11 + pyroute2 + kubevisor + veth.ko + guest program.
+# Overlay initramfs: a trimmed CPython 3.11 + pyroute2 + pydantic + kubevisor + veth.ko + guest program.
 set -euo pipefail
 OUT=$1; REPO=$2; PROG=$3
 PY=${KUBEVISOR_GUEST_PYTHON:-/root/.pyenv/versions/3.11.7}
@@ -11,7 +11,11 @@ cp $PY/lib/libpython3.11.so.1.0 $ST/kv/lib/
 ( cd $PY/lib/python3.11 && tar cf - --exclude=test --exclude=tests --exclude=idlelib --exclude=tkinter \
    --exclude=turtledemo --exclude=ensurepip --exclude=site-packages --exclude=__pycache__ --exclude=lib2to3 \
    --exclude='config-3.11*' --exclude=pydoc_data --exclude='_test*' --exclude='*_tkinter*' . ) | tar xf - -C $ST/kv/py/lib/python3.11
-cp -r $REPO/.venv/lib/python3.11/site-packages/pyroute2 $ST/kv/site/
+# pyroute2 for netlink; pydantic and its dependencies because the agent parses VRFs with
+# the API model (kubevisor.api.vrfs), the same rules the CRD carries.
+for pkg in pyroute2 pydantic pydantic_core annotated_types typing_inspection typing_extensions.py; do
+  cp -r $REPO/.venv/lib/python3.11/site-packages/$pkg $ST/kv/site/
+done
 cp -r $REPO/operator/kubevisor $ST/kv/site/
 find $ST/kv -name __pycache__ -prune -exec rm -rf {} +
 for f in $PY/bin/python3.11 $PY/lib/python3.11/lib-dynload/*.so; do ldd $f 2>/dev/null | awk '/=> \//{print $3} /ld-linux/{print $1}'; done | sort -u | while read l; do cp -L $l $ST/kv/lib/; done
