@@ -18,7 +18,7 @@ for pkg in pyroute2 pydantic pydantic_core annotated_types typing_inspection typ
 done
 cp -r $REPO/operator/kubevisor $ST/kv/site/
 find $ST/kv -name __pycache__ -prune -exec rm -rf {} +
-for f in $PY/bin/python3.11 $PY/lib/python3.11/lib-dynload/*.so; do ldd $f 2>/dev/null | awk '/=> \//{print $3} /ld-linux/{print $1}'; done | sort -u | while read l; do cp -L $l $ST/kv/lib/; done
+for f in $PY/bin/python3.11 $PY/lib/python3.11/lib-dynload/*.so $ST/kv/site/pydantic_core/*.so; do ldd $f 2>/dev/null | awk '/=> \//{print $3} /ld-linux/{print $1}'; done | sort -u | while read l; do cp -L $l $ST/kv/lib/; done
 KVER=$(ls /boot/vmlinuz-*-amd64 | sed 's|/boot/vmlinuz-||' | sort -V | tail -n1)
 cp /lib/modules/$KVER/kernel/drivers/net/veth.ko* $ST/kv/
 cp $PROG $ST/kv/run.py
