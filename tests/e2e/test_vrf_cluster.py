@@ -411,7 +411,7 @@ def test_vlan_member_reports_missing_8021q(env: Env) -> None:
                what="both nodes report")  # fmt: skip
     for entry in st["nodes"].values():
         assert entry["ready"] is False
-        assert entry["message"].startswith("BackendUnavailable:")
+        assert entry["reason"] == "BackendUnavailable"
         assert "802.1Q not available in this kernel" in entry["message"]
     _wait(lambda: env.ready("tagged").get("reason") == "BackendUnavailable", what="condition")
     assert env.status("tagged")["readyNodes"] == "0/2"

@@ -1,7 +1,8 @@
-"""VRF planning on a node: pure functions from VRF specs to the state a node should hold.
+"""VRF planning on a node: pure functions from accepted VRFs to the state a node holds.
 
-Nothing here touches the kernel. `specs` holds the input/output shapes (TypedDicts with the
-CRD's camelCase keys), `planning` turns a spec into a `DesiredVRF` for one node, allocates
-routing tables and refuses conflicting specs with a reason and a sentence. The netlink
-adapter in `kubevisor.agent.netlink` realizes a `DesiredVRF`.
+Nothing here touches the kernel. `selecting` picks the VRFs the controller accepted for
+this node (parsed with the API model, with the table the controller assigned) and builds
+the node's status entry; `planning` turns each into a `DesiredVRF` and refuses only what
+this node's kernel cannot build; `specs` holds the read-back shapes. The netlink adapter
+in `kubevisor.agent.netlink` realizes a `DesiredVRF`.
 """
