@@ -167,7 +167,12 @@ def test_table_allocation_ready_nodes_and_coexisting_writers(env: Env) -> None:
     env.agent_entry(
         "alloc",
         "vrfctl-b",
-        {**entry, "ready": False, "message": "BackendUnavailable: 802.1Q not available."},
+        {
+            **entry,
+            "ready": False,
+            "reason": "BackendUnavailable",
+            "message": "802.1Q not available.",
+        },
     )
     ready = _wait(
         lambda: env.ready("alloc").get("reason") == "BackendUnavailable" and env.ready("alloc"),

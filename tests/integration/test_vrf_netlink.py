@@ -17,8 +17,10 @@ VRF's hosts on 10.0.0.0/24 proves nothing: those sit on another bridge, ARP neve
 crosses.) The test also leaks blue's route into red's table on purpose and sees the
 probe succeed, so the probe is known to be able to fail.
 
-The agent code under test is `VRFRealizer` running against node A and node B. The
-test itself uses `ip`/`ping` as an independent observer.
+The agent code under test is `VRFRealizer` running against node A and node B, fed the
+plans the agent makes from the controller's decisions (`vrfsplanning.decide`: conflicts
+and tables are decided there, once). The test itself uses `ip`/`ping` as an independent
+observer.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kubevisor.agent.kernel import cgroups, probing, vrfrealizing
-from kubevisor.agent.vrfs import planning, specs
+from kubevisor.agent.vrfs import planning
+from kubevisor.controller import placing, vrfsplanning
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
@@ -157,7 +161,40 @@ def _bridge(network: str, vlan: int | None) -> str:
     return f"br-{network}"
 
 
-RED: specs.VRFSpec = {
+Spec = dict[str, Any]
+
+
+def _decide(vrf_specs: dict[str, Spec]) -> tuple[planning.NodePlan, dict[str, str]]:
+    """The controller's decisions over VRFs created in this order (one per second), then
+    the node's plan of the accepted ones; returns (plan, refusal reason by name)."""
+    items = [
+        vrfsplanning.item_from(
+            {
+                "metadata": {
+                    "namespace": "ns",
+                    "name": name,
+                    "generation": 1,
+                    "creationTimestamp": f"2025-01-01T00:00:{n:02d}Z",
+                },
+                "spec": spec,
+            }
+        )
+        for n, (name, spec) in enumerate(vrf_specs.items())
+    ]
+    decided = vrfsplanning.decide(items, [placing.Node(node) for node in NODES])
+    assigned: dict[str, planning.Assigned] = {}
+    refused: dict[str, str] = {}
+    for item in items:
+        decision = decided[item.key]
+        if decision.reason or decision.table is None or item.spec is None:
+            refused[item.name] = f"{decision.reason}: {decision.message}"
+        else:
+            assigned[item.name] = planning.Assigned(item.spec, decision.table)
+    plan = planning.plan_node(assigned, bridge_for=_bridge, kernel_has_vrf=False)
+    return plan, refused
+
+
+RED: Spec = {
     "interfaces": [
         {"name": "red0", "network": "red", "addresses": ["10.0.0.1/24"]},
         {"name": "red2", "hostInterface": "eth-red2", "addresses": ["10.0.2.1/24"]},
@@ -169,7 +206,7 @@ RED: specs.VRFSpec = {
     ],
     "resources": {"cpu": "200m", "memory": "64Mi"},
 }
-BLUE: specs.VRFSpec = {
+BLUE: Spec = {
     "interfaces": [
         {"name": "blue0", "network": "blue", "addresses": ["10.0.0.1/24"]},
         {"name": "blue2", "hostInterface": "eth-blue2", "addresses": ["10.0.3.1/24"]},
@@ -179,7 +216,7 @@ BLUE: specs.VRFSpec = {
         {"prefix": "203.0.113.0/24", "type": "unreachable"},
     ],
 }
-GREEN_CLASH: specs.VRFSpec = {
+GREEN_CLASH: Spec = {
     "interfaces": [{"name": "green0", "network": "red", "addresses": ["10.9.0.1/24"]}],
 }
 
@@ -189,6 +226,7 @@ class Node:
     ns: str
     realizer: vrfrealizing.VRFRealizer
     plan: planning.NodePlan
+    refused: dict[str, str]
 
 
 @pytest.fixture
@@ -201,25 +239,14 @@ async def nodes(topology: Topology) -> AsyncIterator[dict[str, Node]]:
     try:
         for node, ns in topology.nodes.items():
             realizer = vrfrealizing.VRFRealizer(node_netns=ns)
-            first = planning.plan_node(
-                {"red": RED, "blue": BLUE},
-                labels={},
-                current={},
-                bridge_for=_bridge,
-                kernel_has_vrf=False,
-            )
-            result[node] = Node(ns, realizer, first)
+            first, _ = _decide({"red": RED, "blue": BLUE})
+            result[node] = Node(ns, realizer, first, {})
             for desired in first.desired.values():
                 status = await realizer.apply(desired)
                 assert status["ready"], status
             # green arrives later and wants red's segment: the realized VRFs keep it
-            current = {name: s["table"] for name, s in (await realizer.observe()).items()}
-            result[node].plan = planning.plan_node(
-                {"red": RED, "blue": BLUE, "green": GREEN_CLASH},
-                labels={},
-                current=current,
-                bridge_for=_bridge,
-                kernel_has_vrf=False,
+            result[node].plan, result[node].refused = _decide(
+                {"red": RED, "blue": BLUE, "green": GREEN_CLASH}
             )
             assert result[node].plan.desired == first.desired
             for desired in result[node].plan.desired.values():
@@ -329,23 +356,17 @@ async def test_drift_is_repaired(topology: Topology, nodes: dict[str, Node]) -> 
 
 async def test_conflicting_vrf_is_refused_and_not_realized(nodes: dict[str, Node]) -> None:
     for node in nodes.values():
-        problem = node.plan.refused["green"]
-        assert problem.reason == "InterfaceConflict"
-        assert "'red'" in problem.message
+        assert "green" not in node.plan.desired
+        assert node.refused["green"].startswith("InterfaceConflict:")
+        assert "VRF ns/red" in node.refused["green"]
         assert node.realizer.naming.vrf_netns("green") not in _netns_list()
         assert "green" not in await node.realizer.observe()
 
 
 def test_duplicate_table_is_refused() -> None:
-    result = planning.plan_node(
-        {"red": {**RED, "table": 1234}, "blue": {**BLUE, "table": 1234}},
-        labels={},
-        current={"red": 1234},
-        bridge_for=_bridge,
-        kernel_has_vrf=False,
-    )
+    result, refused = _decide({"red": {**RED, "table": 1234}, "blue": {**BLUE, "table": 1234}})
     assert list(result.desired) == ["red"]
-    assert result.refused["blue"].reason == "TableConflict"
+    assert refused["blue"].startswith("TableConflict:")
 
 
 async def test_resource_context(nodes: dict[str, Node]) -> None:

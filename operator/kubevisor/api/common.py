@@ -104,6 +104,18 @@ def _check_positive_quantity(value: str) -> str:
     return value
 
 
+#: CEL rules of the types below, exported so a narrower type that adds its own rules
+#: (an outer ``Field(json_schema_extra=...)`` replaces the inner one) can repeat them.
+POSITIVE_QUANTITY_RULE: Final = rule(
+    "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+    "must be a quantity greater than zero, e.g. 256Mi",
+)
+CIDR_RULE: Final = rule("isCIDR(self)", "must be an address with a prefix length, e.g. 10.0.0.1/24")
+PREFIX_RULE: Final = rule(
+    "isCIDR(self) && cidr(self) == cidr(self).masked()",
+    "must be a network prefix with no host bits set, e.g. 10.1.0.0/16",
+)
+
 #: A Kubernetes quantity string ("256Mi", "1Gi", "500m"); negative values never match.
 Quantity = Annotated[
     str,
@@ -117,19 +129,17 @@ PositiveQuantity = Annotated[
     Field(
         pattern=quantities.PATTERN,
         max_length=64,
-        json_schema_extra=cel(
-            rule(
-                "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
-                "must be a quantity greater than zero, e.g. 256Mi",
-            )
-        ),
+        json_schema_extra=cel(POSITIVE_QUANTITY_RULE),
     ),
     AfterValidator(_check_positive_quantity),
 ]
 
 
 def _check_cidr(value: str) -> str:
-    if "/" not in value:
+    # As strict as the API server's isCIDR(): a decimal prefix length (Python would also
+    # take a netmask such as /255.255.255.0) and no IPv6 zone (%eth0).
+    address, _, length = value.partition("/")
+    if not length.isdigit() or "%" in address:
         raise ValueError(f"{value!r} is not a CIDR (address/prefix-length)")
     ipaddress.ip_interface(value)
     return value
@@ -150,9 +160,7 @@ CIDR = Annotated[
     str,
     Field(
         max_length=49,
-        json_schema_extra=cel(
-            rule("isCIDR(self)", "must be an address with a prefix length, e.g. 10.0.0.1/24")
-        ),
+        json_schema_extra=cel(CIDR_RULE),
     ),
     AfterValidator(_check_cidr),
 ]
@@ -161,12 +169,7 @@ Prefix = Annotated[
     str,
     Field(
         max_length=49,
-        json_schema_extra=cel(
-            rule(
-                "isCIDR(self) && cidr(self) == cidr(self).masked()",
-                "must be a network prefix with no host bits set, e.g. 10.1.0.0/16",
-            )
-        ),
+        json_schema_extra=cel(PREFIX_RULE),
     ),
     AfterValidator(_check_network),
 ]

@@ -139,6 +139,11 @@ def build_crd(kind: kinds.Kind) -> dict[str, Any]:
             "status": status,
         },
     }
+    # Rules over the whole object (the only place CEL may read metadata.name) come from
+    # the kind's model config.
+    extra = kind.model.model_config.get("json_schema_extra")
+    if isinstance(extra, dict) and extra.get(common.VALIDATIONS):
+        root[common.VALIDATIONS] = copy.deepcopy(extra[common.VALIDATIONS])
     version: dict[str, Any] = {
         "name": groups.VERSION,
         "served": True,

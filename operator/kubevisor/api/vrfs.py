@@ -8,17 +8,35 @@ entry without overwriting the others'.
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
+import pydantic
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
-from kubevisor.api import common, conditions, machines
+from kubevisor.api import common, conditions, machines, quantities
 
-#: Kernel tables that belong to the host: default (253), main (254), local (255).
-RESERVED_TABLES = frozenset({253, 254, 255})
-MAX_TABLE = 4_294_967_295
-RESERVED_MESSAGE = "tables 253, 254 and 255 are the host's default, main and local tables"
+#: Kernel tables that belong to the host: compat (252), default (253), main (254) and
+#: local (255); 0 (unspec) is below the range. The one list both the API server (CEL,
+#: generated from this) and the runtime check against.
+RESERVED_TABLES: Final = frozenset({252, 253, 254, 255})
+MAX_TABLE: Final = 4_294_967_295
+RESERVED_MESSAGE: Final = (
+    "tables 252, 253, 254 and 255 are the host's compat, default, main and local tables"
+)
+#: Where the controller allocates a table for a VRF without ``spec.table`` (inclusive).
+AUTO_TABLE_FIRST: Final = 1000
+AUTO_TABLE_LAST: Final = 1999
+#: Longest VRF name: ``<namespace>.<name>`` becomes a network namespace (a file under
+#: /run/netns), a cgroup directory and part of 255-byte interface aliases on the node.
+MAX_NAME_LENGTH: Final = 63
+#: Largest CPU limit in cores. The CFS quota is written in microseconds per 100 ms
+#: period; a limit beyond any real node is no limit, and 1e9 cores overflows the kernel.
+MAX_CPU: Final = "512"
+#: Largest memory limit: the cgroup file takes bytes as a 64-bit number.
+MAX_MEMORY: Final = "1Ei"
 
 Backend = Literal["auto", "vrf", "netns"]
 RealBackend = Literal["vrf", "netns"]
@@ -32,11 +50,70 @@ TableId = Annotated[
         le=MAX_TABLE,
         json_schema_extra=common.cel(
             common.rule(
-                "!(self in [253, 254, 255])",
+                f"!(self in [{', '.join(str(t) for t in sorted(RESERVED_TABLES))}])",
                 RESERVED_MESSAGE,
             )
         ),
     ),
+]
+
+
+def _unicast_host(value: str) -> str:
+    """What the kernel can own as an interface address: a global unicast address (the
+    CEL ``isGlobalUnicast()``: not unspecified, loopback, multicast, link-local or the
+    IPv4 broadcast address). Link-local addresses are the kernel's own per link."""
+    address = ipaddress.ip_interface(value).ip
+    if (
+        address.is_unspecified
+        or address.is_loopback
+        or address.is_multicast
+        or address.is_link_local
+        or address == ipaddress.IPv4Address("255.255.255.255")
+    ):
+        raise ValueError(f"{value!r} is not a unicast host address")
+    return value
+
+
+#: An interface address with its prefix length, e.g. 10.0.0.1/24: a global unicast
+#: address (private ranges included); 0.0.0.0/0, multicast, loopback and link-local
+#: addresses are refused.
+InterfaceAddress = Annotated[
+    common.CIDR,
+    Field(
+        json_schema_extra=common.cel(
+            common.CIDR_RULE,
+            common.rule(
+                "!isCIDR(self) || cidr(self).ip().isGlobalUnicast()",
+                "must be a unicast host address with a prefix length, e.g. 10.0.0.1/24"
+                " (not unspecified, loopback, multicast or link-local)",
+            ),
+        )
+    ),
+    AfterValidator(_unicast_host),
+]
+
+
+def _canonical_prefix(value: str) -> str:
+    if str(ipaddress.ip_network(value)) != value:
+        raise ValueError(f"write prefix {value!r} as {ipaddress.ip_network(value)}")
+    return value
+
+
+#: A route destination in canonical form (lower case, shortest IPv6 form), so that two
+#: spellings of one prefix cannot pass the routes list's uniqueness check.
+RoutePrefix = Annotated[
+    common.Prefix,
+    Field(
+        json_schema_extra=common.cel(
+            common.PREFIX_RULE,
+            common.rule(
+                "!isCIDR(self) || string(cidr(self)) == self",
+                "write the prefix in canonical form (lower case, shortest IPv6 form),"
+                " e.g. fd00::/8",
+            ),
+        )
+    ),
+    AfterValidator(_canonical_prefix),
 ]
 
 
@@ -88,8 +165,8 @@ class VRFInterface(common.Model):
     """VLAN id on the network, 1..4094."""
     host_interface: common.InterfaceName | None = None
     """Existing host device to move into the VRF (instead of a segment)."""
-    addresses: list[common.CIDR] = Field(default_factory=list, max_length=16)
-    """Addresses with prefix length, e.g. 10.0.0.1/24."""
+    addresses: list[InterfaceAddress] = Field(default_factory=list, max_length=16)
+    """Unicast addresses with prefix length, e.g. 10.0.0.1/24."""
 
     @model_validator(mode="after")
     def _one_attachment(self) -> Self:
@@ -130,15 +207,16 @@ class Route(common.Model):
         )
     )
 
-    prefix: common.Prefix
-    """Destination prefix with no host bits set, e.g. 10.1.0.0/16 or 0.0.0.0/0."""
+    prefix: RoutePrefix
+    """Destination prefix with no host bits set, in canonical form, e.g. 10.1.0.0/16 or
+    0.0.0.0/0; (prefix, metric) is the route's identity in the table."""
     via: common.IPAddress | None = None
     """Gateway address."""
     device: common.InterfaceName | None = None
     """Outgoing interface: the name of one of the VRF's interfaces."""
     type: RouteType = "unicast"
     """unicast (forward), blackhole (drop), unreachable or prohibit (reject with ICMP)."""
-    metric: Annotated[int, Field(ge=0, le=MAX_TABLE)] | None = None
+    metric: Annotated[int, Field(ge=0, le=MAX_TABLE)] = 0
     """Route priority; lower wins."""
 
     @model_validator(mode="after")
@@ -154,13 +232,51 @@ class Route(common.Model):
         return self
 
 
+def _at_most(limit: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if quantities.parse(value) > quantities.parse(limit):
+            raise ValueError(f"{value!r} is more than {limit}")
+        return value
+
+    return AfterValidator(check)
+
+
+CPULimit = Annotated[
+    common.PositiveQuantity,
+    Field(
+        json_schema_extra=common.cel(
+            common.POSITIVE_QUANTITY_RULE,
+            common.rule(
+                f"!isQuantity(self) || quantity(self).compareTo(quantity('{MAX_CPU}')) <= 0",
+                f"must be at most {MAX_CPU} cores",
+            ),
+        )
+    ),
+    _at_most(MAX_CPU),
+]
+MemoryLimit = Annotated[
+    common.PositiveQuantity,
+    Field(
+        json_schema_extra=common.cel(
+            common.POSITIVE_QUANTITY_RULE,
+            common.rule(
+                f"!isQuantity(self) || quantity(self).compareTo(quantity('{MAX_MEMORY}')) <= 0",
+                f"must be at most {MAX_MEMORY}",
+            ),
+        )
+    ),
+    _at_most(MAX_MEMORY),
+]
+
+
 class VRFResources(common.Model):
     """Limits of the VRF's context (its cgroup) where the backend has one (netns)."""
 
-    cpu: common.PositiveQuantity | None = None
-    """CPU limit, e.g. 500m."""
-    memory: common.PositiveQuantity | None = None
-    """Memory limit, e.g. 64Mi."""
+    cpu: CPULimit | None = None
+    """CPU limit in cores, e.g. 500m or 2; at most 512."""
+    memory: MemoryLimit | None = None
+    """Memory limit, e.g. 64Mi, 1G or 1e9; a fraction of a byte counts as a byte (as
+    Kubernetes rounds); at most 1Ei."""
 
 
 class VRFRouting(common.Model):
@@ -192,14 +308,21 @@ class VRFSpec(common.Model):
     )
 
     table: TableId | None = None
-    """Routing table id, 1..4294967295 except 253-255; unset lets the controller allocate
-    one (see status.tableAllocated)."""
+    """Routing table id, 1..4294967295 except 252-255; unset lets the controller allocate
+    one from 1000..1999 (see status.tableAllocated)."""
     interfaces: list[VRFInterface] = Field(
         default_factory=list, max_length=32, json_schema_extra=common.cel(_UNIQUE_IFACES)
     )
     """Member interfaces."""
-    routes: list[Route] = Field(default_factory=list, max_length=256)
-    """Static routes."""
+    routes: list[Route] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["prefix", "metric"],
+        },
+    )
+    """Static routes; each (prefix, metric) at most once, as the kernel keys them."""
     node_selector: dict[str, common.LabelValue] = Field(default_factory=dict, max_length=32)
     """Labels of the nodes to realize the VRF on; empty means every node."""
     backend: Backend = "auto"
@@ -216,9 +339,10 @@ class VRFSpec(common.Model):
         if len(names) != len(self.interfaces):
             raise ValueError("interface names must be unique")
         if self.table is not None and self.table in RESERVED_TABLES:
-            raise ValueError(
-                "tables 253, 254 and 255 are the host's default, main and local tables"
-            )
+            raise ValueError(RESERVED_MESSAGE)
+        keys = [(route.prefix, route.metric) for route in self.routes]
+        if len(set(keys)) != len(keys):
+            raise ValueError("routes must be unique by (prefix, metric)")
         for route in self.routes:
             if route.device is not None and route.device not in names:
                 raise ValueError("a route's device must be one of the VRF's interfaces")
@@ -247,8 +371,11 @@ class VRFNodeStatus(common.Model):
     """Number of the spec's routes present in the table."""
     ready: bool | None = None
     """Whether this node matches the spec."""
+    reason: Annotated[str, Field(max_length=128, pattern=conditions.REASON_PATTERN)] | None = None
+    """CamelCase reason when not ready (e.g. BackendUnavailable, SegmentMissing); the
+    controller copies it into the Ready condition."""
     message: Annotated[str, Field(max_length=4096)] | None = None
-    """What is wrong on this node, if anything."""
+    """What is wrong on this node, if anything, as a sentence."""
     usage: VRFUsage | None = None
     """Resource usage of the VRF's context."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
@@ -270,8 +397,63 @@ class VRFStatus(conditions.Status):
     """Per-node state keyed by node name; each agent patches only its own key."""
 
 
+def check_name(name: str | None) -> None:
+    """Refuse a VRF name too long for the node names derived from it (see
+    `MAX_NAME_LENGTH`); the CRD says the same with a CEL rule on metadata.name."""
+    if name is not None and not re.fullmatch(common.DNS_SUBDOMAIN_PATTERN[1:-1], name):
+        raise ValueError(f"VRF name {name!r} is not a DNS-1123 subdomain")
+    if name is not None and len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"a VRF name may have at most {MAX_NAME_LENGTH} characters; {name[:20]}... has"
+            f" {len(name)}"
+        )
+
+
+NAME_RULE: Final = common.rule(
+    f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+    f"a VRF name may have at most {MAX_NAME_LENGTH} characters: it names a network"
+    " namespace and cgroup on every node",
+)
+
+
+def selects_node(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
+    """Whether a nodeSelector matches a node's labels (empty selects every node). The
+    controller counts the nodes and each agent decides whether it is one with this."""
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+class InvalidVRF(ValueError):
+    """A stored VRF the runtime cannot act on; the message names the fields."""
+
+
+def parse_spec(obj: Mapping[str, Any]) -> VRFSpec:
+    """The spec of a raw VRF object (wire form), checked by the same rules the CRD gives
+    the API server, the name's length included. Controller and agent both parse with
+    this, so neither accepts what the other refuses. Raises `InvalidVRF`."""
+    meta = obj.get("metadata") or {}
+    try:
+        parsed = VRF.model_validate(
+            {"metadata": {"name": meta.get("name")}, "spec": obj.get("spec") or {}}
+        )
+    except pydantic.ValidationError as exc:
+        raise InvalidVRF(
+            "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'object'}: {e['msg']}"
+                for e in exc.errors()
+            )
+        ) from None
+    return parsed.spec
+
+
 class VRF(common.Resource):
     """A VRF-lite virtual router realized on the selected nodes."""
+
+    model_config = ConfigDict(json_schema_extra=common.cel(NAME_RULE))
+
+    @model_validator(mode="after")
+    def _name_fits(self) -> Self:
+        check_name(self.metadata.name)
+        return self
 
     kind: Literal["VRF"] = "VRF"
     """Always VRF."""

@@ -25,14 +25,14 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client
 
-from kubevisor.api import conditions, groups
+from kubevisor.api import conditions, groups, kinds
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller import kube, placing, vrfsplanning
 
 log = logging.getLogger(__name__)
 
-PLURAL = "vrfs"
-KIND = "VRF"
+PLURAL = kinds.VRF.plural
+KIND = kinds.VRF.kind
 RESYNC_SECONDS = 5.0
 #: Reasons of Ready=False that are a normal wait, not worth a Warning Event.
 QUIET_REASONS = frozenset({Reason.IN_PROGRESS, Reason.AS_EXPECTED})

@@ -15,29 +15,24 @@ one and a running VRF never loses its table or segment to a newcomer. The handle
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pydantic
-
 from kubevisor.api import conditions, vrfs
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller import placing
 
-#: Where automatic allocation looks for a free table (the agent uses the same range).
-AUTO_TABLE_FIRST = 1000
-AUTO_TABLE_LAST = 1999
+#: Where automatic allocation looks for a free table (the contract's range).
+AUTO_TABLE_FIRST = vrfs.AUTO_TABLE_FIRST
+AUTO_TABLE_LAST = vrfs.AUTO_TABLE_LAST
 INTERFACE_CONFLICT = Reason.INTERFACE_CONFLICT
 TABLES_EXHAUSTED = Reason.TABLES_EXHAUSTED
 #: Reasons that mean "the controller refused this VRF": agents do not realize it.
 REFUSALS = conditions.VRF_REFUSALS
 OWNED_CONDITIONS = (ConditionType.READY, ConditionType.SCHEDULED)
 OWNED_FIELDS = ("phase", "readyNodes", "tableAllocated", "observedGeneration")
-
-_REASON = re.compile(r"^([A-Z][A-Za-z0-9]*): (.*)$", re.S)
 
 Key = tuple[str, str]
 
@@ -61,14 +56,14 @@ class Item:
 
 
 def item_from(obj: Mapping[str, Any]) -> Item:
-    """An `Item` from a raw VRF object."""
+    """An `Item` from a raw VRF object, its spec parsed as the agents parse it."""
     meta = obj.get("metadata") or {}
     spec: vrfs.VRFSpec | None = None
     error = ""
     try:
-        spec = vrfs.VRFSpec.model_validate(obj.get("spec") or {})
-    except pydantic.ValidationError as exc:
-        error = "; ".join(str(e.get("msg")) for e in exc.errors())
+        spec = vrfs.parse_spec(obj)
+    except vrfs.InvalidVRF as exc:
+        error = str(exc)
     return Item(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
@@ -96,14 +91,9 @@ class Decision:
 
 
 def selected_nodes(selector: Mapping[str, str], nodes: Iterable[placing.Node]) -> tuple[str, ...]:
-    """Live nodes whose labels match ``selector`` (empty selects every node)."""
-    return tuple(
-        sorted(
-            n.name
-            for n in nodes
-            if n.alive and all(n.labels.get(k) == v for k, v in selector.items())
-        )
-    )
+    """Live nodes whose labels match ``selector`` (empty selects every node), by the
+    function each agent uses to decide whether it is selected."""
+    return tuple(sorted(n.name for n in nodes if n.alive and vrfs.selects_node(selector, n.labels)))
 
 
 def claims(spec: vrfs.VRFSpec) -> list[tuple[str, str]]:
@@ -150,10 +140,13 @@ def decide(
 
     Explicit tables conflict only where node sets overlap (a table is unique per node);
     allocated tables are unique among all accepted VRFs, and a VRF keeps the table it
-    was allocated before (``status.tableAllocated``) while nobody earlier holds it.
+    was allocated before (``status.tableAllocated``) while nobody earlier holds it; new
+    allocations avoid tables other VRFs hold, so an older VRF accepted late does not move
+    a running one.
     """
     accepted: list[tuple[Item, Decision]] = []
     used: set[int] = set()
+    held = {t for t in (_held(i) for i in items) if t is not None}
     out: dict[Key, Decision] = {}
     for item in _order(items):
         spec = item.spec
@@ -171,18 +164,17 @@ def decide(
         allocated = False
         if table is None:
             allocated = True
-            previous = item.status.get("tableAllocated")
-            if isinstance(previous, int) and previous > 0 and previous not in used:
+            previous = _held(item)
+            if previous is not None and previous not in used:
                 table = previous
             else:
-                table = next(
-                    (
-                        t
-                        for t in range(first, last + 1)
-                        if t not in used and t not in vrfs.RESERVED_TABLES
-                    ),
-                    None,
-                )
+                free = [
+                    t
+                    for t in range(first, last + 1)
+                    if t not in used and t not in vrfs.RESERVED_TABLES
+                ]
+                # a newcomer takes a table nobody holds, so no realized VRF has to move
+                table = next((t for t in free if t not in held), next(iter(free), None))
             if table is None:
                 out[item.key] = Decision(
                     mine,
@@ -196,6 +188,12 @@ def decide(
         accepted.append((item, decision))
         out[item.key] = decision
     return out
+
+
+def _held(item: Item) -> int | None:
+    """The table the controller allocated to this VRF before, if any."""
+    previous = item.status.get("tableAllocated")
+    return previous if isinstance(previous, int) and previous > 0 else None
 
 
 def _conflict(
@@ -231,12 +229,9 @@ def _conflict(
 
 
 def _entry_reason(entry: Mapping[str, Any]) -> tuple[str, str]:
-    """(reason, sentence) from an agent's ``message`` ("Reason: sentence")."""
-    text = str(entry.get("message") or "not ready")
-    match = _REASON.match(text)
-    if match:
-        return match.group(1), match.group(2)
-    return "NodeNotReady", text
+    """(reason, sentence) from an agent's node entry (its ``reason`` and ``message``)."""
+    reason = entry.get("reason") or Reason.NODE_NOT_READY
+    return str(reason), str(entry.get("message") or "not ready")
 
 
 def build_status(item: Item, decision: Decision, *, now: datetime) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Overlay initramfs: a trimmed CPython + pyroute2 + kubevisor + veth.ko + guest program.
+# Overlay initramfs: a trimmed CPython + pyroute2 + pydantic + kubevisor + veth.ko + guest program.
 # The CPython is the one the test runs on (the .venv's base interpreter, which hack/setup
 # made the venv from): its binary, stdlib and version come from the test in the
 # environment, so nothing here depends on where this machine keeps its Pythons.
@@ -15,10 +15,16 @@ cp "$KV_GUEST_PY_BIN" $ST/kv/py/bin/python$VER
 ( cd "$KV_GUEST_PY_STDLIB" && tar cf - --exclude=test --exclude=tests --exclude=idlelib --exclude=tkinter \
    --exclude=turtledemo --exclude=ensurepip --exclude=site-packages --exclude=__pycache__ --exclude=lib2to3 \
    --exclude="config-$VER*" --exclude=pydoc_data --exclude='_test*' --exclude='*_tkinter*' . ) | tar xf - -C $ST/kv/py/lib/python$VER
-cp -r "$KV_GUEST_PYROUTE2" $ST/kv/site/
+# pyroute2 for netlink; pydantic and its dependencies because the agent parses VRFs with
+# the API model (kubevisor.api.vrfs), the same rules the CRD carries. They sit beside
+# pyroute2 in the test's site-packages.
+SITE=$(dirname "$KV_GUEST_PYROUTE2")
+for pkg in pyroute2 pydantic pydantic_core annotated_types typing_inspection typing_extensions.py; do
+  cp -r "$SITE/$pkg" $ST/kv/site/
+done
 cp -r $REPO/operator/kubevisor $ST/kv/site/
 find $ST/kv -name __pycache__ -prune -exec rm -rf {} +
-for f in "$KV_GUEST_PY_BIN" "$KV_GUEST_PY_STDLIB"/lib-dynload/*.so; do ldd $f 2>/dev/null | awk '/=> \//{print $3} /ld-linux/{print $1}'; done | sort -u | while read l; do cp -L $l $ST/kv/lib/; done
+for f in "$KV_GUEST_PY_BIN" "$KV_GUEST_PY_STDLIB"/lib-dynload/*.so $ST/kv/site/pydantic_core/*.so; do ldd $f 2>/dev/null | awk '/=> \//{print $3} /ld-linux/{print $1}'; done | sort -u | while read l; do cp -L $l $ST/kv/lib/; done
 KVER=$(ls /boot/vmlinuz-*-amd64 | sed 's|/boot/vmlinuz-||' | sort -V | tail -n1)
 cp /lib/modules/$KVER/kernel/drivers/net/veth.ko* $ST/kv/
 cp $PROG $ST/kv/run.py

@@ -9,6 +9,7 @@ from pyroute2 import IPRoute
 
 from kubevisor.agent.kernel import probing, routes, vrfrealizing
 from kubevisor.agent.vrfs import planning
+from kubevisor.api import vrfs as api_vrfs
 
 
 def check(cond, what):
@@ -47,9 +48,12 @@ async def main():
             "routes": [{"prefix": "192.168.50.0/24", "via": "10.0.0.22"}],
         },
     }
-    plan = planning.plan_node(
-        vrfs, labels={}, current={}, bridge_for=lambda n, v: f"br-{n}", kernel_has_vrf=True
-    )
+    # tables as the controller would allocate them; specs parsed with the API model
+    assigned = {
+        name: planning.Assigned(api_vrfs.VRFSpec.model_validate(spec), 1000 + n)
+        for n, (name, spec) in enumerate(vrfs.items())
+    }
+    plan = planning.plan_node(assigned, bridge_for=lambda n, v: f"br-{n}", kernel_has_vrf=True)
     check(not plan.refused, f"no refusals {plan.refused}")
     realizer = vrfrealizing.VRFRealizer()
     for desired in plan.desired.values():

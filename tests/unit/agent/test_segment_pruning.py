@@ -6,6 +6,7 @@ import pytest
 
 from kubevisor.agent import main, segments
 from kubevisor.agent.vrfs import handling as vrfhandling
+from kubevisor.api import vrfs
 
 pytestmark = pytest.mark.unit
 
@@ -90,7 +91,8 @@ def test_vrf_segments_are_the_segments_vm_nics_use() -> None:
         },
         {"interfaces": [{"name": "g0", "network": "green"}]},  # not offered: realizer reports
     ]
-    got = vrfhandling.vrf_segments(specs, NETWORKS, MANAGED)  # type: ignore[arg-type]
+    parsed = [vrfs.VRFSpec.model_validate(s) for s in specs]
+    got = vrfhandling.vrf_segments(parsed, NETWORKS, MANAGED)
     assert got == {seg("red"), seg("red", 5)}
     # the same Segment value a VM NIC on red gets, so both land on one bridge
     assert vrfhandling.bridge_mapper(NETWORKS)("red", None) == seg("red").bridge

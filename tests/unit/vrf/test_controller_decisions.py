@@ -115,6 +115,47 @@ def test_tables_exhausted() -> None:
     assert decided[("ns", "b")].reason == "TablesExhausted"
 
 
+@pytest.mark.parametrize(
+    ("specs", "previous", "first", "last", "expected"),
+    [
+        ({"a": {}, "b": {}}, {}, 1000, 1999, {"a": 1000, "b": 1001}),
+        ({"a": {}, "b": {}}, {"b": 1000}, 1000, 1999, {"a": 1001, "b": 1000}),
+        ({"a": {"table": 7}, "b": {}}, {}, 1000, 1999, {"a": 7, "b": 1000}),
+        ({"a": {}, "b": {}}, {}, 251, 256, {"a": 251, "b": 256}),  # 252-255 are the host's
+        ({"a": {"table": 1000}, "b": {}}, {"b": 1000}, 1000, 1999, {"a": 1000, "b": 1001}),
+    ],
+)
+def test_table_allocation(
+    specs: dict[str, dict[str, Any]],
+    previous: dict[str, int],
+    first: int,
+    last: int,
+    expected: dict[str, int],
+) -> None:
+    items = []
+    for created, (name, spec) in enumerate(specs.items()):
+        held = {"tableAllocated": previous[name]} if name in previous else None
+        items.append(_vrf(name, created, held, **spec))
+    decided = vrfsplanning.decide(items, NODES, first=first, last=last)
+    assert {k[1]: d.table for k, d in decided.items()} == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "fragment"),
+    [
+        ("v", {"table": 252}, "252, 253, 254 and 255"),
+        ("v", {"resources": {"cpu": "1k"}}, "more than 512"),
+        ("v", {"interfaces": [_seg("x", "red") | {"addresses": ["0.0.0.0/0"]}]}, "unicast"),
+        ("v" * 64, {}, "at most 63 characters"),
+    ],
+)
+def test_invalid_stored_spec_is_refused(name: str, spec: dict[str, Any], fragment: str) -> None:
+    item = _vrf(name, 1, **spec)
+    decision = vrfsplanning.decide([item], NODES)[item.key]
+    assert decision.reason == "InvalidSpec" and decision.table is None
+    assert fragment in decision.message
+
+
 def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == type_)
 
@@ -139,12 +180,22 @@ def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
                 "b": {
                     "ready": False,
                     "observedGeneration": 2,
-                    "message": "BackendUnavailable: 802.1Q not available in this kernel.",
+                    "reason": "BackendUnavailable",
+                    "message": "802.1Q not available in this kernel.",
                 },
             },
             "Degraded",
             "0/2",
             "BackendUnavailable",
+        ),
+        (
+            {
+                "a": {"ready": True, "observedGeneration": 2},
+                "b": {"ready": False, "observedGeneration": 2, "message": "Odd: no reason"},
+            },
+            "Degraded",
+            "1/2",
+            "NodeNotReady",  # the reason field, never parsed out of the message
         ),
     ],
 )
@@ -156,6 +207,9 @@ def test_status_summarises_node_entries(
     status = vrfsplanning.build_status(item, decision, now=NOW)
     assert (status["phase"], status["readyNodes"]) == (phase, ready)
     assert _cond(status, "Ready")["reason"] == reason
+    for node, entry in nodes.items():
+        if entry.get("ready") is False:
+            assert f"{node}: {entry['message']}" in _cond(status, "Ready")["message"]
     assert status["tableAllocated"] == 7 and status["observedGeneration"] == 2
     assert "nodes" not in status  # never ours
     assert vrfsplanning.same({**item.status, **status}, status)

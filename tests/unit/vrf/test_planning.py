@@ -1,10 +1,17 @@
-"""Table-driven tests of VRF planning: validation, conflicts, table allocation, plan."""
+"""Table-driven tests of the node-side VRF plan: limits, backend, the plan, node refusals.
+
+Spec validation, conflicts and tables are not decided here any more: the API model
+(tests/unit/api) and the controller (test_controller_decisions.py) own them.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from kubevisor.agent.vrfs import planning, specs
+from kubevisor.agent.vrfs import planning
+from kubevisor.api import vrfs
 
 pytestmark = pytest.mark.unit
 
@@ -13,132 +20,41 @@ def _bridge(network: str, vlan: int | None) -> str:
     return f"br-{network}" if vlan is None else f"br-{network}.{vlan}"
 
 
-RED: specs.VRFSpec = {
-    "interfaces": [{"name": "red0", "network": "red", "addresses": ["10.0.0.1/24"]}],
-    "routes": [
-        {"prefix": "192.168.50.0/24", "via": "10.0.0.11"},
-        {"prefix": "203.0.113.0/24", "type": "blackhole"},
-    ],
-    "resources": {"cpu": "250m", "memory": "64Mi"},
-}
+def _spec(raw: dict[str, Any]) -> vrfs.VRFSpec:
+    return vrfs.VRFSpec.model_validate(raw)
 
 
-@pytest.mark.parametrize(
-    ("spec", "reason", "fragment"),
-    [
-        ({"table": 254}, "InvalidSpec", "reserved"),
-        ({"interfaces": [{"name": "x" * 16, "network": "n"}]}, "InvalidSpec", "1..15"),
-        ({"interfaces": [{"name": "a"}]}, "InvalidSpec", "exactly one"),
-        (
-            {"interfaces": [{"name": "a", "network": "n", "hostInterface": "eth1"}]},
-            "InvalidSpec",
-            "exactly one",
-        ),
-        ({"interfaces": [{"name": "a", "network": "n", "vlan": 5000}]}, "InvalidSpec", "vlan"),
-        (
-            {"interfaces": [{"name": "a", "network": "n", "addresses": ["10.0.0.1"]}]},
-            "InvalidSpec",
-            "prefix length",
-        ),
-        ({"routes": [{"prefix": "10.0.0.1/24", "via": "10.0.0.2"}]}, "InvalidSpec", "host bits"),
-        ({"routes": [{"prefix": "10.1.0.0/24"}]}, "InvalidSpec", "via or device"),
-        (
-            {"routes": [{"prefix": "10.1.0.0/24", "type": "blackhole", "via": "10.0.0.1"}]},
-            "InvalidSpec",
-            "takes no via",
-        ),
-        ({"routes": [{"prefix": "10.1.0.0/24", "via": "fe80::1"}]}, "InvalidSpec", "family"),
-        ({"routes": [{"prefix": "10.1.0.0/24", "device": "nope"}]}, "InvalidSpec", "nope"),
-        ({"resources": {"cpu": "lots"}}, "InvalidSpec", "CPU quantity"),
-        ({"resources": {"memory": "12XB"}}, "InvalidSpec", "memory quantity"),
-    ],
-)
-def test_invalid_specs_are_refused_with_a_reason(
-    spec: specs.VRFSpec, reason: str, fragment: str
-) -> None:
-    problem = planning.validate("v", spec)
-    assert problem is not None
-    assert problem.reason == reason
-    assert fragment in problem.message
-
-
-def test_a_good_spec_validates() -> None:
-    assert planning.validate("red", RED) is None
-
-
-@pytest.mark.parametrize(
-    ("quantity", "cores"), [("500m", 0.5), ("2", 2.0), ("0.25", 0.25), ("1500m", 1.5)]
-)
-def test_parse_cpu(quantity: str, cores: float) -> None:
-    assert planning.parse_cpu(quantity) == cores
-
-
-@pytest.mark.parametrize(
-    ("quantity", "size"), [("64Mi", 64 << 20), ("1G", 10**9), ("1024", 1024), ("1.5Ki", 1536)]
-)
-def test_parse_memory(quantity: str, size: int) -> None:
-    assert planning.parse_memory(quantity) == size
-
-
-def test_duplicate_table_refused_for_the_newcomer() -> None:
-    vrfs: dict[str, specs.VRFSpec] = {"a": {"table": 100}, "b": {"table": 100}}
-    assert set(planning.find_conflicts(vrfs)) == {"b"}
-    problems = planning.find_conflicts(vrfs, current={"b": 100})
-    assert set(problems) == {"a"}
-    assert problems["a"].reason == "TableConflict"
-    assert "'b'" in problems["a"].message
-
-
-@pytest.mark.parametrize(
-    ("first", "second"),
-    [
-        ({"name": "x", "network": "red"}, {"name": "y", "network": "red"}),
-        ({"name": "x", "network": "n", "vlan": 7}, {"name": "y", "network": "n", "vlan": 7}),
-        ({"name": "x", "hostInterface": "eth1"}, {"name": "y", "hostInterface": "eth1"}),
-    ],
-)
-def test_overlapping_interface_claims_refused(
-    first: specs.InterfaceSpec, second: specs.InterfaceSpec
-) -> None:
-    vrfs: dict[str, specs.VRFSpec] = {
-        "red": {"interfaces": [first]},
-        "blue": {"interfaces": [second]},
+RED = _spec(
+    {
+        "interfaces": [{"name": "red0", "network": "red", "addresses": ["10.0.0.1/24"]}],
+        "routes": [
+            {"prefix": "192.168.50.0/24", "via": "10.0.0.11"},
+            {"prefix": "203.0.113.0/24", "type": "blackhole"},
+        ],
+        "resources": {"cpu": "250m", "memory": "64Mi"},
     }
-    problems = planning.find_conflicts(vrfs, current={"red": 1000})
-    assert list(problems) == ["blue"]
-    assert problems["blue"].reason == "InterfaceConflict"
-    assert "claimed by VRF 'red'" in problems["blue"].message
-
-
-def test_distinct_vlans_and_interfaces_do_not_conflict() -> None:
-    vrfs: dict[str, specs.VRFSpec] = {
-        "a": {"interfaces": [{"name": "x", "network": "n", "vlan": 7}]},
-        "b": {"interfaces": [{"name": "x", "network": "n", "vlan": 8}]},
-        "c": {"interfaces": [{"name": "x", "hostInterface": "eth1"}]},
-    }
-    assert planning.find_conflicts(vrfs) == {}
+)
 
 
 @pytest.mark.parametrize(
-    ("vrfs", "current", "expected"),
+    ("resources", "limits"),
     [
-        ({"a": {}, "b": {}}, {}, {"a": 1000, "b": 1001}),
-        ({"a": {}, "b": {}}, {"b": 1000}, {"a": 1001, "b": 1000}),
-        ({"a": {"table": 1000}, "b": {}}, {"b": 1000}, {"a": 1000, "b": 1001}),
-        ({"a": {"table": 7}, "b": {}}, {}, {"a": 7, "b": 1000}),
-        ({"a": {}}, {"a": 254}, {"a": 1000}),
+        (None, planning.Limits()),
+        ({"cpu": "500m"}, planning.Limits(cpu_quota_us=50_000)),
+        ({"cpu": "2"}, planning.Limits(cpu_quota_us=200_000)),
+        ({"cpu": "0.25"}, planning.Limits(cpu_quota_us=25_000)),
+        ({"cpu": "1m"}, planning.Limits(cpu_quota_us=1_000)),  # the kernel's minimum quota
+        ({"cpu": "512"}, planning.Limits(cpu_quota_us=51_200_000)),
+        ({"memory": "64Mi"}, planning.Limits(memory_bytes=64 << 20)),
+        ({"memory": "1G"}, planning.Limits(memory_bytes=10**9)),
+        ({"memory": "1e9"}, planning.Limits(memory_bytes=10**9)),
+        ({"memory": "1.5Ki"}, planning.Limits(memory_bytes=1536)),
+        ({"memory": "1.5"}, planning.Limits(memory_bytes=2)),  # rounded up, as Kubernetes
     ],
 )
-def test_allocate_tables(
-    vrfs: dict[str, specs.VRFSpec], current: dict[str, int], expected: dict[str, int]
-) -> None:
-    assert planning.allocate_tables(vrfs, current=current) == expected
-
-
-def test_allocation_exhausted() -> None:
-    with pytest.raises(planning.SpecError) as caught:
-        planning.allocate_tables({"a": {}, "b": {}}, first=1000, last=1000)
-    assert caught.value.problem.reason == "TablesExhausted"
+def test_limits_from_resources(resources: dict[str, str] | None, limits: planning.Limits) -> None:
+    parsed = vrfs.VRFResources.model_validate(resources) if resources is not None else None
+    assert planning.limits_from(parsed) == limits
 
 
 @pytest.mark.parametrize(
@@ -150,7 +66,7 @@ def test_allocation_exhausted() -> None:
         ("vrf", True, "vrf"),
     ],
 )
-def test_choose_backend(requested: specs.Backend, has_vrf: bool, expected: str) -> None:
+def test_choose_backend(requested: vrfs.Backend, has_vrf: bool, expected: str) -> None:
     assert planning.choose_backend(requested, kernel_has_vrf=has_vrf) == expected
 
 
@@ -186,27 +102,27 @@ def test_anycast_mac_is_stable_and_distinct() -> None:
 def test_selects_node(
     selector: dict[str, str] | None, labels: dict[str, str], selected: bool
 ) -> None:
-    assert planning.selects_node(selector, labels) is selected
+    assert vrfs.selects_node(selector, labels) is selected
 
 
-def test_plan_node_selects_refuses_and_allocates() -> None:
-    vrfs: dict[str, specs.VRFSpec] = {
-        "red": RED,
-        "blue": {"interfaces": [{"name": "b0", "network": "blue"}]},
-        "green": {"interfaces": [{"name": "g0", "network": "red"}]},
-        "elsewhere": {"nodeSelector": {"zone": "b"}},
-        "wants-vrf": {"backend": "vrf"},
+def test_plan_node_uses_the_assigned_tables_and_refuses_only_node_limits() -> None:
+    assigned = {
+        "red": planning.Assigned(RED, 1005),
+        "blue": planning.Assigned(_spec({"interfaces": [{"name": "b0", "network": "blue"}]}), 7),
+        # the same segment as red: the controller would have refused this; the node
+        # does not judge conflicts and plans what it is given
+        "green": planning.Assigned(_spec({"interfaces": [{"name": "g0", "network": "red"}]}), 8),
+        "wants-vrf": planning.Assigned(_spec({"backend": "vrf"}), 9),
+        "tagged": planning.Assigned(
+            _spec({"interfaces": [{"name": "t0", "network": "red", "vlan": 7}]}), 10
+        ),
     }
     result = planning.plan_node(
-        vrfs,
-        labels={"zone": "a"},
-        current={"red": 1005},
-        bridge_for=_bridge,
-        kernel_has_vrf=False,
+        assigned, bridge_for=_bridge, kernel_has_vrf=False, kernel_has_8021q=False
     )
-    assert sorted(result.desired) == ["blue", "red"]
-    assert result.desired["red"].table == 1005
-    assert result.desired["blue"].table == 1000
-    assert result.refused["green"].reason == "InterfaceConflict"
+    assert {n: d.table for n, d in result.desired.items()} == {"red": 1005, "blue": 7, "green": 8}
     assert result.refused["wants-vrf"].reason == "BackendUnavailable"
-    assert "elsewhere" not in result.refused
+    assert result.refused["tagged"].reason == "BackendUnavailable"
+    assert "802.1Q not available in this kernel" in result.refused["tagged"].message
+    ok = planning.plan_node({"tagged": assigned["tagged"]}, bridge_for=_bridge, kernel_has_vrf=True)
+    assert ok.desired["tagged"].interfaces[0].bridge == "br-red.7"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubevisor.agent.vrfs import selecting
+from kubevisor.agent.vrfs import planning, selecting
 
 pytestmark = pytest.mark.unit
 
@@ -19,31 +19,37 @@ def _obj(name: str, *, gen: int = 1, status: dict[str, Any] | None = None, **spe
     }
 
 
+def _decided(table: int | None = None, gen: int = 1, **status: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"observedGeneration": gen, **status}
+    if table is not None:
+        out["tableAllocated"] = table
+    return out
+
+
 def test_select() -> None:
-    refused = {
-        "conditions": [
+    refused = _decided(
+        conditions=[
             {"type": "Ready", "status": "False", "reason": "TableConflict", "observedGeneration": 1}
         ]
-    }
-    stale_refusal = {**refused, "tableAllocated": 1003}
+    )
     objs = [
-        _obj("explicit", table=5),
-        _obj("allocated", status={"tableAllocated": 1001}),
-        _obj("waiting"),
-        _obj("elsewhere", table=6, nodeSelector={"zone": "b"}),
+        _obj("explicit", table=5, status=_decided(5)),
+        _obj("allocated", status=_decided(1001)),
+        _obj("undecided", table=5),  # the controller has not seen it yet
+        _obj("respecced", gen=2, status=_decided(1003)),  # generation 2 not decided yet
+        _obj("elsewhere", table=6, nodeSelector={"zone": "b"}, status=_decided(6)),
         _obj("refused", table=7, status=refused),
-        _obj("respecced", gen=2, status=stale_refusal),
+        _obj("invalid", table=252),
         {**_obj("deleting", table=8), "metadata": {"name": "deleting", "deletionTimestamp": "x"}},
     ]
     sel = selecting.select(objs, labels={"zone": "a"})
-    assert {n: s.spec.get("table") for n, s in sel.wanted.items()} == {
-        "ns.explicit": 5,
-        "ns.allocated": 1001,
-        "ns.respecced": 1003,
-    }
-    assert list(sel.waiting) == ["ns.waiting"]
-    assert "WaitingForTable" in sel.waiting["ns.waiting"][1]
-    assert ("ns", "elsewhere") not in sel.reporting and ("ns", "waiting") in sel.reporting
+    assert {n: s.table for n, s in sel.wanted.items()} == {"ns.explicit": 5, "ns.allocated": 1001}
+    assert sorted(sel.waiting) == ["ns.invalid", "ns.respecced", "ns.undecided"]
+    assert sel.waiting["ns.undecided"].problem.reason == "WaitingForTable"
+    assert sel.waiting["ns.invalid"].problem.reason == "InvalidSpec"
+    assert "252" in sel.waiting["ns.invalid"].problem.message
+    assert ("ns", "elsewhere") not in sel.reporting and ("ns", "undecided") in sel.reporting
+    assert ("ns", "refused") not in sel.reporting
 
 
 def _entry(**kw: Any) -> dict[str, Any]:
@@ -53,6 +59,7 @@ def _entry(**kw: Any) -> dict[str, Any]:
         "interfaces": ["red0"],
         "routesInstalled": 2,
         "ready": True,
+        "reason": None,
         "message": "realized",
         **kw,
     }
@@ -73,29 +80,14 @@ def test_needs_write() -> None:
 
 
 def test_entry_clears_absent_fields() -> None:
-    failed = selecting.entry(None, generation=1, now="t", message="BackendUnavailable: x", table=9)
+    problem = planning.Problem("BackendUnavailable", "802.1Q not available in this kernel.")
+    failed = selecting.entry(None, generation=1, now="t", problem=problem, table=9)
     assert failed["usage"] is None and failed["backend"] is None and failed["ready"] is False
     assert failed["table"] == 9
+    assert failed["reason"] == "BackendUnavailable"
+    assert failed["message"] == "802.1Q not available in this kernel."
 
 
-def test_vlan_member_refused_without_8021q() -> None:
-    from kubevisor.agent.vrfs import planning
-
-    spec: Any = {
-        "table": 5,
-        "interfaces": [{"name": "v0", "network": "default", "vlan": 7, "addresses": []}],
-    }
-    plan = planning.plan_node(
-        {"v": spec},
-        labels={},
-        current={},
-        bridge_for=lambda n, v: f"{n}v{v}",
-        kernel_has_vrf=False,
-        kernel_has_8021q=False,
-    )
-    assert plan.refused["v"].reason == "BackendUnavailable"
-    assert "802.1Q not available in this kernel" in plan.refused["v"].message
-    ok = planning.plan_node(
-        {"v": spec}, labels={}, current={}, bridge_for=lambda n, v: f"{n}v{v}", kernel_has_vrf=True
-    )
-    assert ok.desired["v"].interfaces[0].bridge == "defaultv7"
+def test_reason_change_is_written() -> None:
+    base = _entry(ready=False, reason="SegmentMissing", message="m")
+    assert selecting.needs_write(base, {**base, "reason": "KernelError"}, age_seconds=1)

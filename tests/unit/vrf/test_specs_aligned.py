@@ -1,4 +1,4 @@
-"""The agent's TypedDict copies of the VRF shape use the API model's wire names."""
+"""The agent's read-back TypedDicts (node entry, usage) use the API model's wire names."""
 
 from __future__ import annotations
 
@@ -20,11 +20,6 @@ def _wire(model: type[BaseModel]) -> set[str]:
 @pytest.mark.parametrize(
     ("typed", "model"),
     [
-        (specs.VRFSpec, vrfs.VRFSpec),
-        (specs.InterfaceSpec, vrfs.VRFInterface),
-        (specs.RouteSpec, vrfs.Route),
-        (specs.ResourcesSpec, vrfs.VRFResources),
-        (specs.RoutingSpec, vrfs.VRFRouting),
         (specs.UsageStatus, vrfs.VRFUsage),
     ],
 )

@@ -38,6 +38,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from kubevisor.agent.kernel import cgroups, linking, routes
 from kubevisor.agent.vrfs import planning, specs
+from kubevisor.api.conditions import Reason
 
 ALIAS_SEGMENT = "kubevisor:seg:"
 ALIAS_NODE_SIDE = "kubevisor:segnode:"
@@ -145,9 +146,9 @@ class VRFRealizer:
             if context.version != "none":
                 context.ensure(desired.limits)
         except RealizeError as error:
-            return self._status(desired, ready=False, message=f"{error.reason}: {error.message}")
+            return self._status(desired, reason=error.reason, message=error.message)
         except (NetlinkError, OSError) as error:
-            return self._status(desired, ready=False, message=f"NetlinkError: {error}")
+            return self._status(desired, reason=Reason.KERNEL_ERROR, message=str(error))
         status = self._observe_one(desired.name, desired.backend)
         # in vrf mode a host interface keeps its own name; in a namespace it is renamed
         wanted = sorted(
@@ -159,18 +160,20 @@ class VRFRealizer:
             and installed == len(desired.routes) == status["routesInstalled"]
         )
         status["ready"] = ready
+        status["reason"] = None if ready else Reason.NOT_CONVERGED
         status["message"] = "realized" if ready else "kernel state differs from the plan"
         return status
 
     def _status(
-        self, desired: planning.DesiredVRF, *, ready: bool, message: str
+        self, desired: planning.DesiredVRF, *, reason: str, message: str
     ) -> specs.NodeVRFStatus:
         return {
             "backend": desired.backend,
             "table": desired.table,
             "interfaces": [],
             "routesInstalled": 0,
-            "ready": ready,
+            "ready": False,
+            "reason": reason,
             "message": message,
         }
 
@@ -221,7 +224,7 @@ class VRFRealizer:
             bridge = linking.lookup(node, iface.bridge)
             if bridge is None:
                 raise RealizeError(
-                    "SegmentMissing",
+                    Reason.SEGMENT_MISSING,
                     f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
                 )
             node_side = self.naming.node_ifname(vrf, iface.name)
@@ -350,7 +353,7 @@ class VRFRealizer:
             bridge = linking.lookup(node, iface.bridge)
             if bridge is None:
                 raise RealizeError(
-                    "SegmentMissing",
+                    Reason.SEGMENT_MISSING,
                     f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
                 )
             alias = f"{ALIAS_SEGMENT}{vrf}/{iface.name}"
@@ -434,6 +437,7 @@ class VRFRealizer:
             "interfaces": interfaces,
             "routesInstalled": installed,
             "ready": True,
+            "reason": None,
             "message": "observed",
         }
         context = self._cgroup(name)
@@ -521,7 +525,8 @@ def _kernel_routes(
             index = oif(route.device)
             if index is None:
                 raise RealizeError(
-                    "DeviceMissing", f"route {route.prefix}: device {route.device!r} is missing."
+                    Reason.DEVICE_MISSING,
+                    f"route {route.prefix}: device {route.device!r} is missing.",
                 )
         result.append(
             routes.KernelRoute(

@@ -1,10 +1,9 @@
-"""The agent's VRF side: `handling` is the loop (the shared runtime's informer and work
-loop over every VRF); the rest is planning, pure functions from VRF specs to the state a
-node should hold.
+"""VRF planning on a node: pure functions from accepted VRFs to the state a node holds.
 
-Nothing but `handling` touches the kernel or the API. `specs` holds the input/output
-shapes (TypedDicts with the CRD's camelCase keys), `planning` turns a spec into a
-`DesiredVRF` for one node, allocates routing tables and refuses conflicting specs with a
-reason and a sentence. The netlink adapter in `kubevisor.agent.kernel` realizes a
-`DesiredVRF`.
+`handling` is the loop (the shared runtime's informer and work loop over every VRF) and
+the only module here that reaches the kernel or the API. `selecting` picks the VRFs the
+controller accepted for this node (parsed with the API model, with the table the
+controller assigned) and builds the node's status entry; `planning` turns each into a
+`DesiredVRF` and refuses only what this node's kernel cannot build; `specs` holds the
+read-back shapes. The kernel adapter in `kubevisor.agent.kernel` realizes a `DesiredVRF`.
 """

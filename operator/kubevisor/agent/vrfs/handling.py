@@ -33,7 +33,7 @@ from kubevisor.agent.kernel import probing, vrfrealizing
 from kubevisor.agent.kube import ApiClient, statuses, watches
 from kubevisor.agent.runtime import informing, looping
 from kubevisor.agent.vrfs import planning, selecting, specs
-from kubevisor.api import conditions, kinds
+from kubevisor.api import conditions, kinds, vrfs
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def bridge_mapper(networks: Mapping[str, str]) -> BridgeFor:
 
 
 def vrf_segments(
-    vrf_specs: Iterable[specs.VRFSpec],
+    vrf_specs: Iterable[vrfs.VRFSpec],
     networks: Mapping[str, str],
     managed: Iterable[str] = (),
 ) -> set[segments.Segment]:
@@ -70,10 +70,10 @@ def vrf_segments(
     bridges = dict(networks)
     managed = frozenset(managed)
     return {
-        segments.segment_of(iface["network"], iface.get("vlan"), bridges, managed)
+        segments.segment_of(iface.network, iface.vlan, bridges, managed)
         for spec in vrf_specs
-        for iface in spec.get("interfaces") or []
-        if "network" in iface and iface["network"] in bridges
+        for iface in spec.interfaces
+        if iface.network is not None and iface.network in bridges
     }
 
 
@@ -133,11 +133,11 @@ class VRFAgent:
         objs = dict(self.watcher.cache)
         selection = selecting.select(objs.values(), labels=self.labels)
         observed = await self.realizer.observe()
-        current = {name: s["table"] for name, s in observed.items() if s["table"]}
         plan = planning.plan_node(
-            {name: sel.spec for name, sel in selection.wanted.items()},
-            labels=self.labels,
-            current=current,
+            {
+                name: planning.Assigned(sel.spec, sel.table)
+                for name, sel in selection.wanted.items()
+            },
             bridge_for=self.bridge_for,
             kernel_has_vrf=has_vrf,
             kernel_has_8021q=has_8021q,
@@ -145,7 +145,8 @@ class VRFAgent:
         wanted_segments = await self._ensure_segments(
             [selection.wanted[name].spec for name in plan.desired]
         )
-        for name in sorted(set(observed) - set(plan.desired)):
+        # waiting VRFs (the controller has not decided their generation) keep what they have
+        for name in sorted(set(observed) - set(plan.desired) - set(selection.waiting)):
             logger.info("removing VRF %s from node %s", name, self.node)
             await self.realizer.remove(name)
         now = datetime.now(UTC)
@@ -158,15 +159,11 @@ class VRFAgent:
         for name, problem in plan.refused.items():
             sel = selection.wanted[name]
             entries[sel.key] = selecting.entry(
-                None,
-                generation=sel.generation,
-                now=stamp,
-                message=selecting.problem_message(problem),
-                table=sel.spec.get("table"),
+                None, generation=sel.generation, now=stamp, problem=problem, table=sel.table
             )
-        for sel, why in selection.waiting.values():
-            entries[sel.key] = selecting.entry(
-                None, generation=sel.generation, now=stamp, message=why
+        for wait in selection.waiting.values():
+            entries[wait.key] = selecting.entry(
+                None, generation=wait.generation, now=stamp, problem=wait.problem
             )
         for key, obj in objs.items():
             have = ((obj.get("status") or {}).get("nodes") or {}).get(self.node)
@@ -179,7 +176,7 @@ class VRFAgent:
             await self.node_segments.set_needed(segmenting.VRFS, wanted_segments)
         self.passes += 1
 
-    async def _ensure_segments(self, vrf_specs: list[specs.VRFSpec]) -> set[segments.Segment]:
+    async def _ensure_segments(self, vrf_specs: list[vrfs.VRFSpec]) -> set[segments.Segment]:
         """Set up the segment bridges of the VRFs to realize (with a shared segment set);
         a failure is left for the realizer to report as ``SegmentMissing``."""
         if self.node_segments is None:

@@ -1,13 +1,14 @@
-"""Pure decisions for VRFs on one node: validation, conflicts, table allocation, the plan.
+"""Pure decisions for VRFs on one node: from accepted VRFs to the state the node holds.
 
-Everything is a function of plain data so it can be table-tested without a kernel. The
-agent calls, for the VRFs selected onto its node::
+The agent decides nothing the controller decides: the spec is parsed with the API model
+(``kubevisor.api.vrfs``, the same rules as the CRD), conflicts and tables are settled by
+the controller (``controller/vrfsplanning.py``) and arrive as the table to use. What is
+left is what only this node can judge: whether its kernel can build the VRF (l3mdev,
+802.1Q), and the plan itself. The agent calls, for the VRFs assigned to its node::
 
-    problems = planning.find_conflicts(specs, current=realized_tables)
-    tables = planning.allocate_tables(ok_specs, current=realized_tables)
-    desired = planning.plan(name, spec, table=tables[name], bridge_for=..., kernel_has_vrf=...)
+    result = planning.plan_node(assigned, bridge_for=..., kernel_has_vrf=...)
 
-A refused VRF gets a `Problem` (reason + sentence) for its status condition; it is never
+A refused VRF gets a `Problem` (reason + sentence) for its node entry; it is never
 realized half-way.
 """
 
@@ -15,33 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from kubevisor.agent.vrfs import specs
+from kubevisor.api import quantities, vrfs
+from kubevisor.api.conditions import Reason
 
-#: Kernel table ids a VRF may not take: unspec, compat, default, main, local.
-RESERVED_TABLES = frozenset({0, 252, 253, 254, 255})
-#: Where automatic allocation starts and ends (inclusive); explicit tables may be anywhere.
-AUTO_TABLE_FIRST = 1000
-AUTO_TABLE_LAST = 1999
-MAX_TABLE = 2**32 - 1
-IFNAMSIZ = 15
 CFS_PERIOD_US = 100_000
-
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_MEMORY_SUFFIX = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
+#: The smallest CFS quota the kernel takes (1 ms per period).
+CFS_MIN_QUOTA_US = 1000
 
 
 @dataclass(frozen=True)
@@ -53,7 +37,7 @@ class Problem:
 
 
 class SpecError(ValueError):
-    """A spec that cannot be planned; carries the `Problem` for the status condition."""
+    """A VRF this node cannot build; carries the `Problem` for its node entry."""
 
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem.message)
@@ -82,7 +66,7 @@ class DesiredRoute:
     """A static route in the VRF's table; ``(prefix, metric)`` is its identity there."""
 
     prefix: str
-    type: specs.RouteType = "unicast"
+    type: vrfs.RouteType = "unicast"
     via: str | None = None
     device: str | None = None
     metric: int = 0
@@ -108,56 +92,31 @@ class DesiredVRF:
 
     name: str
     table: int
-    backend: specs.RealBackend
+    backend: vrfs.RealBackend
     interfaces: tuple[DesiredInterface, ...] = ()
     routes: tuple[DesiredRoute, ...] = ()
     limits: Limits = field(default_factory=Limits)
 
 
-# -- quantities -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Assigned:
+    """A VRF the controller accepted for this node: its parsed spec and its table."""
+
+    spec: vrfs.VRFSpec
+    table: int
 
 
-def parse_cpu(quantity: str) -> float:
-    """CPU quantity ("500m", "2", "0.25") to cores."""
-    text = str(quantity).strip()
-    try:
-        if text.endswith("m"):
-            value = float(text[:-1]) / 1000
-        else:
-            value = float(text)
-    except ValueError:
-        raise SpecError(
-            Problem("InvalidSpec", f"resources.cpu {quantity!r} is not a CPU quantity.")
-        ) from None
-    if value <= 0:
-        raise SpecError(Problem("InvalidSpec", f"resources.cpu {quantity!r} must be positive."))
-    return value
-
-
-def parse_memory(quantity: str) -> int:
-    """Memory quantity ("64Mi", "1G", "1048576") to bytes."""
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(k|Ki|M|Mi|G|Gi|T|Ti)?", str(quantity).strip())
-    if not match:
-        raise SpecError(
-            Problem("InvalidSpec", f"resources.memory {quantity!r} is not a memory quantity.")
-        )
-    value = int(float(match.group(1)) * _MEMORY_SUFFIX[match.group(2) or ""])
-    if value <= 0:
-        raise SpecError(Problem("InvalidSpec", f"resources.memory {quantity!r} must be positive."))
-    return value
-
-
-def limits_from(resources: specs.ResourcesSpec | None) -> Limits:
-    """cgroup limits from the spec's resources (CFS quota over the default period)."""
-    resources = resources or {}
+def limits_from(resources: vrfs.VRFResources | None) -> Limits:
+    """cgroup limits from validated resources (CFS quota over the default period, at
+    least the kernel's 1 ms; memory in bytes), with `kubevisor.api.quantities`."""
+    if resources is None:
+        return Limits()
     quota = None
-    if "cpu" in resources:
-        quota = max(1000, round(parse_cpu(resources["cpu"]) * CFS_PERIOD_US))
-    memory = parse_memory(resources["memory"]) if "memory" in resources else None
+    if resources.cpu is not None:
+        cores = quantities.parse(resources.cpu)
+        quota = max(CFS_MIN_QUOTA_US, math.ceil(cores * CFS_PERIOD_US))
+    memory = quantities.to_bytes(resources.memory) if resources.memory is not None else None
     return Limits(cpu_quota_us=quota, memory_bytes=memory)
-
-
-# -- validation -------------------------------------------------------------------------
 
 
 def interface_mac(vrf: str, interface: str) -> str:
@@ -166,197 +125,12 @@ def interface_mac(vrf: str, interface: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
-def validate(name: str, spec: specs.VRFSpec) -> Problem | None:
-    """First problem of a single spec (no other VRFs considered), or None."""
-    try:
-        _check(name, spec)
-    except SpecError as error:
-        return error.problem
-    return None
-
-
-def _invalid(message: str) -> SpecError:
-    return SpecError(Problem("InvalidSpec", message))
-
-
-def _check(name: str, spec: specs.VRFSpec) -> None:
-    table = spec.get("table")
-    if table is not None and (table in RESERVED_TABLES or not 0 < table <= MAX_TABLE):
-        raise _invalid(
-            f"table {table} is reserved or out of range; use 1..{MAX_TABLE} except "
-            f"{sorted(RESERVED_TABLES)}."
-        )
-    names: set[str] = set()
-    for iface in spec.get("interfaces", []):
-        ifname = iface.get("name", "")
-        if not _IFNAME.match(ifname) or ifname == "lo":
-            raise _invalid(
-                f"interface name {ifname!r} must be 1..{IFNAMSIZ} characters of letters, "
-                "digits, '_', '.', '-' and not 'lo'."
-            )
-        if ifname in names:
-            raise _invalid(f"interface {ifname!r} is listed twice.")
-        names.add(ifname)
-        if ("network" in iface) == ("hostInterface" in iface):
-            raise _invalid(f"interface {ifname!r} needs exactly one of network or hostInterface.")
-        if "vlan" in iface and not 1 <= iface["vlan"] <= 4094:
-            raise _invalid(f"interface {ifname!r}: vlan {iface['vlan']} is not in 1..4094.")
-        for address in iface.get("addresses", []):
-            try:
-                if "/" not in address:
-                    raise ValueError(address)
-                ipaddress.ip_interface(address)
-            except ValueError:
-                raise _invalid(
-                    f"interface {ifname!r}: {address!r} is not an address with a prefix length."
-                ) from None
-    for route in spec.get("routes", []):
-        _check_route(route, names)
-    limits_from(spec.get("resources"))
-    backend = spec.get("backend", "auto")
-    if backend not in ("auto", "vrf", "netns"):
-        raise _invalid(f"backend {backend!r} is not one of auto, vrf, netns.")
-
-
-def _check_route(route: specs.RouteSpec, names: set[str]) -> None:
-    prefix = route.get("prefix", "")
-    try:
-        network = ipaddress.ip_network(prefix)
-    except ValueError:
-        raise _invalid(
-            f"route prefix {prefix!r} is not a network (host bits must be zero)."
-        ) from None
-    kind = route.get("type", "unicast")
-    if kind not in ("unicast", "blackhole", "unreachable", "prohibit"):
-        raise _invalid(f"route {prefix}: type {kind!r} is unknown.")
-    via, device = route.get("via"), route.get("device")
-    if kind == "unicast" and via is None and device is None:
-        raise _invalid(f"route {prefix}: a unicast route needs via or device.")
-    if kind != "unicast" and (via is not None or device is not None):
-        raise _invalid(f"route {prefix}: a {kind} route takes no via or device.")
-    if via is not None:
-        try:
-            gateway = ipaddress.ip_address(via)
-        except ValueError:
-            raise _invalid(f"route {prefix}: via {via!r} is not an address.") from None
-        if gateway.version != network.version:
-            raise _invalid(f"route {prefix}: via {via} is of another address family.")
-    if device is not None and device not in names:
-        raise _invalid(f"route {prefix}: device {device!r} is not one of the VRF's interfaces.")
-    metric = route.get("metric", 0)
-    if not 0 <= metric <= MAX_TABLE:
-        raise _invalid(f"route {prefix}: metric {metric} is out of range.")
-
-
-# -- conflicts and tables ---------------------------------------------------------------
-
-
-def _order(names: Iterable[str], current: Mapping[str, int]) -> list[str]:
-    """VRFs already realized keep what they hold; newcomers queue by name."""
-    return sorted(names, key=lambda n: (n not in current, n))
-
-
-def _claims(spec: specs.VRFSpec) -> list[tuple[str, str]]:
-    """What a VRF takes exclusively on a node: host interfaces and segments."""
-    claims = []
-    for iface in spec.get("interfaces", []):
-        if "hostInterface" in iface:
-            claims.append(("host interface", iface["hostInterface"]))
-        elif "network" in iface:
-            vlan = iface.get("vlan")
-            segment = iface["network"] if vlan is None else f"{iface['network']}/vlan {vlan}"
-            claims.append(("segment", segment))
-    return claims
-
-
-def find_conflicts(
-    vrfs: Mapping[str, specs.VRFSpec], *, current: Mapping[str, int] | None = None
-) -> dict[str, Problem]:
-    """Problems of the VRFs placed on one node, keyed by VRF name.
-
-    Refuses invalid specs, a table another VRF already has (``TableConflict``), and an
-    interface or segment another VRF already claims (``InterfaceConflict``: two VRFs on one
-    L2 segment would leak between them). The VRF that holds the resource now (``current``:
-    name -> realized table) keeps it; among newcomers the first by name wins.
-    """
-    current = current or {}
-    problems: dict[str, Problem] = {}
-    tables: dict[int, str] = {}
-    claims: dict[tuple[str, str], str] = {}
-    for name in _order(vrfs, current):
-        spec = vrfs[name]
-        problem = validate(name, spec)
-        if problem is not None:
-            problems[name] = problem
-            continue
-        table = spec.get("table")
-        if table is not None and table in tables:
-            problems[name] = Problem(
-                "TableConflict", f"table {table} is already used by VRF {tables[table]!r}."
-            )
-            continue
-        clash = next((c for c in _claims(spec) if c in claims), None)
-        if clash is not None:
-            problems[name] = Problem(
-                "InterfaceConflict",
-                f"{clash[0]} {clash[1]!r} is already claimed by VRF {claims[clash]!r}.",
-            )
-            continue
-        if table is not None:
-            tables[table] = name
-        for claim in _claims(spec):
-            claims[claim] = name
-    return problems
-
-
-def allocate_tables(
-    vrfs: Mapping[str, specs.VRFSpec],
-    *,
-    current: Mapping[str, int] | None = None,
-    first: int = AUTO_TABLE_FIRST,
-    last: int = AUTO_TABLE_LAST,
-) -> dict[str, int]:
-    """Table per VRF, unique on the node: explicit ones as given, others allocated.
-
-    Call with conflict-free specs (see `find_conflicts`). A VRF keeps the table it has in
-    ``current`` unless its spec names another; new ones take the lowest free id in
-    ``first..last``. Raises `SpecError` (``TablesExhausted``) when the range is full.
-    """
-    current = current or {}
-    result: dict[str, int] = {}
-    for name, spec in vrfs.items():
-        if spec.get("table") is not None:
-            result[name] = spec["table"]
-    taken = set(result.values())
-    for name in _order(vrfs, current):
-        if name in result:
-            continue
-        held = current.get(name)
-        if held is not None and held not in taken and held not in RESERVED_TABLES:
-            result[name] = held
-            taken.add(held)
-    free = (t for t in range(first, last + 1) if t not in taken and t not in RESERVED_TABLES)
-    for name in _order(vrfs, current):
-        if name in result:
-            continue
-        table = next(free, None)
-        if table is None:
-            raise SpecError(
-                Problem("TablesExhausted", f"no free routing table in {first}..{last}.")
-            )
-        result[name] = table
-    return result
-
-
-# -- the plan ---------------------------------------------------------------------------
-
-
-def choose_backend(requested: specs.Backend, *, kernel_has_vrf: bool) -> specs.RealBackend:
+def choose_backend(requested: vrfs.Backend, *, kernel_has_vrf: bool) -> vrfs.RealBackend:
     """The backend this node uses: l3mdev where asked and available, else a netns."""
     if requested == "vrf" and not kernel_has_vrf:
         raise SpecError(
             Problem(
-                "BackendUnavailable",
+                Reason.BACKEND_UNAVAILABLE,
                 "backend vrf was requested but this node's kernel has no l3mdev VRF support.",
             )
         )
@@ -365,51 +139,7 @@ def choose_backend(requested: specs.Backend, *, kernel_has_vrf: bool) -> specs.R
     return "vrf" if kernel_has_vrf else "netns"
 
 
-def plan(
-    name: str,
-    spec: specs.VRFSpec,
-    *,
-    table: int,
-    bridge_for: Callable[[str, int | None], str],
-    kernel_has_vrf: bool,
-) -> DesiredVRF:
-    """The node state for one VRF. ``bridge_for(network, vlan)`` names the segment bridge."""
-    _check(name, spec)
-    interfaces = []
-    for iface in spec.get("interfaces", []):
-        bridge = None
-        if "network" in iface:
-            bridge = bridge_for(iface["network"], iface.get("vlan"))
-        interfaces.append(
-            DesiredInterface(
-                name=iface["name"],
-                addresses=tuple(str(ipaddress.ip_interface(a)) for a in iface.get("addresses", [])),
-                mac=interface_mac(name, iface["name"]),
-                bridge=bridge,
-                host_interface=iface.get("hostInterface"),
-            )
-        )
-    routes = tuple(
-        DesiredRoute(
-            prefix=str(ipaddress.ip_network(r["prefix"])),
-            type=r.get("type", "unicast"),
-            via=str(ipaddress.ip_address(r["via"])) if "via" in r else None,
-            device=r.get("device"),
-            metric=r.get("metric", 0),
-        )
-        for r in spec.get("routes", [])
-    )
-    return DesiredVRF(
-        name=name,
-        table=table,
-        backend=choose_backend(spec.get("backend", "auto"), kernel_has_vrf=kernel_has_vrf),
-        interfaces=tuple(interfaces),
-        routes=routes,
-        limits=limits_from(spec.get("resources")),
-    )
-
-
-def check_node_support(name: str, spec: specs.VRFSpec, *, kernel_has_8021q: bool) -> None:
+def check_node_support(spec: vrfs.VRFSpec, *, kernel_has_8021q: bool) -> None:
     """Refuse what this node's kernel cannot build, with a sentence saying so.
 
     A VLAN member needs an 802.1Q sub-interface of the network's bridge; a kernel without
@@ -417,59 +147,85 @@ def check_node_support(name: str, spec: specs.VRFSpec, *, kernel_has_8021q: bool
     """
     if kernel_has_8021q:
         return
-    for iface in spec.get("interfaces", []):
-        if "vlan" in iface:
+    for iface in spec.interfaces:
+        if iface.vlan is not None:
             raise SpecError(
                 Problem(
-                    "BackendUnavailable",
-                    f"interface {iface['name']!r} wants VLAN {iface['vlan']} on network "
-                    f"{iface.get('network')!r}: 802.1Q not available in this kernel.",
+                    Reason.BACKEND_UNAVAILABLE,
+                    f"interface {iface.name!r} wants VLAN {iface.vlan} on network "
+                    f"{iface.network!r}: 802.1Q not available in this kernel.",
                 )
             )
 
 
-def selects_node(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
-    """Whether a VRF's nodeSelector matches a node's labels (empty selects every node)."""
-    return all(labels.get(k) == v for k, v in (selector or {}).items())
+def plan(
+    name: str,
+    spec: vrfs.VRFSpec,
+    *,
+    table: int,
+    bridge_for: Callable[[str, int | None], str],
+    kernel_has_vrf: bool,
+) -> DesiredVRF:
+    """The node state for one validated VRF. ``bridge_for(network, vlan)`` names the
+    segment bridge; ``table`` is the one the controller assigned."""
+    interfaces = tuple(
+        DesiredInterface(
+            name=iface.name,
+            addresses=tuple(str(ipaddress.ip_interface(a)) for a in iface.addresses),
+            mac=interface_mac(name, iface.name),
+            bridge=bridge_for(iface.network, iface.vlan) if iface.network is not None else None,
+            host_interface=iface.host_interface,
+        )
+        for iface in spec.interfaces
+    )
+    routes = tuple(
+        DesiredRoute(
+            prefix=str(ipaddress.ip_network(r.prefix)),
+            type=r.type,
+            via=str(ipaddress.ip_address(r.via)) if r.via is not None else None,
+            device=r.device,
+            metric=r.metric,
+        )
+        for r in spec.routes
+    )
+    return DesiredVRF(
+        name=name,
+        table=table,
+        backend=choose_backend(spec.backend, kernel_has_vrf=kernel_has_vrf),
+        interfaces=interfaces,
+        routes=routes,
+        limits=limits_from(spec.resources),
+    )
 
 
 @dataclass(frozen=True)
 class NodePlan:
-    """What one node should hold: VRFs to realize, VRFs refused, VRFs to remove."""
+    """What one node should hold: VRFs to realize and VRFs this node cannot build."""
 
     desired: dict[str, DesiredVRF]
     refused: dict[str, Problem]
 
 
 def plan_node(
-    vrfs: Mapping[str, specs.VRFSpec],
+    assigned: Mapping[str, Assigned],
     *,
-    labels: Mapping[str, str],
-    current: Mapping[str, int],
     bridge_for: Callable[[str, int | None], str],
     kernel_has_vrf: bool,
     kernel_has_8021q: bool = True,
 ) -> NodePlan:
-    """Select, check, allocate and plan every VRF for one node in one pure step.
+    """Plan every VRF assigned to this node in one pure step.
 
-    ``current`` maps VRFs realized on the node to their tables so they keep them. Refused
-    VRFs are not realized at all; anything on the node not in ``desired`` is to be removed.
+    Refused VRFs (the node's kernel cannot build them) are not realized at all.
     """
-    selected = {n: s for n, s in vrfs.items() if selects_node(s.get("nodeSelector"), labels)}
-    refused = find_conflicts(selected, current=current)
-    good = {n: s for n, s in selected.items() if n not in refused}
-    try:
-        tables = allocate_tables(good, current=current)
-    except SpecError as error:
-        return NodePlan(desired={}, refused={n: error.problem for n in good} | refused)
     desired: dict[str, DesiredVRF] = {}
-    for name, spec in good.items():
+    refused: dict[str, Problem] = {}
+    for name, item in assigned.items():
         try:
-            check_node_support(name, spec, kernel_has_8021q=kernel_has_8021q)
+            check_node_support(item.spec, kernel_has_8021q=kernel_has_8021q)
             desired[name] = plan(
                 name,
-                spec,
-                table=tables[name],
+                item.spec,
+                table=item.table,
                 bridge_for=bridge_for,
                 kernel_has_vrf=kernel_has_vrf,
             )

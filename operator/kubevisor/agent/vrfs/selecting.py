@@ -3,10 +3,13 @@
 Pure functions over raw VRF objects (the API server's wire form). The agent's loop
 (``kubevisor.agent.vrfs.handling``) feeds them the watch cache and writes what they return.
 
-A VRF is realized on a node when its ``nodeSelector`` matches the node's labels, it is
-not being deleted, the controller has not refused it (Ready=False with a refusal reason
-for the current generation) and it has a table (``spec.table`` or the controller's
-``status.tableAllocated``: one table for the VRF on every node, decided in one place).
+The contract with the controller (which decides conflicts and tables once, for every
+node): a VRF is realized on a node when its ``nodeSelector`` matches the node's labels
+(``vrfs.selects_node``, the controller's function too), it is not being deleted, and the
+controller has decided its current generation (``status.observedGeneration`` equals
+``metadata.generation``) without refusing it; the table to use is then
+``status.tableAllocated`` (spec.table, or the one the controller allocated). Until the
+controller has decided, the VRF is *waiting*: the node keeps what it holds for it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubevisor.agent.vrfs import planning, specs
-from kubevisor.api import conditions
+from kubevisor.api import conditions, vrfs
+from kubevisor.api.conditions import Reason
 
 #: Ready reasons with which the controller refuses a VRF (controller/vrfsplanning.py).
 CONTROLLER_REFUSALS = conditions.VRF_REFUSALS
 #: Entry fields compared to decide whether to write (lastSyncTime and usage excluded).
-COMPARED = ("backend", "table", "interfaces", "routesInstalled", "ready", "message")
+COMPARED = ("backend", "table", "interfaces", "routesInstalled", "ready", "reason", "message")
 #: How old the reported usage may get before an otherwise unchanged entry is rewritten.
 USAGE_REFRESH_SECONDS = 300.0
 
@@ -35,11 +39,21 @@ def realized_name(namespace: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class Selected:
-    """One VRF this node should hold."""
+    """One VRF this node should hold, as the controller accepted it."""
 
     key: Key
     generation: int
-    spec: specs.VRFSpec
+    spec: vrfs.VRFSpec
+    table: int
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A VRF selected onto this node that cannot be realized yet, and why."""
+
+    key: Key
+    generation: int
+    problem: planning.Problem
 
 
 @dataclass
@@ -48,22 +62,20 @@ class Selection:
 
     wanted: dict[str, Selected] = field(default_factory=dict)
     """By realized name: VRFs to plan and realize."""
-    waiting: dict[str, tuple[Selected, str]] = field(default_factory=dict)
-    """By realized name: selected, but not realizable yet (no table), with the reason."""
+    waiting: dict[str, Waiting] = field(default_factory=dict)
+    """By realized name: selected, not realizable yet; left as the node holds them."""
     reporting: set[Key] = field(default_factory=set)
     """Objects on which this node keeps an entry (wanted and waiting)."""
 
 
-def _refused(obj: Mapping[str, Any], generation: int) -> bool:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if (
-            cond.get("type") == "Ready"
-            and cond.get("status") == "False"
-            and cond.get("reason") in CONTROLLER_REFUSALS
-            and cond.get("observedGeneration") == generation
-        ):
-            return True
-    return False
+def _refused(status: Mapping[str, Any]) -> bool:
+    ready = conditions.get_condition(list(status.get("conditions") or []), "Ready") or {}
+    return ready.get("status") == "False" and ready.get("reason") in CONTROLLER_REFUSALS
+
+
+def _raw_selector(obj: Mapping[str, Any]) -> dict[str, str]:
+    selector = (obj.get("spec") or {}).get("nodeSelector")
+    return {str(k): str(v) for k, v in selector.items()} if isinstance(selector, dict) else {}
 
 
 def select(objs: Iterable[Mapping[str, Any]], *, labels: Mapping[str, str]) -> Selection:
@@ -73,27 +85,32 @@ def select(objs: Iterable[Mapping[str, Any]], *, labels: Mapping[str, str]) -> S
         meta = obj.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             continue
-        spec: specs.VRFSpec = dict(obj.get("spec") or {})  # type: ignore[assignment]
-        if not planning.selects_node(spec.get("nodeSelector"), labels):
-            continue
-        generation = int(meta.get("generation") or 0)
-        if _refused(obj, generation):
-            continue
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        generation = int(meta.get("generation") or 0)
+        status = obj.get("status") or {}
+        try:
+            spec: vrfs.VRFSpec | None = vrfs.parse_spec(obj)
+            problem = None
+        except vrfs.InvalidVRF as exc:
+            spec, problem = None, planning.Problem(Reason.INVALID_SPEC, f"spec is invalid: {exc}")
+        selector = spec.node_selector if spec is not None else _raw_selector(obj)
+        if not vrfs.selects_node(selector, labels):
+            continue
+        decided = status.get("observedGeneration") == generation
+        if decided and _refused(status):
+            continue
         name = realized_name(*key)
-        allocated = (obj.get("status") or {}).get("tableAllocated")
-        if spec.get("table") is None and isinstance(allocated, int) and allocated > 0:
-            spec["table"] = allocated
-        item = Selected(key=key, generation=generation, spec=spec)
         result.reporting.add(key)
-        if spec.get("table") is None:
-            result.waiting[name] = (
-                item,
-                f"{conditions.Reason.WAITING_FOR_TABLE}: "
-                "the controller has not allocated a table yet.",
+        allocated = status.get("tableAllocated")
+        if spec is not None and decided and isinstance(allocated, int) and allocated > 0:
+            result.wanted[name] = Selected(key, generation, spec, allocated)
+            continue
+        if problem is None:
+            problem = planning.Problem(
+                Reason.WAITING_FOR_TABLE,
+                f"the controller has not decided generation {generation} yet.",
             )
-        else:
-            result.wanted[name] = item
+        result.waiting[name] = Waiting(key, generation, problem)
     return result
 
 
@@ -102,11 +119,12 @@ def entry(
     *,
     generation: int,
     now: str,
-    message: str | None = None,
+    problem: planning.Problem | None = None,
     table: int | None = None,
 ) -> dict[str, Any]:
     """The wire form of ``status.nodes.<node>``: every field present (None clears it under
-    a JSON merge patch), so a write replaces the whole entry."""
+    a JSON merge patch), so a write replaces the whole entry. Without a read-back
+    ``status`` the node is not ready for ``problem``'s reason."""
     if status is None:
         return {
             "backend": None,
@@ -114,7 +132,8 @@ def entry(
             "interfaces": [],
             "routesInstalled": 0,
             "ready": False,
-            "message": message,
+            "reason": problem.reason if problem is not None else Reason.NODE_NOT_READY,
+            "message": problem.message if problem is not None else None,
             "usage": None,
             "observedGeneration": generation,
             "lastSyncTime": now,
@@ -126,7 +145,8 @@ def entry(
         "interfaces": list(status["interfaces"]),
         "routesInstalled": status["routesInstalled"],
         "ready": status["ready"],
-        "message": message if message is not None else status["message"],
+        "reason": status["reason"],
+        "message": status["message"],
         "usage": dict(usage) if usage is not None else None,
         "observedGeneration": generation,
         "lastSyncTime": now,
@@ -150,8 +170,3 @@ def needs_write(
     ):
         return True
     return False
-
-
-def problem_message(problem: planning.Problem) -> str:
-    """A per-node message in the form the controller parses: ``Reason: sentence``."""
-    return f"{problem.reason}: {problem.message}"

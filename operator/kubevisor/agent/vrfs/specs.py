@@ -1,63 +1,20 @@
-"""Shapes of a VRF spec and of its per-node status, as the API server carries them.
+"""Shapes the node side reports for a VRF, as the API server carries them.
 
-These mirror the CRD (camelCase keys) so the agent can pass the raw object's ``spec`` in
-without conversion. ``kubevisor.api.vrfs`` is the source of the schema; a unit test
-(tests/unit/vrf/test_specs_aligned.py) fails when these keys drift from its wire names.
+The spec side has no copy here: the agent parses ``spec`` with the API model
+(``kubevisor.api.vrfs.VRFSpec``), the same one the controller and the CRD use. What
+stays are the realizer's read-back shapes (camelCase keys of ``status.nodes.<node>``);
+a unit test (tests/unit/vrf/test_specs_aligned.py) fails when they drift from the model.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
 
-Backend = Literal["auto", "vrf", "netns"]
-RealBackend = Literal["vrf", "netns"]
-RouteType = Literal["unicast", "blackhole", "unreachable", "prohibit"]
+from kubevisor.api import vrfs
 
-
-class InterfaceSpec(TypedDict):
-    """A member interface: a node segment (``network`` [+ ``vlan``]) or a host interface."""
-
-    name: str
-    network: NotRequired[str]
-    vlan: NotRequired[int]
-    hostInterface: NotRequired[str]
-    addresses: NotRequired[list[str]]
-
-
-class RouteSpec(TypedDict):
-    """A static route inside the VRF's table."""
-
-    prefix: str
-    via: NotRequired[str]
-    device: NotRequired[str]
-    type: NotRequired[RouteType]
-    metric: NotRequired[int]
-
-
-class ResourcesSpec(TypedDict, total=False):
-    """CPU/memory limits of the VRF's context, as Kubernetes quantities ("500m", "64Mi")."""
-
-    cpu: str
-    memory: str
-
-
-class RoutingSpec(TypedDict, total=False):
-    """Optional per-VRF routing daemon."""
-
-    daemon: Literal["none", "bird"]
-    config: str
-
-
-class VRFSpec(TypedDict, total=False):
-    """``spec`` of a VRF object."""
-
-    table: int
-    interfaces: list[InterfaceSpec]
-    routes: list[RouteSpec]
-    nodeSelector: dict[str, str]
-    backend: Backend
-    resources: ResourcesSpec
-    routing: RoutingSpec
+Backend = vrfs.Backend
+RealBackend = vrfs.RealBackend
+RouteType = vrfs.RouteType
 
 
 class UsageStatus(TypedDict):
@@ -68,12 +25,16 @@ class UsageStatus(TypedDict):
 
 
 class NodeVRFStatus(TypedDict):
-    """What one node reports for one VRF: level-based, read back from the kernel."""
+    """What one node reports for one VRF: level-based, read back from the kernel.
+
+    ``reason`` is a CamelCase `conditions.Reason` when not ready, else None.
+    """
 
     backend: str
     table: int
     interfaces: list[str]
     routesInstalled: int
     ready: bool
+    reason: str | None
     message: str
     usage: NotRequired[UsageStatus]
