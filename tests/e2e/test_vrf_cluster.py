@@ -408,8 +408,15 @@ def test_vlan_member_reports_missing_8021q(env: Env) -> None:
     env.create(
         "tagged", {"interfaces": [{"name": "t0", "network": "red", "vlan": 7}]}
     )  # another segment than red's untagged one: no conflict
-    st = _wait(lambda: len(env.status("tagged").get("nodes") or {}) == 2 and env.status("tagged"),
-               what="both nodes report")  # fmt: skip
+    def decided() -> dict[str, Any] | None:
+        # Until the controller has decided the VRF's generation a node says WaitingForTable;
+        # the node's own verdict comes after that.
+        st = env.status("tagged")
+        entries = (st.get("nodes") or {}).values()
+        done = len(entries) == 2 and all(e.get("reason") != "WaitingForTable" for e in entries)
+        return st if done else None
+
+    st = _wait(decided, what="both nodes report their own verdict")
     for entry in st["nodes"].values():
         assert entry["ready"] is False
         assert entry["reason"] == "BackendUnavailable"
