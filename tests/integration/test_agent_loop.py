@@ -2,7 +2,7 @@
 
 The controller's part is played by the test: it labels the VM for the node and applies
 the controller-owned status fields with server-side apply (field manager
-kubevisor-controller), exactly as docs/dev/vm-contract.md says.
+kubevisor-controller), exactly as docs/architecture.md says.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Making: linked = ``qemu-img create -f qcow2 -b BASE -F FMT`` (an overlay; the ba
 is only read), full = ``qemu-img convert`` (an independent copy), no image = an empty
 qcow2 of the given size. An existing file is never recreated (it holds the guest's data).
 
-Clones: an image ``vm:<namespace>/<vm>/<disk>`` (docs/dev/vm-contract.md, "Clones") is the
+Clones: an image ``vm:<namespace>/<vm>/<disk>`` (docs/architecture.md, "Clones") is the
 file of another VM's disk at this node's layout path for that VM (same ``storage`` as the
 clone's disk, so a shared disk is found in the shared dir, a local one only on its node).
 It is copied with ``qemu-img convert -U -O qcow2``: the copy is *flattened* — a standalone

@@ -4,7 +4,7 @@ Derived by hashing rather than stored, so a restarted controller or agent, a re-
 after a template change, or another node (a migration target) all arrive at the same
 name. The controller writes MACs into ``status.machine``; the agent names taps and
 domains, and falls back to :func:`mac` for a NIC without one. Both import this module,
-so there is one derivation per name (docs/dev/vm-contract.md).
+so there is one derivation per name (docs/architecture.md).
 """
 
 from __future__ import annotations

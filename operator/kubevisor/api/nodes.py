@@ -1,5 +1,5 @@
 """The node contract: one ``coordination.k8s.io`` Lease per node, written by its agent and
-read by the controller (docs/dev/vm-contract.md, "Nodes").
+read by the controller (docs/architecture.md, "Nodes").
 
 The Lease carries the node's labels, its capacity and its current network segments as
 annotations. Both sides import this module: the agent builds its Lease with

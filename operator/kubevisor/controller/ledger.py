@@ -18,7 +18,7 @@ from going backwards:
 
 - a *pending* reservation (written, or being written, by us) is not erased by an
   observation without ``nodeName``: such an observation predates our write, because
-  ``nodeName`` is never cleared once set (docs/dev/vm-contract.md);
+  ``nodeName`` is never cleared once set (docs/architecture.md);
 - otherwise an observation replaces the entry only if its ``resourceVersion`` is not
   older. Resource versions are compared as integers (what etcd-backed API servers
   hand out); one that is not an integer is taken as newer, which is what the watch

@@ -1,7 +1,7 @@
 """Placement: which node a VM runs on, or a sentence saying why none fits.
 
 Pure functions over plain data: nodes as the agents describe them in their Leases
-(docs/dev/vm-contract.md, "Nodes"), usage summed from the VMs already placed. The
+(docs/architecture.md, "Nodes"), usage summed from the VMs already placed. The
 handler gathers both, calls ``place`` and records the answer.
 """
 

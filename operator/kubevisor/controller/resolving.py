@@ -45,7 +45,7 @@ def resolve(
 
 def clone_image(namespace: str, name: str, disk: str) -> str:
     """The image reference of a clone's disk: the source VM's disk, which the agent
-    resolves with its own disk layout (see docs/dev/vm-contract.md, "Clones")."""
+    resolves with its own disk layout (see docs/architecture.md, "Clones")."""
     return f"vm:{namespace}/{name}/{disk}"
 
 

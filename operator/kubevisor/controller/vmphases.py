@@ -26,7 +26,7 @@ from kubevisor.controller.vmstatus import Cond
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
-#: The agent's finalizer (docs/dev/vm-contract.md): ours waits until it is gone.
+#: The agent's finalizer (docs/architecture.md): ours waits until it is gone.
 AGENT_FINALIZER = groups.AGENT_FINALIZER
 #: Agent phases meaning no domain is running.
 AT_REST: frozenset[str | None] = frozenset(

@@ -2,7 +2,7 @@
 
 Pure. The handler applies exactly this dict with server-side apply (field manager
 kubevisor-controller), always the full set of our fields, so the agent's fields and
-condition types are never touched (docs/dev/vm-contract.md).
+condition types are never touched (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def test_lease_round_trip(capacity: nodes.Capacity, segments: frozenset[str]) ->
 
 
 def test_capacity_wire_form_is_the_documented_json() -> None:
-    """docs/dev/vm-contract.md, "Nodes": every key, camelCase, migrationURI, sorted."""
+    """docs/architecture.md, "Nodes": every key, camelCase, migrationURI, sorted."""
     assert json.loads(nodes.capacity_json(FULL)) == {
         "cpu": 8,
         "memoryBytes": 16 * 2**30,
