@@ -64,10 +64,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 
 # The product's VRF path. When operator/ moves, re-point these four imports; the names used
-# are: vrfrealizing.{VRFRealizer, ALIAS_SEGMENT, ALIAS_NODE_SIDE},
+# are: vrfrealizing.{VRFRealizer, ALIAS_SEGMENT, ALIAS_NODE_SIDE}, linking.RULE_PRIORITY,
 # routes.{RouteSocket, KernelRoute, sync_routes}, cgroups.{CgroupContext, CGROUP_ROOT},
 # planning.{DesiredVRF, DesiredInterface, DesiredRoute, interface_mac}.
-from kubevisor.agent.kernel import cgroups, vrfrealizing
+from kubevisor.agent.kernel import cgroups, linking, vrfrealizing
 from kubevisor.agent.kernel import routes as product_routes
 from kubevisor.agent.vrfs import planning
 
@@ -297,7 +297,7 @@ def _vrf_script(row: Row, vrf: VRF) -> list[str]:
         f'link set {IFACE} address {vrf.mac} alias "{vrfrealizing.ALIAS_SEGMENT}{vrf.name}/'
         f'{IFACE}" up\n',
         f"addr add {vrf.address} dev {IFACE}\n",
-        f"rule add pref {vrfrealizing.RULE_PRIORITY} table {vrf.table}\n",
+        f"rule add pref {linking.RULE_PRIORITY} table {vrf.table}\n",
     ]
     lines += [
         f"route add {p} via {vrf.gateway} table {vrf.table} proto {PROTO}\n"
@@ -325,7 +325,7 @@ def run_ip_batch(row: Row, scripts: Path) -> None:
         vrf_file.write_text("".join(_vrf_script(row, vrf)))
         lines.append(f"netns exec {vrf.netns} ip -batch {vrf_file}\n")
         lines.append(
-            f"netns exec {vrf.netns} ip -6 rule add pref {vrfrealizing.RULE_PRIORITY} "
+            f"netns exec {vrf.netns} ip -6 rule add pref {linking.RULE_PRIORITY} "
             f"table {vrf.table}\n"
         )
         lines.append(f"netns exec {vrf.netns} {' '.join(_SYSCTL)}\n")
@@ -340,7 +340,7 @@ def run_ip_per_object(row: Row) -> None:
     """One ``ip`` process per namespace, link, address, rule and route."""
     for vrf in row.plan():
         ns, table = vrf.netns, str(vrf.table)
-        pref = str(vrfrealizing.RULE_PRIORITY)
+        pref = str(linking.RULE_PRIORITY)
         _ip("netns", "add", ns)
         _ip("link", "add", row.node_side(vrf), "netns", row.node, "type", "veth",
             "peer", "name", IFACE, "netns", ns)  # fmt: skip
@@ -418,7 +418,7 @@ def count_routes(dumped: list[dict[str, Any]], *, table: int | None, gateway: st
 
 
 def _has_rule(rules: list[dict[str, Any]], table: int) -> bool:
-    pref = vrfrealizing.RULE_PRIORITY
+    pref = linking.RULE_PRIORITY
     return any(r.get("priority") == pref and r.get("table") == str(table) for r in rules)
 
 

@@ -31,8 +31,8 @@ def lookup(ipr: IPRoute, ifname: str) -> int | None:
 
 def vrf_table(link: Any) -> int:
     info = attr(link, "IFLA_LINKINFO")
-    data = info.getattr("IFLA_INFO_DATA") if info is not None else None
-    return int(data.getattr("IFLA_VRF_TABLE")) if data is not None else 0
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    return int(data.get_attr("IFLA_VRF_TABLE")) if data is not None else 0
 
 
 def set_forwarding(ns: str) -> None:
