@@ -27,7 +27,9 @@ from kubernetes_asyncio import client
 
 from kubevisor.api import conditions, groups, kinds
 from kubevisor.api.conditions import ConditionType, Reason
-from kubevisor.controller import kube, placing, vrfsplanning
+from kubevisor.controller import vrfsplanning
+from kubevisor.controller.kube import client as kube
+from kubevisor.controller.placement import placing
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from kubevisor.api import conditions, vrfs
 from kubevisor.api.conditions import ConditionType, Reason
-from kubevisor.controller import placing
+from kubevisor.controller.placement import placing
 
 #: Where automatic allocation looks for a free table (the contract's range).
 AUTO_TABLE_FIRST = vrfs.AUTO_TABLE_FIRST

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from kubevisor.controller import placing, vrfsplanning
+from kubevisor.controller import vrfsplanning
+from kubevisor.controller.placement import placing
 
 pytestmark = pytest.mark.unit
 
