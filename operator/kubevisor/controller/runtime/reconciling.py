@@ -58,10 +58,14 @@ class _Slot:
 class Reconciler:
     """One kind's reconcile loop over keys (see module docstring)."""
 
-    def __init__(self, kind: str, once: Pass, *, resync_seconds: float) -> None:
+    def __init__(
+        self, kind: str, once: Pass, *, resync_seconds: float, backoff: float = 0.5
+    ) -> None:
         self.kind = kind
         self._once = once
         self.resync_seconds = resync_seconds
+        self.backoff = backoff
+        """Seconds before the n-th retry after an error: n * backoff (conflicts: none)."""
         self.waiting: set[Key] = set()
         """Keys the resync looks at again."""
         self._slots: dict[Key, _Slot] = {}
@@ -94,7 +98,7 @@ class Reconciler:
                     self.waiting.add(key)  # the resync tries again later
                     log.exception("reconcile of %s %s/%s failed", self.kind, *key)
                     return
-                delay = 0.0 if kube.is_conflict(exc) else 0.5 * (attempt + 1)
+                delay = 0.0 if kube.is_conflict(exc) else self.backoff * (attempt + 1)
                 log.info("retrying %s %s/%s after %s", self.kind, *key, exc)
                 await asyncio.sleep(delay)
                 continue
