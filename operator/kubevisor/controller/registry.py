@@ -15,9 +15,10 @@ from kubevisor.controller.placement import reserving
 from kubevisor.controller.runtime import running
 from kubevisor.controller.vms import handlers as vms
 from kubevisor.controller.vmtemplates import handlers as vmtemplates
+from kubevisor.controller.vrfs import handlers as vrfs
 
 #: The kinds with handlers of their own.
-IMPLEMENTED = frozenset({kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind})
+IMPLEMENTED = frozenset({kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind, kinds.VRF.kind})
 
 
 def not_implemented_kinds() -> list[kinds.Kind]:
@@ -29,9 +30,11 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
     """Every handler of the controller process, sharing ``rt``."""
     machines = vms.VMs(rt, placer=reserving.Placer())
     templates = vmtemplates.VMTemplates(rt, on_change=machines.template_changed)
+    routers = vrfs.VRFs(rt)
     return [
         *rt.handlers(),
         *machines.handlers(),
         *templates.handlers(),
+        *routers.handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

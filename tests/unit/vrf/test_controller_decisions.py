@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kubevisor.controller import vrfsplanning
 from kubevisor.controller.placement import placing
+from kubevisor.controller.vrfs import planning as vrfsplanning
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ what needs every VRF at once lives here:
 
 VRFs are considered in creation order, so the later-created VRF is always the refused
 one and a running VRF never loses its table or segment to a newcomer. The handler
-(``vrfs``) gathers the objects and node Leases, calls `decide` and applies `build_status`.
+(``handlers``) gathers the objects and node Leases, calls `decide` and applies `build_status`.
 """
 
 from __future__ import annotations
