@@ -27,7 +27,7 @@ from kubevisor.controller.kube import operating
 from kubevisor.controller.placement import placing
 from kubevisor.controller.runtime import running
 from kubevisor.controller.runtime.reconciling import Key, Outcome
-from kubevisor.controller.vrfs import planning
+from kubevisor.controller.vrfs import planning, status
 
 #: The kind served here (names from the one registry of kinds).
 VRF = kinds.VRF
@@ -78,8 +78,8 @@ class VRFs:
         for vrf, (obj, item) in sorted(items.items()):
             if vrf not in self.known:
                 continue  # another controller's namespace
-            wanted = planning.build_status(item, decisions[vrf], now=now)
-            if planning.same(item.status, wanted):
+            wanted = status.build_status(item, decisions[vrf], now=now)
+            if status.same(item.status, wanted):
                 continue
             try:
                 await api.apply_status(VRF.plural, VRF.kind, item.namespace, item.name, wanted)
