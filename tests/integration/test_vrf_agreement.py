@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubevisor.agent.vrfs import planning, selecting
 from kubevisor.api import groups, kinds
-from kubevisor.controller import vrfsplanning
+from kubevisor.controller.vrfs import planning as vrfsplanning
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,8 @@ import pytest
 
 from kubevisor.agent.kernel import cgroups, probing, vrfrealizing
 from kubevisor.agent.vrfs import planning
-from kubevisor.controller import placing, vrfsplanning
+from kubevisor.controller.placement import placing
+from kubevisor.controller.vrfs import planning as vrfsplanning
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration

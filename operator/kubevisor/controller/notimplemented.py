@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
-
-from kubevisor.api import conditions, groups, kinds
+from kubevisor.api import conditions, kinds
+from kubevisor.controller.kube import operating
 
 
 def status_patch(kind: kinds.Kind, status: dict[str, Any], generation: int) -> dict[str, Any]:
@@ -24,19 +23,13 @@ def status_patch(kind: kinds.Kind, status: dict[str, Any], generation: int) -> d
     return {"conditions": updated, "observedGeneration": generation}
 
 
-def register(kind: kinds.Kind) -> None:
+def handler(kind: kinds.Kind) -> operating.OnChange:
     """Answer create/resume/update of ``kind`` with the NotImplemented condition."""
 
-    def report(**kwargs: Any) -> None:
-        status: dict[str, Any] = dict(kwargs["status"])
-        meta: dict[str, Any] = dict(kwargs["meta"])
-        patch: kopf.Patch = kwargs["patch"]
+    def report(meta: dict[str, Any], status: dict[str, Any]) -> dict[str, Any] | None:
         generation = int(meta.get("generation") or 0)
         if status.get("observedGeneration") == generation:
-            return
-        patch.status.update(status_patch(kind, dict(status), generation))
+            return None
+        return status_patch(kind, status, generation)
 
-    for decorator in (kopf.on.create, kopf.on.resume, kopf.on.update):
-        decorator(groups.GROUP, groups.VERSION, kind.plural, id=f"notimplemented-{kind.plural}")(
-            report
-        )
+    return operating.OnChange(kind.plural, f"notimplemented-{kind.plural}", report)

@@ -1,23 +1,24 @@
-"""Which handler module serves which kind.
+"""Which handlers serve which kind, wired explicitly.
 
 Every kind gets handlers: a kind whose logic is not built yet reports ``Ready=False``
-with reason ``NotImplemented`` (``notimplemented.py``) instead of silence, so a user who
-applies it sees why nothing happens.
+with reason ``NotImplemented`` (``notimplemented``) instead of silence, so a user who
+applies it sees why nothing happens. The kinds never import one another; where one
+reacts to another (VMs to their templates), the wiring is here.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-from typing import Any
-
-import kopf
-
 from kubevisor.api import kinds
 from kubevisor.controller import notimplemented
+from kubevisor.controller.kube import operating
+from kubevisor.controller.placement import reserving
+from kubevisor.controller.runtime import running
+from kubevisor.controller.vms import handlers as vms
+from kubevisor.controller.vmtemplates import handlers as vmtemplates
+from kubevisor.controller.vrfs import handlers as vrfs
 
-#: kind -> module (under kubevisor.controller) whose import registers its handlers.
-IMPLEMENTED: dict[str, str] = {"VirtualMachine": "vms", "VMTemplate": "vmtemplates", "VRF": "vrfs"}
+#: The kinds with handlers of their own.
+IMPLEMENTED = frozenset({kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind, kinds.VRF.kind})
 
 
 def not_implemented_kinds() -> list[kinds.Kind]:
@@ -25,25 +26,15 @@ def not_implemented_kinds() -> list[kinds.Kind]:
     return [k for k in kinds.KINDS if k.kind not in IMPLEMENTED]
 
 
-def register_all() -> None:
-    """Register handlers for every kind; idempotent per process."""
-
-    @kopf.on.login()
-    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # Explicit: kopf's implicit piggybacking on the client libraries picks one by
-        # priority and failed on plain client-certificate kubeconfigs. A kubeconfig when
-        # one is given, else the pod's service account.
-        if os.environ.get("KUBECONFIG"):
-            return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs)
-
-    @kopf.on.startup()
-    def _settings(settings: kopf.OperatorSettings, **_: object) -> None:
-        from kubevisor.controller import main
-
-        main.configure(settings)
-
-    for module in IMPLEMENTED.values():
-        importlib.import_module(f"kubevisor.controller.{module}")
-    for kind in not_implemented_kinds():
-        notimplemented.register(kind)
+def handlers(rt: running.Runtime) -> list[operating.Handler]:
+    """Every handler of the controller process, sharing ``rt``."""
+    machines = vms.VMs(rt, placer=reserving.Placer())
+    templates = vmtemplates.VMTemplates(rt, on_change=machines.template_changed)
+    routers = vrfs.VRFs(rt)
+    return [
+        *rt.handlers(),
+        *machines.handlers(),
+        *templates.handlers(),
+        *routers.handlers(),
+        *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
+    ]

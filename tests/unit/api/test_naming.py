@@ -11,7 +11,7 @@ import pytest
 from kubevisor.agent import domainxml
 from kubevisor.agent.vms import placing
 from kubevisor.api import common, naming, virtualmachines
-from kubevisor.controller import resolving
+from kubevisor.controller.vms import resolving
 
 pytestmark = pytest.mark.unit
 

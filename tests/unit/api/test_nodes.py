@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kubevisor.api import nodes
-from kubevisor.controller import placing
+from kubevisor.controller.placement import placing
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from kubevisor.controller import placing, vrfsplanning
+from kubevisor.controller.placement import placing
+from kubevisor.controller.vrfs import planning as vrfsplanning
+from kubevisor.controller.vrfs import status as vrfstatus
 
 pytestmark = pytest.mark.unit
 
@@ -204,7 +206,7 @@ def test_status_summarises_node_entries(
 ) -> None:
     item = _vrf("v", 1, status={"nodes": nodes}, gen=2, table=7)
     decision = vrfsplanning.decide([item], NODES)[item.key]
-    status = vrfsplanning.build_status(item, decision, now=NOW)
+    status = vrfstatus.build_status(item, decision, now=NOW)
     assert (status["phase"], status["readyNodes"]) == (phase, ready)
     assert _cond(status, "Ready")["reason"] == reason
     for node, entry in nodes.items():
@@ -212,15 +214,15 @@ def test_status_summarises_node_entries(
             assert f"{node}: {entry['message']}" in _cond(status, "Ready")["message"]
     assert status["tableAllocated"] == 7 and status["observedGeneration"] == 2
     assert "nodes" not in status  # never ours
-    assert vrfsplanning.same({**item.status, **status}, status)
+    assert vrfstatus.same({**item.status, **status}, status)
 
 
 def test_refused_status_and_no_nodes() -> None:
     item = _vrf("v", 1, nodeSelector={"zone": "none"})
-    status = vrfsplanning.build_status(item, vrfsplanning.decide([item], NODES)[item.key], now=NOW)
+    status = vrfstatus.build_status(item, vrfsplanning.decide([item], NODES)[item.key], now=NOW)
     assert status["phase"] == "Pending" and status["readyNodes"] == "0/0"
     assert _cond(status, "Ready")["reason"] == "Unschedulable"
     refused = vrfsplanning.Decision(("a",), None, reason="TableConflict", message="m")
-    status = vrfsplanning.build_status(item, refused, now=NOW)
+    status = vrfstatus.build_status(item, refused, now=NOW)
     assert status["phase"] == "Failed" and "tableAllocated" not in status
     assert _cond(status, "Ready")["reason"] == "TableConflict"

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from kubevisor.controller import ledger
-from kubevisor.controller.ledger import Ledger, Seen
-from kubevisor.controller.placing import Usage
+from kubevisor.controller.placement import ledger
+from kubevisor.controller.placement.ledger import Ledger, Seen
+from kubevisor.controller.placement.placing import Usage
 
 pytestmark = pytest.mark.unit
 
@@ -151,9 +151,9 @@ def test_seen_from_raw_vm(obj: dict[str, Any], want: Seen) -> None:
 
 
 def test_placer_choose_reserves_so_the_next_choice_counts_it() -> None:
-    from kubevisor.controller import placing, vmphases
+    from kubevisor.controller.placement import placing, reserving
 
-    placer = vmphases.Placer()
+    placer = reserving.Placer()
     nodes = [placing.Node("n1", cpu=4, memory_bytes=512 * Mi, networks=frozenset({"default"}))]
     request = placing.Request(1, 256 * Mi, 0, frozenset({"default"}), {})
     assert [placer.choose(uid, request, nodes).node for uid in "abc"] == ["n1", "n1", None]

@@ -14,11 +14,6 @@ from typing import Any
 
 from kubevisor.api import machines, nodes, quantities
 
-# The node contract is ``api/nodes``. These two names remain only for
-# ``controller/vrfs.py`` (owned by the VRF work); new code reads ``nodes`` directly.
-LEASE_NAMESPACE = nodes.LEASE_NAMESPACE
-LABEL_AGENT = nodes.LABEL_AGENT
-
 
 @dataclass(frozen=True)
 class Node:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from kubevisor.api import machines, naming, virtualmachines
-from kubevisor.controller import resolving
+from kubevisor.controller.vms import resolving
 
 pytestmark = pytest.mark.unit
 

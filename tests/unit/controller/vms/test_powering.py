@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kubevisor.api.virtualmachines import DesiredState, RunStrategy
-from kubevisor.controller import powering
-from kubevisor.controller.powering import PowerInputs
+from kubevisor.controller.vms import powering
+from kubevisor.controller.vms.powering import PowerInputs
 
 pytestmark = pytest.mark.unit
 

@@ -25,7 +25,7 @@ from going backwards:
   order gives anyway.
 
 Deleted VMs leave a tombstone so a list taken before the deletion does not bring them
-back. Pure: no I/O, no clock; the adapter in ``vmphases`` feeds it.
+back. Pure: no I/O, no clock; ``reserving.Placer`` feeds it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pydantic
 
 from kubevisor.api import machines
 from kubevisor.api.virtualmachines import DesiredState
-from kubevisor.controller import placing
+from kubevisor.controller.placement import placing
 
 NOTHING = placing.Usage()
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kubevisor.api import machines
-from kubevisor.controller import vmstatus
-from kubevisor.controller.vmstatus import Cond
+from kubevisor.controller.vms import status as vmstatus
+from kubevisor.controller.vms.status import Cond
 
 pytestmark = pytest.mark.unit
 

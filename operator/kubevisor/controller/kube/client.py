@@ -1,14 +1,16 @@
-"""The controller's Kubernetes adapter: the few reads and writes the VM logic needs.
+"""The controller's API client: the few reads and writes the reconcilers need.
 
-kopf watches and dispatches; these calls fetch fresh objects and write with
-server-side apply, which kopf's patches do not do. Everything returns plain dicts (the
-raw wire form); callers parse with the api models where they need types.
+kopf watches and dispatches; these calls fetch fresh objects, write with server-side
+apply (which kopf's patches do not do) and post Events. Everything returns plain dicts
+(the raw wire form); callers parse with the api models where they need types.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -28,6 +30,7 @@ class Kube:
         self._api = api
         self._custom = client.CustomObjectsApi(api)
         self._coord = client.CoordinationV1Api(api)
+        self._core = client.CoreV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -110,6 +113,37 @@ class Kube:
             _content_type="application/json-patch+json",  # type: ignore[call-arg]
         )
         return obj
+
+    async def create_event(
+        self, obj: Obj, *, kind: str, type_: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about ``obj`` (a kubevisor object of ``kind``), reported by
+        kubevisor-controller."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC)
+        body = {
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": groups.API_VERSION,
+                "kind": kind,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        core: Any = self._core
+        await core.create_namespaced_event(meta["namespace"], body)
 
 
 def is_conflict(exc: BaseException) -> bool:

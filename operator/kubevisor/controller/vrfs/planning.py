@@ -1,4 +1,4 @@
-"""Cluster-level VRF decisions: node selection, conflicts, table allocation, status.
+"""Cluster-level VRF decisions: node selection, conflicts, table allocation.
 
 Pure functions over plain data. The API server's CEL rules check one object at a time;
 what needs every VRF at once lives here:
@@ -9,20 +9,19 @@ what needs every VRF at once lives here:
 - a table for every VRF without ``spec.table``, unique among the accepted VRFs.
 
 VRFs are considered in creation order, so the later-created VRF is always the refused
-one and a running VRF never loses its table or segment to a newcomer. The handler
-(``vrfs``) gathers the objects and node Leases, calls `decide` and applies `build_status`.
+one and a running VRF never loses its table or segment to a newcomer. ``handlers``
+gathers the objects and node Leases, calls `decide` and applies ``status.build_status``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from kubevisor.api import conditions, vrfs
-from kubevisor.api.conditions import ConditionType, Reason
-from kubevisor.controller import placing
+from kubevisor.api.conditions import Reason
+from kubevisor.controller.placement import placing
 
 #: Where automatic allocation looks for a free table (the contract's range).
 AUTO_TABLE_FIRST = vrfs.AUTO_TABLE_FIRST
@@ -31,8 +30,6 @@ INTERFACE_CONFLICT = Reason.INTERFACE_CONFLICT
 TABLES_EXHAUSTED = Reason.TABLES_EXHAUSTED
 #: Reasons that mean "the controller refused this VRF": agents do not realize it.
 REFUSALS = conditions.VRF_REFUSALS
-OWNED_CONDITIONS = (ConditionType.READY, ConditionType.SCHEDULED)
-OWNED_FIELDS = ("phase", "readyNodes", "tableAllocated", "observedGeneration")
 
 Key = tuple[str, str]
 
@@ -108,7 +105,7 @@ def claims(spec: vrfs.VRFSpec) -> list[tuple[str, str]]:
     return out
 
 
-def _nodes_text(names: Iterable[str]) -> str:
+def nodes_text(names: Iterable[str]) -> str:
     listed = sorted(names)
     return f"node{'s' if len(listed) > 1 else ''} {', '.join(listed)}"
 
@@ -211,7 +208,7 @@ def _conflict(
         if spec.table is not None and spec.table == decision.table:
             return (
                 Reason.TABLE_CONFLICT,
-                f"table {spec.table} is already used by {who} on {_nodes_text(shared)};"
+                f"table {spec.table} is already used by {who} on {nodes_text(shared)};"
                 " choose another table or leave spec.table empty to get one allocated.",
             )
         theirs = set(claims(other.spec)) if other.spec is not None else set()
@@ -219,116 +216,7 @@ def _conflict(
         if clash is not None:
             return (
                 INTERFACE_CONFLICT,
-                f"{clash[0]} {clash[1]!r} is already claimed by {who} on {_nodes_text(shared)};"
+                f"{clash[0]} {clash[1]!r} is already claimed by {who} on {nodes_text(shared)};"
                 " one segment or interface belongs to one VRF per node.",
             )
     return None
-
-
-# -- status -----------------------------------------------------------------------------
-
-
-def _entry_reason(entry: Mapping[str, Any]) -> tuple[str, str]:
-    """(reason, sentence) from an agent's node entry (its ``reason`` and ``message``)."""
-    reason = entry.get("reason") or Reason.NODE_NOT_READY
-    return str(reason), str(entry.get("message") or "not ready")
-
-
-def build_status(item: Item, decision: Decision, *, now: datetime) -> dict[str, Any]:
-    """The fields the controller owns, from its decision and the agents' node entries.
-
-    A node counts as ready when its entry says ``ready`` for the current generation.
-    """
-    current = dict(item.status)
-    listed: list[dict[str, Any]] = list(current.get("conditions") or [])
-    gen = item.generation
-    entries: Mapping[str, Any] = current.get("nodes") or {}
-
-    def cond(type_: str, status: conditions.ConditionStatus, reason: str, message: str) -> None:
-        nonlocal listed
-        listed = conditions.set_condition(
-            listed,
-            type=type_,
-            status=status,
-            reason=reason,
-            message=message,
-            generation=gen,
-            now=now,
-        )
-
-    ready = [
-        n
-        for n in decision.nodes
-        if (entries.get(n) or {}).get("ready") is True
-        and (entries.get(n) or {}).get("observedGeneration") == gen
-    ]
-    total = len(decision.nodes)
-    out: dict[str, Any] = {"observedGeneration": gen, "readyNodes": f"{len(ready)}/{total}"}
-    if decision.reason:
-        phase = vrfs.VRFPhase.FAILED
-        cond(ConditionType.READY, "False", decision.reason, decision.message)
-        cond(ConditionType.SCHEDULED, "False", decision.reason, decision.message)
-    elif total == 0:
-        phase = vrfs.VRFPhase.PENDING
-        msg = "no node matches nodeSelector (nodes come from live agent Leases)."
-        cond(ConditionType.READY, "False", Reason.UNSCHEDULABLE, msg)
-        cond(ConditionType.SCHEDULED, "False", Reason.UNSCHEDULABLE, msg)
-    else:
-        cond(
-            ConditionType.SCHEDULED,
-            "True",
-            Reason.SCHEDULED,
-            f"selected {_nodes_text(decision.nodes)}.",
-        )
-        failing = [
-            (n, _entry_reason(entries[n]))
-            for n in decision.nodes
-            if n not in ready
-            and (entries.get(n) or {}).get("observedGeneration") == gen
-            and (entries.get(n) or {}).get("ready") is False
-        ]
-        if len(ready) == total:
-            phase = vrfs.VRFPhase.READY
-            cond(
-                ConditionType.READY,
-                "True",
-                Reason.AS_EXPECTED,
-                f"realized on {len(ready)}/{total} nodes.",
-            )
-        elif failing:
-            phase = vrfs.VRFPhase.DEGRADED
-            text = "; ".join(f"{n}: {r[1]}" for n, r in failing)
-            cond(
-                ConditionType.READY,
-                "False",
-                failing[0][1][0],
-                f"{len(ready)}/{total} ready; {text}",
-            )
-        else:
-            phase = vrfs.VRFPhase.PROVISIONING
-            waiting = [n for n in decision.nodes if n not in ready]
-            cond(
-                ConditionType.READY,
-                "False",
-                Reason.IN_PROGRESS,
-                f"waiting for {_nodes_text(waiting)} to report.",
-            )
-    out["phase"] = str(phase)
-    if decision.table is not None:
-        out["tableAllocated"] = decision.table
-    out["conditions"] = [c for c in listed if c.get("type") in OWNED_CONDITIONS]
-    return out
-
-
-def owned_view(current: Mapping[str, Any]) -> dict[str, Any]:
-    """Our fields as they stand in an object's status, shaped like `build_status`."""
-    out = {k: current[k] for k in OWNED_FIELDS if current.get(k) is not None}
-    out["conditions"] = [
-        dict(c) for c in current.get("conditions") or [] if c.get("type") in OWNED_CONDITIONS
-    ]
-    return out
-
-
-def same(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    """True when applying ``wanted`` would change nothing we own."""
-    return owned_view(current) == dict(wanted)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kubevisor.api import machines
-from kubevisor.controller import placing
-from kubevisor.controller.placing import Node, Usage
+from kubevisor.controller.placement import placing
+from kubevisor.controller.placement.placing import Node, Usage
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,134 @@
+"""Per-object serialised reconciles, retried, with a resync for objects that wait.
+
+Every kind reconciles the same way: an event (or a dependency's change) asks for a pass
+over one key; passes over one key never overlap; a pass that fails on a conflict or an
+API error is retried a few times; a key whose pass says it waits for something outside
+the object (a node Lease, capacity, another object) is looked at again every
+``resync_seconds``. Passes are level-based, so requests for a key that arrive while a
+pass for it is still waiting to start are folded into that pass: it reads the newest
+object anyway.
+
+A kind whose decisions span all its objects (VRFs: conflicts, table allocation) uses
+one key for the whole set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from kubevisor.controller.kube import client as kube
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+"""(namespace, name), or any pair a kind chooses for a set of objects."""
+
+RETRIES = 5
+
+
+class Outcome(enum.Enum):
+    """What one pass says about its key."""
+
+    DONE = "done"
+    """Converged; the next event brings it back."""
+    WAIT = "wait"
+    """Waiting for something outside the object: look again at the next resync."""
+    GONE = "gone"
+    """The object no longer exists (or is being deleted): forget the key."""
+
+
+Pass = Callable[[Key], Awaitable[Outcome]]
+
+
+@dataclass
+class _Slot:
+    """Serialises the passes over one key while anyone uses it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued: bool = False
+    """A pass is waiting for the lock and has not read the object yet."""
+    users: int = 0
+
+
+class Reconciler:
+    """One kind's reconcile loop over keys (see module docstring)."""
+
+    def __init__(
+        self, kind: str, once: Pass, *, resync_seconds: float, backoff: float = 0.5
+    ) -> None:
+        self.kind = kind
+        self._once = once
+        self.resync_seconds = resync_seconds
+        self.backoff = backoff
+        """Seconds before the n-th retry after an error: n * backoff (conflicts: none)."""
+        self.waiting: set[Key] = set()
+        """Keys the resync looks at again."""
+        self._slots: dict[Key, _Slot] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def reconcile(self, key: Key) -> None:
+        """One pass over ``key``, after any running one; folded into a queued one."""
+        slot = self._slots.setdefault(key, _Slot())
+        if slot.queued:
+            return
+        slot.queued = True
+        slot.users += 1
+        try:
+            async with slot.lock:
+                slot.queued = False
+                await self._attempts(key)
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                self._slots.pop(key, None)
+
+    async def _attempts(self, key: Key) -> None:
+        for attempt in range(RETRIES):
+            try:
+                outcome = await self._once(key)
+            except Exception as exc:
+                if kube.is_gone(exc):
+                    return
+                if attempt == RETRIES - 1:
+                    self.waiting.add(key)  # the resync tries again later
+                    log.exception("reconcile of %s %s/%s failed", self.kind, *key)
+                    return
+                delay = 0.0 if kube.is_conflict(exc) else self.backoff * (attempt + 1)
+                log.info("retrying %s %s/%s after %s", self.kind, *key, exc)
+                await asyncio.sleep(delay)
+                continue
+            if outcome is Outcome.WAIT:
+                self.waiting.add(key)
+            else:
+                self.waiting.discard(key)
+            return
+
+    def forget(self, key: Key) -> None:
+        """The object was deleted: no more resyncs for it."""
+        self.waiting.discard(key)
+
+    def spawn(self, key: Key) -> None:
+        """A pass over ``key`` in the background (for wake-ups outside a handler)."""
+        task = asyncio.get_running_loop().create_task(self.reconcile(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resync(self) -> None:
+        """Forever: every ``resync_seconds``, a pass over every waiting key."""
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            for key in sorted(self.waiting):
+                self.spawn(key)
+
+    async def stop(self) -> None:
+        """Cancel the background passes."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task

@@ -1,0 +1,199 @@
+"""VirtualMachine handlers: resolve, decide power state, place, write status once.
+
+kopf delivers watch events; every event (and every change of a template a VM uses)
+leads to a pass over that VM (``VMs.reconcile_once``), which re-reads the VM, runs the
+phases in ``phases`` and applies the controller's status fields with server-side
+apply. It is level-based: nothing is remembered between calls except which VMs to look
+at again.
+
+VMs that cannot progress by themselves (not placed, template or clone source missing)
+are re-checked every ``RESYNC_SECONDS`` (the runtime's resync): new node Leases and
+capacity freed by other VMs are noticed that way, templates immediately through their
+own watch.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from kubevisor.api import groups, kinds
+from kubevisor.api.conditions import ConditionType, Reason
+from kubevisor.controller.kube import operating
+from kubevisor.controller.placement import reserving
+from kubevisor.controller.runtime import running
+from kubevisor.controller.runtime.reconciling import Key, Outcome
+from kubevisor.controller.vms import phases, status
+from kubevisor.controller.vms.phases import Scope
+
+log = logging.getLogger(__name__)
+
+#: The kind served here (names from the one registry of kinds).
+VM = kinds.VIRTUALMACHINE
+RESYNC_SECONDS = 5.0
+#: Reasons of a False condition that are not a problem worth a Warning.
+QUIET_REASONS = frozenset({Reason.AS_EXPECTED, Reason.STOPPED, Reason.SCHEDULED})
+
+
+class VMs:
+    """The VirtualMachine reconciler of one controller process."""
+
+    def __init__(self, rt: running.Runtime, *, placer: reserving.Placer) -> None:
+        self._rt = rt
+        self._placer = placer
+        self._reconciler = rt.reconciler(
+            VM.kind, self.reconcile_once, resync_seconds=RESYNC_SECONDS
+        )
+        self._by_template: dict[Key, set[str]] = {}
+        """(namespace, template) -> names of the VMs that use it."""
+
+    def handlers(self) -> list[operating.Handler]:
+        return [operating.OnEvent(VM.plural, self.on_event)]
+
+    @property
+    def waiting(self) -> set[Key]:
+        """The VMs the resync looks at again."""
+        return self._reconciler.waiting
+
+    def _post(self, obj: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
+        self._rt.events.post(obj, kind=VM.kind, type_=type_, reason=reason, message=message)
+
+    async def _write(self, scope: Scope) -> None:
+        """Apply our status fields if they differ from what the VM shows; post Events for
+        conditions that changed into a problem."""
+        assert scope.power is not None
+        old = scope.status
+        wanted = status.build(
+            old,
+            generation=scope.generation,
+            now=scope.now,
+            node=scope.node,
+            machine=scope.machine,
+            desired=scope.power.desired,
+            restart_token=scope.power.restart_token,
+            phase=scope.phase if scope.node is None else None,
+            conds=scope.conds,
+        )
+        if not status.same(old, wanted):
+            result = await self._rt.client.apply_status(
+                VM.plural, VM.kind, scope.namespace, scope.name, wanted
+            )
+            scope.obj = result
+        for type_, cond in scope.conds.items():
+            before = status.condition(old, type_) or {}
+            if (before.get("reason"), before.get("message")) == (cond.reason, cond.message):
+                continue
+            if cond.status == "False" and cond.reason not in QUIET_REASONS:
+                self._post(scope.obj, type_="Warning", reason=cond.reason, message=cond.message)
+            elif type_ == ConditionType.RESTART_REQUIRED and cond.status == "True":
+                self._post(
+                    scope.obj, type_="Normal", reason="RestartRequired", message=cond.message
+                )
+        for reason, message in scope.events:
+            self._post(scope.obj, type_="Normal", reason=reason, message=message)
+
+    async def _ensure_metadata(self, scope: Scope) -> None:
+        """Label ``kubevisor.io/node`` and our finalizer on a placed VM (one patch)."""
+        if scope.node is None:
+            return
+        meta = scope.meta
+        labels = dict(meta.get("labels") or {})
+        finalizers = list(meta.get("finalizers") or [])
+        if labels.get(groups.LABEL_NODE) == scope.node and groups.FINALIZER in finalizers:
+            return
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+            {
+                "op": "add",
+                "path": "/metadata/labels",
+                "value": {**labels, groups.LABEL_NODE: scope.node},
+            },
+        ]
+        if groups.FINALIZER not in finalizers:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": "/metadata/finalizers",
+                    "value": [*finalizers, groups.FINALIZER],
+                }
+            )
+        await self._rt.client.json_patch(VM.plural, scope.namespace, scope.name, ops)
+
+    async def _finalize(self, obj: dict[str, Any]) -> None:
+        """Release our finalizer once the agent's is gone (it removes domain, taps, disks)."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if groups.FINALIZER not in finalizers or phases.AGENT_FINALIZER in finalizers:
+            return
+        remaining = [f for f in finalizers if f != groups.FINALIZER]
+        await self._rt.client.json_patch(
+            VM.plural,
+            meta["namespace"],
+            meta["name"],
+            [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": meta["resourceVersion"],
+                },
+                {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
+            ],
+        )
+        log.info("released finalizer of %s/%s", meta["namespace"], meta["name"])
+
+    def _track(self, key: Key, scope: Scope | None) -> Outcome:
+        """Remember which template each VM uses; whether it needs a periodic look."""
+        for tkey, names in list(self._by_template.items()):
+            if tkey[0] == key[0]:
+                names.discard(key[1])
+                if not names:
+                    del self._by_template[tkey]
+        if scope is None:
+            return Outcome.GONE
+        if scope.spec is not None and scope.spec.template_ref is not None:
+            tkey = (key[0], scope.spec.template_ref.name)
+            self._by_template.setdefault(tkey, set()).add(key[1])
+        resolved = scope.conds.get(ConditionType.TEMPLATE_RESOLVED)
+        if scope.node is None or (resolved is not None and resolved.status != "True"):
+            return Outcome.WAIT
+        return Outcome.DONE
+
+    async def reconcile_once(self, key: Key) -> Outcome:
+        """One pass over one VM: read, decide, write."""
+        namespace, name = key
+        client = self._rt.client
+        obj = await client.get(VM.plural, namespace, name)
+        if obj is None:
+            return self._track(key, None)
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            self._track(key, None)
+            await self._finalize(obj)
+            return Outcome.GONE
+        self._placer.observe(obj)
+        scope = Scope(obj=obj, now=datetime.now(UTC))
+        await phases.resolve(scope, client)
+        phases.power(scope)
+        phases.record_machine(scope)
+        await phases.schedule(scope, client, self._write, placer=self._placer)
+        await self._ensure_metadata(scope)
+        return self._track(key, scope)
+
+    async def on_event(
+        self, type: str | None, namespace: str, name: str, body: dict[str, Any]
+    ) -> None:
+        """Every VM event: update the placement ledger, reconcile that VM (deletions
+        only forget it)."""
+        key = (namespace, name)
+        if type == "DELETED":
+            self._placer.forget(str((body.get("metadata") or {}).get("uid")))
+            self._track(key, None)
+            self._reconciler.forget(key)
+            return
+        self._placer.observe(body)
+        await self._reconciler.reconcile(key)
+
+    def template_changed(self, namespace: str, template: str) -> None:
+        """A template appeared, changed or went away: look at the VMs using it now."""
+        for name in sorted(self._by_template.get((namespace, template), set())):
+            self._reconciler.spawn((namespace, name))

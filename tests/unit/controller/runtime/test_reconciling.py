@@ -1,0 +1,146 @@
+"""The shared reconcile loop: one pass at a time per key, folded requests, retries,
+resync of waiting keys. Passes are plain coroutines here; no API server involved."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from kubernetes_asyncio.client import ApiException
+
+from kubevisor.controller.runtime import events, reconciling
+from kubevisor.controller.runtime.reconciling import Key, Outcome
+
+pytestmark = pytest.mark.unit
+
+K: Key = ("ns", "vm")
+DEADLINE = 5.0
+
+
+class Passes:
+    """A pass function that records its calls; each call waits for ``gate`` when set."""
+
+    def __init__(self, *outcomes: Outcome | BaseException) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[Key] = []
+        self.running = 0
+        self.most_running = 0
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def __call__(self, key: Key) -> Outcome:
+        self.calls.append(key)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self.entered.set()
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            result = self.outcomes.pop(0) if self.outcomes else Outcome.DONE
+            if isinstance(result, BaseException):
+                raise result
+            return result
+        finally:
+            self.running -= 1
+
+
+def _reconciler(passes: Passes, *, resync_seconds: float = 60.0) -> reconciling.Reconciler:
+    return reconciling.Reconciler("Test", passes, resync_seconds=resync_seconds, backoff=0.0)
+
+
+async def test_passes_over_one_key_never_overlap_and_queued_requests_fold() -> None:
+    passes = Passes()
+    passes.gate = asyncio.Event()
+    r = _reconciler(passes)
+    first = asyncio.create_task(r.reconcile(K))
+    await asyncio.wait_for(passes.entered.wait(), DEADLINE)
+    # While the first pass runs: one request queues, the rest fold into it.
+    queued = [asyncio.create_task(r.reconcile(K)) for _ in range(3)]
+    other = asyncio.create_task(r.reconcile(("ns", "other")))
+    passes.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *queued, other), DEADLINE)
+    assert sorted(passes.calls) == [("ns", "other"), K, K]
+    assert passes.most_running == 2  # the two keys, never one key twice
+    assert r._slots == {}  # nothing kept once nobody waits
+
+
+@pytest.mark.parametrize(
+    ("outcome", "waiting"),
+    [(Outcome.WAIT, {K}), (Outcome.DONE, set()), (Outcome.GONE, set())],
+)
+async def test_outcome_decides_whether_the_resync_looks_again(
+    outcome: Outcome, waiting: set[Key]
+) -> None:
+    r = _reconciler(Passes(Outcome.WAIT, outcome))
+    await r.reconcile(K)
+    assert r.waiting == {K}
+    await r.reconcile(K)
+    assert r.waiting == waiting
+
+
+async def test_errors_are_retried_then_left_to_the_resync() -> None:
+    passes = Passes(RuntimeError("one"), ApiException(status=409), Outcome.DONE)
+    r = _reconciler(passes)
+    await r.reconcile(K)
+    assert len(passes.calls) == 3 and r.waiting == set()
+
+    failing = Passes(*[RuntimeError("always")] * reconciling.RETRIES)
+    r = _reconciler(failing)
+    await r.reconcile(K)
+    assert len(failing.calls) == reconciling.RETRIES and r.waiting == {K}
+
+
+async def test_a_deleted_object_is_not_retried() -> None:
+    passes = Passes(ApiException(status=404))
+    r = _reconciler(passes)
+    r.waiting.add(K)
+    await r.reconcile(K)
+    assert len(passes.calls) == 1
+    r.forget(K)
+    assert r.waiting == set()
+
+
+async def test_resync_passes_over_waiting_keys_until_done() -> None:
+    passes = Passes(Outcome.WAIT, Outcome.WAIT, Outcome.DONE)
+    r = _reconciler(passes, resync_seconds=0.01)
+    await r.reconcile(K)
+    loop = asyncio.create_task(r.resync())
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while len(passes.calls) < 3:
+                passes.entered.clear()
+                await passes.entered.wait()
+            await asyncio.gather(*r._tasks)  # the third pass records its outcome
+    finally:
+        loop.cancel()
+        await r.stop()
+    assert passes.calls[:3] == [K, K, K] and r.waiting == set()
+
+
+class FakeKube:
+    """Stands in for the API client: records the Events it is asked to create."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[str, str, str]] = []
+
+    async def create_event(
+        self, obj: dict[str, object], *, kind: str, type_: str, reason: str, message: str
+    ) -> None:
+        if reason == "Fails":
+            raise ApiException(status=500)
+        self.created.append((kind, reason, message))
+
+
+async def test_recorder_posts_in_order_and_survives_a_failed_post() -> None:
+    recorder = events.Recorder()
+    obj = {"metadata": {"name": "vm", "namespace": "ns"}}
+    recorder.post(obj, kind="VirtualMachine", type_="Normal", reason="Early", message="logged")
+    fake = FakeKube()
+    recorder.start(fake)  # type: ignore[arg-type]
+    for reason in ("Scheduled", "Fails", "Unschedulable"):
+        recorder.post(obj, kind="VirtualMachine", type_="Normal", reason=reason, message="m")
+    await recorder.stop()
+    assert fake.created == [
+        ("VirtualMachine", "Scheduled", "m"),
+        ("VirtualMachine", "Unschedulable", "m"),
+    ]
