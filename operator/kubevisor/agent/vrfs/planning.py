@@ -2,7 +2,7 @@
 
 The agent decides nothing the controller decides: the spec is parsed with the API model
 (``kubevisor.api.vrfs``, the same rules as the CRD), conflicts and tables are settled by
-the controller (``controller/vrfsplanning.py``) and arrive as the table to use. What is
+the controller (``controller/vrfs/planning.py``) and arrive as the table to use. What is
 left is what only this node can judge: whether its kernel can build the VRF (l3mdev,
 802.1Q), and the plan itself. The agent calls, for the VRFs assigned to its node::
 

@@ -22,7 +22,7 @@ from kubevisor.agent.vrfs import planning, specs
 from kubevisor.api import conditions, vrfs
 from kubevisor.api.conditions import Reason
 
-#: Ready reasons with which the controller refuses a VRF (controller/vrfsplanning.py).
+#: Ready reasons with which the controller refuses a VRF (controller/vrfs/planning.py).
 CONTROLLER_REFUSALS = conditions.VRF_REFUSALS
 #: Entry fields compared to decide whether to write (lastSyncTime and usage excluded).
 COMPARED = ("backend", "table", "interfaces", "routesInstalled", "ready", "reason", "message")
