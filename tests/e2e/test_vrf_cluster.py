@@ -408,6 +408,7 @@ def test_vlan_member_reports_missing_8021q(env: Env) -> None:
     env.create(
         "tagged", {"interfaces": [{"name": "t0", "network": "red", "vlan": 7}]}
     )  # another segment than red's untagged one: no conflict
+
     def decided() -> dict[str, Any] | None:
         # Until the controller has decided the VRF's generation a node says WaitingForTable;
         # the node's own verdict comes after that.
