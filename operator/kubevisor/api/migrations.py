@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field
 
@@ -201,7 +201,7 @@ class MigrationProgress(common.Model):
     """When this sample was taken."""
 
 
-_TRANSITIONS_SCHEMA_EXTRA = {
+_TRANSITIONS_SCHEMA_EXTRA: dict[str, Any] = {
     "x-kubernetes-list-type": "map",
     "x-kubernetes-list-map-keys": ["phase"],
 }

@@ -276,9 +276,7 @@ def renewal_patch(
     annotations = metadata.get("annotations") or {}
     current_labels = metadata.get("labels") or {}
     changed_annotations = {
-        k: v
-        for k, v in _annotations(capacity, segments, rtts).items()
-        if annotations.get(k) != v
+        k: v for k, v in _annotations(capacity, segments, rtts).items() if annotations.get(k) != v
     }
     changed_labels = {k: v for k, v in _labels(labels).items() if current_labels.get(k) != v}
     if changed_annotations or changed_labels:
