@@ -125,14 +125,24 @@ RUNNING = {
             {"percent": 99, "etaSeconds": 0},
         ),
         (
+            "zero pages are skipped: percent from remaining, not processed",
+            {**RUNNING, "data_processed": 320, "data_remaining": 0},
+            {"percent": 99},
+        ),
+        (
+            "processed when remaining is unknown",
+            {**RUNNING, "data_remaining": None},
+            {"percent": 40, "etaSeconds": None},
+        ),
+        (
             "completed is",
-            {**RUNNING, "type": libvirt.VIR_DOMAIN_JOB_COMPLETED, "data_processed": 1000},
+            {**RUNNING, "type": libvirt.VIR_DOMAIN_JOB_COMPLETED, "data_remaining": 0},
             {"percent": 100},
         ),
         (
             "no rate yet: no eta",
             {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "data_total": 10, "data_remaining": 10},
-            {"etaSeconds": None, "transferRateBytesPerSecond": None, "percent": None},
+            {"etaSeconds": None, "transferRateBytesPerSecond": None, "percent": 0},
         ),
         ("zero total", {**RUNNING, "data_total": 0}, {"percent": None}),
         ("garbage is dropped", {**RUNNING, "memory_iteration": "x"}, {"memoryIterations": None}),
