@@ -40,7 +40,7 @@ ANNOTATION_SEGMENTS: Final = "kubevisor.io/segments"
 #: Annotation with the round-trip times the node's agent measured to its peers, as a JSON
 #: object ``{"<peer node>": <milliseconds>}`` (optional: absent means none measured). A
 #: separate annotation, not part of :class:`Capacity`, so a changed RTT does not rewrite
-#: the capacity; the agent reports only meaningful changes (``agent/probing.py``).
+#: the capacity; the agent reports only meaningful changes (``agent/rttprobing.py``).
 ANNOTATION_RTTS: Final = "kubevisor.io/rtts"
 #: Capacity keys written only when set, so agents that do not report them keep writing
 #: the same annotation as before these fields existed.

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from kubevisor.agent import probing
+from kubevisor.agent import rttprobing
 from kubevisor.api import nodes
 
 pytestmark = pytest.mark.unit
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.unit
     ],
 )
 def test_peer_endpoint(capacity: nodes.Capacity, endpoint: tuple[str, int] | None) -> None:
-    assert probing.peer_endpoint(capacity) == endpoint
+    assert rttprobing.peer_endpoint(capacity) == endpoint
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_peer_endpoint(capacity: nodes.Capacity, endpoint: tuple[str, int] | Non
     [([1.0, 9.0, 2.0], 2.0), ([None, 3.0], 3.0), ([None, None], None), ([], None)],
 )
 def test_summarise(samples: list[float | None], rtt: float | None) -> None:
-    assert probing.summarise(samples) == rtt
+    assert rttprobing.summarise(samples) == rtt
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_report(
     measured: dict[str, float | None],
     published: dict[str, float],
 ) -> None:
-    assert probing.report(previous, measured) == published
+    assert rttprobing.report(previous, measured) == published
 
 
 async def test_probe_times_a_real_connect_and_fails_on_a_closed_port() -> None:
@@ -73,7 +73,7 @@ async def test_probe_times_a_real_connect_and_fails_on_a_closed_port() -> None:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     async with server:
-        rtts = await probing.measure(
+        rtts = await rttprobing.measure(
             {"up": ("127.0.0.1", port), "down": ("127.0.0.1", closed)}, count=3
         )
         await asyncio.wait_for(all_accepted.wait(), 5)  # the server saw every probe
