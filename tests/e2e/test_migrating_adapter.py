@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from kubevisor.api import migrations
-from kubevisor.devenv import guest, nodes
+from kubevisor.devenv import guest, nodes, testing
 from kubevisor.devenv.testing import wait_for
 
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python not installed")
+testing.require_module("libvirt")
 
 from kubevisor.agent.libvirt import hypervisor, migrating  # noqa: E402
 
@@ -31,20 +30,11 @@ TICKS = 'i=0; while true; do i=$((i+1)); echo "kv-tick $i"; sleep 0.2; done\n'
 TICK = re.compile(r"^kv-tick (\d+)\r?$", re.MULTILINE)
 
 
-def _require_host() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("simulated nodes need root (namespaces, mounts, libvirtd)")
-    for tool in ("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter"):
-        if shutil.which(tool) is None:
-            pytest.skip(
-                f"{tool} not installed (apt-get install libvirt-daemon-system qemu-system-x86)"
-            )
-
-
 @pytest.fixture
 def two_nodes() -> Iterator[list[nodes.SimNode]]:
     """Two fresh simulated nodes; destroyed even when the test fails."""
-    _require_host()
+    testing.require_root("simulated nodes (namespaces, mounts, libvirtd)")
+    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
     cluster = f"mig{os.getpid() % 100000}"
     created = nodes.create_cluster_nodes(cluster, 2)
     try:
@@ -113,11 +103,10 @@ async def test_adapter_migrates_a_running_guest_without_reboot(
         assert final.mode is migrations.MigrationMode.PRE_COPY
         assert final.bytes_transferred and final.bytes_transferred > 0
 
-        after = wait_for(
-            lambda: ticks()[-1] > before + 10 and ticks(),
-            timeout=60,
-            what="ticks continuing on the target",
+        wait_for(
+            lambda: ticks()[-1] > before + 10, timeout=60, what="ticks continuing on the target"
         )
+        after = ticks()
         assert after == list(range(after[0], after[0] + len(after))), "tick counter restarted"
         text = console.read_text(errors="replace")
         assert text.count(guest.BOOTED_MARKER) == 1, "the guest booted again"

@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python not installed")
+from kubevisor.devenv import testing
+
+testing.require_module("libvirt")
+
+import libvirt  # noqa: E402
 
 from kubevisor.agent.libvirt import migrating  # noqa: E402
 from kubevisor.api import migrations  # noqa: E402
