@@ -37,6 +37,14 @@ AGENT_SELECTOR: Final = f"{LABEL_AGENT}=true"
 ANNOTATION_CAPACITY: Final = "kubevisor.io/capacity"
 #: Annotation with the node's current network segments as a sorted JSON list.
 ANNOTATION_SEGMENTS: Final = "kubevisor.io/segments"
+#: Annotation with the round-trip times the node's agent measured to its peers, as a JSON
+#: object ``{"<peer node>": <milliseconds>}`` (optional: absent means none measured). A
+#: separate annotation, not part of :class:`Capacity`, so a changed RTT does not rewrite
+#: the capacity; the agent reports only meaningful changes (``agent/rttprobing.py``).
+ANNOTATION_RTTS: Final = "kubevisor.io/rtts"
+#: Capacity keys written only when set, so agents that do not report them keep writing
+#: the same annotation as before these fields existed.
+_OPTIONAL_CAPACITY_KEYS: Final = ("cpuModels", "hostCPUModel")
 
 
 class Capacity(common.Model):
@@ -57,6 +65,12 @@ class Capacity(common.Model):
     shared_storage: str | None = None
     migration_uri: str | None = Field(default=None, alias="migrationURI")
     address: str | None = None
+    cpu_models: tuple[str, ...] = ()
+    """CPU models libvirt can run on this host (domain capabilities, ``usable='yes'``);
+    empty when the agent does not report them (migration then does not check)."""
+    host_cpu_model: str | None = Field(default=None, alias="hostCPUModel")
+    """The model libvirt's host-model expands to here; a VM with host-model or
+    host-passthrough moves only between nodes reporting the same one."""
 
 
 #: A node that published no readable capacity: nothing fits there.
@@ -68,6 +82,11 @@ def capacity_json(capacity: Capacity) -> str:
     capacities give equal strings and the agent writes only on a real change."""
     wire = capacity.model_dump(mode="json", by_alias=True)
     wire["networks"] = sorted(wire["networks"])
+    for key in _OPTIONAL_CAPACITY_KEYS:
+        if not wire[key]:
+            del wire[key]
+    if "cpuModels" in wire:
+        wire["cpuModels"] = sorted(wire["cpuModels"])
     return json.dumps(wire, sort_keys=True, separators=(",", ":"))
 
 
@@ -105,6 +124,30 @@ def parse_segments(text: str | None) -> frozenset[str]:
     return frozenset(str(s) for s in raw)
 
 
+def rtts_json(rtts: Mapping[str, float]) -> str:
+    """The RTT annotation value: peers sorted, milliseconds rounded to 0.01 ms."""
+    return json.dumps(
+        {peer: round(float(ms), 2) for peer, ms in sorted(rtts.items())},
+        separators=(",", ":"),
+    )
+
+
+def parse_rtts(text: str | None) -> dict[str, float]:
+    """The RTTs an annotation value lists; entries that are not a non-negative number are
+    dropped, and a missing or unreadable value reads as none measured."""
+    try:
+        raw = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(peer): float(ms)
+        for peer, ms in raw.items()
+        if isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= 0
+    }
+
+
 def micro_time(moment: datetime) -> str:
     """metav1.MicroTime wire format."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -135,6 +178,8 @@ class NodeLease:
     segments: frozenset[str]
     renew_time: datetime | None
     duration_s: int
+    rtts_ms: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Round-trip times this node's agent measured to its peers (:data:`ANNOTATION_RTTS`)."""
 
     def alive(self, now: datetime) -> bool:
         """Renewed within ``leaseDurationSeconds`` of ``now``; else the node is lost."""
@@ -156,6 +201,7 @@ def parse(lease: Mapping[str, Any]) -> NodeLease:
         segments=parse_segments(annotations.get(ANNOTATION_SEGMENTS)),
         renew_time=parse_time(spec.get("renewTime")),
         duration_s=int(spec.get("leaseDurationSeconds") or 0),
+        rtts_ms=parse_rtts(annotations.get(ANNOTATION_RTTS)),
     )
 
 
@@ -163,11 +209,16 @@ def _labels(labels: Mapping[str, str]) -> dict[str, str]:
     return {**labels, LABEL_AGENT: "true"}
 
 
-def _annotations(capacity: Capacity, segments: Iterable[str]) -> dict[str, str]:
-    return {
+def _annotations(
+    capacity: Capacity, segments: Iterable[str], rtts: Mapping[str, float] | None
+) -> dict[str, str]:
+    out = {
         ANNOTATION_CAPACITY: capacity_json(capacity),
         ANNOTATION_SEGMENTS: segments_json(segments),
     }
+    if rtts is not None:
+        out[ANNOTATION_RTTS] = rtts_json(rtts)
+    return out
 
 
 def lease_body(
@@ -179,8 +230,10 @@ def lease_body(
     now: datetime,
     namespace: str = LEASE_NAMESPACE,
     duration_s: int = LEASE_DURATION_S,
+    rtts: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The full Lease object for creation (pure)."""
+    """The full Lease object for creation (pure). ``rtts`` None leaves the RTT annotation
+    out (an agent that does not probe)."""
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -188,7 +241,7 @@ def lease_body(
             "name": node,
             "namespace": namespace,
             "labels": _labels(labels),
-            "annotations": _annotations(capacity, segments),
+            "annotations": _annotations(capacity, segments, rtts),
         },
         "spec": {
             "holderIdentity": node,
@@ -207,9 +260,11 @@ def renewal_patch(
     capacity: Capacity,
     segments: Iterable[str],
     now: datetime,
+    rtts: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """A merge patch renewing the Lease ``current``; metadata only where it differs, so a
-    quiet node costs one small write per interval (pure)."""
+    quiet node costs one small write per interval (pure). ``rtts`` None leaves the RTT
+    annotation as it is."""
     patch: dict[str, Any] = {
         "spec": {
             "renewTime": micro_time(now),
@@ -221,7 +276,7 @@ def renewal_patch(
     annotations = metadata.get("annotations") or {}
     current_labels = metadata.get("labels") or {}
     changed_annotations = {
-        k: v for k, v in _annotations(capacity, segments).items() if annotations.get(k) != v
+        k: v for k, v in _annotations(capacity, segments, rtts).items() if annotations.get(k) != v
     }
     changed_labels = {k: v for k, v in _labels(labels).items() if current_labels.get(k) != v}
     if changed_annotations or changed_labels:
