@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from kubevisor.api import migrations, nodes, virtualmachines
-from kubevisor.controller import placing
 from kubevisor.controller.migrations import preconditions
+from kubevisor.controller.placement import placing
 
 pytestmark = pytest.mark.unit
 

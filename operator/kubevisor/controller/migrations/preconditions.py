@@ -10,7 +10,7 @@ order (the first one is the node's headline reason):
 
 1. the node's agent is alive (Lease renewed);
 2. nodeSelector and 3. capacity (CPU, memory, GPUs) — the placement rules of
-   ``controller/placing``, not a copy;
+   ``controller/placement/placing``, not a copy;
 4. every network the VM's NICs use (and so their VLANs, which the target creates on
    that network on demand);
 5. a migration URI the source can reach;
@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from kubevisor.api import machines, migrations, nodes, virtualmachines
-from kubevisor.controller import placing
+from kubevisor.controller.placement import placing
 
 Reason = migrations.MigrationReason
 
