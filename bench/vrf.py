@@ -64,10 +64,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 
 # The product's VRF path. When operator/ moves, re-point these four imports; the names used
-# are: vrfrealizing.{VRFRealizer, ALIAS_SEGMENT, ALIAS_NODE_SIDE}, linking.RULE_PRIORITY,
+# are: vrfrealizing.VRFRealizer, vrfnaming.{ALIAS_SEGMENT, ALIAS_NODE_SIDE}, linking.RULE_PRIORITY,
 # routes.{RouteSocket, KernelRoute, sync_routes}, cgroups.{CgroupContext, CGROUP_ROOT},
 # planning.{DesiredVRF, DesiredInterface, DesiredRoute, interface_mac}.
-from kubevisor.agent.kernel import cgroups, linking, vrfrealizing
+from kubevisor.agent.kernel import cgroups, linking, vrfnaming, vrfrealizing
 from kubevisor.agent.kernel import routes as product_routes
 from kubevisor.agent.vrfs import planning
 
@@ -286,7 +286,7 @@ def run_product(row: Row) -> None:
 def _node_script(row: Row) -> list[str]:
     return [
         f"link set {row.node_side(v)} master {BRIDGE} alias "
-        f'"{vrfrealizing.ALIAS_NODE_SIDE}{v.name}/{IFACE}" up\n'
+        f'"{vrfnaming.ALIAS_NODE_SIDE}{v.name}/{IFACE}" up\n'
         for v in row.plan()
     ]
 
@@ -294,7 +294,7 @@ def _node_script(row: Row) -> list[str]:
 def _vrf_script(row: Row, vrf: VRF) -> list[str]:
     lines = [
         "link set lo up\n",
-        f'link set {IFACE} address {vrf.mac} alias "{vrfrealizing.ALIAS_SEGMENT}{vrf.name}/'
+        f'link set {IFACE} address {vrf.mac} alias "{vrfnaming.ALIAS_SEGMENT}{vrf.name}/'
         f'{IFACE}" up\n',
         f"addr add {vrf.address} dev {IFACE}\n",
         f"rule add pref {linking.RULE_PRIORITY} table {vrf.table}\n",
@@ -345,11 +345,11 @@ def run_ip_per_object(row: Row) -> None:
         _ip("link", "add", row.node_side(vrf), "netns", row.node, "type", "veth",
             "peer", "name", IFACE, "netns", ns)  # fmt: skip
         _ip("link", "set", row.node_side(vrf), "master", BRIDGE, "alias",
-            f"{vrfrealizing.ALIAS_NODE_SIDE}{vrf.name}/{IFACE}", "up", ns=row.node)  # fmt: skip
+            f"{vrfnaming.ALIAS_NODE_SIDE}{vrf.name}/{IFACE}", "up", ns=row.node)  # fmt: skip
         _ip("link", "set", "lo", "up", ns=ns)
         subprocess.run(["ip", "netns", "exec", ns, *_SYSCTL], check=True, capture_output=True)
         _ip("link", "set", IFACE, "address", vrf.mac, "alias",
-            f"{vrfrealizing.ALIAS_SEGMENT}{vrf.name}/{IFACE}", "up", ns=ns)  # fmt: skip
+            f"{vrfnaming.ALIAS_SEGMENT}{vrf.name}/{IFACE}", "up", ns=ns)  # fmt: skip
         _ip("addr", "add", vrf.address, "dev", IFACE, ns=ns)
         _ip("rule", "add", "pref", pref, "table", table, ns=ns)
         _ip("-6", "rule", "add", "pref", pref, "table", table, ns=ns)

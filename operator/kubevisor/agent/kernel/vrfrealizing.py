@@ -16,6 +16,9 @@ route or link deleted by hand comes back on the next `VRFRealizer.apply`. Owners
 live in the kernel (interface aliases, a route protocol), not in memory, so a restarted
 agent finds and removes what it made.
 
+Names and ownership aliases are :mod:`kubevisor.agent.kernel.vrfnaming`; the routes to
+install and when a read-back counts as realized are :mod:`kubevisor.agent.kernel.vrfconverging`.
+
 All pyroute2 work runs on one worker thread (blocking netlink calls stay off the event
 loop; one thread keeps namespace switching simple).
 """
@@ -23,61 +26,24 @@ loop; one thread keeps namespace switching simple).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from kubevisor.agent.kernel import cgroups, linking, routes
+from kubevisor.agent.kernel import cgroups, linking, routes, vrfconverging, vrfnaming
 from kubevisor.agent.vrfs import planning, specs
 from kubevisor.api.conditions import Reason
 
-ALIAS_SEGMENT = "kubevisor:seg:"
-ALIAS_NODE_SIDE = "kubevisor:segnode:"
-ALIAS_HOST = "kubevisor:host:"
-ALIAS_VRF = "kubevisor:vrf:"
 IFF_UP = 0x1
 
 T = TypeVar("T")
-
-
-class RealizeError(Exception):
-    """A node-side problem the user can fix (missing bridge or host interface)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Naming:
-    """Where a VRF's pieces live on this node; derived, never stored."""
-
-    node_netns: str | None
-    netns_prefix: str
-    cgroup_parent: str
-
-    def vrf_netns(self, vrf: str) -> str:
-        """Namespace of a netns-backend VRF."""
-        return f"{self.netns_prefix}{vrf}"
-
-    def node_ifname(self, vrf: str, iface: str) -> str:
-        """Node-side end of a segment veth (15 chars max, stable across restarts)."""
-        digest = hashlib.sha1(f"{self.netns_prefix}/{vrf}/{iface}".encode()).hexdigest()
-        return f"kv{digest[:11]}"
-
-    def vrf_device(self, vrf: str) -> str:
-        """Name of the l3mdev device of a vrf-backend VRF."""
-        return f"kvrf{hashlib.sha1(vrf.encode()).hexdigest()[:11]}"
 
 
 def _attr(msg: Any, name: str) -> Any:
@@ -104,7 +70,7 @@ class VRFRealizer:
             netns_prefix = "kvvrf-" if node_netns is None else f"{node_netns}-vrf-"
         if cgroup_parent is None:
             cgroup_parent = "kubevisor-vrf" if node_netns is None else f"kubevisor-{node_netns}"
-        self.naming = Naming(node_netns, netns_prefix, cgroup_parent)
+        self.naming = vrfnaming.Naming(node_netns, netns_prefix, cgroup_parent)
         self._cgroup_root = cgroup_root
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-netlink")
 
@@ -145,37 +111,12 @@ class VRFRealizer:
             context = self._cgroup(desired.name)
             if context.version != "none":
                 context.ensure(desired.limits)
-        except RealizeError as error:
-            return self._status(desired, reason=error.reason, message=error.message)
+        except vrfconverging.RealizeError as error:
+            return vrfconverging.failed(desired, reason=error.reason, message=error.message)
         except (NetlinkError, OSError) as error:
-            return self._status(desired, reason=Reason.KERNEL_ERROR, message=str(error))
-        status = self._observe_one(desired.name, desired.backend)
-        # in vrf mode a host interface keeps its own name; in a namespace it is renamed
-        wanted = sorted(
-            (i.host_interface or i.name) if desired.backend == "vrf" else i.name
-            for i in desired.interfaces
-        )
-        ready = (
-            status["interfaces"] == wanted
-            and installed == len(desired.routes) == status["routesInstalled"]
-        )
-        status["ready"] = ready
-        status["reason"] = None if ready else Reason.NOT_CONVERGED
-        status["message"] = "realized" if ready else "kernel state differs from the plan"
-        return status
-
-    def _status(
-        self, desired: planning.DesiredVRF, *, reason: str, message: str
-    ) -> specs.NodeVRFStatus:
-        return {
-            "backend": desired.backend,
-            "table": desired.table,
-            "interfaces": [],
-            "routesInstalled": 0,
-            "ready": False,
-            "reason": reason,
-            "message": message,
-        }
+            return vrfconverging.failed(desired, reason=Reason.KERNEL_ERROR, message=str(error))
+        observed = self._observe_one(desired.name, desired.backend)
+        return vrfconverging.converged(desired, observed, installed=installed)
 
     def _node(self) -> IPRoute:
         return IPRoute(netns=self.naming.node_netns, flags=0)
@@ -198,7 +139,7 @@ class VRFRealizer:
                 linking.ensure_addresses(ctx, index, iface.addresses)
             linking.ensure_rules(ctx, desired.table)
             oifs = {_attr(link, "IFLA_IFNAME"): link["index"] for link in ctx.get_links()}
-        kernel_routes = _kernel_routes(desired, lambda dev: oifs.get(dev))
+        kernel_routes = vrfconverging.kernel_routes(desired, lambda dev: oifs.get(dev))
         with routes.RouteSocket(ns) as sock:
             return routes.sync_routes(sock, desired.table, kernel_routes, whole_namespace=True)
 
@@ -208,8 +149,8 @@ class VRFRealizer:
             return False
         alias = _attr(link, "IFLA_IFALIAS") or ""
         if iface.bridge is not None:
-            return bool(alias == f"{ALIAS_SEGMENT}{vrf}/{iface.name}")
-        return bool(alias == f"{ALIAS_HOST}{iface.host_interface}")
+            return bool(alias == vrfnaming.segment_alias(vrf, iface.name))
+        return bool(alias == vrfnaming.host_alias(str(iface.host_interface)))
 
     def _ensure_member_netns(
         self,
@@ -223,7 +164,7 @@ class VRFRealizer:
         if iface.bridge is not None:
             bridge = linking.lookup(node, iface.bridge)
             if bridge is None:
-                raise RealizeError(
+                raise vrfconverging.RealizeError(
                     Reason.SEGMENT_MISSING,
                     f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
                 )
@@ -243,7 +184,7 @@ class VRFRealizer:
                     "set",
                     index=found[0],
                     address=iface.mac,
-                    ifalias=f"{ALIAS_SEGMENT}{vrf}/{iface.name}",
+                    ifalias=vrfnaming.segment_alias(vrf, iface.name),
                 )
             index = int(found[0])
             link = ctx.get_links(index)[0]
@@ -255,14 +196,14 @@ class VRFRealizer:
             if not found:
                 moved = linking.lookup(node, host)
                 if moved is None:
-                    raise RealizeError(
+                    raise vrfconverging.RealizeError(
                         "HostInterfaceMissing",
                         f"host interface {host!r} for {iface.name!r} is not on this node.",
                     )
                 node.link("set", index=moved, state="down")
                 node.link("set", index=moved, net_ns_fd=ns)
                 index = int(ctx.link_lookup(ifname=host)[0])
-                ctx.link("set", index=index, ifname=iface.name, ifalias=f"{ALIAS_HOST}{host}")
+                ctx.link("set", index=index, ifname=iface.name, ifalias=vrfnaming.host_alias(host))
                 found = [index]
             index = int(found[0])
         link = ctx.get_links(index)[0]
@@ -274,13 +215,15 @@ class VRFRealizer:
         node_side = self.naming.node_ifname(vrf, iface)
         index = linking.lookup(node, node_side)
         if index is None:
-            raise RealizeError("SegmentBroken", f"node side {node_side!r} of {iface!r} vanished.")
+            raise vrfconverging.RealizeError(
+                "SegmentBroken", f"node side {node_side!r} of {iface!r} vanished."
+            )
         link = node.get_links(index)[0]
         changes: dict[str, Any] = {}
         if _attr(link, "IFLA_MASTER") != bridge:
             changes["master"] = bridge
-        if _attr(link, "IFLA_IFALIAS") != f"{ALIAS_NODE_SIDE}{vrf}/{iface}":
-            changes["ifalias"] = f"{ALIAS_NODE_SIDE}{vrf}/{iface}"
+        if _attr(link, "IFLA_IFALIAS") != vrfnaming.node_side_alias(vrf, iface):
+            changes["ifalias"] = vrfnaming.node_side_alias(vrf, iface)
         if changes:
             node.link("set", index=index, **changes)
         if not link["flags"] & IFF_UP:
@@ -290,8 +233,8 @@ class VRFRealizer:
         """Give a host interface back to the node; delete anything else (veths)."""
         index = link["index"]
         alias = _attr(link, "IFLA_IFALIAS") or ""
-        if alias.startswith(ALIAS_HOST):
-            original = alias[len(ALIAS_HOST) :]
+        if alias.startswith(vrfnaming.ALIAS_HOST):
+            original = alias[len(vrfnaming.ALIAS_HOST) :]
             ctx.link("set", index=index, state="down")
             ctx.link("set", index=index, ifname=original, ifalias="")
             target: dict[str, Any] = (
@@ -320,8 +263,10 @@ class VRFRealizer:
                 node.link("add", ifname=device, kind="vrf", vrf_table=desired.table)
                 index = linking.lookup(node, device)
                 if index is None:
-                    raise RealizeError("VRFDeviceMissing", f"VRF device {device!r} vanished.")
-                node.link("set", index=index, ifalias=f"{ALIAS_VRF}{desired.name}")
+                    raise vrfconverging.RealizeError(
+                        "VRFDeviceMissing", f"VRF device {device!r} vanished."
+                    )
+                node.link("set", index=index, ifalias=f"{vrfnaming.ALIAS_VRF}{desired.name}")
             node.link("set", index=index, state="up")
             wanted = {(i.host_interface or i.name): i for i in desired.interfaces}
             for link in node.get_links():
@@ -330,10 +275,11 @@ class VRFRealizer:
                 iface = wanted.get(_attr(link, "IFLA_IFNAME"))
                 alias = _attr(link, "IFLA_IFALIAS") or ""
                 ok = iface is not None and (
-                    iface.bridge is None or alias == f"{ALIAS_SEGMENT}{desired.name}/{iface.name}"
+                    iface.bridge is None
+                    or alias == vrfnaming.segment_alias(desired.name, iface.name)
                 )
                 if not ok:
-                    if alias.startswith(ALIAS_SEGMENT):
+                    if alias.startswith(vrfnaming.ALIAS_SEGMENT):
                         node.link("del", index=link["index"])
                     else:
                         node.link("set", index=link["index"], master=0, ifalias="")
@@ -342,7 +288,9 @@ class VRFRealizer:
                 linking.ensure_addresses(node, member, iface.addresses)
             oifs = {_attr(link, "IFLA_IFNAME"): link["index"] for link in node.get_links()}
         names = {i.name: (i.host_interface or i.name) for i in desired.interfaces}
-        kernel_routes = _kernel_routes(desired, lambda dev: oifs.get(names.get(dev, dev)))
+        kernel_routes = vrfconverging.kernel_routes(
+            desired, lambda dev: oifs.get(names.get(dev, dev))
+        )
         with routes.RouteSocket(self.naming.node_netns) as sock:
             return routes.sync_routes(sock, desired.table, kernel_routes, whole_namespace=False)
 
@@ -352,14 +300,14 @@ class VRFRealizer:
         if iface.bridge is not None:
             bridge = linking.lookup(node, iface.bridge)
             if bridge is None:
-                raise RealizeError(
+                raise vrfconverging.RealizeError(
                     Reason.SEGMENT_MISSING,
                     f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
                 )
-            alias = f"{ALIAS_SEGMENT}{vrf}/{iface.name}"
+            alias = vrfnaming.segment_alias(vrf, iface.name)
             index = linking.lookup(node, iface.name)
             if index is not None and _attr(node.get_links(index)[0], "IFLA_IFALIAS") != alias:
-                raise RealizeError(
+                raise vrfconverging.RealizeError(
                     "InterfaceNameTaken",
                     f"interface name {iface.name!r} is already used on this node.",
                 )
@@ -375,7 +323,7 @@ class VRFRealizer:
         else:
             index = linking.lookup(node, str(iface.host_interface))
             if index is None:
-                raise RealizeError(
+                raise vrfconverging.RealizeError(
                     "HostInterfaceMissing",
                     f"host interface {iface.host_interface!r} is not on this node.",
                 )
@@ -398,8 +346,8 @@ class VRFRealizer:
         with self._node() as node:
             for link in node.get_links():
                 alias = _attr(link, "IFLA_IFALIAS") or ""
-                if alias.startswith(ALIAS_VRF):
-                    name = alias[len(ALIAS_VRF) :]
+                if alias.startswith(vrfnaming.ALIAS_VRF):
+                    name = alias[len(vrfnaming.ALIAS_VRF) :]
                     found[name] = self._observe_one(name, "vrf")
         return found
 
@@ -464,7 +412,7 @@ class VRFRealizer:
                 for link in node.get_links():
                     if _attr(link, "IFLA_MASTER") != device:
                         continue
-                    if (_attr(link, "IFLA_IFALIAS") or "").startswith(ALIAS_SEGMENT):
+                    if (_attr(link, "IFLA_IFALIAS") or "").startswith(vrfnaming.ALIAS_SEGMENT):
                         node.link("del", index=link["index"])
                     else:
                         node.link("set", index=link["index"], master=0, ifalias="")
@@ -475,7 +423,7 @@ class VRFRealizer:
             # until the namespace is freed; remove them now so nothing is left behind.
             for link in node.get_links():
                 alias = _attr(link, "IFLA_IFALIAS") or ""
-                if alias.startswith(f"{ALIAS_NODE_SIDE}{name}/"):
+                if alias.startswith(vrfnaming.node_side_alias(name, "")):
                     try:
                         node.link("del", index=link["index"])
                     except NetlinkError:
@@ -510,32 +458,3 @@ class VRFRealizer:
             preexec_fn=enter,  # setns must happen between fork and exec
         )
         return process
-
-
-# -- helpers ----------------------------------------------------------------------------
-
-
-def _kernel_routes(
-    desired: planning.DesiredVRF, oif: Callable[[str], int | None]
-) -> list[routes.KernelRoute]:
-    result = []
-    for route in desired.routes:
-        index = None
-        if route.device is not None:
-            index = oif(route.device)
-            if index is None:
-                raise RealizeError(
-                    Reason.DEVICE_MISSING,
-                    f"route {route.prefix}: device {route.device!r} is missing.",
-                )
-        result.append(
-            routes.KernelRoute(
-                dst=route.prefix,
-                table=desired.table,
-                type=routes.ROUTE_TYPES[route.type],
-                gateway=route.via,
-                oif=index,
-                priority=route.metric,
-            )
-        )
-    return result
