@@ -68,5 +68,5 @@ def test_kernel_routes_resolve_devices_and_refuse_a_missing_one() -> None:
         routes.KernelRoute(dst="10.1.0.0/16", table=7, oif=3, priority=5),
     ]
     with pytest.raises(vrfconverging.RealizeError) as raised:
-        vrfconverging.kernel_routes(desired, {}.get)
+        vrfconverging.kernel_routes(desired, lambda device: None)
     assert raised.value.reason == Reason.DEVICE_MISSING
