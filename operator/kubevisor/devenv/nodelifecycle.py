@@ -68,28 +68,32 @@ def _make_private_dir(path: Path) -> None:
     _run(["mount", "--make-private", str(path)])
 
 
-def _create_fabric(plan: nodeplans.ClusterPlan) -> None:
-    ns = plan.fabric_netns
+def _create_netns(ns: str) -> None:
     if not _netns_exists(ns):
         _run(["ip", "netns", "add", ns])
     _ip("link", "set", "lo", "up", netns=ns)
-    _ip("link", "add", nodeplans.FABRIC_BRIDGE, "type", "bridge", "stp_state", "0", netns=ns)
-    _ip(
-        "addr",
-        "add",
-        f"{nodeplans.FABRIC_GATEWAY}/{nodeplans.FABRIC_NETWORK.prefixlen}",
-        "dev",
-        nodeplans.FABRIC_BRIDGE,
-        netns=ns,
+
+
+def _create_bridge(ns: str, bridge: str, address: str, *, ports: Sequence[str] = ()) -> None:
+    """A bridge (STP off) in ``ns`` with ``ports`` enslaved and up, then ``address``, then up."""
+    _ip("link", "add", bridge, "type", "bridge", "stp_state", "0", netns=ns)
+    for port in ports:
+        _ip("link", "set", port, "master", bridge, "up", netns=ns)
+    _ip("addr", "add", address, "dev", bridge, netns=ns)
+    _ip("link", "set", bridge, "up", netns=ns)
+
+
+def _create_fabric(plan: nodeplans.ClusterPlan) -> None:
+    prefixlen = nodeplans.FABRIC_NETWORK.prefixlen
+    _create_netns(plan.fabric_netns)
+    _create_bridge(
+        plan.fabric_netns, nodeplans.FABRIC_BRIDGE, f"{nodeplans.FABRIC_GATEWAY}/{prefixlen}"
     )
-    _ip("link", "set", nodeplans.FABRIC_BRIDGE, "up", netns=ns)
 
 
 def _create_node_network(plan: nodeplans.ClusterPlan, node: nodeplans.NodePlan) -> None:
     ns = node.netns
-    if not _netns_exists(ns):
-        _run(["ip", "netns", "add", ns])
-    _ip("link", "set", "lo", "up", netns=ns)
+    _create_netns(ns)
     # Create the pair inside the fabric namespace so no name touches the host namespace.
     _ip(
         "link",
@@ -113,17 +117,8 @@ def _create_node_network(plan: nodeplans.ClusterPlan, node: nodeplans.NodePlan) 
         "up",
         netns=plan.fabric_netns,
     )
-    _ip("link", "add", nodeplans.NODE_BRIDGE, "type", "bridge", "stp_state", "0", netns=ns)
-    _ip("link", "set", nodeplans.NODE_UPLINK, "master", nodeplans.NODE_BRIDGE, "up", netns=ns)
-    _ip(
-        "addr",
-        "add",
-        f"{node.fabric_ip}/{nodeplans.FABRIC_NETWORK.prefixlen}",
-        "dev",
-        nodeplans.NODE_BRIDGE,
-        netns=ns,
-    )
-    _ip("link", "set", nodeplans.NODE_BRIDGE, "up", netns=ns)
+    address = f"{node.fabric_ip}/{nodeplans.FABRIC_NETWORK.prefixlen}"
+    _create_bridge(ns, nodeplans.NODE_BRIDGE, address, ports=(nodeplans.NODE_UPLINK,))
 
 
 def _prepare_state_dir(

@@ -50,6 +50,17 @@ def _attr(msg: Any, name: str) -> Any:
     return msg.get_attr(name)
 
 
+def _segment_bridge(node: IPRoute, iface: planning.DesiredInterface) -> int:
+    """Index of the node bridge a segment member plugs into; SegmentMissing when absent."""
+    bridge = linking.lookup(node, str(iface.bridge))
+    if bridge is None:
+        raise vrfconverging.RealizeError(
+            Reason.SEGMENT_MISSING,
+            f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
+        )
+    return bridge
+
+
 class VRFRealizer:
     """Apply, observe and remove VRFs on one node (``node_netns=None``: this namespace).
 
@@ -162,12 +173,7 @@ class VRFRealizer:
     ) -> int:
         found = ctx.link_lookup(ifname=iface.name)
         if iface.bridge is not None:
-            bridge = linking.lookup(node, iface.bridge)
-            if bridge is None:
-                raise vrfconverging.RealizeError(
-                    Reason.SEGMENT_MISSING,
-                    f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
-                )
+            bridge = _segment_bridge(node, iface)
             node_side = self.naming.node_ifname(vrf, iface.name)
             if not found:
                 stale = linking.lookup(node, node_side)
@@ -298,12 +304,7 @@ class VRFRealizer:
         self, node: IPRoute, vrf_index: int, vrf: str, iface: planning.DesiredInterface
     ) -> int:
         if iface.bridge is not None:
-            bridge = linking.lookup(node, iface.bridge)
-            if bridge is None:
-                raise vrfconverging.RealizeError(
-                    Reason.SEGMENT_MISSING,
-                    f"bridge {iface.bridge!r} for interface {iface.name!r} is not on this node.",
-                )
+            bridge = _segment_bridge(node, iface)
             alias = vrfnaming.segment_alias(vrf, iface.name)
             index = linking.lookup(node, iface.name)
             if index is not None and _attr(node.get_links(index)[0], "IFLA_IFALIAS") != alias:
