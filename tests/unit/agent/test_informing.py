@@ -1,4 +1,5 @@
-"""A watch event older than the agent's own write never replaces it in the cache."""
+"""A watch event older than the agent's own write never replaces it in the cache; a failed
+watch is logged with its HTTP status, so an RBAC denial shows."""
 
 from __future__ import annotations
 
@@ -32,3 +33,23 @@ def _obj(uid: str, rv: str | None) -> dict[str, Any]:
 )
 def test_is_stale(cached: dict[str, Any] | None, incoming: dict[str, Any], stale: bool) -> None:
     assert watching.is_stale(cached, incoming) is stale
+
+
+class _ApiError(Exception):
+    """Shaped like kubernetes_asyncio's ApiException: empty args, status and reason."""
+
+    def __init__(self, status: int | None, reason: str | None) -> None:
+        super().__init__()
+        self.status, self.reason = status, reason
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (_ApiError(403, "Forbidden"), "_ApiError(403 Forbidden)"),
+        (_ApiError(None, "connection reset"), "_ApiError(connection reset)"),
+        (OSError("boom"), "OSError('boom')"),
+    ],
+)
+def test_describe_error(exc: BaseException, text: str) -> None:
+    assert watching.describe_error(exc) == text

@@ -143,13 +143,24 @@ class Informer:
                 continue
             except Exception as exc:  # API and network errors of any kind: back off, re-list
                 logger.warning(
-                    "%s: watch failed: %r; retrying in %.0fs",
+                    "%s: watch failed: %s; retrying in %.0fs",
                     self.source.description,
-                    exc,
+                    describe_error(exc),
                     backoff,
                 )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` in one log line, with the HTTP status and reason an API client's exception
+    carries (pure). Why: the repr of ``ApiException`` is ``ApiException()``, so a watch the
+    agent's role forbids (403 Forbidden) would be invisible in the log while the informer
+    quietly falls back to re-listing."""
+    status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
+    if status is None and reason is None:
+        return repr(exc)
+    return f"{type(exc).__name__}({' '.join(str(p) for p in (status, reason) if p is not None)})"
 
 
 def is_stale(cached: dict[str, Any] | None, incoming: dict[str, Any]) -> bool:
