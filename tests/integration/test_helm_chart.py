@@ -229,28 +229,6 @@ def node_netns() -> Iterator[str]:
                 parent.rmdir()
 
 
-@contextlib.contextmanager
-def _real_agent(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``kubevisor-agent`` as a subprocess, with the Lease namespace from
-    KUBEVISOR_LEASE_NAMESPACE like the DaemonSet's; stopped with SIGTERM (SIGKILL after
-    30 s), and the tail of its log printed so a failing test shows what it did."""
-    env = {**os.environ, "KUBEVISOR_LEASE_NAMESPACE": NS, "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            print(f"--- agent log tail ({log}) ---")
-            print(log.read_text(errors="replace")[-4000:])
-
-
 def _managed_by(obj: dict[str, Any], manager: str, *path: str) -> bool:
     """Whether ``manager`` owns the field at ``path`` (``f:status``, ...) of ``obj``'s
     status subresource, by the API server's own managedFields."""
@@ -344,7 +322,9 @@ def test_controller_and_agent_work_under_their_roles(
     controller_log = tmp_path / "controller.log"
     monkeypatch.setenv("KUBEVISOR_LEASE_NAMESPACE", NS)
     try:
-        with _real_agent(argv, agent_log) as agent:
+        # The Lease namespace from KUBEVISOR_LEASE_NAMESPACE, as the DaemonSet sets it.
+        lease_ns = {"KUBEVISOR_LEASE_NAMESPACE": NS}
+        with testing.running_process(argv, log=agent_log, what="agent", env=lease_ns) as agent:
             held = _wait(
                 lambda: agent.poll() is not None or lease(), what="agent's Lease in the chart NS"
             )

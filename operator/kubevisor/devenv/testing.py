@@ -79,23 +79,20 @@ def wait_for(
 
 
 @contextlib.contextmanager
-def running_controller(
-    kubeconfig: Path, *, log: Path, namespaces: Sequence[str] = ()
+def running_process(
+    argv: Sequence[str], *, log: Path, what: str, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``kubevisor-controller`` as a subprocess for the duration of the block.
+    """``argv`` as a subprocess for the duration of the block, output into ``log``.
 
-    Stopped with SIGTERM (SIGKILL after 30 s); the tail of its log is printed so a failing
-    test shows what the controller did.
+    Stopped with SIGTERM (SIGKILL after 30 s), as an orchestrator stops a pod; the tail of
+    its log is printed so a failing test shows what the process did.
     """
-    argv = [sys.executable, "-m", "kubevisor.controller.main", "--kubeconfig", str(kubeconfig)]
-    for ns in namespaces:
-        argv += ["--namespace", ns]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            argv,
+            list(argv),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         try:
             yield proc
@@ -107,8 +104,21 @@ def running_controller(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-    print(f"--- controller log tail ({log}) ---")
-    print(log.read_text(errors="replace")[-4000:])
+            print(f"--- {what} log tail ({log}) ---")
+            print(log.read_text(errors="replace")[-4000:])
+
+
+@contextlib.contextmanager
+def running_controller(
+    kubeconfig: Path, *, log: Path, namespaces: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``kubevisor-controller`` as a subprocess for the duration of the block
+    (`running_process`: SIGTERM at the end, log tail printed)."""
+    argv = [sys.executable, "-m", "kubevisor.controller.main", "--kubeconfig", str(kubeconfig)]
+    for ns in namespaces:
+        argv += ["--namespace", ns]
+    with running_process(argv, log=log, what="controller") as proc:
+        yield proc
 
 
 def fake_node_lease(
