@@ -35,6 +35,9 @@ class ConditionType(StrEnum):
     """The taps/segments (VM) or interfaces and routes (VRF) are in place."""
     MIGRATING = "Migrating"
     """A live migration of this VM is in progress."""
+    EVICTABLE = "Evictable"
+    """The VM can leave its node when the node is drained (evictionStrategy LiveMigrate
+    and a target that fits); False says why it blocks the drain."""
     PROGRESSING = "Progressing"
     """A long operation (backup, migration, pool scaling) is under way."""
     COMPLETED = "Completed"

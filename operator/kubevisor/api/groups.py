@@ -21,6 +21,13 @@ LABEL_NODE: Final = "kubevisor.io/node"
 #: Label on a VirtualMachine naming the node it is being live-migrated to: the target
 #: node's agent watches with a label selector on it (as on LABEL_NODE for its own VMs).
 LABEL_MIGRATION_TARGET: Final = "kubevisor.io/migration-target"
+#: Labels the controller puts on a Migration once it has chosen the nodes (Scheduling):
+#: the source and the target node's agents each watch Migrations with a label selector
+#: on one of them, so each sees only the migrations it takes part in.
+LABEL_MIGRATION_SOURCE_NODE: Final = "kubevisor.io/source-node"
+LABEL_MIGRATION_TARGET_NODE: Final = "kubevisor.io/target-node"
+#: Label on a Migration naming the VirtualMachine it moves (for ``kubectl get -l``).
+LABEL_VM: Final = "kubevisor.io/vm"
 #: Label linking a desktop VM to its DesktopPool.
 LABEL_POOL: Final = "kubevisor.io/pool"
 #: Label linking a desktop VM to the DesktopClaim it is bound to.

@@ -201,6 +201,67 @@ class MigrationProgress(common.Model):
     """When this sample was taken."""
 
 
+class SourceState(StrEnum):
+    """What the source node's agent reports of the libvirt migration job it drives."""
+
+    MIGRATING = "Migrating"
+    """The job runs (memory, and disks with block copy, are being copied)."""
+    COMPLETED = "Completed"
+    """libvirt finished the job: the domain left the source (undefined there)."""
+    FAILED = "Failed"
+    """The job failed; the domain still runs on the source (reason and message say why)."""
+    ABORTED = "Aborted"
+    """The agent aborted the job (cancel, deletion, completion timeout); the domain still
+    runs on the source."""
+
+
+class TargetState(StrEnum):
+    """What the target node's agent reports of its side."""
+
+    PREPARING = "Preparing"
+    """Setting up segments, disk paths and (for block copy) the disks the copy fills."""
+    READY = "Ready"
+    """Ready to receive the domain."""
+    FAILED = "Failed"
+    """Could not prepare (reason and message say why); nothing was left behind."""
+    CLEANED_UP = "CleanedUp"
+    """After a failed or cancelled migration: no domain, no taps and no disks it created
+    for this migration are left on the target."""
+
+
+class SourceReport(common.Model):
+    """The source agent's report (field manager ``SOURCE_FIELD_MANAGER``)."""
+
+    node: common.ShortString
+    """The reporting node (the migration's source)."""
+    state: SourceState
+    """Where the libvirt job stands."""
+    reason: common.ShortString | None = None
+    """A :class:`MigrationReason` value for Failed and Aborted."""
+    message: Annotated[str, Field(max_length=4096)] | None = None
+    """A sentence, with libvirt's own words for a failure."""
+    time: common.Timestamp | None = None
+    """When the state was entered."""
+
+
+class TargetReport(common.Model):
+    """The target agent's report (field manager ``TARGET_FIELD_MANAGER``)."""
+
+    node: common.ShortString
+    """The reporting node (the migration's target)."""
+    state: TargetState
+    """Where the target side stands."""
+    domain_active: bool | None = None
+    """The VM's domain runs on the target (not the paused incoming shell): after a
+    restart this tells the controller the outcome even if the source never said."""
+    reason: common.ShortString | None = None
+    """A :class:`MigrationReason` (or conditions.Reason) value for Failed."""
+    message: Annotated[str, Field(max_length=4096)] | None = None
+    """A sentence saying what was prepared or what failed."""
+    time: common.Timestamp | None = None
+    """When the state was entered."""
+
+
 _TRANSITIONS_SCHEMA_EXTRA: dict[str, Any] = {
     "x-kubernetes-list-type": "map",
     "x-kubernetes-list-map-keys": ["phase"],
@@ -234,6 +295,10 @@ class MigrationStatus(conditions.Status):
     """How long the guest was paused for the switch-over, as libvirt reports it, in ms."""
     bytes_transferred: Annotated[int, Field(ge=0)] | None = None
     """Bytes sent to the target (memory and, with block copy, disks)."""
+    source: SourceReport | None = None
+    """The source agent's report of the libvirt job (written by that agent only)."""
+    target: TargetReport | None = None
+    """The target agent's report of its side (written by that agent only)."""
 
 
 class Migration(common.Resource):
@@ -256,3 +321,68 @@ def enter_phase(
     if any(t.phase == phase for t in transitions):
         return list(transitions)
     return [*transitions, PhaseTransition(phase=phase, time=now)]
+
+
+# -- who writes what (docs/architecture.md, "Migration") --------------------------------
+
+#: Field manager of the controller's Migration status fields and of ``status.migration``
+#: on the VirtualMachine (distinct from the VM reconciler's ``kubevisor-controller``, so
+#: neither apply removes the other's fields).
+CONTROLLER_FIELD_MANAGER: Final = "kubevisor-controller-migrations"
+#: Field manager of the source agent's Migration status fields.
+SOURCE_FIELD_MANAGER: Final = "kubevisor-agent-migration-source"
+#: Field manager of the target agent's Migration status fields.
+TARGET_FIELD_MANAGER: Final = "kubevisor-agent-migration-target"
+
+#: Migration status fields the controller owns (always applied as one set).
+CONTROLLER_FIELDS: Final = (
+    "phase",
+    "phaseTransitions",
+    "sourceNode",
+    "targetNode",
+    "completedAt",
+    "conditions",
+)
+#: Migration status fields the source agent owns.
+SOURCE_FIELDS: Final = (
+    "source",
+    "startedAt",
+    "progress",
+    "mode",
+    "totalTimeMs",
+    "downtimeMs",
+    "bytesTransferred",
+)
+#: Migration status fields the target agent owns.
+TARGET_FIELDS: Final = ("target",)
+
+
+class VMMigrationState(common.Model):
+    """``status.migration`` of a VirtualMachine: the Migration that moves it (or last
+    moved it). Written by the Migration reconciler (``CONTROLLER_FIELD_MANAGER``) from
+    Scheduling on; it stays after the end as the record of the last migration.
+
+    The node's agent reads it as a guard: while it names this node as ``sourceNode``
+    and ``phase`` is not Failed or Cancelled, a VM placed here whose domain is missing is
+    left alone (it left, or is leaving, by migration) instead of being started again, so
+    two running copies never exist. On Succeeded the VM reconciler moves ``nodeName`` and
+    the ``kubevisor.io/node`` label to ``targetNode`` (labels first, then status).
+    """
+
+    name: common.ObjectName
+    """The Migration (same namespace)."""
+    source_node: common.ShortString
+    """Node the VM runs on when the migration starts."""
+    target_node: common.ShortString
+    """Node the VM moves to."""
+    phase: MigrationPhase
+    """The Migration's phase, as its reconciler last wrote it."""
+
+
+def leaving(state: VMMigrationState | None, node: str) -> bool:
+    """True while ``node`` must not (re)start the VM's domain because the VM is leaving
+    it by migration: ``node`` is the source and the migration did not fail or get
+    cancelled. Pure; the one rule both the agent's guard and the tests use."""
+    if state is None or state.source_node != node:
+        return False
+    return state.phase not in (MigrationPhase.FAILED, MigrationPhase.CANCELLED)

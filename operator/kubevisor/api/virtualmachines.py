@@ -8,7 +8,7 @@ from typing import Annotated, Final, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from kubevisor.api import common, conditions, machines
+from kubevisor.api import common, conditions, machines, migrations
 
 
 class RunStrategy(StrEnum):
@@ -42,6 +42,16 @@ class VirtualMachinePhase(StrEnum):
     FAILED = "Failed"
     UNKNOWN = "Unknown"
     TERMINATING = "Terminating"
+
+
+class EvictionStrategy(StrEnum):
+    """What happens to a running VM when its node is drained (KubeVirt's names)."""
+
+    LIVE_MIGRATE = "LiveMigrate"
+    """Move it live to another node (a Migration the controller creates)."""
+    NONE = "None"
+    """Leave it running where it is; the VM's Evictable condition says it blocks the
+    drain."""
 
 
 #: Phases the agent reports when the guest stopped without being asked to: it powered
@@ -99,6 +109,9 @@ class VirtualMachineSpec(machines.MachineOverrides):
     """VMTemplate to take the machine shape from; fields set here override it."""
     source: VMSource | None = None
     """Clone another VM or restore a backup instead of starting from base images."""
+    eviction_strategy: EvictionStrategy = EvictionStrategy.NONE
+    """On a drained (cordoned) node: LiveMigrate moves the VM away live; None leaves it
+    running there and says so in its Evictable condition."""
 
     @model_validator(mode="after")
     def _has_a_machine(self) -> Self:
@@ -175,6 +188,9 @@ class VirtualMachineStatus(conditions.Status):
     applied_restart_token: Annotated[str, Field(max_length=253)] | None = None
     """The restartToken the agent last acted on; differs from restartToken while a restart
     is pending."""
+    migration: migrations.VMMigrationState | None = None
+    """The Migration that moves (or last moved) this VM, written by the Migration
+    reconciler; the source agent's guard against starting a second copy."""
 
 
 class VirtualMachine(common.Resource):
