@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vrf-resync-seconds", type=float, default=30.0,
         help="VRF drift repair interval (s); 0 disables the VRF loop",
     )  # fmt: skip
+    p.add_argument(
+        "--rtt-probe-seconds", type=float, default=leases.PROBE_INTERVAL_S,
+        help="interval of the RTT probes to peer nodes' libvirtd (s)",
+    )  # fmt: skip
     p.add_argument("--verbose", "-v", action="store_true")
     return p.parse_args(argv)
 
@@ -113,6 +117,10 @@ async def run(args: argparse.Namespace) -> None:
         stop_timeout=args.stop_timeout,
     )
     async with connecting.api_client() as api, Hypervisor(args.libvirt_uri) as hv:
+        cpus = await hv.cpu_models()
+        capacity = capacity.model_copy(
+            update={"cpu_models": cpus.usable, "host_cpu_model": cpus.host_model}
+        )
         heartbeat = leases.Heartbeat(
             api, node=args.node, labels=dict(args.label), capacity=capacity
         )
@@ -133,6 +141,9 @@ async def run(args: argparse.Namespace) -> None:
             "agent for node %s: libvirt %s, networks %s (managed: %s)",
             args.node, hv.uri, networks, sorted(managed),
         )  # fmt: skip
+        probing = asyncio.get_running_loop().create_task(
+            heartbeat.probe_peers(args.rtt_probe_seconds)
+        )
         vrfs = None
         if args.vrf_resync_seconds > 0:
             vrfs = asyncio.get_running_loop().create_task(
@@ -149,6 +160,9 @@ async def run(args: argparse.Namespace) -> None:
         try:
             await agent.run()
         finally:
+            probing.cancel()
+            with contextlib.suppress(BaseException):
+                await probing
             if vrfs is not None:
                 vrfs.cancel()
                 with contextlib.suppress(BaseException):

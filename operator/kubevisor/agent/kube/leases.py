@@ -17,11 +17,14 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kubevisor.agent import rttprobing
 from kubevisor.api import nodes
 
 logger = logging.getLogger(__name__)
 
 RENEW_INTERVAL_S = 10.0
+#: How often the agent measures the round-trip time to every peer's libvirtd.
+PROBE_INTERVAL_S = 30.0
 
 
 class Heartbeat:
@@ -49,6 +52,8 @@ class Heartbeat:
         self.capacity = capacity
         self.interval = interval
         self.segments: frozenset[str] = frozenset()
+        self.rtts: dict[str, float] | None = None
+        """RTTs to peers as last published; None until the first probe round."""
         self._current: dict[str, Any] | None = None
         self._wake = asyncio.Event()
         self.renewals = 0
@@ -58,6 +63,42 @@ class Heartbeat:
         if segments != self.segments:
             self.segments = segments
             self._wake.set()
+
+    def set_rtts(self, rtts: dict[str, float]) -> None:
+        """Publish new peer RTTs at once (if they changed)."""
+        if rtts != self.rtts:
+            self.rtts = dict(rtts)
+            self._wake.set()
+
+    async def peers(self) -> list[nodes.NodeLease]:
+        """Every other agent's node, as its Lease describes it."""
+        leases = await self._coordination.list_namespaced_lease(
+            nodes.LEASE_NAMESPACE, label_selector=f"{nodes.LABEL_AGENT}=true"
+        )
+        raw = self._api.sanitize_for_serialization(leases).get("items") or []
+        return [lease for lease in map(nodes.parse, raw) if lease.name != self.node]
+
+    async def probe_peers_once(self) -> None:
+        """One round: list the peers, time a connect to each one's libvirtd (asyncio,
+        never blocking the loop) and publish what :func:`rttprobing.report` says."""
+        endpoints = {
+            peer.name: endpoint
+            for peer in await self.peers()
+            if (endpoint := rttprobing.peer_endpoint(peer.capacity)) is not None
+        }
+        measured = await rttprobing.measure(endpoints)
+        self.set_rtts(rttprobing.report(self.rtts or {}, measured))
+
+    async def probe_peers(self, interval: float = PROBE_INTERVAL_S) -> None:
+        """Probe forever, every ``interval`` seconds; errors are logged and retried."""
+        while True:
+            try:
+                await self.probe_peers_once()
+            except (TimeoutError, ApiException, OSError) as exc:
+                logger.warning("RTT probing from %s failed: %s", self.node, exc)
+            except Exception:
+                logger.exception("RTT probing from %s failed", self.node)
+            await asyncio.sleep(interval)
 
     async def _ensure_namespace(self) -> None:
         """Create the Lease namespace in a bare dev cluster. Installed by Helm, the agent's
@@ -88,6 +129,7 @@ class Heartbeat:
                     capacity=self.capacity,
                     segments=self.segments,
                     now=now,
+                    rtts=self.rtts,
                 )
                 try:
                     await self._coordination.create_namespaced_lease(nodes.LEASE_NAMESPACE, body)
@@ -105,6 +147,7 @@ class Heartbeat:
             capacity=self.capacity,
             segments=self.segments,
             now=now,
+            rtts=self.rtts,
         )
         try:
             lease = await self._coordination.patch_namespaced_lease(
@@ -121,7 +164,7 @@ class Heartbeat:
         self.renewals += 1
 
     async def run(self) -> None:
-        """Renew forever, every ``interval`` seconds or at once when segments change."""
+        """Renew forever, every ``interval`` seconds or at once when segments or RTTs change."""
         while True:
             try:
                 await self.renew_once()

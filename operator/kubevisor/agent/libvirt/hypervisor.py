@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from kubevisor.agent import domainxml
+from kubevisor.agent.libvirt import domaincaps
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -265,6 +266,16 @@ class Hypervisor:
         """Current state of ``name`` (raises NoSuchDomain)."""
         state, _ = await self._call(lambda: self.conn.lookupByName(name).state())
         return _STATES.get(state, DomainState.OTHER)
+
+    async def cpu_models(self) -> domaincaps.CPUModels:
+        """The CPU models this host runs (domain capabilities for the default emulator,
+        architecture and virtualisation type); none when libvirt cannot say."""
+        try:
+            xml = await self._call(self.conn.getDomainCapabilities)
+        except HypervisorError as exc:
+            logger.warning("domain capabilities unavailable: %s", exc)
+            return domaincaps.CPUModels()
+        return domaincaps.parse_cpu_models(xml)
 
     async def hostname(self) -> str:
         """The hypervisor host's name (a cheap liveness probe of the connection)."""
