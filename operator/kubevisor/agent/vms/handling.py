@@ -22,7 +22,7 @@ from kubevisor.agent.kube import objects
 from kubevisor.agent.libvirt import DomainInfo, Hypervisor, HypervisorError
 from kubevisor.agent.runtime.informing import Key
 from kubevisor.agent.vms import cloning, placing, reporting, statuses
-from kubevisor.api import conditions, groups, machines, naming
+from kubevisor.api import conditions, groups, machines, migrations, naming
 
 if TYPE_CHECKING:
     from kubevisor.agent.vms.realizing import AgentConfig
@@ -68,6 +68,20 @@ def scope_of(key: Key, obj: dict[str, Any], domain: DomainInfo | None) -> Scope:
         started_at=st.get("startedAt"),
         applied_restart_token=st.get("appliedRestartToken"),
     )
+
+
+def leaving_here(status: Mapping[str, Any], node: str) -> bool:
+    """Whether ``status.migration`` says the VM is leaving ``node`` by migration (pure;
+    the rule is :func:`migrations.leaving`, an unreadable record counts as not leaving)."""
+    raw = status.get("migration")
+    if raw is None:
+        return False
+    try:
+        state = migrations.VMMigrationState.model_validate(raw)
+    except ValidationError as exc:
+        logger.warning("status.migration unreadable: %s", exc)
+        return False
+    return migrations.leaving(state, node)
 
 
 class VMHandler:
@@ -132,6 +146,13 @@ class VMHandler:
             scope.domain = None
 
         deleting = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+        if scope.domain is None and not deleting and leaving_here(scope.status, self.config.node):
+            # Two-copies guard: the VM left (or is leaving) this node by migration; its
+            # domain is missing because it runs on the target. No ENSURE/START, no phase
+            # write; look again until the controller moves the VM or the migration fails.
+            logger.info("%s/%s: leaving by migration; domain not started here", *key)
+            self.enqueue_later(key, 5.0)
+            return
         restart_token = scope.status.get("restartToken")
         shutdown_at = self._shutdown_at.get(key)
         active = scope.domain is not None and reconciling.DomainView(scope.domain.state).active

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +167,11 @@ class Agent:
 
     async def _sync_segments(self) -> None:
         """Declare the VMs' segments: the shared set prunes what neither VMs nor VRFs
-        need and publishes the node's segment set."""
+        need and publishes the node's segment set. VMs migrating here (``incoming``) count
+        too, so the segments the target prepared are not pruned before the domain
+        arrives."""
         needed = placing.needed_segments(
-            self.watcher.cache.values(),
+            itertools.chain(self.watcher.cache.values(), self.incoming.cache.values()),
             self.config.networks,
             managed=self.config.managed_networks,
         )

@@ -1,0 +1,48 @@
+"""The agents' Migration status fields as server-side-apply bodies, pure.
+
+Each role applies all of its own fields every time (SSA drops what a manager stops
+sending): the source ``SOURCE_FIELDS``, the target ``TARGET_FIELDS``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from kubevisor.agent.libvirt import migrating
+from kubevisor.api import common, migrations
+
+
+def _dump(model: common.Model) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def source_fields(
+    report: migrations.SourceReport,
+    *,
+    started_at: datetime | None = None,
+    progress: migrations.MigrationProgress | None = None,
+    outcome: migrating.Outcome | None = None,
+) -> dict[str, Any]:
+    """The source agent's status fields (a subset of ``SOURCE_FIELDS``) (pure)."""
+    own: dict[str, Any] = {"source": _dump(report)}
+    if started_at is not None:
+        own["startedAt"] = migrations.MigrationStatus(started_at=started_at).model_dump(
+            mode="json", by_alias=True
+        )["startedAt"]
+    if progress is not None:
+        own["progress"] = _dump(progress)
+    if outcome is not None:
+        own["mode"] = outcome.mode.value
+        for key, value in (
+            ("totalTimeMs", outcome.total_time_ms),
+            ("downtimeMs", outcome.downtime_ms),
+            ("bytesTransferred", outcome.bytes_transferred),
+        ):
+            if value is not None:
+                own[key] = value
+    return own
+
+
+def target_fields(report: migrations.TargetReport) -> dict[str, Any]:
+    """The target agent's status fields (``TARGET_FIELDS``) (pure)."""
+    return {"target": _dump(report)}

@@ -1,0 +1,55 @@
+"""The agents' Migration status bodies: only their own fields, camelCase, no nulls."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from kubevisor.agent.libvirt import migrating
+from kubevisor.agent.migrations import reporting, watching
+from kubevisor.api import migrations
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+
+
+def test_source_fields_are_the_source_set() -> None:
+    own = reporting.source_fields(
+        migrations.SourceReport(node="node-1", state=migrations.SourceState.COMPLETED, time=NOW),
+        started_at=NOW,
+        progress=migrations.MigrationProgress(percent=99, updated_at=NOW),
+        outcome=migrating.Outcome(
+            total_time_ms=1860,
+            downtime_ms=399,
+            bytes_transferred=88_600_000,
+            mode=migrations.MigrationMode.PRE_COPY,
+        ),
+    )
+    assert set(own) <= set(migrations.SOURCE_FIELDS)
+    assert own["source"] == {"node": "node-1", "state": "Completed", "time": own["source"]["time"]}
+    assert own["mode"] == "PreCopy"
+    assert (own["totalTimeMs"], own["downtimeMs"], own["bytesTransferred"]) == (
+        1860,
+        399,
+        88_600_000,
+    )
+    assert own["progress"]["percent"] == 99
+
+
+def test_target_fields() -> None:
+    own = reporting.target_fields(
+        migrations.TargetReport(
+            node="node-2", state=migrations.TargetState.READY, domain_active=True
+        )
+    )
+    assert own == {"target": {"node": "node-2", "state": "Ready", "domainActive": True}}
+    assert set(own) == set(migrations.TARGET_FIELDS)
+
+
+def test_selectors_and_managers() -> None:
+    assert watching.selector(watching.Role.SOURCE, "n1") == "kubevisor.io/source-node=n1"
+    assert watching.selector(watching.Role.TARGET, "n2") == "kubevisor.io/target-node=n2"
+    assert watching.field_manager(watching.Role.SOURCE) == migrations.SOURCE_FIELD_MANAGER
+    assert watching.field_manager(watching.Role.TARGET) == migrations.TARGET_FIELD_MANAGER
