@@ -63,3 +63,13 @@ def test_reset_on_success() -> None:
 )
 def test_refusal_reason(message: str, reason: str) -> None:
     assert refusal_reason(message) == conditions.Reason(reason)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("r1", True), ("x" * 253, True), ("x" * 254, False), ("é" * 127, False), ("a\nb", False)],
+)
+def test_annotation_token_rule(value: str, ok: bool) -> None:
+    from kubevisor.api import groups
+
+    assert (groups.annotation_token_error(value) is None) is ok
