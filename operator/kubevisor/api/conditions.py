@@ -101,6 +101,21 @@ class Reason(StrEnum):
     """The domain is shut off as requested."""
     FAILED = "Failed"
     """An operation failed; the message carries the underlying error."""
+    HYPERVISOR_REFUSED = "HypervisorRefused"
+    """The node's hypervisor (libvirt/QEMU) refused to define or start the domain (memory
+    too small, unknown CPU model, missing kernel file, …); the message quotes it. Retried
+    with capped exponential backoff (10 s doubling to 5 min)."""
+    SECRET_NOT_FOUND = "SecretNotFound"
+    """A Secret the object references (display.passwordSecretRef) does not exist, or lacks
+    the key."""
+    FIRMWARE_UNAVAILABLE = "FirmwareUnavailable"
+    """The requested firmware (firmware: uefi) is not installed on the node."""
+    INVALID_ANNOTATION = "InvalidAnnotation"
+    """An annotation whose value is copied into status (kubevisor.io/restart) is not a
+    valid value; it is ignored and the message says why."""
+    DAEMON_UNAVAILABLE = "DaemonUnavailable"
+    """The spec asks for a routing daemon (routing.daemon) that no daemon on the node
+    runs yet; its config is not applied."""
     IN_PROGRESS = "InProgress"
     """The operation is under way."""
     SUCCEEDED = "Succeeded"

@@ -37,6 +37,19 @@ LABEL_TEMPLATE: Final = "kubevisor.io/template"
 
 #: Annotation a user (or the CLI) bumps to ask for a restart of a running VM.
 ANNOTATION_RESTART: Final = "kubevisor.io/restart"
+TOKEN_MAX_LENGTH: Final = 253
+"""The longest annotation value copied into status (status.restartToken's maxLength)."""
+
+
+def annotation_token_error(value: str) -> str | None:
+    """Why ``value`` (an annotation copied into status, e.g. kubevisor.io/restart) may not
+    be copied, or None when it may (pure; the one rule, both sides use it)."""
+    if len(value.encode()) > TOKEN_MAX_LENGTH:
+        return f"is {len(value.encode())} bytes; at most {TOKEN_MAX_LENGTH} are allowed"
+    if not value.isprintable():
+        return "contains non-printable characters"
+    return None
+
 
 #: Finalizer that keeps an object until the agent has released node resources.
 FINALIZER: Final = "kubevisor.io/finalizer"

@@ -95,6 +95,10 @@ class CustomObjects:
             raise
 
 
+class SecretNotFound(LookupError):
+    """The named Secret does not exist (the message names it)."""
+
+
 class Secrets:
     """Values of keys in Secrets (a VM's VNC password)."""
 
@@ -103,7 +107,12 @@ class Secrets:
 
     async def read(self, namespace: str, name: str, key: str) -> str | None:
         """The decoded value of ``key``, None when the Secret has no such key (a missing
-        Secret raises: the pass fails and is retried)."""
-        secret = await self._core.read_namespaced_secret(name, namespace)
+        Secret raises :class:`SecretNotFound`; other API errors propagate)."""
+        try:
+            secret = await self._core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SecretNotFound(f"Secret {namespace}/{name} does not exist") from None
+            raise
         raw = (secret.data or {}).get(key)
         return base64.b64decode(raw).decode() if raw else None

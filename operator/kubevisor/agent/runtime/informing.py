@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from kubevisor.agent.runtime import backoff
+
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
@@ -128,28 +130,34 @@ class Informer:
         return resource_version
 
     async def run(self) -> None:
-        """List and watch forever; errors back off (1 s doubling to 30 s) and re-list."""
+        """List and watch forever; errors back off (1 s doubling to 5 min) and re-list.
+
+        The backoff resets only after a watch ran to its resync deadline: a list that
+        succeeds followed by a watch that is refused (RBAC) is still a failure, so a
+        forbidden watch does not re-list once a second."""
         loop = asyncio.get_running_loop()
-        backoff = 1.0
+        failures = 0
         while True:
             try:
                 rv = await self._list()
-                backoff = 1.0
                 await self._watch(rv, loop.time() + self.resync)
+                failures = 0
+                continue
             except asyncio.CancelledError:
                 raise
             except Expired:
                 logger.info("%s: watch expired (410); re-listing", self.source.description)
                 continue
             except Exception as exc:  # API and network errors of any kind: back off, re-list
+                failures += 1
+                wait = backoff.delay(failures, first=1.0)
                 logger.warning(
                     "%s: watch failed: %s; retrying in %.0fs",
                     self.source.description,
                     describe_error(exc),
-                    backoff,
+                    wait,
                 )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+                await asyncio.sleep(wait)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -5,14 +5,23 @@ something — a key is never handled by two workers at once, a wake-up for a key
 already queued is dropped, a wake-up for a key being handled runs it once more
 afterwards, a failed pass is retried later, and every known key is looked at every
 ``tick`` seconds even without events (level-based: events are hints, not the truth).
+
+Failures back off per key (:mod:`kubevisor.agent.runtime.backoff`: 10 s doubling to
+5 min). A pass fails either by raising (an unexpected error: the traceback is logged on
+the first failure only, one line after) or by the handler calling :meth:`WorkLoop.failed`
+(an expected refusal it has already reported as a condition). While a key waits out its
+backoff, wake-ups (the watch event of our own status write, the tick) are dropped unless
+the key's fingerprint (what the pass acts on) changed — this is what keeps a refused
+object from being retried in a storm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 
+from kubevisor.agent.runtime import backoff
 from kubevisor.agent.runtime.informing import Key
 
 logger = logging.getLogger(__name__)
@@ -23,13 +32,24 @@ Handler = Callable[[Key], Awaitable[None]]
 class WorkLoop:
     """Runs ``handler(key)`` for enqueued keys on ``workers`` tasks (see module docstring).
 
-    ``retry``: seconds before a key whose pass raised is handled again.
+    ``retry``: seconds before the first retry of a failed key (doubling to ``cap``);
+    ``fingerprint``: what a key's pass acts on (a change resets its backoff).
     """
 
-    def __init__(self, handler: Handler, *, workers: int = 4, retry: float = 5.0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        workers: int = 4,
+        retry: float = backoff.FIRST,
+        cap: float = backoff.CAP,
+        fingerprint: Callable[[Key], Hashable] = lambda _key: None,
+    ) -> None:
         self.handler = handler
         self.workers = workers
         self.retry = retry
+        self.fingerprint = fingerprint
+        self.backoff: backoff.Backoff[Key] = backoff.Backoff(first=retry, cap=cap)
         self.queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self.busy: set[Key] = set()
@@ -47,18 +67,49 @@ class WorkLoop:
     def enqueue_later(self, key: Key, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, self.enqueue, key)
 
+    def failed(self, key: Key) -> float:
+        """Record an expected failure of ``key``'s pass (already reported) and retry it
+        after its backoff; the seconds until then."""
+        loop = asyncio.get_running_loop()
+        wait = self.backoff.fail(key, self.fingerprint(key), loop.time())
+        loop.call_later(wait, self._due, key)
+        return wait
+
+    def succeeded(self, key: Key) -> None:
+        """Reset ``key``'s backoff (for a VM: it reached Running)."""
+        self.backoff.reset(key)
+
+    def _due(self, key: Key) -> None:
+        entry = self.backoff.entries.get(key)
+        if entry is not None and asyncio.get_running_loop().time() >= entry.due - 0.1:
+            entry.due = 0.0  # due: the next pass runs even with the same fingerprint
+        self.enqueue(key)
+
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
             self._queued.discard(key)
+            now = asyncio.get_running_loop().time()
+            if self.backoff.holding(key, self.fingerprint(key), now):
+                continue  # waiting out a backoff; the scheduled retry runs it
             self.busy.add(key)
             try:
                 await self.handler(key)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("%s/%s: reconcile failed; retrying", *key)
-                self.enqueue_later(key, self.retry)
+            except Exception as exc:
+                first = self.backoff.failures(key) == 0
+                wait = self.failed(key)
+                if first:
+                    logger.exception("%s/%s: reconcile failed; retrying in %.0fs", *key, wait)
+                else:
+                    logger.warning(
+                        "%s/%s: reconcile failed again (%d times): %s; retrying in %.0fs",
+                        *key,
+                        self.backoff.failures(key),
+                        exc,
+                        wait,
+                    )
             finally:
                 self.busy.discard(key)
                 if key in self._again:

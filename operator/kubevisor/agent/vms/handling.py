@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -84,6 +85,18 @@ def leaving_here(status: Mapping[str, Any], node: str) -> bool:
     return migrations.leaving(state, node)
 
 
+def console_log_path(console_dir: Path, domain_name: str) -> Path:
+    """The serial console log of a domain (the VM's own file: removed with the VM)."""
+    return console_dir / f"{domain_name}.log"
+
+
+def refusal_reason(message: str) -> conditions.Reason:
+    """The reason for a hypervisor's refusal, from libvirt's own words (pure)."""
+    if "firmware" in message.lower():
+        return conditions.Reason.FIRMWARE_UNAVAILABLE
+    return conditions.Reason.HYPERVISOR_REFUSED
+
+
 class VMHandler:
     """Runs the pass of one VM key (see module docstring). ``cache``: the placed VMs as
     watched; ``enqueue_later``: ask for another pass; ``sync_segments``: declare the VMs'
@@ -103,6 +116,9 @@ class VMHandler:
         enqueue_later: Callable[[Key, float], None],
         sync_segments: Callable[[], Awaitable[None]],
         forget: Callable[[Key], None],
+        failed: Callable[[Key], float] | None = None,
+        succeeded: Callable[[Key], None] = lambda _key: None,
+        record: Callable[[dict[str, Any], str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.hv = hypervisor
         self.config = config
@@ -115,9 +131,18 @@ class VMHandler:
         self.enqueue_later = enqueue_later
         self.sync_segments = sync_segments
         self.forget = forget
+        self.failed = failed or self._retry_in_10s
+        """Retry ``key`` after its backoff (the work loop's, 10 s doubling to 5 min)."""
+        self.succeeded = succeeded
+        self.record = record
+        """Post a Warning Event on the VM (reason, message)."""
         self._shutdown_at: dict[Key, float] = {}
         self._seen: set[Key] = set()
         self.passes = 0
+
+    def _retry_in_10s(self, key: Key) -> float:
+        self.enqueue_later(key, 10.0)
+        return 10.0
 
     async def reconcile(self, key: Key) -> None:
         """Read, decide, act, report for one VM."""
@@ -189,8 +214,19 @@ class VMHandler:
             ok = await self._act(action, scope, restart_token)
             if not ok:
                 phase = statuses.Phase.STARTING
-                self.enqueue_later(key, 10.0)
+                wait = self.failed(key)
+                logger.warning(
+                    "%s/%s: %s: %s; retrying in %.0fs",
+                    *key,
+                    scope.ready_reason,
+                    scope.message,
+                    wait,
+                )
+                if self.record is not None and scope.ready_reason is not None:
+                    await self.record(scope.obj, str(scope.ready_reason), scope.message)
                 break
+        if phase is statuses.Phase.RUNNING:
+            self.succeeded(key)
         if plan.requeue:
             self.enqueue_later(key, 1.0)
         if deleting or phase is None:
@@ -217,7 +253,11 @@ class VMHandler:
         if action is A.ENSURE:
             return await self._ensure(scope)
         if action is A.START:
-            await self.hv.start(name)
+            try:
+                await self.hv.start(name)
+            except HypervisorError as exc:
+                scope.ready_reason, scope.message = refusal_reason(str(exc)), str(exc)
+                return False
             scope.started_at = reporting.now_text()
         elif action is A.SHUTDOWN:
             await self.hv.shutdown(name)
@@ -251,7 +291,11 @@ class VMHandler:
             return False
         if not await self._ensure_segments(scope):
             return False
-        password = await self._vnc_password(scope)
+        try:
+            password = await self._vnc_password(scope)
+        except objects.SecretNotFound as exc:
+            scope.ready_reason, scope.message = conditions.Reason.SECRET_NOT_FOUND, str(exc)
+            return False
         self.config.console_dir.mkdir(parents=True, exist_ok=True)
         placement = domainxml.Placement(
             disks=disks.placements(plans),
@@ -261,7 +305,7 @@ class VMHandler:
                 self.config.networks,
                 managed=self.config.managed_networks,
             ),
-            console_log=self.config.console_dir / f"{scope.identity.domain_name}.log"
+            console_log=console_log_path(self.config.console_dir, scope.identity.domain_name)
             if scope.machine.console.serial
             else None,
             vnc_password=password,
@@ -281,7 +325,7 @@ class VMHandler:
             try:
                 scope.domain = await self.hv.define(xml)
             except HypervisorError as exc:
-                scope.ready_reason, scope.message = conditions.Reason.FAILED, str(exc)
+                scope.ready_reason, scope.message = refusal_reason(str(exc)), str(exc)
                 return False
         return True
 
@@ -312,7 +356,12 @@ class VMHandler:
         ref = scope.machine.display.password_secret_ref
         if ref is None or not scope.machine.display.vnc:
             return None
-        return await self.secrets.read(scope.identity.namespace, ref.name, ref.key)
+        password = await self.secrets.read(scope.identity.namespace, ref.name, ref.key)
+        if password is None:
+            raise objects.SecretNotFound(
+                f"Secret {scope.identity.namespace}/{ref.name} has no key {ref.key!r}"
+            )
+        return password
 
     async def _cleanup(self, scope: Scope) -> None:
         """Delete the VM's own disks (never bases, never retained), prune segments, and
@@ -335,6 +384,11 @@ class VMHandler:
                 disks.remove, disks.deletable(plans, self.config.layout)
             )
             logger.info("%s/%s: removed disks %s", *scope.key, [str(p) for p in removed])
+        console_log = console_log_path(self.config.console_dir, scope.identity.domain_name)
+        try:
+            await asyncio.to_thread(console_log.unlink, True)
+        except OSError as exc:
+            logger.warning("%s/%s: console log %s not removed: %s", *scope.key, console_log, exc)
         self.forget(scope.key)
         await self.sync_segments()
         await self.vms.remove_finalizer(scope.obj, groups.AGENT_FINALIZER)

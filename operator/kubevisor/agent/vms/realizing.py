@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
 from kubevisor.agent import disks, domainxml, segmenting
 from kubevisor.agent.kernel import bridges
-from kubevisor.agent.kube import ApiClient, leases, objects
+from kubevisor.agent.kube import ApiClient, events, leases, objects
 from kubevisor.agent.kube import statuses as kubestatuses
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.runtime import informing, looping
@@ -70,7 +71,9 @@ class Agent:
         self.status = kubestatuses.StatusWriter(
             api, kind="VirtualMachine", plural=watching.PLURAL, field_manager=statuses.FIELD_MANAGER
         )
-        self.loop = looping.WorkLoop(self._reconcile, workers=config.workers)
+        self.loop = looping.WorkLoop(
+            self._reconcile, workers=config.workers, fingerprint=self._fingerprint
+        )
         self.watcher = watching.informer(
             api, watching.Role.PLACED, node=config.node, on_change=self.loop.enqueue
         )
@@ -109,6 +112,9 @@ class Agent:
             enqueue_later=self.loop.enqueue_later,
             sync_segments=self._sync_segments,
             forget=self._forget,
+            failed=self.loop.failed,
+            succeeded=self.loop.succeeded,
+            record=events.Recorder(api, kind="VirtualMachine", node=config.node).warning,
         )
 
     @property
@@ -123,6 +129,24 @@ class Agent:
     async def sweep_orphans(self) -> list[str]:
         """See :mod:`kubevisor.agent.vms.orphans`."""
         return await self.orphans.sweep()
+
+    def _fingerprint(self, key: Key) -> str:
+        """What a pass over ``key`` acts on: a change resets its backoff (the spec, the
+        recorded machine, the power request and deletion)."""
+        obj = self.watcher.cache.get(key) or {}
+        st = obj.get("status") or {}
+        meta = obj.get("metadata") or {}
+        return json.dumps(
+            [
+                obj.get("spec"),
+                st.get("machine"),
+                st.get("desiredState"),
+                st.get("restartToken"),
+                meta.get("deletionTimestamp"),
+            ],
+            sort_keys=True,
+            default=str,
+        )
 
     def enqueue(self, key: Key) -> None:
         """Ask for a pass over ``key`` (coalesced with pending ones)."""

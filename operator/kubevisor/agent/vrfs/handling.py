@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -113,12 +114,25 @@ class VRFAgent:
         self.resync = resync
         self.kernel_has_vrf = kernel_has_vrf
         self.kernel_has_8021q = kernel_has_8021q
-        self.loop = looping.WorkLoop(self._pass, workers=1, retry=1.0)
+        self.loop = looping.WorkLoop(
+            self._pass, workers=1, retry=1.0, fingerprint=lambda _key: self._fingerprint()
+        )
         self.watcher = informing.Informer(
             watches.ListWatch(api, PLURAL), on_change=lambda _key: self.loop.enqueue(NODE_PASS)
         )
         self._entries = statuses.NodeEntryWriter(api, plural=PLURAL, node=node)
         self.passes = 0
+
+    def _fingerprint(self) -> str:
+        """What the node pass acts on (every VRF's spec and generation): a change resets
+        the pass's backoff."""
+        return json.dumps(
+            sorted(
+                (str(k), (o.get("metadata") or {}).get("generation"), o.get("spec"))
+                for k, o in self.watcher.cache.items()
+            ),
+            default=str,
+        )
 
     async def _facts(self) -> tuple[bool, bool]:
         if self.kernel_has_vrf is None:
@@ -192,13 +206,7 @@ class VRFAgent:
     async def _pass(self, key: Key) -> None:
         if not self.watcher.synced.is_set():
             return  # the first list comes first; it enqueues a pass itself
-        try:
-            await self.sync_once()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("VRF pass on node %s failed; retrying", self.node)
-            self.loop.enqueue_later(NODE_PASS, 1.0)
+        await self.sync_once()  # a failure backs off in the work loop (1 s doubling to 5 min)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Watch and sync until ``stop`` is set (or cancelled): a pass after the first list,

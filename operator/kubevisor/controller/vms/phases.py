@@ -220,7 +220,7 @@ def power(scope: Scope) -> None:
             run_strategy=strategy,
             phase=status.get("phase"),
             desired=status.get("desiredState"),
-            restart_annotation=notes.get(groups.ANNOTATION_RESTART),
+            restart_annotation=valid_token(notes.get(groups.ANNOTATION_RESTART)),
             restart_token=status.get("restartToken"),
             applied_restart_token=status.get("appliedRestartToken"),
             paused=notes.get(ANNOTATION_PAUSED) == "true",
@@ -312,3 +312,11 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
         placer.release(scope.uid)
         raise
     placer.confirm(scope.uid, scope.obj)
+
+
+def valid_token(value: str | None) -> str | None:
+    """An annotation value that may be copied into status, else None (ignored: an invalid
+    value in status would make every later status write fail with 422)."""
+    if value is None or groups.annotation_token_error(value) is not None:
+        return None
+    return value
