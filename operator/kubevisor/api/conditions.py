@@ -57,6 +57,14 @@ class Reason(StrEnum):
     """spec.source names a VirtualMachine or VMBackup that does not exist."""
     IMAGE_NOT_FOUND = "ImageNotFound"
     """A disk's base image is missing on the node."""
+    EVICTION_STRATEGY_NONE = "EvictionStrategyNone"
+    """Evictable=False: the VM's node is cordoned but spec.evictionStrategy is None, so
+    it stays there."""
+    NOT_MIGRATABLE = "NotMigratable"
+    """Evictable=False: the VM asks for LiveMigrate but cannot move now (not running, or
+    its drain Migration failed); the message says why."""
+    EVICTING = "Evicting"
+    """Evictable=True: the VM's node is cordoned and a Migration moves it away."""
     UNSCHEDULABLE = "Unschedulable"
     """No node fits (capacity, nodeSelector, GPUs, networks)."""
     SCHEDULED = "Scheduled"

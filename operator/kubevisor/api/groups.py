@@ -28,6 +28,10 @@ LABEL_MIGRATION_SOURCE_NODE: Final = "kubevisor.io/source-node"
 LABEL_MIGRATION_TARGET_NODE: Final = "kubevisor.io/target-node"
 #: Label on a Migration naming the VirtualMachine it moves (for ``kubectl get -l``).
 LABEL_VM: Final = "kubevisor.io/vm"
+#: On Migrations the drain creates: the cordoned node the VM leaves.
+LABEL_DRAIN_NODE: Final = "kubevisor.io/drain-node"
+#: Field manager of the drain's Evictable condition on VMs (not the VM reconciler's).
+DRAIN_FIELD_MANAGER: Final = "kubevisor-controller-drain"
 #: Label linking a desktop VM to its DesktopPool.
 LABEL_POOL: Final = "kubevisor.io/pool"
 #: Label linking a desktop VM to the DesktopClaim it is bound to.

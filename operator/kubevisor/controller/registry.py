@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from kubevisor.api import kinds
 from kubevisor.controller import notimplemented
+from kubevisor.controller.drain import handlers as drain
 from kubevisor.controller.kube import operating
 from kubevisor.controller.placement import reserving
 from kubevisor.controller.runtime import running
@@ -36,5 +37,6 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *machines.handlers(),
         *templates.handlers(),
         *routers.handlers(),
+        *drain.Drain(rt).handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

@@ -76,6 +76,59 @@ class Kube:
         data = json.loads(await response.read())
         return list(data.get("items") or [])
 
+    async def list_nodes(self) -> list[Obj]:
+        """core/v1 Node objects as raw dicts (cordon: ``spec.unschedulable``). Empty when
+        the cluster has none or RBAC does not allow the list (an old chart): placement
+        then treats no node as cordoned."""
+        try:
+            response: Any = await self._core.list_node(_preload_content=False)
+        except client.ApiException as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
+        data = json.loads(await response.read())
+        return list(data.get("items") or [])
+
+    async def set_unschedulable(self, name: str, unschedulable: bool) -> None:
+        """Cordon or uncordon a Node (merge patch of ``spec.unschedulable``)."""
+        await self._core.patch_node(name, {"spec": {"unschedulable": unschedulable}})
+
+    async def create(self, plural: str, namespace: str, body: Obj) -> Obj | None:
+        """Create a namespaced kubevisor object; None when it exists already (409)."""
+        try:
+            obj: Obj = await self._custom.create_namespaced_custom_object(
+                groups.GROUP, groups.VERSION, namespace, plural, body
+            )
+        except client.ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return obj
+
+    async def apply_status_as(
+        self, field_manager: str, plural: str, kind: str, namespace: str, name: str, status: Obj
+    ) -> Obj:
+        """Server-side apply of ``status`` under another field manager (the drain's
+        Evictable condition), so the VM reconciler's full apply never removes it."""
+        body = {
+            "apiVersion": groups.API_VERSION,
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        obj: Obj = await self._custom.patch_namespaced_custom_object_status(
+            groups.GROUP,
+            groups.VERSION,
+            namespace,
+            plural,
+            name,
+            body,
+            field_manager=field_manager,
+            force=True,
+            _content_type=APPLY,  # type: ignore[call-arg]
+        )
+        return obj
+
     async def apply_status(
         self, plural: str, kind: str, namespace: str, name: str, status: Obj
     ) -> Obj:

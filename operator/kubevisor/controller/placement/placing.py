@@ -27,6 +27,9 @@ class Node:
     networks: frozenset[str] = frozenset()
     shared_storage: str | None = None
     alive: bool = True
+    cordoned: bool = False
+    """Its Node object has ``spec.unschedulable: true`` (``kubectl cordon``): no new VM
+    and no migration target goes there. The Lease stays the liveness signal."""
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,23 @@ def usage_of(machine: machines.MachineSpec) -> Usage:
     return Usage(machine.cpu.cores, quantities.to_bytes(machine.memory), machine.gpus)
 
 
-def node_from_lease(lease: Mapping[str, Any], *, now: datetime) -> Node:
+def cordoned(node_objects: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Names of the core/v1 Node objects marked unschedulable (``kubectl cordon``). A
+    node with a Lease but no Node object is not cordoned."""
+    return frozenset(
+        str((n.get("metadata") or {}).get("name"))
+        for n in node_objects
+        if (n.get("spec") or {}).get("unschedulable") is True
+    )
+
+
+def node_from_lease(
+    lease: Mapping[str, Any], *, now: datetime, cordoned: frozenset[str] = frozenset()
+) -> Node:
     """A node from its agent's Lease (a raw API object), parsed with the node contract
     (``api/nodes``). A Lease whose ``renewTime + leaseDurationSeconds`` is past marks the
     node lost; a missing or unreadable capacity annotation leaves it with no capacity
-    (nothing fits there)."""
+    (nothing fits there). ``cordoned`` names the unschedulable Node objects."""
     parsed = nodes.parse(lease)
     capacity = parsed.capacity
     return Node(
@@ -107,6 +122,7 @@ def node_from_lease(lease: Mapping[str, Any], *, now: datetime) -> Node:
         networks=frozenset(capacity.networks),
         shared_storage=capacity.shared_storage,
         alive=parsed.alive(now),
+        cordoned=parsed.name in cordoned,
     )
 
 
@@ -118,17 +134,27 @@ def _mem(n: int) -> str:
     return f"{n // 2**20}Mi"
 
 
+def _labels(labels: Mapping[str, str]) -> str:
+    """A node's labels as ``k=v, ...`` (sorted), or "none"."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+
+
 def refusal(node: Node, used: Usage, request: Request, *, cpu_overcommit: float = 1.0) -> str:
     """Why ``node`` cannot take ``request``, as a clause; empty when it can."""
     if request.only_nodes is not None and node.name not in request.only_nodes:
         return request.only_reason or "not allowed for this VM"
     if not node.alive:
         return "node lost (its Lease expired)"
+    if node.cordoned:
+        return "cordoned (its Node is unschedulable; kubevisor uncordon to allow it)"
     mismatched = sorted(
         f"{k}={v}" for k, v in request.node_selector.items() if node.labels.get(k) != v
     )
     if mismatched:
-        return f"does not match nodeSelector {', '.join(mismatched)}"
+        return (
+            f"does not match nodeSelector {', '.join(mismatched)} "
+            f"(its labels: {_labels(node.labels)})"
+        )
     if request.gpus:
         free = node.gpus - used.gpus
         if node.gpus == 0:

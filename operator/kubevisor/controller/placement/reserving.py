@@ -42,6 +42,7 @@ class Placer:
         self._decide = threading.Lock()
         self._refresh: asyncio.Lock | None = None
         self._leases: list[dict[str, Any]] = []
+        self._cordoned: frozenset[str] = frozenset()
         self._leases_at = -math.inf
         self._synced_at = -math.inf
 
@@ -77,15 +78,20 @@ class Placer:
                 await self.resync(api)
 
     async def nodes(self, api: kube.Kube, *, now: datetime) -> list[placing.Node]:
-        """The agents' nodes, from a Lease list at most ``LEASE_TTL`` seconds old."""
+        """The agents' nodes, from a Lease list (and a Node list for cordons) at most
+        ``LEASE_TTL`` seconds old."""
         if time.monotonic() - self._leases_at >= self.LEASE_TTL:
             async with self._refresh_lock():
                 if time.monotonic() - self._leases_at >= self.LEASE_TTL:
                     self._leases = await api.list_leases(
                         nodes.LEASE_NAMESPACE, nodes.AGENT_SELECTOR
                     )
+                    self._cordoned = placing.cordoned(await api.list_nodes())
                     self._leases_at = time.monotonic()
-        return [placing.node_from_lease(lease, now=now) for lease in self._leases]
+        return [
+            placing.node_from_lease(lease, now=now, cordoned=self._cordoned)
+            for lease in self._leases
+        ]
 
     def choose(
         self, uid: str, request: placing.Request, nodes: list[placing.Node]

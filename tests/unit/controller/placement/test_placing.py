@@ -169,3 +169,29 @@ def test_node_from_lease() -> None:
     assert not stale.alive
     broken = placing.node_from_lease(_lease(now, "nonsense"), now=now)
     assert broken.memory_bytes == 0 and broken.alive
+
+
+def test_cordoned_node_is_refused_and_named() -> None:
+    req = placing.Request(1, 2**30, 0, frozenset(), {})
+    big = placing.Node("node-1", cpu=8, memory_bytes=2**34, cordoned=True)
+    small = placing.Node("node-2", cpu=8, memory_bytes=2**31)
+    assert placing.place(req, [big, small], {}).node == "node-2"
+    refused = placing.place(req, [big], {})
+    assert refused.node is None and "node-1: cordoned" in refused.reason
+
+
+def test_cordoned_from_node_objects() -> None:
+    objs = [
+        {"metadata": {"name": "node-1"}, "spec": {"unschedulable": True}},
+        {"metadata": {"name": "node-2"}, "spec": {}},
+    ]
+    assert placing.cordoned(objs) == {"node-1"}
+
+
+def test_selector_mismatch_lists_the_node_labels() -> None:
+    req = placing.Request(1, 1, 0, frozenset(), {"zone": "b"})
+    node = placing.Node(
+        "node-1", labels={"zone": "a", "kubevisor.io/agent": "true"}, cpu=2, memory_bytes=2**30
+    )
+    why = placing.place(req, [node], {}).reason
+    assert "its labels: kubevisor.io/agent=true, zone=a" in why

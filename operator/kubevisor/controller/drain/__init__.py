@@ -1,0 +1,1 @@
+"""Drain: cordoned Node objects get their LiveMigrate VMs moved away by Migrations."""
