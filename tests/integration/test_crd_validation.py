@@ -78,6 +78,20 @@ CASES: list[tuple[str, str, Callable[[Obj], None], str]] = [
         spec_set("nics[1].mac", "01:00:5e:00:00:01"),
         "spec.nics[1].mac",
     ),
+    ("vm-zero-mac", "vm.yaml", spec_set("nics[1].mac", "00:00:00:00:00:00"), "spec.nics[1].mac"),
+    (
+        "vm-duplicate-mac",
+        "vm.yaml",
+        lambda o: [n.__setitem__("mac", "52:54:00:aa:bb:cc") for n in o["spec"]["nics"]],
+        "spec.nics",
+    ),
+    ("vm-bad-selector-key", "vm.yaml", spec_set("nodeSelector", {"a b": "x"}), "spec.nodeSelector"),
+    (
+        "vrf-bad-selector-key",
+        "vrf.yaml",
+        spec_set("nodeSelector", {"-x/y": "x"}),
+        "spec.nodeSelector",
+    ),
     ("vm-nic-without-network", "vm.yaml", spec_del("nics[0].network"), "spec.nics[0].network"),
     ("vm-unknown-runstrategy", "vm.yaml", spec_set("runStrategy", "Sometimes"), "spec.runStrategy"),
     (

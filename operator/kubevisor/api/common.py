@@ -9,6 +9,7 @@ an object. Field docstrings become the descriptions ``kubectl explain`` shows.
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import datetime
 from typing import Annotated, Any, Final
 
@@ -73,6 +74,16 @@ DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: A unicast MAC address (the I/G bit of the first octet is clear).
 MAC_PATTERN: Final = r"^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$"
+#: The all-zero MAC, which the pattern matches but no NIC may have.
+ZERO_MAC: Final = "00:00:00:00:00:00"
+#: The name part of a label key (and a label value when not empty): at most 63
+#: characters, alphanumeric at both ends, '-', '_' and '.' inside.
+LABEL_NAME_PATTERN: Final = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+#: A label key (Kubernetes qualified name): an optional DNS-subdomain prefix and '/',
+#: then a name. Lengths (prefix <= 253, name <= 63) are checked beside the pattern.
+LABEL_KEY_PATTERN: Final = r"^(" + DNS_SUBDOMAIN_PATTERN[1:-1] + r"/)?" + LABEL_NAME_PATTERN + r"$"
+MAX_LABEL_PREFIX: Final = 253
+MAX_LABEL_NAME: Final = 63
 #: A Linux network device name: at most 15 characters, no '/', ':' or whitespace.
 IFNAME_PATTERN: Final = r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
 
@@ -86,7 +97,61 @@ InterfaceName = Annotated[str, Field(pattern=IFNAME_PATTERN, min_length=1, max_l
 LabelValue = Annotated[
     str, Field(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$", max_length=63)
 ]
-MACAddress = Annotated[str, Field(pattern=MAC_PATTERN, max_length=17)]
+
+
+def _check_mac(value: str) -> str:
+    if value.lower() == ZERO_MAC:
+        raise ValueError(f"{value!r} is the all-zero MAC, which no NIC may have")
+    return value
+
+
+MAC_RULE: Final = rule(
+    f"self.lowerAscii() != '{ZERO_MAC}'",
+    "must not be the all-zero MAC 00:00:00:00:00:00",
+)
+#: A unicast MAC address other than 00:00:00:00:00:00 (aa:bb:cc:dd:ee:ff, either case).
+MACAddress = Annotated[
+    str,
+    Field(pattern=MAC_PATTERN, max_length=17, json_schema_extra=cel(MAC_RULE)),
+    AfterValidator(_check_mac),
+]
+
+
+def is_label_key(key: str) -> bool:
+    """Whether ``key`` is a Kubernetes label key (a qualified name): ``[prefix/]name``
+    with a DNS-subdomain prefix of at most 253 characters and a name of at most 63."""
+    if not re.fullmatch(LABEL_KEY_PATTERN[1:-1], key):
+        return False
+    prefix, _, name = key.rpartition("/")
+    return len(prefix) <= MAX_LABEL_PREFIX and len(name) <= MAX_LABEL_NAME
+
+
+def _check_label_keys(value: dict[str, str]) -> dict[str, str]:
+    bad = sorted(k for k in value if not is_label_key(k))
+    if bad:
+        raise ValueError(
+            f"not label keys: {', '.join(repr(k[:80]) for k in bad)} (a key is [prefix/]name:"
+            " a DNS subdomain of at most 253 characters, then a name of at most 63"
+            " alphanumerics, '-', '_' or '.', alphanumeric at both ends)"
+        )
+    return value
+
+
+#: CEL over a label map: every key is a qualified name, the same test as `is_label_key`.
+LABEL_KEYS_RULE: Final = rule(
+    f"self.all(k, k.matches(r'{LABEL_KEY_PATTERN}')"
+    f" && (k.indexOf('/') < 0 || (k.indexOf('/') <= {MAX_LABEL_PREFIX}"
+    f" && size(k) - k.indexOf('/') - 1 <= {MAX_LABEL_NAME}))"
+    f" && (k.indexOf('/') >= 0 || size(k) <= {MAX_LABEL_NAME}))",
+    "keys must be label keys: [prefix/]name, a DNS subdomain of at most 253 characters"
+    " then a name of at most 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends",
+)
+#: A nodeSelector: label keys (qualified names) to label values.
+NodeSelector = Annotated[
+    dict[str, LabelValue],
+    Field(max_length=32, json_schema_extra=cel(LABEL_KEYS_RULE)),
+    AfterValidator(_check_label_keys),
+]
 #: A host path or a name; long enough for real paths, bounded for CEL cost estimates.
 PathString = Annotated[str, Field(min_length=1, max_length=4096)]
 ShortString = Annotated[str, Field(max_length=253)]

@@ -8,9 +8,9 @@ template's disk list, it does not merge into it).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kubevisor.api import common
 
@@ -104,6 +104,23 @@ _DISKS_UNIQUE = common.rule(
 _NICS_UNIQUE = common.rule(
     "self.all(n, self.exists_one(m, m.name == n.name))", "NIC names must be unique"
 )
+_MACS_UNIQUE = common.rule(
+    "self.all(n, !has(n.mac) || self.exists_one(m, has(m.mac)"
+    " && m.mac.lowerAscii() == n.mac.lowerAscii()))",
+    "two NICs of one machine must not have the same MAC",
+)
+
+
+def _unique_names(items: list[Disk] | list[NIC] | None, what: str) -> None:
+    names = [item.name for item in items or []]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names must be unique")
+
+
+def _unique_macs(nics: list[NIC] | None) -> None:
+    macs = [nic.mac.lower() for nic in nics or [] if nic.mac is not None]
+    if len(set(macs)) != len(macs):
+        raise ValueError("two NICs of one machine must not have the same MAC")
 
 
 class MachineOverrides(common.Model):
@@ -117,7 +134,9 @@ class MachineOverrides(common.Model):
         None, max_length=16, json_schema_extra=common.cel(_DISKS_UNIQUE)
     )
     """Disks, the first one boots (unless boot.kernel is set)."""
-    nics: list[NIC] | None = Field(None, max_length=16, json_schema_extra=common.cel(_NICS_UNIQUE))
+    nics: list[NIC] | None = Field(
+        None, max_length=16, json_schema_extra=common.cel(_NICS_UNIQUE, _MACS_UNIQUE)
+    )
     """Network interfaces."""
     boot: Boot | None = None
     """Boot settings."""
@@ -127,8 +146,15 @@ class MachineOverrides(common.Model):
     """Serial console."""
     gpus: Annotated[int, Field(ge=0, le=16)] | None = None
     """Number of GPUs to pass through; only nodes reporting that many are eligible."""
-    node_selector: dict[str, common.LabelValue] | None = Field(None, max_length=32)
-    """Node labels the machine's node must have."""
+    node_selector: common.NodeSelector | None = None
+    """Node labels the machine's node must have: label keys ([prefix/]name) to values."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        _unique_names(self.disks, "disk")
+        _unique_names(self.nics, "NIC")
+        _unique_macs(self.nics)
+        return self
 
 
 class MachineSpec(MachineOverrides):
@@ -143,7 +169,9 @@ class MachineSpec(MachineOverrides):
     )
     """Disks, the first one boots (unless boot.kernel is set)."""
     nics: list[NIC] = Field(
-        default_factory=list, max_length=16, json_schema_extra=common.cel(_NICS_UNIQUE)
+        default_factory=list,
+        max_length=16,
+        json_schema_extra=common.cel(_NICS_UNIQUE, _MACS_UNIQUE),
     )
     """Network interfaces."""
     boot: Boot = Field(default_factory=Boot)
@@ -154,7 +182,7 @@ class MachineSpec(MachineOverrides):
     """Serial console."""
     gpus: Annotated[int, Field(ge=0, le=16)] = 0
     """Number of GPUs to pass through; only nodes reporting that many are eligible."""
-    node_selector: dict[str, common.LabelValue] = Field(default_factory=dict, max_length=32)
+    node_selector: common.NodeSelector = Field(default_factory=dict)
     """Node labels the machine's node must have."""
 
 

@@ -205,8 +205,14 @@ def parse(lease: Mapping[str, Any]) -> NodeLease:
     )
 
 
-def _labels(labels: Mapping[str, str]) -> dict[str, str]:
+def node_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels a node is judged by: its own plus :data:`LABEL_AGENT`, exactly what its
+    Lease carries. The controller reads them from the Lease and the agent computes them
+    with this, so both sides give a nodeSelector the same labels (``vrfs.selects_node``)."""
     return {**labels, LABEL_AGENT: "true"}
+
+
+_labels = node_labels
 
 
 def _annotations(

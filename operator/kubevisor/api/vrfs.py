@@ -323,7 +323,7 @@ class VRFSpec(common.Model):
         },
     )
     """Static routes; each (prefix, metric) at most once, as the kernel keys them."""
-    node_selector: dict[str, common.LabelValue] = Field(default_factory=dict, max_length=32)
+    node_selector: common.NodeSelector = Field(default_factory=dict)
     """Labels of the nodes to realize the VRF on; empty means every node."""
     backend: Backend = "auto"
     """vrf: an l3mdev VRF device; netns: a network namespace; auto: vrf where the node's

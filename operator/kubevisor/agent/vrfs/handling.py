@@ -34,7 +34,7 @@ from kubevisor.agent.kernel import probing, vrfrealizing
 from kubevisor.agent.kube import ApiClient, statuses, watches
 from kubevisor.agent.runtime import informing, looping
 from kubevisor.agent.vrfs import planning, selecting, specs
-from kubevisor.api import conditions, kinds, vrfs
+from kubevisor.api import conditions, kinds, nodes, vrfs
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class VRFAgent:
         """One level-based pass over every VRF object and the node's kernel."""
         has_vrf, has_8021q = await self._facts()
         objs = dict(self.watcher.cache)
-        selection = selecting.select(objs.values(), labels=self.labels)
+        selection = selecting.select(objs.values(), labels=nodes.node_labels(self.labels))
         observed = await self.realizer.observe()
         plan = planning.plan_node(
             {
@@ -185,6 +185,13 @@ class VRFAgent:
                 if selecting.needs_write(have, entries[key], age_seconds=_age(have, now)):
                     await self._entries.patch(key[0], key[1], entries[key])
             elif have is not None:
+                logger.info(
+                    "VRF %s/%s: removing node %s's status entry: %s",
+                    key[0],
+                    key[1],
+                    self.node,
+                    selecting.why_not_selected(obj, labels=nodes.node_labels(self.labels)),
+                )
                 await self._entries.patch(key[0], key[1], None)
         if self.node_segments is not None:
             await self.node_segments.set_needed(segmenting.VRFS, wanted_segments)

@@ -78,6 +78,22 @@ def _raw_selector(obj: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in selector.items()} if isinstance(selector, dict) else {}
 
 
+def why_not_selected(obj: Mapping[str, Any], *, labels: Mapping[str, str]) -> str:
+    """Why this node holds no entry for ``obj``, as a sentence for the agent's log (it
+    never removes its own ``status.nodes`` entry without saying why)."""
+    meta = obj.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return "the VRF is being deleted"
+    try:
+        selector = vrfs.parse_spec(obj).node_selector
+    except vrfs.InvalidVRF:
+        selector = _raw_selector(obj)
+    missing = sorted(f"{k}={v}" for k, v in selector.items() if labels.get(k) != v)
+    if missing:
+        return f"nodeSelector no longer matches this node (it lacks {', '.join(missing)})"
+    return "the controller refused the VRF's current generation"
+
+
 def select(objs: Iterable[Mapping[str, Any]], *, labels: Mapping[str, str]) -> Selection:
     """Split the VRF objects into those to realize here, those waiting, and the rest."""
     result = Selection()
