@@ -130,14 +130,27 @@ class Kube:
         return obj
 
     async def apply_status(
-        self, plural: str, kind: str, namespace: str, name: str, status: Obj
+        self,
+        plural: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: Obj,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        resource_version: str | None = None,
     ) -> Obj:
-        """Server-side apply of ``status`` as field manager kubevisor-controller: the
-        fields listed are ours, fields owned by the agent are left alone."""
+        """Server-side apply of ``status`` as ``field_manager`` (kubevisor-controller
+        unless told): the fields listed are ours, fields owned by others are left alone.
+        With ``resource_version`` the API server refuses (409) an apply computed from an
+        older object than the one it holds, so a stale read never reverts a newer write."""
+        meta: Obj = {"name": name, "namespace": namespace}
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version
         body = {
             "apiVersion": groups.API_VERSION,
             "kind": kind,
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": meta,
             "status": status,
         }
         obj: Obj = await self._custom.patch_namespaced_custom_object_status(
@@ -147,13 +160,21 @@ class Kube:
             plural,
             name,
             body,
-            field_manager=FIELD_MANAGER,
+            field_manager=field_manager,
             force=True,
             _content_type=APPLY,  # type: ignore[call-arg]
         )
         return obj
 
-    async def json_patch(self, plural: str, namespace: str, name: str, ops: list[Obj]) -> Obj:
+    async def json_patch(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        ops: list[Obj],
+        *,
+        field_manager: str = FIELD_MANAGER,
+    ) -> Obj:
         """A JSON patch (with ``test`` ops for optimistic concurrency on lists)."""
         obj: Obj = await self._custom.patch_namespaced_custom_object(
             groups.GROUP,
@@ -162,7 +183,7 @@ class Kube:
             plural,
             name,
             ops,
-            field_manager=FIELD_MANAGER,
+            field_manager=field_manager,
             _content_type="application/json-patch+json",  # type: ignore[call-arg]
         )
         return obj

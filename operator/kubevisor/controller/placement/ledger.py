@@ -36,7 +36,7 @@ from typing import Any
 
 import pydantic
 
-from kubevisor.api import machines
+from kubevisor.api import machines, migrations
 from kubevisor.api.virtualmachines import DesiredState
 from kubevisor.controller.placement import placing
 
@@ -53,6 +53,9 @@ class Seen:
     """What it takes on ``node``: zero when it does not count (stopped, no machine)."""
     rv: int | None = None
     """``metadata.resourceVersion`` as an integer; None when unknown or not numeric."""
+    also: str | None = None
+    """The target node of an active migration (``status.migration``): the VM counts
+    there too until the migration ends."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,13 @@ class Entry:
     rv: int | None
     pending: bool
     """Reserved by a placement whose status write has not been confirmed yet."""
+    also: str | None = None
+    """A migration target the VM also counts on (``Seen.also``)."""
+
+    def nodes(self) -> tuple[str, ...]:
+        """Every node the VM's usage counts on."""
+        both = (self.node, self.also if self.also != self.node else None)
+        return tuple(n for n in both if n is not None)
 
 
 def resource_version(value: Any) -> int | None:
@@ -91,12 +101,32 @@ def seen(obj: Mapping[str, Any]) -> Seen:
             usage = placing.usage_of(machines.MachineSpec.model_validate(raw))
         except pydantic.ValidationError:
             usage = NOTHING
+    migration = status.get("migration") or {}
+    also = None
+    if migration.get("phase") in {p.value for p in migrations.ACTIVE_PHASES}:
+        also = str(migration.get("targetNode") or "") or None
     return Seen(
         uid=str(meta.get("uid")),
         node=str(node) if node else None,
         usage=usage,
         rv=resource_version(meta.get("resourceVersion")),
+        also=also,
     )
+
+
+def usage_by_node(
+    objs: Iterable[Mapping[str, Any]], *, exclude: str | None = None
+) -> dict[str, placing.Usage]:
+    """What the VMs in ``objs`` (raw) take per node, a migrating VM on both nodes,
+    leaving out the VM whose uid is ``exclude``. For a caller that lists anyway."""
+    out: dict[str, placing.Usage] = {}
+    for obj in objs:
+        s = seen(obj)
+        if s.uid == exclude or s.usage == NOTHING:
+            continue
+        for node in Entry(s.node, s.usage, s.rv, False, s.also).nodes():
+            out[node] = out.get(node, NOTHING) + s.usage
+    return out
 
 
 def _not_older(new: int | None, old: int | None) -> bool:
@@ -126,8 +156,9 @@ class Ledger:
         """Usage per node (a copy), leaving out ``exclude``'s own share."""
         out = dict(self._totals)
         mine = self._entries.get(exclude) if exclude is not None else None
-        if mine is not None and mine.node is not None and mine.usage != NOTHING:
-            out[mine.node] = _minus(out[mine.node], mine.usage)
+        if mine is not None and mine.usage != NOTHING:
+            for node in mine.nodes():
+                out[node] = _minus(out[node], mine.usage)
         return out
 
     def __len__(self) -> int:
@@ -137,17 +168,19 @@ class Ledger:
 
     def _set(self, uid: str, entry: Entry | None) -> None:
         old = self._entries.pop(uid, None)
-        if old is not None and old.node is not None and old.usage != NOTHING:
-            left = _minus(self._totals[old.node], old.usage)
-            if left == NOTHING:
-                del self._totals[old.node]
-            else:
-                self._totals[old.node] = left
+        if old is not None and old.usage != NOTHING:
+            for node in old.nodes():
+                left = _minus(self._totals[node], old.usage)
+                if left == NOTHING:
+                    del self._totals[node]
+                else:
+                    self._totals[node] = left
         if entry is None:
             return
         self._entries[uid] = entry
-        if entry.node is not None and entry.usage != NOTHING:
-            self._totals[entry.node] = self._totals.get(entry.node, NOTHING) + entry.usage
+        if entry.usage != NOTHING:
+            for node in entry.nodes():
+                self._totals[node] = self._totals.get(node, NOTHING) + entry.usage
 
     def observe(self, s: Seen) -> None:
         """A watch event (or list item) for a VM that exists."""
@@ -159,7 +192,7 @@ class Ledger:
                 return  # predates our own write: nodeName is never cleared
             if not cur.pending and not _not_older(s.rv, cur.rv):
                 return  # an older version than the one we hold
-        self._set(s.uid, Entry(s.node, s.usage, s.rv, pending=False))
+        self._set(s.uid, Entry(s.node, s.usage, s.rv, pending=False, also=s.also))
 
     def forget(self, uid: str) -> None:
         """The VM is gone (DELETED event)."""
