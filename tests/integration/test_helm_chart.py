@@ -469,6 +469,10 @@ AGENT_CHECKS: list[Check] = [
     ("get", "leases.coordination.k8s.io", NS, (), True),
     ("update", "leases.coordination.k8s.io", NS, (), True),
     ("patch", "leases.coordination.k8s.io", NS, (), True),
+    ("list", "leases.coordination.k8s.io", NS, (), True),  # peers, for the RTT probe
+    ("list", "migrations.kubevisor.io", "*", (), True),
+    ("watch", "migrations.kubevisor.io", "*", (), True),
+    ("patch", "migrations.kubevisor.io", "default", ("--subresource=status",), True),
     ("create", "events", "default", (), True),
     ("get", "secrets", "default", (), True),  # VNC passwords by name
     # and not more:
@@ -478,6 +482,8 @@ AGENT_CHECKS: list[Check] = [
     ("patch", "vmtemplates.kubevisor.io", "default", (), False),
     ("create", "leases.coordination.k8s.io", "default", (), False),
     ("delete", "leases.coordination.k8s.io", NS, (), False),
+    ("list", "leases.coordination.k8s.io", "default", (), False),
+    ("patch", "migrations.kubevisor.io", "default", (), False),
     ("list", "secrets", "default", (), False),
     ("create", "secrets", "default", (), False),
     ("update", "secrets", "default", (), False),
