@@ -86,13 +86,13 @@ class Drain:
                 )
             )
             try:
-                await api.apply_status_as(
-                    groups.DRAIN_FIELD_MANAGER,
+                await api.apply_status(
                     VM.plural,
                     VM.kind,
                     meta["namespace"],
                     meta["name"],
                     {"conditions": conds},
+                    field_manager=groups.DRAIN_FIELD_MANAGER,
                 )
             except Exception as exc:
                 if kube.is_gone(exc):

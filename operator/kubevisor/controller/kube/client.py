@@ -105,30 +105,6 @@ class Kube:
             raise
         return obj
 
-    async def apply_status_as(
-        self, field_manager: str, plural: str, kind: str, namespace: str, name: str, status: Obj
-    ) -> Obj:
-        """Server-side apply of ``status`` under another field manager (the drain's
-        Evictable condition), so the VM reconciler's full apply never removes it."""
-        body = {
-            "apiVersion": groups.API_VERSION,
-            "kind": kind,
-            "metadata": {"name": name, "namespace": namespace},
-            "status": status,
-        }
-        obj: Obj = await self._custom.patch_namespaced_custom_object_status(
-            groups.GROUP,
-            groups.VERSION,
-            namespace,
-            plural,
-            name,
-            body,
-            field_manager=field_manager,
-            force=True,
-            _content_type=APPLY,  # type: ignore[call-arg]
-        )
-        return obj
-
     async def apply_status(
         self,
         plural: str,
