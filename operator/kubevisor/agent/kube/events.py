@@ -8,14 +8,13 @@ A failed post is logged and dropped (an Event is a hint; the condition is the tr
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kubevisor.api import groups
+from kubevisor.api import events
 
 logger = logging.getLogger(__name__)
 
@@ -32,29 +31,16 @@ class Recorder:
 
     async def warning(self, obj: dict[str, Any], reason: str, message: str) -> None:
         meta = obj["metadata"]
-        now = datetime.now(UTC)
-        body = {
-            "metadata": {
-                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
-                "namespace": meta["namespace"],
-            },
-            "involvedObject": {
-                "apiVersion": groups.API_VERSION,
-                "kind": self.kind,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-            "type": "Warning",
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": COMPONENT, "host": self.node},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self.node,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        body = events.body(
+            obj,
+            kind=self.kind,
+            type_="Warning",
+            reason=reason,
+            message=message,
+            component=COMPONENT,
+            now=datetime.now(UTC),
+            host=self.node,
+        )
         try:
             await self._core.create_namespaced_event(meta["namespace"], body)
         except ApiException as exc:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client, config
 
-from kubevisor.api import groups
+from kubevisor.api import events, groups
 
 FIELD_MANAGER = "kubevisor-controller"
 APPLY = "application/apply-patch+yaml"
@@ -170,28 +169,15 @@ class Kube:
         """A core/v1 Event about ``obj`` (a kubevisor object of ``kind``), reported by
         kubevisor-controller."""
         meta = obj["metadata"]
-        now = datetime.now(UTC)
-        body = {
-            "metadata": {
-                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
-                "namespace": meta["namespace"],
-            },
-            "involvedObject": {
-                "apiVersion": groups.API_VERSION,
-                "kind": kind,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": FIELD_MANAGER},
-            "reportingComponent": FIELD_MANAGER,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        body = events.body(
+            obj,
+            kind=kind,
+            type_=type_,
+            reason=reason,
+            message=message,
+            component=FIELD_MANAGER,
+            now=datetime.now(UTC),
+        )
         core: Any = self._core
         await core.create_namespaced_event(meta["namespace"], body)
 
