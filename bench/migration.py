@@ -8,8 +8,15 @@ Prints a table and one JSON line; targets are reported (target-met column), neve
 Exits non-zero when a result is wrong (a raw migration failed, or the guest did not end up
 running on the target only).
 
-Our path needs a dev cluster whose controller reconciles Migrations (``--kubeconfig`` and
-``--vm`` of a running VM); until then it prints "ours: not available (...)".
+Both paths run on one dev cluster (``devenv.cluster``: control plane, controller, one agent
+per simulated node): the raw domains are not kubevisor's (no ``_`` in their names), so the
+agents leave them alone. Our VMs are the tiny template with the case's memory and load
+script; each round is a Migration to the other node (``targetNode``), and the round checks
+that the guest then runs on the target only and that ``status.nodeName`` moved.
+``--raw-only`` skips our path (it then prints "ours: not available (...)").
+
+Run as root from the repo root: ``.venv/bin/python bench/migration.py [--rounds 3]
+[--sizes 256,1024] [--loads idle,dirty] [--raw-only]``.
 """
 
 from __future__ import annotations
@@ -22,10 +29,14 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+import _harness as h
 from kubevisor.api import kinds
-from kubevisor.devenv import guest, nodes
+from kubevisor.devenv import cluster, guest, nodes
 
 CLUSTER = "kvmigb"
 BOOT_DEADLINE_S = 240.0
@@ -38,7 +49,9 @@ DIRTIER = (
 IDLE = "echo kv-idle-start; while true; do sleep 1; done\n"
 TARGET_RATIO = 1.5
 TARGET_DOWNTIME_MS = 50.0
-NOT_AVAILABLE = "ours: not available (Migration reconciler not wired)"
+NOT_AVAILABLE = "ours: not available (--raw-only)"
+NAMESPACE = "default"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def log(msg: str) -> None:
@@ -147,40 +160,164 @@ def raw_round(src: nodes.SimNode, dst: nodes.SimNode, dom: str) -> dict[str, flo
     return {"wall_ms": wall, **figures}
 
 
-def ours_round(
-    kubeconfig: str | None, vm: str | None, *, deadline_s: float
-) -> dict[str, Any] | None:
-    """One Migration through the API, create -> Succeeded; None when the reconciler never
-    takes it past Pending/NotImplemented within ``deadline_s`` (or no cluster was given)."""
-    if not kubeconfig or not vm:
-        return None
-    name = f"bench-{int(time.time() * 1000)}"
-    body = {
+def vm_body(name: str, *, memory_mib: int, script: str, boot: dict[str, Any]) -> dict[str, Any]:
+    """The VirtualMachine of one case: the tiny template with the case's memory and the
+    load script on the kernel command line (pure)."""
+    return {
+        "apiVersion": f"{kinds.VIRTUALMACHINE.group}/{kinds.VIRTUALMACHINE.version}",
+        "kind": kinds.VIRTUALMACHINE.kind,
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "runStrategy": "Always",
+            "templateRef": {"name": "tiny"},
+            "memory": f"{memory_mib}Mi",
+            "boot": {**boot, "cmdline": guest.kernel_cmdline(script=script)},
+        },
+    }
+
+
+def migration_body(name: str, vm: str, target: str) -> dict[str, Any]:
+    """A Migration of ``vm`` to ``target`` with the default policy (pure)."""
+    return {
         "apiVersion": f"{kinds.MIGRATION.group}/{kinds.MIGRATION.version}",
         "kind": kinds.MIGRATION.kind,
-        "metadata": {"name": name},
-        "spec": {"vmName": vm},
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"vmName": vm, "targetNode": target},
     }
-    kubectl = ["kubectl", f"--kubeconfig={kubeconfig}"]
-    started = time.perf_counter()
-    subprocess.run([*kubectl, "create", "-f", "-"], input=json.dumps(body), text=True, check=True,
-                   capture_output=True)  # fmt: skip
-    end = started + deadline_s
-    while time.perf_counter() < end:
-        out = subprocess.run([*kubectl, "get", kinds.MIGRATION.plural, name, "-o", "json"],
-                             capture_output=True, text=True, check=False).stdout  # fmt: skip
-        status = (json.loads(out or "{}").get("status") or {}) if out else {}
-        phase = status.get("phase")
-        if phase in ("Succeeded", "Failed"):
-            return {
-                "wall_ms": (time.perf_counter() - started) * 1000,
-                "total_ms": status.get("totalTimeMs"),
-                "downtime_ms": status.get("downtimeMs"),
-                "bytes": status.get("bytesTransferred"),
-                "succeeded": phase == "Succeeded",
-            }
-        time.sleep(0.2)
-    return None
+
+
+class Ours:
+    """Our path: a dev cluster (control plane, controller, one agent per simulated node)."""
+
+    def __init__(self, dev: cluster.DevCluster) -> None:
+        self.dev = dev
+        self.api = h.api_client(dev.kubeconfig)
+        import kubernetes
+
+        self.objs = kubernetes.client.CustomObjectsApi(self.api)
+        template = yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())
+        self.boot = {k: v for k, v in template["spec"]["boot"].items() if k != "cmdline"}
+        self._create(kinds.VMTEMPLATE.plural, template)
+
+    def _create(self, plural: str, body: dict[str, Any]) -> None:
+        group, version = kinds.VIRTUALMACHINE.group, kinds.VIRTUALMACHINE.version
+        self.objs.create_namespaced_custom_object(group, version, NAMESPACE, plural, body)
+
+    def _get(self, plural: str, name: str) -> dict[str, Any]:
+        group, version = kinds.VIRTUALMACHINE.group, kinds.VIRTUALMACHINE.version
+        obj: dict[str, Any] = self.objs.get_namespaced_custom_object(
+            group, version, NAMESPACE, plural, name
+        )
+        return obj
+
+    def boot_vm(self, name: str, *, memory_mib: int, script: str, marker: str) -> str:
+        """Create the VM, wait until it runs and its load script started; its node."""
+        self._create(
+            kinds.VIRTUALMACHINE.plural,
+            vm_body(name, memory_mib=memory_mib, script=script, boot=self.boot),
+        )
+
+        def started() -> str | None:
+            st = self._get(kinds.VIRTUALMACHINE.plural, name).get("status") or {}
+            log_path = st.get("consoleLog")
+            if st.get("phase") != "Running" or not log_path:
+                return None
+            text = Path(log_path).read_text(errors="replace") if Path(log_path).exists() else ""
+            return str(st.get("nodeName")) if marker in text else None
+
+        node: str = h.wait_for(f"{name} running its load", started, timeout=BOOT_DEADLINE_S)
+        return node
+
+    def round(self, vm: str, source: str, target: str, *, deadline_s: float) -> dict[str, Any]:
+        """One Migration create -> Succeeded/Failed; checks the VM runs on ``target`` only."""
+        name = f"{vm}-{int(time.time() * 1000)}"
+        started = time.perf_counter()
+        self._create(kinds.MIGRATION.plural, migration_body(name, vm, target))
+
+        def final() -> dict[str, Any] | None:
+            st = self._get(kinds.MIGRATION.plural, name).get("status") or {}
+            return st if st.get("phase") in ("Succeeded", "Failed", "Cancelled") else None
+
+        status = h.wait_for(f"Migration {name} to end", final, timeout=deadline_s, every=0.05)
+        wall = (time.perf_counter() - started) * 1000
+        out: dict[str, Any] = {"wall_ms": wall, "succeeded": status["phase"] == "Succeeded"}
+        for key, field in (("total_ms", "totalTimeMs"), ("downtime_ms", "downtimeMs"),
+                           ("bytes", "bytesTransferred")):  # fmt: skip
+            if status.get(field) is not None:
+                out[key] = float(status[field])
+        if not out["succeeded"]:
+            reasons = [c.get("message") for c in status.get("conditions") or []]
+            raise RuntimeError(f"{name} ended {status['phase']}: {reasons}")
+        by_name = {n.name: n for n in self.dev.nodes}
+        dom = f"{NAMESPACE}_{vm}"
+        src_state = virsh_state(by_name[source].libvirt_uri, dom)
+        if virsh_state(by_name[target].libvirt_uri, dom) != "running" or src_state == "running":
+            raise RuntimeError(f"{dom} not running on {target} only (source: {src_state})")
+
+        def moved() -> bool:
+            st = self._get(kinds.VIRTUALMACHINE.plural, vm).get("status") or {}
+            return st.get("nodeName") == target
+
+        h.wait_for(f"{vm} status.nodeName = {target}", moved, timeout=30.0)
+        return out
+
+    def delete_vm(self, name: str) -> None:
+        group, version = kinds.VIRTUALMACHINE.group, kinds.VIRTUALMACHINE.version
+        self.objs.delete_namespaced_custom_object(
+            group, version, NAMESPACE, kinds.VIRTUALMACHINE.plural, name
+        )
+
+        def gone() -> bool:
+            import kubernetes
+
+            try:
+                self._get(kinds.VIRTUALMACHINE.plural, name)
+            except kubernetes.client.exceptions.ApiException as exc:
+                if exc.status == 404:
+                    return True
+                raise
+            return False
+
+        h.wait_for(f"{name} deleted", gone, timeout=120.0)
+
+
+def virsh_state(uri: str, dom: str) -> str | None:
+    """The domain's state on one libvirtd, None when it is not defined there."""
+    done = subprocess.run(["virsh", "-c", uri, "domstate", dom], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def boot_raw(node: nodes.SimNode, dom: str, *, size: int, script: str, marker: str) -> None:
+    """Define and start the raw baseline's domain on ``node``; wait for its load script."""
+    image = guest.ensure_tiny_image()
+    disk = node.shared_dir / f"{dom}.qcow2"
+    console = node.shared_dir / f"{dom}.console.log"
+    guest.create_linked_disk(disk, base=image.base_disk)
+    xml = guest.tiny_domain_xml(
+        dom,
+        image=image,
+        disk=disk,
+        console_log=console,
+        memory_mib=size,
+        cmdline=guest.kernel_cmdline(script=script),
+    )
+    xml_path = node.shared_dir / f"{dom}.xml"
+    xml_path.write_text(xml)
+    virsh(node.libvirt_uri, "define", str(xml_path))
+    virsh(node.libvirt_uri, "start", dom)
+    h.wait_for(
+        f"{marker} on {dom}'s console",
+        lambda: console.exists() and marker in console.read_text(errors="replace"),
+        timeout=BOOT_DEADLINE_S,
+        every=0.5,
+    )
+
+
+def remove_raw(node: nodes.SimNode, dom: str) -> None:
+    for verb in ("destroy", "undefine"):
+        subprocess.run(["virsh", "-c", node.libvirt_uri, verb, dom], capture_output=True,
+                       check=False)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,43 +325,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sizes", default="256,1024", help="guest MiB, comma-separated")
     p.add_argument("--loads", default="idle,dirty")
-    p.add_argument("--kubeconfig", help="dev cluster for our path")
-    p.add_argument("--vm", help="running VM for our path")
-    p.add_argument("--ours-deadline", type=float, default=60.0)
+    p.add_argument("--raw-only", action="store_true", help="skip our path (no controller)")
+    p.add_argument("--ours-deadline", type=float, default=600.0)
     args = p.parse_args(argv)
-    image = guest.ensure_tiny_image()
+    guest.ensure_tiny_image()
     results: list[dict[str, Any]] = []
     wrong = False
-    node1, node2 = nodes.create_cluster_nodes(CLUSTER, 2)
+    dev = cluster.up(CLUSTER, nodes_count=2)
     try:
+        node1, node2 = dev.nodes[0], dev.nodes[1]
+        ours_path = None if args.raw_only else Ours(dev)
         for size in (int(s) for s in args.sizes.split(",")):
             for load in args.loads.split(","):
                 case = f"{load}-{size}"
-                dom = f"mb-{load}-{size}"
-                disk = node1.shared_dir / f"{dom}.qcow2"
-                console = node1.shared_dir / f"{dom}.console.log"
-                guest.create_linked_disk(disk, base=image.base_disk)
                 script = DIRTIER if load == "dirty" else IDLE
-                xml = guest.tiny_domain_xml(
-                    dom,
-                    image=image,
-                    disk=disk,
-                    console_log=console,
-                    memory_mib=size,
-                    cmdline=guest.kernel_cmdline(script=script),
-                )
-                xml_path = node1.shared_dir / f"{dom}.xml"
-                xml_path.write_text(xml)
-                virsh(node1.libvirt_uri, "define", str(xml_path))
-                virsh(node1.libvirt_uri, "start", dom)
                 marker = f"kv-{load}-start"
-                deadline = time.monotonic() + BOOT_DEADLINE_S
-                while marker not in (
-                    console.read_text(errors="replace") if console.exists() else ""
-                ):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{dom}: no {marker} on the console")
-                    time.sleep(0.5)
+                dom = f"mb-{load}-{size}"
+                boot_raw(node1, dom, size=size, script=script, marker=marker)
                 rounds: list[dict[str, float]] = []
                 here, there = node1, node2
                 for i in range(args.rounds):
@@ -237,24 +354,35 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{case} raw round {i}: {r}")
                     rounds.append(r)
                     here, there = there, here
+                remove_raw(here, dom)
                 raw = summarise(rounds)
-                ours = ours_round(args.kubeconfig, args.vm, deadline_s=args.ours_deadline)
+                ours: dict[str, Any] | None = None
+                if ours_path is not None:
+                    vm = f"mbo-{load}-{size}"
+                    source = ours_path.boot_vm(vm, memory_mib=size, script=script, marker=marker)
+                    names = [n.name for n in dev.nodes]
+                    ours_rounds: list[dict[str, Any]] = []
+                    for i in range(args.rounds):
+                        target = names[1] if source == names[0] else names[0]
+                        try:
+                            r2 = ours_path.round(vm, source, target, deadline_s=args.ours_deadline)
+                        except (RuntimeError, TimeoutError) as exc:
+                            log(f"{case} ours round {i}: WRONG: {exc}")
+                            wrong = True
+                            break
+                        log(f"{case} ours round {i}: {r2}")
+                        ours_rounds.append(r2)
+                        source = target
+                    ours_path.delete_vm(vm)
+                    if ours_rounds:
+                        ours = {**summarise(ours_rounds),
+                                "succeeded": all(r["succeeded"] for r in ours_rounds)}  # fmt: skip
                 if ours is None:
                     log(f"{case}: {NOT_AVAILABLE}")
                 results.append({"case": case, "rounds": len(rounds), "raw": raw, "ours": ours,
                                 "targets": targets(case, raw, ours)})  # fmt: skip
-                subprocess.run(
-                    ["virsh", "-c", here.libvirt_uri, "destroy", dom],
-                    capture_output=True,
-                    check=False,
-                )
-                subprocess.run(
-                    ["virsh", "-c", here.libvirt_uri, "undefine", dom],
-                    capture_output=True,
-                    check=False,
-                )
     finally:
-        nodes.destroy_cluster_nodes(CLUSTER)
+        cluster.down(CLUSTER)
     print(table(results))
     print(
         json.dumps(
