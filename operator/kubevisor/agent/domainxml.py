@@ -156,7 +156,8 @@ def configure_os(machine: machines.MachineSpec, facts: HostFacts) -> ET.Element:
 _BUS_PREFIX = {"virtio": "vd", "sata": "sd"}
 
 
-def _target_dev(bus: str, index: int) -> str:
+def target_dev(bus: str, index: int) -> str:
+    """The guest device name of the ``index``-th disk on ``bus`` (vda, vdb, ... sda) (pure)."""
     letters = ""
     n = index
     while True:
@@ -177,7 +178,7 @@ def configure_disks(placement: Placement) -> list[ET.Element]:
         element = ET.Element("disk", {"type": "file", "device": "disk"})
         ET.SubElement(element, "driver", {"name": "qemu", "type": disk.format, "cache": "none"})
         ET.SubElement(element, "source", {"file": str(disk.path)})
-        ET.SubElement(element, "target", {"dev": _target_dev(disk.bus, index), "bus": disk.bus})
+        ET.SubElement(element, "target", {"dev": target_dev(disk.bus, index), "bus": disk.bus})
         ET.SubElement(element, "alias", {"name": f"ua-disk-{disk.name}"})
         elements.append(element)
     return elements

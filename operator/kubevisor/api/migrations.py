@@ -349,12 +349,11 @@ SOURCE_FIELDS: Final = (
     "startedAt",
     "progress",
     "mode",
-    "totalTimeMs",
-    "downtimeMs",
-    "bytesTransferred",
 )
 #: Migration status fields the target agent owns.
-TARGET_FIELDS: Final = ("target",)
+#: (The completed job's figures are the target's: with UNDEFINE_SOURCE libvirt keeps them
+#: on the destination only.)
+TARGET_FIELDS: Final = ("target", "totalTimeMs", "downtimeMs", "bytesTransferred")
 
 
 class VMMigrationState(common.Model):

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from kubevisor.agent.libvirt import migrating
-from kubevisor.agent.migrations import reporting, watching
-from kubevisor.api import migrations
+from kubevisor.agent.migrations import handling, reporting, watching
+from kubevisor.api import machines, migrations
 
 pytestmark = pytest.mark.unit
 
@@ -20,6 +20,23 @@ def test_source_fields_are_the_source_set() -> None:
         migrations.SourceReport(node="node-1", state=migrations.SourceState.COMPLETED, time=NOW),
         started_at=NOW,
         progress=migrations.MigrationProgress(percent=99, updated_at=NOW),
+        mode=migrations.MigrationMode.PRE_COPY,
+    )
+    assert set(own) == set(migrations.SOURCE_FIELDS)
+    assert own["source"] == {"node": "node-1", "state": "Completed", "time": own["source"]["time"]}
+    assert own["mode"] == "PreCopy"
+    assert own["progress"]["percent"] == 99
+
+
+def test_target_fields() -> None:
+    report = migrations.TargetReport(
+        node="node-2", state=migrations.TargetState.READY, domain_active=True
+    )
+    assert reporting.target_fields(report) == {
+        "target": {"node": "node-2", "state": "Ready", "domainActive": True}
+    }
+    own = reporting.target_fields(
+        report,
         outcome=migrating.Outcome(
             total_time_ms=1860,
             downtime_ms=399,
@@ -27,25 +44,12 @@ def test_source_fields_are_the_source_set() -> None:
             mode=migrations.MigrationMode.PRE_COPY,
         ),
     )
-    assert set(own) <= set(migrations.SOURCE_FIELDS)
-    assert own["source"] == {"node": "node-1", "state": "Completed", "time": own["source"]["time"]}
-    assert own["mode"] == "PreCopy"
+    assert set(own) == set(migrations.TARGET_FIELDS)
     assert (own["totalTimeMs"], own["downtimeMs"], own["bytesTransferred"]) == (
         1860,
         399,
         88_600_000,
     )
-    assert own["progress"]["percent"] == 99
-
-
-def test_target_fields() -> None:
-    own = reporting.target_fields(
-        migrations.TargetReport(
-            node="node-2", state=migrations.TargetState.READY, domain_active=True
-        )
-    )
-    assert own == {"target": {"node": "node-2", "state": "Ready", "domainActive": True}}
-    assert set(own) == set(migrations.TARGET_FIELDS)
 
 
 def test_selectors_and_managers() -> None:
@@ -53,3 +57,29 @@ def test_selectors_and_managers() -> None:
     assert watching.selector(watching.Role.TARGET, "n2") == "kubevisor.io/target-node=n2"
     assert watching.field_manager(watching.Role.SOURCE) == migrations.SOURCE_FIELD_MANAGER
     assert watching.field_manager(watching.Role.TARGET) == migrations.TARGET_FIELD_MANAGER
+
+
+@pytest.mark.parametrize(
+    ("disks", "expected"),
+    [
+        ([], []),
+        ([("root", "virtio", "shared")], []),
+        ([("root", "virtio", "local")], ["vda"]),
+        ([("root", "virtio", "shared"), ("data", "virtio", "local")], ["vdb"]),
+        (
+            [("a", "sata", "local"), ("b", "virtio", "local"), ("c", "sata", "shared")],
+            ["sda", "vda"],
+        ),
+    ],
+)
+def test_local_disk_targets_number_disks_per_bus(
+    disks: list[tuple[str, str, str]], expected: list[str]
+) -> None:
+    machine = machines.MachineSpec.model_validate(
+        {
+            "cpu": {"cores": 1},
+            "memory": "256Mi",
+            "disks": [{"name": n, "bus": b, "storage": s, "size": "1Gi"} for n, b, s in disks],
+        }
+    )
+    assert handling.local_disk_targets(machine) == expected

@@ -43,6 +43,12 @@ _long_calls = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_p
 _job_calls = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="migjob")
 
 
+#: libvirt job types of a job that still runs.
+ACTIVE_JOB_TYPES: Final = frozenset(
+    {libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED}
+)
+
+
 class MigrationError(hypervisor.HypervisorError):
     """A migration call failed; the message carries libvirt's text."""
 
@@ -249,10 +255,7 @@ async def migrate_with_progress(
                 stats = await job_stats(hv, name)
             except hypervisor.HypervisorError:
                 continue  # the domain left between the wait and the query
-            if stats.get("type") in (
-                libvirt.VIR_DOMAIN_JOB_BOUNDED,
-                libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
-            ):
+            if stats.get("type") in ACTIVE_JOB_TYPES:
                 await on_progress(progress(stats, now=datetime.now(UTC)))
     except BaseException:
         # Cancelled (or on_progress failed): the thread cannot be interrupted, the libvirt

@@ -21,7 +21,7 @@ def source_fields(
     *,
     started_at: datetime | None = None,
     progress: migrations.MigrationProgress | None = None,
-    outcome: migrating.Outcome | None = None,
+    mode: migrations.MigrationMode | None = None,
 ) -> dict[str, Any]:
     """The source agent's status fields (a subset of ``SOURCE_FIELDS``) (pure)."""
     own: dict[str, Any] = {"source": _dump(report)}
@@ -31,8 +31,19 @@ def source_fields(
         )["startedAt"]
     if progress is not None:
         own["progress"] = _dump(progress)
+    if mode is not None:
+        own["mode"] = mode.value
+    return own
+
+
+def target_fields(
+    report: migrations.TargetReport, *, outcome: migrating.Outcome | None = None
+) -> dict[str, Any]:
+    """The target agent's status fields (a subset of ``TARGET_FIELDS``) (pure): its
+    report and, once the domain runs here, the completed job's figures (libvirt keeps
+    them on the destination only)."""
+    own: dict[str, Any] = {"target": _dump(report)}
     if outcome is not None:
-        own["mode"] = outcome.mode.value
         for key, value in (
             ("totalTimeMs", outcome.total_time_ms),
             ("downtimeMs", outcome.downtime_ms),
@@ -41,8 +52,3 @@ def source_fields(
             if value is not None:
                 own[key] = value
     return own
-
-
-def target_fields(report: migrations.TargetReport) -> dict[str, Any]:
-    """The target agent's status fields (``TARGET_FIELDS``) (pure)."""
-    return {"target": _dump(report)}

@@ -4,7 +4,10 @@ Keys come from the ``placed`` informer (the VMs labelled for this node), libvirt
 lifecycle events and a periodic tick, and go through the runtime's :class:`WorkLoop`
 (a key is never handled by two workers at once, repeated wake-ups coalesce) to the
 :class:`handling.VMHandler`. The ``incoming`` informer (VMs migrating to this node)
-only keeps its cache, which the orphan sweep consults.
+keeps its cache, which the orphan sweep and the Migration loop consult; its changes
+re-declare the node's segments. With a heartbeat (the peers' Leases name their migration
+URIs) the agent also runs the Migration loop (:mod:`kubevisor.agent.migrations.handling`),
+which libvirt events of a VM's domain wake too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from kubevisor.agent.kernel import bridges
 from kubevisor.agent.kube import ApiClient, events, leases, objects
 from kubevisor.agent.kube import statuses as kubestatuses
 from kubevisor.agent.libvirt import Hypervisor
+from kubevisor.agent.migrations import handling as migrationhandling
 from kubevisor.agent.runtime import informing, looping
 from kubevisor.agent.vms import cloning, handling, orphans, placing, reporting, statuses, watching
 from kubevisor.api import naming
@@ -78,8 +82,9 @@ class Agent:
             api, watching.Role.PLACED, node=config.node, on_change=self.loop.enqueue
         )
         self.incoming = watching.informer(
-            api, watching.Role.INCOMING, node=config.node, on_change=lambda _key: None
+            api, watching.Role.INCOMING, node=config.node, on_change=self._incoming_changed
         )
+        self._background: set[asyncio.Task[None]] = set()
         self.node_segments = node_segments or segmenting.NodeSegments(
             segments,
             users=(segmenting.VMS,),
@@ -88,6 +93,20 @@ class Agent:
             heartbeat=heartbeat,
         )
         """The node's segment set, shared with the VRF loop when the agent runs both."""
+        self.migrations: migrationhandling.MigrationHandler | None = None
+        if heartbeat is not None:
+            self.migrations = migrationhandling.MigrationHandler(
+                api,
+                hypervisor,
+                node=config.node,
+                layout=config.layout,
+                networks=config.networks,
+                managed_networks=config.managed_networks,
+                node_segments=self.node_segments,
+                vm=self._known,
+                peers=heartbeat.peers,
+                sync_segments=self._sync_segments,
+            )
         vms = objects.CustomObjects(api, watching.PLURAL)
         self.clones = cloning.Clones(hypervisor, enqueue=self.loop.enqueue)
         self.orphans = orphans.OrphanSweeper(
@@ -172,6 +191,18 @@ class Agent:
             key = naming.vm_of_domain(event.name)
             if key is not None and key in self.watcher.cache:
                 self.loop.enqueue(key)
+            if key is not None and self.migrations is not None:
+                self.migrations.vm_changed(key)
+
+    def _incoming_changed(self, key: Key) -> None:
+        """A VM started or stopped migrating here: its segments count (or not) now."""
+        if self.migrations is not None:
+            self.migrations.vm_changed(key)
+        if not self.watcher.synced.is_set():
+            return  # the first declaration runs after the first list
+        task = asyncio.get_running_loop().create_task(self._sync_segments())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def run(self) -> None:
         """Run watches, heartbeat, events, tick and workers until cancelled."""
@@ -183,6 +214,8 @@ class Agent:
             group.create_task(self._events())
             group.create_task(self.loop.tick(self.config.tick, lambda: self.watcher.cache))
             group.create_task(self.loop.run())
+            if self.migrations is not None:
+                group.create_task(self.migrations.run())
             await self.watcher.synced.wait()
             # After the first list: declare the VMs' segments (adopting and pruning what an
             # earlier agent left once every user of segments has declared its needs).

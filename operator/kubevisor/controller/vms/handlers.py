@@ -76,8 +76,11 @@ class VMs:
             conds=scope.conds,
         )
         if not status.same(old, wanted):
+            # A VM with a migration record: never let a pass computed before the node
+            # move write the old node back (controller/vms/moving.py).
+            guard = scope.meta.get("resourceVersion") if old.get("migration") else None
             result = await self._rt.client.apply_status(
-                VM.plural, VM.kind, scope.namespace, scope.name, wanted
+                VM.plural, VM.kind, scope.namespace, scope.name, wanted, resource_version=guard
             )
             scope.obj = result
         for type_, cond in scope.conds.items():

@@ -19,7 +19,7 @@ from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.api.virtualmachines import DesiredState
 from kubevisor.controller.kube import client as kube
 from kubevisor.controller.placement import placing, reserving
-from kubevisor.controller.vms import powering, resolving
+from kubevisor.controller.vms import moving, powering, resolving
 from kubevisor.controller.vms.status import Cond
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
@@ -275,6 +275,11 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
     assert scope.power is not None
     sched = ConditionType.SCHEDULED
     placed = scope.status.get("nodeName")
+    target = moving.moved_to(scope.status)
+    if placed and target is not None:
+        await move(scope, api, target)
+        await write(scope)
+        return
     if placed:
         scope.node = str(placed)
         scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {placed}")
@@ -312,6 +317,36 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
         placer.release(scope.uid)
         raise
     placer.confirm(scope.uid, scope.obj)
+
+
+async def move(scope: Scope, api: kube.Kube, target: str) -> None:
+    """After a succeeded migration: the labels first (a resourceVersion-guarded patch),
+    then the node this pass writes (:mod:`kubevisor.controller.vms.moving`)."""
+    meta = scope.meta
+    labels = dict(meta.get("labels") or {})
+    wanted = moving.moved_labels(labels, target)
+    if wanted != labels:
+        scope.obj = await api.json_patch(
+            kinds.VIRTUALMACHINE.plural,
+            scope.namespace,
+            scope.name,
+            [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": meta["resourceVersion"],
+                },
+                {"op": "add", "path": "/metadata/labels", "value": wanted},
+            ],
+        )
+    state = moving.record(scope.status)
+    source = state.source_node if state is not None else scope.status.get("nodeName")
+    how = f"by Migration {state.name}" if state is not None else "by migration"
+    scope.node = target
+    scope.conds[ConditionType.SCHEDULED] = Cond(
+        "True", Reason.SCHEDULED, f"placed on node {target} (moved from node {source} {how})"
+    )
+    scope.events.append((Reason.SCHEDULED, f"moved from node {source} to node {target} {how}"))
 
 
 def valid_token(value: str | None) -> str | None:
