@@ -350,3 +350,20 @@ def live_facts(xml: str) -> LiveFacts:
         port = int(raw) if raw.lstrip("-").isdigit() and int(raw) > 0 else None
         host = graphics.get("listen")
     return LiveFacts(macs=macs, taps=taps, vnc_port=port, vnc_host=host)
+
+
+def for_destination(xml: str, *, display_address: str | None) -> str:
+    """The source's migratable domain XML as the destination runs it (pure): the VNC
+    display listens on the target node's address (the source's address does not exist
+    there, and QEMU would refuse to start). Everything else, disks included, is the same:
+    shared disks have the same path on every node."""
+    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+    root = ET.fromstring(xml)
+    if display_address is not None:
+        for graphics in root.iter("graphics"):
+            if graphics.get("listen") is not None:
+                graphics.set("listen", display_address)
+            for listen in graphics.iter("listen"):
+                if listen.get("type") == "address":
+                    listen.set("address", display_address)
+    return ET.tostring(root, encoding="unicode")

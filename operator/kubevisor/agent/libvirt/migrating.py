@@ -213,6 +213,18 @@ async def migrate(
     await _run(_long_calls, run)
 
 
+async def migratable_xml(hv: hypervisor.Hypervisor, name: str) -> str:
+    """``name``'s live XML as libvirt migrates it (with secrets: the VNC password moves)."""
+    flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
+    return await _run(_job_calls, lambda: str(hv.conn.lookupByName(name).XMLDesc(flags)))
+
+
+def with_destination_xml(request: MigrationRequest, xml: str) -> MigrationRequest:
+    """``request`` carrying the domain XML the destination starts (pure)."""
+    params = {**request.params, libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml}
+    return dataclasses.replace(request, params=params)
+
+
 async def job_stats(
     hv: hypervisor.Hypervisor, name: str, *, completed: bool = False
 ) -> dict[str, Any]:

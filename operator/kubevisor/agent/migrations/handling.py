@@ -133,6 +133,7 @@ class MigrationHandler:
         self._target_own: dict[Key, TargetOwn] = {}
         self._drives: dict[Key, Drive] = {}
         self._prepared: set[Key] = set()
+        self._outcome_tries: dict[Key, int] = {}
         self._created: dict[Key, list[Any]] = {}
         """Disk files the target created for a migration (only these are removed)."""
 
@@ -277,25 +278,28 @@ class MigrationHandler:
         elif plan.action is sourcing.Action.ADOPT and key not in self._drives:
             self._adopt(key, mig, domain)
 
-    async def _target_uri(self, target: str | None) -> str | sourcing.Report:
-        """The target libvirtd's URI from its Lease, or the Failed report saying why not."""
+    async def _target_uri(self, target: str | None) -> nodes.Capacity | sourcing.Report:
+        """The target's capacity (its migration URI and address) from its Lease, or the
+        Failed report saying why not."""
         for peer in await self.peers():
             if peer.name == target and peer.capacity.migration_uri:
-                return peer.capacity.migration_uri
+                return peer.capacity
         return sourcing.Report(
             sourcing.State.FAILED,
             Reason.MIGRATION_URI_MISSING,
             f"node {target} publishes no migrationURI in its Lease; nothing to migrate to",
         )
 
-    def _start_drive(self, key: Key, mig: migrations.Migration, domain: str, dest_uri: str) -> None:
+    def _start_drive(
+        self, key: Key, mig: migrations.Migration, domain: str, dest: nodes.Capacity
+    ) -> None:
         vm_obj = self.vm((key[0], mig.spec.vm_name))
         machine = self._machine(vm_obj)
         local = local_disk_targets(machine) if machine is not None else []
         holder: dict[str, Drive] = {}
 
         async def run() -> None:
-            await self._drive(key, mig, domain, dest_uri, local, holder["drive"])
+            await self._drive(key, mig, domain, dest, local, holder["drive"])
 
         task = asyncio.create_task(run())
         drive = Drive(task=task)
@@ -307,7 +311,7 @@ class MigrationHandler:
         key: Key,
         mig: migrations.Migration,
         domain: str,
-        dest_uri: str,
+        dest: nodes.Capacity,
         local: list[str],
         drive: Drive,
     ) -> None:
@@ -335,8 +339,17 @@ class MigrationHandler:
         outcome: sourcing.Report
         try:
             request = migrating.build(policy, shared_storage=True, local_disks=local)
+            xml = domainxml.for_destination(
+                await migrating.migratable_xml(self.hv, domain), display_address=dest.address
+            )
+            request = migrating.with_destination_xml(request, xml)
+            assert dest.migration_uri is not None
             await migrating.migrate_with_progress(
-                self.hv, domain, dest_uri=dest_uri, request=request, on_progress=on_progress
+                self.hv,
+                domain,
+                dest_uri=dest.migration_uri,
+                request=request,
+                on_progress=on_progress,
             )
         except asyncio.CancelledError:
             reason = drive.abort_reason or Reason.CANCELLED
@@ -483,12 +496,22 @@ class MigrationHandler:
                 domain_active=running,
             )
         )
-        if plan.domain_active and own.outcome is None:
+        if running and own.outcome is None and self._outcome_tries.get(key, 0) < 30:
+            # libvirt records the completed job shortly after the domain resumes here
             try:
                 stats = await migrating.job_stats(self.hv, domain, completed=True)
-                own.outcome = migrating.outcome(stats, switched_to_post_copy=False)
             except HypervisorError as exc:
+                stats = {}
                 logger.info("%s/%s: no completed job stats: %s", *key, exc)
+            figures = migrating.outcome(stats, switched_to_post_copy=False)
+            if figures.total_time_ms is not None:
+                own.outcome = figures
+                self._outcome_tries.pop(key, None)
+                if plan.action is None and plan.domain_active is None:
+                    plan = targeting.Plan(domain_active=True)
+            else:
+                self._outcome_tries[key] = self._outcome_tries.get(key, 0) + 1
+                self.loop.enqueue_later(key, 1.0)
         if plan.action is targeting.Action.PREPARE:
             failure = await self._prepare(key, vm_obj)
             if failure is None:
