@@ -306,7 +306,8 @@ def test_live_migration_keeps_the_guest_running(
     assert mig["mode"] in ("PreCopy", "PostCopy")
     assert mig["totalTimeMs"] > 0 and mig["bytesTransferred"] > 0
     assert mig["downtimeMs"] >= 0
-    assert "progress" in mig and mig["progress"]["dataTotalBytes"] > 0
+    # (progress is sampled once a second: a sub-second migration may record none; the
+    # cancel test waits for progress from a throttled one)
     vm = _poll(
         "VM status names the target",
         lambda: (
