@@ -12,6 +12,7 @@ from kubevisor.api import kinds
 from kubevisor.controller import notimplemented
 from kubevisor.controller.drain import handlers as drain
 from kubevisor.controller.kube import operating
+from kubevisor.controller.migrations import handlers as migrations
 from kubevisor.controller.placement import reserving
 from kubevisor.controller.runtime import running
 from kubevisor.controller.vms import handlers as vms
@@ -19,7 +20,9 @@ from kubevisor.controller.vmtemplates import handlers as vmtemplates
 from kubevisor.controller.vrfs import handlers as vrfs
 
 #: The kinds with handlers of their own.
-IMPLEMENTED = frozenset({kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind, kinds.VRF.kind})
+IMPLEMENTED = frozenset(
+    {kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind, kinds.VRF.kind, kinds.MIGRATION.kind}
+)
 
 
 def not_implemented_kinds() -> list[kinds.Kind]:
@@ -38,5 +41,6 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *templates.handlers(),
         *routers.handlers(),
         *drain.Drain(rt).handlers(),
+        *migrations.Migrations(rt).handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

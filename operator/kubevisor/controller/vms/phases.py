@@ -19,7 +19,7 @@ from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.api.virtualmachines import DesiredState
 from kubevisor.controller.kube import client as kube
 from kubevisor.controller.placement import placing, reserving
-from kubevisor.controller.vms import powering, resolving
+from kubevisor.controller.vms import moving, powering, resolving
 from kubevisor.controller.vms.status import Cond
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
@@ -274,7 +274,8 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
     """
     assert scope.power is not None
     sched = ConditionType.SCHEDULED
-    placed = scope.status.get("nodeName")
+    # a Succeeded live migration moved it: the target is its node now (vms.moving)
+    placed = moving.moved_to(scope.status) or scope.status.get("nodeName")
     if placed:
         scope.node = str(placed)
         scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {placed}")
