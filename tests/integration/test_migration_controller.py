@@ -47,7 +47,7 @@ POLICY = {"allowBlockCopy": True}
 FINAL = {"Succeeded", "Failed", "Cancelled"}
 
 
-def _lease(name: str, *, renewed: datetime | None = None) -> dict[str, Any]:
+def _lease(name: str) -> dict[str, Any]:
     memory, networks, _ = NODES[name]
     rtts = {n: rtt for n, (_, _, rtt) in NODES.items() if n != SRC} if name == SRC else {SRC: 0.5}
     body = nodes.lease_body(
@@ -62,8 +62,8 @@ def _lease(name: str, *, renewed: datetime | None = None) -> dict[str, Any]:
             host_cpu_model="qemu64",
         ),
         segments=(),
-        now=renewed or datetime.now(UTC),
-        duration_s=3600 if renewed is None else 5,
+        now=datetime.now(UTC),
+        duration_s=3600,
         rtts=rtts,
     )
     return body
@@ -347,9 +347,10 @@ def test_target_lease_lost_fails(env: Env) -> None:
     env.vm("tl")
     env.migrate("tl-m", "tl", target="mc-lost")
     env.phase("tl-m", "PreparingTarget")
-    stale = _lease("mc-lost", renewed=datetime.now(UTC) - timedelta(hours=1))
-    env.coord.replace_namespaced_lease(
-        "mc-lost", LEASE_NS, {**stale, "metadata": {**stale["metadata"], "resourceVersion": None}}
+    # the agent stopped renewing: renewTime an hour old on a 5 s Lease
+    old = nodes.micro_time(datetime.now(UTC) - timedelta(hours=1))
+    env.coord.patch_namespaced_lease(
+        "mc-lost", LEASE_NS, {"spec": {"renewTime": old, "leaseDurationSeconds": 5}}
     )
     try:
         st = env.phase("tl-m", "Failed")
@@ -359,7 +360,16 @@ def test_target_lease_lost_fails(env: Env) -> None:
         assert vm["status"]["nodeName"] == SRC
         testing.wait_for(lambda: "TargetFailed" in env.events("tl-m"), timeout=30, what="Event")
     finally:
-        env.coord.replace_namespaced_lease("mc-lost", LEASE_NS, _lease("mc-lost"))
+        env.coord.patch_namespaced_lease(
+            "mc-lost",
+            LEASE_NS,
+            {
+                "spec": {
+                    "renewTime": nodes.micro_time(datetime.now(UTC)),
+                    "leaseDurationSeconds": 3600,
+                }
+            },
+        )
 
 
 def test_controller_restart_mid_running_same_outcome(env: Env) -> None:
@@ -433,3 +443,47 @@ def test_outbound_limit_per_node(env: Env) -> None:
             G, V, NS, "migrations", f"{n}-m", {"spec": {"cancel": True}}
         )
         env.phase(f"{n}-m", "Cancelled")
+
+
+def test_cluster_limit_admits_five_of_six(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All six leave one source node, so the outbound limit is lifted for this run (a
+    controller started with KUBEVISOR_MIGRATIONS_OUTBOUND_PER_NODE=10) and only the
+    cluster limit (default 5) holds one back."""
+    names = [f"cl{i}" for i in range(6)]
+    for n in names:
+        env.vm(n)
+    env.stop()
+    monkeypatch.setenv("KUBEVISOR_MIGRATIONS_OUTBOUND_PER_NODE", "10")
+    env.start()
+    try:
+        for n in names:
+            env.migrate(f"{n}-m", n, target="mc-b")
+
+        def settled() -> dict[str, str] | None:
+            phases = {n: str(env.mstatus(f"{n}-m").get("phase")) for n in names}
+            started = [n for n, p in phases.items() if p == "PreparingTarget"]
+            waiting = [
+                n
+                for n in names
+                if any(
+                    c["type"] == "Scheduled" and c["reason"] == "ClusterLimitReached"
+                    for c in env.mstatus(f"{n}-m").get("conditions") or []
+                )
+            ]
+            return phases if len(started) == 5 and len(waiting) == 1 else None
+
+        phases = testing.wait_for(settled, timeout=30, what="5 admitted, 1 ClusterLimitReached")
+        (held,) = [n for n, p in phases.items() if p == "Pending"]
+        testing.wait_for(
+            lambda: "ClusterLimitReached" in env.events(f"{held}-m"), timeout=30, what="Event"
+        )
+        for n in names:
+            env.custom.patch_namespaced_custom_object(
+                G, V, NS, "migrations", f"{n}-m", {"spec": {"cancel": True}}
+            )
+        for n in names:
+            env.phase(f"{n}-m", "Cancelled")
+    finally:
+        env.stop()
+        monkeypatch.delenv("KUBEVISOR_MIGRATIONS_OUTBOUND_PER_NODE")
+        env.start()
