@@ -1,6 +1,8 @@
 """Cordon and drain against a real API server and controller. Nodes are fake: Leases and
 core/v1 Node objects this test writes, no agent; the agents' VM status is written by the
-test (field manager kubevisor-agent), and no Migration reconciler runs here."""
+test (field manager kubevisor-agent). The Migration reconciler runs too, but these fake
+Leases report no migrationURI or RTTs, so the drain's Migrations stay Pending with a
+Scheduled=False reason (tests/integration/test_migration_controller.py moves VMs)."""
 
 from __future__ import annotations
 

@@ -91,6 +91,9 @@ class MigrationReason(StrEnum):
     """spec.targetNode is the node the VM already runs on."""
     NODE_LOST = conditions.Reason.NODE_LOST.value
     """The target's agent stopped renewing its Lease."""
+    TARGET_CORDONED = "TargetCordoned"
+    """The target's Node is unschedulable (``kubectl cordon`` / ``kubevisor drain``): no VM
+    moves onto it."""
     NODE_SELECTOR_MISMATCH = "NodeSelectorMismatch"
     """The target lacks a label the VM's nodeSelector asks for."""
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"

@@ -40,7 +40,7 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *machines.handlers(),
         *templates.handlers(),
         *routers.handlers(),
-        *migrations.Migrations(rt).handlers(),
         *drain.Drain(rt).handlers(),
+        *migrations.Migrations(rt).handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

@@ -323,3 +323,24 @@ def test_no_node_fits_lists_every_node() -> None:
 def test_single_node_cluster() -> None:
     verdict = _check(_vm(), [])
     assert (verdict.reason, verdict.message) == (R.NO_TARGET, "node node-1 is the only node.")
+
+
+def test_cordoned_node_is_never_chosen() -> None:
+    # node-3 has more free memory and would win, but its Node is unschedulable.
+    targets = [_lease("node-2"), _lease("node-3")]
+    used = {"node-2": placing.Usage(1, 512 * Mi, 0)}
+    verdict = _check(_vm(), targets, used=used, cordoned=frozenset({"node-3"}))
+    assert (verdict.target, verdict.reason) == ("node-2", R.SCHEDULED)
+
+
+def test_cordoned_named_target_is_refused_with_its_reason() -> None:
+    verdict = _check(_vm(), [_lease("node-2")], target="node-2", cordoned=frozenset({"node-2"}))
+    assert (verdict.target, verdict.reason) == (None, R.TARGET_CORDONED)
+    assert "node node-2 is cordoned" in verdict.message
+
+
+def test_every_other_node_cordoned_lists_them() -> None:
+    verdict = _check(_vm(), [_lease("node-2")], cordoned=frozenset({"node-2"}))
+    assert (verdict.target, verdict.reason) == (None, R.NO_TARGET)
+    assert [r.reason for r in verdict.refusals] == [R.TARGET_CORDONED]
+    assert "node node-2 is cordoned" in verdict.message

@@ -28,7 +28,7 @@ import pydantic
 from kubevisor.api import conditions, groups, kinds, migrations, nodes, virtualmachines
 from kubevisor.controller.kube import operating
 from kubevisor.controller.migrations import limits, progressing
-from kubevisor.controller.placement import ledger, reserving
+from kubevisor.controller.placement import ledger, placing, reserving
 from kubevisor.controller.runtime import running
 from kubevisor.controller.runtime.reconciling import Key, Outcome
 
@@ -176,7 +176,9 @@ class Migrations:
         phase = (mig.status.phase if mig.status else None) or migrations.MigrationPhase.PENDING
         wait: limits.Wait | None = None
         used: dict[str, Any] = {}
+        cordoned: frozenset[str] = frozenset()
         if phase is migrations.MigrationPhase.PENDING and vm is not None:
+            cordoned = placing.cordoned(await client.list_nodes())
             all_vms = await client.list_all(VM.plural)
             by_key = {
                 f"{(v.get('metadata') or {}).get('namespace')}/"
@@ -202,6 +204,7 @@ class Migrations:
                 now=now,
                 require_rtt=self._require_rtt,
                 cpu_overcommit=reserving.CPU_OVERCOMMIT,
+                cordoned=cordoned,
             )
         )
         await self._write(obj, vm_obj, d, now=now)

@@ -227,9 +227,10 @@ def refusals_for(
     now: datetime,
     cpu_overcommit: float = 1.0,
     require_rtt: bool = True,
+    cordoned: bool = False,
 ) -> list[Refusal]:
     """Every precondition ``lease``'s node fails, in the module's order; empty when it
-    can take the VM."""
+    can take the VM. ``cordoned``: its Node is unschedulable (refused first, alone)."""
     target = nodes.parse(lease)
     name = target.name
     if not target.alive(now):
@@ -238,6 +239,15 @@ def refusals_for(
                 name,
                 Reason.NODE_LOST,
                 f"node {name}'s agent has not renewed its Lease within {target.duration_s} s.",
+            )
+        ]
+    if cordoned:
+        return [
+            Refusal(
+                name,
+                Reason.TARGET_CORDONED,
+                f"node {name} is cordoned (its Node is unschedulable; "
+                "kubevisor uncordon to allow it).",
             )
         ]
     out = _placement_refusals(
@@ -278,6 +288,7 @@ def check(
     target: str | None = None,
     cpu_overcommit: float = 1.0,
     require_rtt: bool = True,
+    cordoned: frozenset[str] = frozenset(),
 ) -> Verdict:
     """The target for migrating ``vm`` (``target`` when the Migration names one, else the
     best node that passes), or the refusals.
@@ -285,6 +296,8 @@ def check(
     ``leases`` are the raw node Leases; ``used`` what VMs already placed take per node
     (the VM itself counts on its source, never on a target). ``require_rtt`` False lets a
     node without any RTT measurement pass (a cluster whose agents do not probe yet).
+    ``cordoned`` names the unschedulable Node objects (``placing.cordoned``): never a
+    target, and a targetNode among them is refused with ``TargetCordoned``.
     """
     not_ready = _vm_refusal(vm)
     if not_ready is not None:
@@ -320,6 +333,7 @@ def check(
             now=now,
             cpu_overcommit=cpu_overcommit,
             require_rtt=require_rtt,
+            cordoned=name in cordoned,
         )
         refusals += found
         if not found:

@@ -78,6 +78,8 @@ class Inputs:
     now: datetime
     require_rtt: bool = True
     cpu_overcommit: float = 1.0
+    cordoned: frozenset[str] = frozenset()
+    """Names of the unschedulable Node objects (never a target)."""
 
 
 @dataclass
@@ -310,6 +312,7 @@ def _admit(inp: Inputs, d: Decision) -> preconditions.Verdict | None:
         target=mig.spec.target_node,
         cpu_overcommit=inp.cpu_overcommit,
         require_rtt=inp.require_rtt,
+        cordoned=inp.cordoned,
     )
     if verdict.target is None:
         message = verdict.message

@@ -24,7 +24,7 @@ from kubevisor.controller.kube import operating
 from kubevisor.controller.placement import reserving
 from kubevisor.controller.runtime import running
 from kubevisor.controller.runtime.reconciling import Key, Outcome
-from kubevisor.controller.vms import phases, status
+from kubevisor.controller.vms import moving, phases, status
 from kubevisor.controller.vms.phases import Scope
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,15 @@ class VMs:
             conds=scope.conds,
         )
         if not status.same(old, wanted):
-            # A VM with a migration record: never let a pass computed before the node
-            # move write the old node back (controller/vms/moving.py).
-            guard = scope.meta.get("resourceVersion") if old.get("migration") else None
+            # guarded by the version read: a stale read (say, from before a migration
+            # moved the VM) is refused with 409 and the pass runs again on fresh data
             result = await self._rt.client.apply_status(
-                VM.plural, VM.kind, scope.namespace, scope.name, wanted, resource_version=guard
+                VM.plural,
+                VM.kind,
+                scope.namespace,
+                scope.name,
+                wanted,
+                resource_version=scope.meta.get("resourceVersion"),
             )
             scope.obj = result
         for type_, cond in scope.conds.items():
@@ -122,6 +126,41 @@ class VMs:
                 }
             )
         await self._rt.client.json_patch(VM.plural, scope.namespace, scope.name, ops)
+
+    async def _move(self, obj: dict[str, Any], target: str) -> dict[str, Any]:
+        """A Succeeded migration: the ``kubevisor.io/node`` label goes to ``target`` first
+        (guarded by the version read); ``nodeName`` follows in this pass's status write
+        (``phases.schedule`` takes the target from ``moving.moved_to``)."""
+        meta = obj["metadata"]
+        labels = dict(meta.get("labels") or {})
+        if labels.get(groups.LABEL_NODE) == target:
+            return obj
+        source = (obj.get("status") or {}).get("nodeName")
+        moved = await self._rt.client.json_patch(
+            VM.plural,
+            meta["namespace"],
+            meta["name"],
+            [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": meta["resourceVersion"],
+                },
+                {
+                    "op": "add",
+                    "path": "/metadata/labels",
+                    "value": {**labels, groups.LABEL_NODE: target},
+                },
+            ],
+        )
+        self._post(
+            moved,
+            type_="Normal",
+            reason="Migrated",
+            message=f"now runs on node {target} (live-migrated from node {source}).",
+        )
+        log.info("VM %s/%s moved to node %s by migration", meta["namespace"], meta["name"], target)
+        return moved
 
     async def _finalize(self, obj: dict[str, Any]) -> None:
         """Release our finalizer once the agent's is gone (it removes domain, taps, disks)."""
@@ -173,6 +212,9 @@ class VMs:
             self._track(key, None)
             await self._finalize(obj)
             return Outcome.GONE
+        target = moving.moved_to(obj.get("status") or {})
+        if target is not None:
+            obj = await self._move(obj, target)
         self._placer.observe(obj)
         scope = Scope(obj=obj, now=datetime.now(UTC))
         await phases.resolve(scope, client)

@@ -1,14 +1,11 @@
-"""A VM's node move after a live migration, pure.
+"""The VM's node after a live migration: where ``status.migration`` says it now runs. Pure.
 
-The Migration reconciler records the migration on the VM (``status.migration``); when
-that record says Succeeded while ``status.nodeName`` still names its source node, the VM
-reconciler moves the VM: first the labels (``kubevisor.io/node`` to the target, the
-``kubevisor.io/migration-target`` label dropped; agents select VMs by label, so the target
-agent takes the VM over and the source agent lets it go), then ``status.nodeName``. A
-pass computed from a VM read before the move would write the source node back, so once
-a VM carries a migration record every status write of the VM reconciler names the
-resourceVersion it was computed from (the API server refuses a stale one; the pass runs
-again on a fresh read).
+The Migration reconciler records the migration on the VM (``status.migration``, its own
+field manager); the VM reconciler owns ``nodeName`` and the ``kubevisor.io/node`` label,
+so it is the one that moves them (docs/architecture.md, "Migration"): once
+``status.migration`` says Succeeded and ``nodeName`` is still its ``sourceNode``, the VM
+now runs on ``targetNode``. While a migration is unfinished, failed or cancelled the VM
+stays where it is placed (never re-placed, never reverted).
 """
 
 from __future__ import annotations
@@ -16,35 +13,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+import pydantic
 
-from kubevisor.api import groups, migrations
+from kubevisor.api import migrations
 
 
-def record(status: Mapping[str, Any]) -> migrations.VMMigrationState | None:
-    """``status.migration`` parsed; None when absent or unreadable (pure)."""
+def state(status: Mapping[str, Any]) -> migrations.VMMigrationState | None:
+    """``status.migration`` read through the contract's model (None when absent or
+    unreadable: then nothing moves)."""
     raw = status.get("migration")
-    if raw is None:
+    if not raw:
         return None
     try:
         return migrations.VMMigrationState.model_validate(raw)
-    except ValidationError:
+    except pydantic.ValidationError:
         return None
 
 
 def moved_to(status: Mapping[str, Any]) -> str | None:
-    """The node a succeeded migration moved the VM to, while ``nodeName`` still names its
-    source; None when there is nothing to move (pure)."""
-    state = record(status)
-    if state is None or state.phase is not migrations.MigrationPhase.SUCCEEDED:
-        return None
-    if status.get("nodeName") != state.source_node or state.target_node == state.source_node:
-        return None
-    return state.target_node
+    """The node the VM must be moved to, or None when it stays.
 
-
-def moved_labels(labels: Mapping[str, str], target: str) -> dict[str, str]:
-    """The VM's labels after the move (pure)."""
-    out = {k: v for k, v in labels.items() if k != groups.LABEL_MIGRATION_TARGET}
-    out[groups.LABEL_NODE] = target
-    return out
+    A Succeeded migration whose ``sourceNode`` is the VM's ``nodeName`` moves it to the
+    ``targetNode``; any other state (unfinished, Failed, Cancelled, already moved, or a
+    record of a migration from another node) leaves ``nodeName`` alone."""
+    record = state(status)
+    node = status.get("nodeName")
+    if record is None or not node or record.phase is not migrations.MigrationPhase.SUCCEEDED:
+        return None
+    if record.source_node != node or record.target_node == node:
+        return None
+    return record.target_node

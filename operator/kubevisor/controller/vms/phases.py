@@ -274,12 +274,8 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
     """
     assert scope.power is not None
     sched = ConditionType.SCHEDULED
-    placed = scope.status.get("nodeName")
-    target = moving.moved_to(scope.status)
-    if placed and target is not None:
-        await move(scope, api, target)
-        await write(scope)
-        return
+    # a Succeeded live migration moved it: the target is its node now (vms.moving)
+    placed = moving.moved_to(scope.status) or scope.status.get("nodeName")
     if placed:
         scope.node = str(placed)
         scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {placed}")
@@ -317,36 +313,6 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
         placer.release(scope.uid)
         raise
     placer.confirm(scope.uid, scope.obj)
-
-
-async def move(scope: Scope, api: kube.Kube, target: str) -> None:
-    """After a succeeded migration: the labels first (a resourceVersion-guarded patch),
-    then the node this pass writes (:mod:`kubevisor.controller.vms.moving`)."""
-    meta = scope.meta
-    labels = dict(meta.get("labels") or {})
-    wanted = moving.moved_labels(labels, target)
-    if wanted != labels:
-        scope.obj = await api.json_patch(
-            kinds.VIRTUALMACHINE.plural,
-            scope.namespace,
-            scope.name,
-            [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": meta["resourceVersion"],
-                },
-                {"op": "add", "path": "/metadata/labels", "value": wanted},
-            ],
-        )
-    state = moving.record(scope.status)
-    source = state.source_node if state is not None else scope.status.get("nodeName")
-    how = f"by Migration {state.name}" if state is not None else "by migration"
-    scope.node = target
-    scope.conds[ConditionType.SCHEDULED] = Cond(
-        "True", Reason.SCHEDULED, f"placed on node {target} (moved from node {source} {how})"
-    )
-    scope.events.append((Reason.SCHEDULED, f"moved from node {source} to node {target} {how}"))
 
 
 def valid_token(value: str | None) -> str | None:
