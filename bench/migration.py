@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 import _harness as h
-from kubevisor.api import kinds
+from kubevisor.api import groups, kinds
 from kubevisor.devenv import cluster, guest, nodes
 
 CLUSTER = "kvmigb"
@@ -164,7 +164,7 @@ def vm_body(name: str, *, memory_mib: int, script: str, boot: dict[str, Any]) ->
     """The VirtualMachine of one case: the tiny template with the case's memory and the
     load script on the kernel command line (pure)."""
     return {
-        "apiVersion": f"{kinds.VIRTUALMACHINE.group}/{kinds.VIRTUALMACHINE.version}",
+        "apiVersion": groups.API_VERSION,
         "kind": kinds.VIRTUALMACHINE.kind,
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
@@ -179,7 +179,7 @@ def vm_body(name: str, *, memory_mib: int, script: str, boot: dict[str, Any]) ->
 def migration_body(name: str, vm: str, target: str) -> dict[str, Any]:
     """A Migration of ``vm`` to ``target`` with the default policy (pure)."""
     return {
-        "apiVersion": f"{kinds.MIGRATION.group}/{kinds.MIGRATION.version}",
+        "apiVersion": groups.API_VERSION,
         "kind": kinds.MIGRATION.kind,
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {"vmName": vm, "targetNode": target},
@@ -200,11 +200,11 @@ class Ours:
         self._create(kinds.VMTEMPLATE.plural, template)
 
     def _create(self, plural: str, body: dict[str, Any]) -> None:
-        group, version = kinds.VIRTUALMACHINE.group, kinds.VIRTUALMACHINE.version
+        group, version = groups.GROUP, groups.VERSION
         self.objs.create_namespaced_custom_object(group, version, NAMESPACE, plural, body)
 
     def _get(self, plural: str, name: str) -> dict[str, Any]:
-        group, version = kinds.VIRTUALMACHINE.group, kinds.VIRTUALMACHINE.version
+        group, version = groups.GROUP, groups.VERSION
         obj: dict[str, Any] = self.objs.get_namespaced_custom_object(
             group, version, NAMESPACE, plural, name
         )
@@ -262,7 +262,7 @@ class Ours:
         return out
 
     def delete_vm(self, name: str) -> None:
-        group, version = kinds.VIRTUALMACHINE.group, kinds.VIRTUALMACHINE.version
+        group, version = groups.GROUP, groups.VERSION
         self.objs.delete_namespaced_custom_object(
             group, version, NAMESPACE, kinds.VIRTUALMACHINE.plural, name
         )
