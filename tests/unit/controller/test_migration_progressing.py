@@ -15,6 +15,8 @@ from kubevisor.api.migrations import SourceState, TargetState
 from kubevisor.controller.migrations import progressing
 from kubevisor.devenv.testing import fake_node_lease
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
 
