@@ -340,6 +340,13 @@ def test_cancel_mid_way_cleans_up_in_order(env: Env) -> None:
     )
     vm = env.get("virtualmachines", "cx") or {}
     assert vm["status"]["nodeName"] == SRC
+    # the record stays, with the final phase (the agent's guard lets the source run it)
+    assert vm["status"]["migration"] == {
+        "name": "cx-m",
+        "sourceNode": SRC,
+        "targetNode": "mc-b",
+        "phase": "Cancelled",
+    }
     assert vm["metadata"]["labels"][groups.LABEL_NODE] == SRC
 
 

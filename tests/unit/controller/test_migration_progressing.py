@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from kubevisor.api import migrations
+from kubevisor.api import groups, migrations
 from kubevisor.api.migrations import MigrationPhase as Phase
 from kubevisor.api.migrations import SourceState, TargetState
 from kubevisor.controller.migrations import progressing
 from kubevisor.devenv.testing import fake_node_lease
+
+pytestmark = pytest.mark.unit
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
@@ -122,3 +125,22 @@ def test_final_phase_is_stamped_once_and_never_left() -> None:
     assert [t.phase for t in done.transitions][-1] is Phase.SUCCEEDED
     again = inputs(Phase.SUCCEEDED, source=SourceState.COMPLETED)
     assert progressing.decide(again).phase is Phase.SUCCEEDED
+
+
+def _deleting(inp: progressing.Inputs) -> progressing.Inputs:
+    return dataclasses.replace(inp, deleting=True, finalizers=[groups.FINALIZER])
+
+
+def test_deleted_migration_keeps_its_finalizer_while_the_source_migrates() -> None:
+    d = progressing.decide(_deleting(inputs(Phase.RUNNING, source=SourceState.MIGRATING)))
+    assert (d.phase, d.finalizer) == (Phase.RUNNING, None)
+
+
+def test_deleted_migration_keeps_its_finalizer_until_the_target_cleaned_up() -> None:
+    aborted = _deleting(inputs(Phase.RUNNING, source=SourceState.ABORTED, target=TargetState.READY))
+    d = progressing.decide(aborted)
+    assert (d.phase, d.finalizer) == (Phase.CANCELLED, None)
+    cleaned = _deleting(
+        inputs(Phase.CANCELLED, source=SourceState.ABORTED, target=TargetState.CLEANED_UP)
+    )
+    assert progressing.decide(cleaned).finalizer == "remove"

@@ -10,6 +10,8 @@ from kubevisor.api import groups
 from kubevisor.api.conditions import Reason
 from kubevisor.controller.drain import planning
 
+pytestmark = pytest.mark.unit
+
 
 def vm(name: str, node: str, *, strategy: str = "LiveMigrate", phase: str = "Running") -> Any:
     return {
