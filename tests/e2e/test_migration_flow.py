@@ -10,7 +10,10 @@ What a user of vMotion expects, checked on real libvirtds and QEMU:
   figures;
 - cancel mid-way leaves the VM running on the source and the target clean;
 - an agent restarted mid-migration (source) still gives the right, recorded outcome;
-- a node-local disk moves with block copy and what the guest wrote to it is there;
+- the target agent killed mid-migration fails it (TargetFailed) with the VM kept on the
+  source, and the restarted target cleans up;
+- a cordoned node is drained: three LiveMigrate VMs leave it, one with
+  evictionStrategy None stays and says why (Evictable=False);
 - at every poll exactly one running copy of each VM exists (a watcher thread checks both
   libvirtds for the whole module).
 """
@@ -287,8 +290,7 @@ def test_live_migration_keeps_the_guest_running(
     # the final figures follow Succeeded: the target reports libvirt's completed job
     mig = _poll(
         "the final figures",
-        lambda: (s := _status(dev, "migration", "mig-live-1")).get("totalTimeMs") is not None
-        and s,
+        lambda: (s := _status(dev, "migration", "mig-live-1")).get("totalTimeMs") is not None and s,
         limit=30,
         show=lambda: _status(dev, "migration", "mig-live-1"),
     )
@@ -393,3 +395,89 @@ def test_source_agent_restarted_mid_migration_still_succeeds(
         limit=60,
     )
     assert _domstate(_node(dev, source), "default_mig-restart") is None
+
+
+def test_target_agent_killed_mid_migration_fails_and_keeps_the_vm(
+    dev: devcluster.DevCluster, copies: TwoCopies
+) -> None:
+    st = _boot(dev, "mig-tkill")
+    source = st["nodeName"]
+    target = _other(dev, source)
+    console = Path(st["consoleLog"])
+    # 1 MiB/s: the copy outlasts the target's Lease (30 s) by far
+    _migrate(dev, "mig-tkill-1", "mig-tkill", policy={"bandwidthMiBps": 1})
+    _poll(
+        "the migration runs",
+        lambda: _status(dev, "migration", "mig-tkill-1").get("phase") == "Running",
+        limit=MIGRATE_S,
+        show=lambda: _status(dev, "migration", "mig-tkill-1"),
+    )
+    mark = guest.console_mark(console)
+    flags = devcluster.kill_agent(dev, target.name)  # the target agent dies; its Lease lapses
+    try:
+        mig = _final(dev, "mig-tkill-1")
+        assert mig["phase"] == "Failed", mig
+        ready = next(c for c in mig["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "TargetFailed", ready
+        _poll("the guest ticks on the source", lambda: guest.kept_running(console, mark),
+              limit=60)  # fmt: skip
+        assert _status(dev, "virtualmachine", "mig-tkill")["nodeName"] == source
+        assert _domstate(_node(dev, source), "default_mig-tkill") == "running"
+        assert _domstate(target, "default_mig-tkill") != "running"
+    finally:
+        devcluster.start_agent(dev, target.name, flags)  # later tests need both nodes
+    # the restarted target agent finds the leftover incoming domain and cleans up
+    _poll(
+        "the target cleaned up",
+        lambda: (
+            _domstate(target, "default_mig-tkill") is None
+            and (_status(dev, "migration", "mig-tkill-1").get("target") or {}).get("state")
+            in ("CleanedUp", None)
+        ),
+        limit=120,
+        show=lambda: (
+            _domstate(target, "default_mig-tkill"),
+            _status(dev, "migration", "mig-tkill-1").get("target"),
+        ),
+    )
+
+
+def test_drain_moves_the_live_migratable_vms_and_says_why_the_others_stay(
+    dev: devcluster.DevCluster, copies: TwoCopies
+) -> None:
+    node1, node2 = dev.nodes[0].name, dev.nodes[1].name
+    for n in (node1, node2):
+        if _get(dev, "node", n) is None:  # the dev cluster may already give each a Node
+            _kubectl(dev, "create", "-f", "-", stdin=yaml.safe_dump(
+                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))  # fmt: skip
+    _kubectl(dev, "cordon", node2)  # everything lands on node-1 first
+    names = ["drain-a", "drain-b", "drain-c"]
+    try:
+        for name in names:
+            assert _boot(dev, name)["nodeName"] == node1
+        stay = _boot(dev, "drain-stay", extra={"evictionStrategy": "None"})
+        assert stay["nodeName"] == node1
+        _kubectl(dev, "uncordon", node2)
+        _kubectl(dev, "cordon", node1)
+        for name in names:
+            _poll(
+                f"{name} moved to {node2}",
+                lambda name=name: (
+                    (s := _status(dev, "virtualmachine", name)).get("nodeName") == node2
+                    and s.get("phase") == "Running"
+                ),
+                limit=MIGRATE_S,
+                show=lambda name=name: _status(dev, "virtualmachine", name),
+            )
+            assert _domstate(_node(dev, node1), f"default_{name}") is None
+        evictable = _poll(
+            "drain-stay says why it stays",
+            lambda: next((c for c in _status(dev, "virtualmachine", "drain-stay").get(
+                "conditions") or [] if c["type"] == "Evictable"), None),
+            limit=60,
+        )  # fmt: skip
+        assert evictable["status"] == "False", evictable
+        assert _status(dev, "virtualmachine", "drain-stay")["nodeName"] == node1
+    finally:
+        _kubectl(dev, "uncordon", node1)
+        _kubectl(dev, "uncordon", node2)

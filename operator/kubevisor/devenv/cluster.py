@@ -254,18 +254,12 @@ def agent_flags(pid: int) -> list[str]:
     return [a for a in argv[start:] if a]
 
 
-def restart_agent(
+def kill_agent(
     dev: DevCluster, node: str, *, kill_signal: int = signal.SIGKILL, timeout: float = 15.0
-) -> int:
-    """Kill one node's agent (default ``kill -9``: no clean shutdown) and start it again
-    with the same flags; return the new pid. ``dev.pids`` and procs.json are updated.
-
-    Why: the agent keeps no state, so a killed agent must adopt its running domains
-    (same QEMU process) and converge from what the objects say — e2e tests check that.
-    """
-    key = f"agent-{node}"
-    old = dev.pids[key]
-    sim = next(n for n in dev.nodes if n.name == node)
+) -> list[str]:
+    """Kill one node's agent (default ``kill -9``: no clean shutdown) and wait until it is
+    gone; the flags it ran with (for :func:`start_agent`)."""
+    old = dev.pids[f"agent-{node}"]
     flags = agent_flags(old)
     try:
         os.killpg(old, kill_signal)
@@ -276,11 +270,31 @@ def restart_agent(
         if time.monotonic() > deadline:
             raise RuntimeError(f"agent of {node} (pid {old}) did not exit after {kill_signal}")
         time.sleep(0.05)
+    return flags
+
+
+def start_agent(dev: DevCluster, node: str, flags: Sequence[str]) -> int:
+    """Start one node's agent with ``flags``; its pid (``dev.pids`` and procs.json
+    updated)."""
+    key = f"agent-{node}"
+    sim = next(n for n in dev.nodes if n.name == node)
     argv = [*nodes.node_mount_exec_prefix(sim), str(VENV_BIN / "kubevisor-agent"), *flags]
     pid = _spawn(argv, dev.log(key))
     dev.pids[key] = pid
     (dev.cluster_dir / "procs.json").write_text(json.dumps(dev.pids, indent=2) + "\n")
     return pid
+
+
+def restart_agent(
+    dev: DevCluster, node: str, *, kill_signal: int = signal.SIGKILL, timeout: float = 15.0
+) -> int:
+    """Kill one node's agent and start it again with the same flags; the new pid.
+
+    Why: the agent keeps no state, so a killed agent must adopt its running domains
+    (same QEMU process) and converge from what the objects say — e2e tests check that.
+    """
+    flags = kill_agent(dev, node, kill_signal=kill_signal, timeout=timeout)
+    return start_agent(dev, node, flags)
 
 
 def load(name: str = "dev", *, base_dir: Path = nodes.DEFAULT_BASE_DIR) -> DevCluster | None:
