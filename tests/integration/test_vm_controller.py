@@ -279,6 +279,56 @@ def test_restart_annotation_and_restart_required(env: Env) -> None:
     _wait(lambda: env.status("svc").get("desiredState") == "Paused", what="Paused")
 
 
+def test_invalid_annotations_are_a_condition_and_an_event(env: Env) -> None:
+    """Issue 9: a restart annotation status cannot hold and a paused/power value the
+    controller does not know are ignored, and said so: AnnotationsValid=False with reason
+    InvalidAnnotation, a Warning Event, status writes keep working; fixing them clears it."""
+    tmpl = _template(env)
+    env.create("virtualmachines", "VirtualMachine", "notes", {"templateRef": {"name": tmpl}})
+    _wait(lambda: env.status("notes").get("nodeName"), what="placement")
+    env.patch_vm(
+        "notes",
+        {
+            "metadata": {
+                "annotations": {
+                    groups.ANNOTATION_RESTART: "x" * 300,
+                    groups.ANNOTATION_PAUSED: "yes",
+                    groups.ANNOTATION_POWER: "on",
+                }
+            }
+        },
+    )
+    cond = _wait(
+        lambda: (
+            env.cond("notes", "AnnotationsValid").get("status") == "False"
+            and env.cond("notes", "AnnotationsValid")
+        ),
+        what="AnnotationsValid=False",
+    )
+    assert cond["reason"] == "InvalidAnnotation"
+    for key in (groups.ANNOTATION_RESTART, groups.ANNOTATION_PAUSED, groups.ANNOTATION_POWER):
+        assert key in cond["message"]
+    assert "300 bytes" in cond["message"] and "'yes'" in cond["message"]
+    assert "restartToken" not in env.status("notes")
+    assert env.status("notes")["desiredState"] == "Running"
+    _wait(lambda: env.events("notes", "InvalidAnnotation"), what="InvalidAnnotation Event")
+    # Status writes still work: the agent's phase and a later restart get through.
+    env.patch_vm(
+        "notes",
+        {
+            "metadata": {
+                "annotations": {
+                    groups.ANNOTATION_RESTART: "r1",
+                    groups.ANNOTATION_PAUSED: None,
+                    groups.ANNOTATION_POWER: None,
+                }
+            }
+        },
+    )
+    _wait(lambda: env.status("notes").get("restartToken") == "r1", what="restartToken r1")
+    _wait(lambda: not env.cond("notes", "AnnotationsValid"), what="AnnotationsValid removed")
+
+
 def test_finalizer_waits_for_the_agent(env: Env) -> None:
     tmpl = _template(env)
     env.create("virtualmachines", "VirtualMachine", "doomed", {"templateRef": {"name": tmpl}})

@@ -38,6 +38,9 @@ class ConditionType(StrEnum):
     EVICTABLE = "Evictable"
     """The VM can leave its node when the node is drained (evictionStrategy LiveMigrate
     and a target that fits); False says why it blocks the drain."""
+    ANNOTATIONS_VALID = "AnnotationsValid"
+    """Only while False (reason InvalidAnnotation): an annotation the controller reads
+    (kubevisor.io/restart, paused, power) has a value it ignores; the message says why."""
     PROGRESSING = "Progressing"
     """A long operation (backup, migration, pool scaling) is under way."""
     COMPLETED = "Completed"

@@ -227,6 +227,14 @@ def power(scope: Scope) -> None:
             manual_power=notes.get(ANNOTATION_POWER),
         )
     )
+    errors = groups.annotation_errors(notes)
+    if errors:
+        # Present only while something is ignored: omitting it from the apply removes it.
+        scope.conds[ConditionType.ANNOTATIONS_VALID] = Cond(
+            "False",
+            Reason.INVALID_ANNOTATION,
+            "ignored: " + "; ".join(f"annotation {k} {why}" for k, why in sorted(errors.items())),
+        )
 
 
 def record_machine(scope: Scope) -> None:

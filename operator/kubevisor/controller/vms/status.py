@@ -16,6 +16,7 @@ from kubevisor.api.conditions import ConditionStatus, ConditionType
 
 #: The condition types the controller owns on a VirtualMachine.
 OWNED_CONDITIONS = (
+    ConditionType.ANNOTATIONS_VALID,
     ConditionType.RESTART_REQUIRED,
     ConditionType.SCHEDULED,
     ConditionType.TEMPLATE_RESOLVED,
