@@ -173,6 +173,9 @@ def test_template_not_found_then_recovers(env: Env) -> None:
     assert (cond["status"], cond["reason"]) == ("False", "TemplateNotFound")
     assert tmpl in cond["message"]
     assert env.status("orphan")["phase"] == "Pending"
+    # Ready from the first status write (issue 9): False with the reason it is not placed.
+    ready = env.cond("orphan", "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "TemplateNotFound")
     _wait(lambda: env.events("orphan", "TemplateNotFound"), what="TemplateNotFound Event")
     env.create("vmtemplates", "VMTemplate", tmpl, TEMPLATE)
     _wait(lambda: env.status("orphan").get("nodeName"), what="placement after template")
@@ -192,6 +195,9 @@ def test_unschedulable_names_each_node(env: Env) -> None:
     assert "fake-a: not enough memory (need 64Gi" in cond["message"]
     assert "fake-b: not enough memory" in cond["message"]
     assert "nodeName" not in env.status("huge")
+    ready = env.cond("huge", "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
+    assert ready["message"] == cond["message"]
     _wait(lambda: env.events("huge", "Unschedulable"), what="Unschedulable Event")
 
 
