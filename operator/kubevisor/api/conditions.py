@@ -84,6 +84,9 @@ class Reason(StrEnum):
     """The requested VRF backend is not supported by the node's kernel."""
     TABLE_CONFLICT = "TableConflict"
     """The requested routing table is already used by another VRF on a node."""
+    MAC_CONFLICT = "MACConflict"
+    """Another VM (named in the message) already uses this NIC's MAC on the same segment;
+    the later VM is not placed."""
     INTERFACE_CONFLICT = "InterfaceConflict"
     """Another VRF already claims this segment or host interface on a shared node."""
     TABLES_EXHAUSTED = "TablesExhausted"
