@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 from kubernetes import client
@@ -289,3 +290,88 @@ def test_missing_spec_is_rejected(cluster: Any) -> None:
         _create(cluster.api, obj)
     assert caught.value.status == 422
     assert "spec" in str(caught.value.body)
+
+
+# -- schema == runtime at the limits (issue 9 item 2) ------------------------------------
+# For each bounded field, the value at the boundary is accepted by the real API server
+# (the generated CRDs) AND by the API model the controller and agents parse with; one past
+# it is refused by both. A field where the two disagreed is what made accepted objects
+# fail at runtime.
+
+# (id, example, spec path, value, accepted)
+BOUNDS: list[tuple[str, str, str, Any, bool]] = [
+    ("vrf-table-1", "vrf.yaml", "table", 1, True),
+    ("vrf-table-0", "vrf.yaml", "table", 0, False),
+    ("vrf-table-max", "vrf.yaml", "table", 4294967295, True),
+    ("vrf-table-max+1", "vrf.yaml", "table", 4294967296, False),
+    ("vrf-table-251", "vrf.yaml", "table", 251, True),
+    ("vrf-table-252", "vrf.yaml", "table", 252, False),
+    ("vrf-table-255", "vrf.yaml", "table", 255, False),
+    ("vrf-table-256", "vrf.yaml", "table", 256, True),
+    ("vrf-ifname-15", "vrf.yaml", "interfaces[0].name", "a" * 15, True),
+    ("vrf-ifname-16", "vrf.yaml", "interfaces[0].name", "a" * 16, False),
+    ("vrf-cpu-512", "vrf.yaml", "resources.cpu", "512", True),
+    ("vrf-cpu-513", "vrf.yaml", "resources.cpu", "513", False),
+    ("vrf-cpu-1k", "vrf.yaml", "resources.cpu", "1k", False),
+    ("vrf-cpu-1e9", "vrf.yaml", "resources.cpu", "1e9", False),
+    ("vrf-memory-1e9", "vrf.yaml", "resources.memory", "1e9", True),
+    ("vrf-memory-1Ei", "vrf.yaml", "resources.memory", "1Ei", True),
+    ("vrf-memory-2Ei", "vrf.yaml", "resources.memory", "2Ei", False),
+    ("vm-vlan-1", "vm.yaml", "nics[1].vlan", 1, True),
+    ("vm-vlan-0", "vm.yaml", "nics[1].vlan", 0, False),
+    ("vm-vlan-4094", "vm.yaml", "nics[1].vlan", 4094, True),
+    ("vm-vlan-4095", "vm.yaml", "nics[1].vlan", 4095, False),
+    ("vm-cores-1", "vm.yaml", "cpu", {"cores": 1}, True),
+    ("vm-cores-0", "vm.yaml", "cpu", {"cores": 0}, False),
+    ("vm-cores-512", "vm.yaml", "cpu", {"cores": 512}, True),
+    ("vm-cores-513", "vm.yaml", "cpu", {"cores": 513}, False),
+    ("vm-gpus-16", "vm.yaml", "gpus", 16, True),
+    ("vm-gpus-17", "vm.yaml", "gpus", 17, False),
+    ("vm-cmdline-4096", "vm.yaml", "boot", {"cmdline": "x" * 4096}, True),
+    ("vm-cmdline-4097", "vm.yaml", "boot", {"cmdline": "x" * 4097}, False),
+    ("vm-mac-zero", "vm.yaml", "nics[1].mac", "00:00:00:00:00:00", False),
+    ("vm-mac-unicast", "vm.yaml", "nics[1].mac", "02:00:00:00:00:01", True),
+    ("vrf-addr-any", "vrf.yaml", "interfaces[0].addresses", ["0.0.0.0/0"], False),
+    ("vrf-addr-multicast", "vrf.yaml", "interfaces[0].addresses", ["224.0.0.1/24"], False),
+    ("vrf-addr-unicast", "vrf.yaml", "interfaces[0].addresses", ["10.9.0.1/24"], True),
+    (
+        "vrf-duplicate-route",
+        "vrf.yaml",
+        "routes",
+        [{"prefix": "10.1.0.0/16", "via": "10.10.0.254"}] * 2,
+        False,
+    ),
+    ("vrf-name-63", "vrf.yaml", "@name", "n" * 63, True),
+    ("vrf-name-64", "vrf.yaml", "@name", "n" * 64, False),
+]
+
+
+def _runtime_accepts(obj: dict[str, Any]) -> bool:
+    try:
+        kinds.by_kind(obj["kind"]).model.model_validate(obj)
+    except pydantic.ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("case_id", "source", "path", "value", "accepted"), BOUNDS, ids=[b[0] for b in BOUNDS]
+)
+def test_schema_and_runtime_agree_at_the_limit(
+    cluster: Any, case_id: str, source: str, path: str, value: Any, accepted: bool
+) -> None:
+    obj = copy.deepcopy(example(source))
+    obj["metadata"]["name"] = f"edge-{case_id.replace('+', 'p').lower()}"
+    if path == "@name":
+        obj["metadata"]["name"] = value
+    else:
+        spec_set(path, value)(obj)
+    assert _runtime_accepts(obj) is accepted, "the API model disagrees with the table"
+    try:
+        created = _create(cluster.api, obj)
+    except ApiException as exc:
+        assert exc.status == 422, exc.body
+        assert not accepted, f"API server refused a value the runtime takes: {exc.body}"
+        return
+    _delete(cluster.api, created)
+    assert accepted, "API server accepted a value the runtime refuses"

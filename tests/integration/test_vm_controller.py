@@ -173,6 +173,9 @@ def test_template_not_found_then_recovers(env: Env) -> None:
     assert (cond["status"], cond["reason"]) == ("False", "TemplateNotFound")
     assert tmpl in cond["message"]
     assert env.status("orphan")["phase"] == "Pending"
+    # Ready from the first status write (issue 9): False with the reason it is not placed.
+    ready = env.cond("orphan", "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "TemplateNotFound")
     _wait(lambda: env.events("orphan", "TemplateNotFound"), what="TemplateNotFound Event")
     env.create("vmtemplates", "VMTemplate", tmpl, TEMPLATE)
     _wait(lambda: env.status("orphan").get("nodeName"), what="placement after template")
@@ -192,6 +195,9 @@ def test_unschedulable_names_each_node(env: Env) -> None:
     assert "fake-a: not enough memory (need 64Gi" in cond["message"]
     assert "fake-b: not enough memory" in cond["message"]
     assert "nodeName" not in env.status("huge")
+    ready = env.cond("huge", "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
+    assert ready["message"] == cond["message"]
     _wait(lambda: env.events("huge", "Unschedulable"), what="Unschedulable Event")
 
 
@@ -277,6 +283,86 @@ def test_restart_annotation_and_restart_required(env: Env) -> None:
     env.agent_status("svc", {"phase": "Running", "appliedRestartToken": "r1#1"})
     env.patch_vm("svc", {"metadata": {"annotations": {"kubevisor.io/paused": "true"}}})
     _wait(lambda: env.status("svc").get("desiredState") == "Paused", what="Paused")
+
+
+def test_invalid_annotations_are_a_condition_and_an_event(env: Env) -> None:
+    """Issue 9: a restart annotation status cannot hold and a paused/power value the
+    controller does not know are ignored, and said so: AnnotationsValid=False with reason
+    InvalidAnnotation, a Warning Event, status writes keep working; fixing them clears it."""
+    tmpl = _template(env)
+    env.create("virtualmachines", "VirtualMachine", "notes", {"templateRef": {"name": tmpl}})
+    _wait(lambda: env.status("notes").get("nodeName"), what="placement")
+    env.patch_vm(
+        "notes",
+        {
+            "metadata": {
+                "annotations": {
+                    groups.ANNOTATION_RESTART: "x" * 300,
+                    groups.ANNOTATION_PAUSED: "yes",
+                    groups.ANNOTATION_POWER: "on",
+                }
+            }
+        },
+    )
+    cond = _wait(
+        lambda: (
+            env.cond("notes", "AnnotationsValid").get("status") == "False"
+            and env.cond("notes", "AnnotationsValid")
+        ),
+        what="AnnotationsValid=False",
+    )
+    assert cond["reason"] == "InvalidAnnotation"
+    for key in (groups.ANNOTATION_RESTART, groups.ANNOTATION_PAUSED, groups.ANNOTATION_POWER):
+        assert key in cond["message"]
+    assert "300 bytes" in cond["message"] and "'yes'" in cond["message"]
+    assert "restartToken" not in env.status("notes")
+    assert env.status("notes")["desiredState"] == "Running"
+    _wait(lambda: env.events("notes", "InvalidAnnotation"), what="InvalidAnnotation Event")
+    # Status writes still work: the agent's phase and a later restart get through.
+    env.patch_vm(
+        "notes",
+        {
+            "metadata": {
+                "annotations": {
+                    groups.ANNOTATION_RESTART: "r1",
+                    groups.ANNOTATION_PAUSED: None,
+                    groups.ANNOTATION_POWER: None,
+                }
+            }
+        },
+    )
+    _wait(lambda: env.status("notes").get("restartToken") == "r1", what="restartToken r1")
+    _wait(lambda: not env.cond("notes", "AnnotationsValid"), what="AnnotationsValid removed")
+
+
+def test_a_mac_used_by_another_vm_on_the_segment_keeps_the_later_off(env: Env) -> None:
+    """Issue 9 item 4: two VMs with one MAC on one segment both ran. The later one is now
+    kept off a node: Scheduled=False/MACConflict naming the earlier VM, Ready=False, a
+    Warning Event; it is placed once the earlier one is gone."""
+    tmpl = _template(env)
+    nic = {"name": "eth0", "network": "default", "mac": "52:54:00:aa:bb:01"}
+    # small and on fake-a, so later tests still find room on fake-b
+    spec = {"templateRef": {"name": tmpl}, "nics": [nic], "memory": "64Mi"}
+    spec["nodeSelector"] = {"zone": "a"}
+    env.create("virtualmachines", "VirtualMachine", "mac-a", spec)
+    _wait(lambda: env.status("mac-a").get("nodeName"), what="mac-a placed")
+    env.create("virtualmachines", "VirtualMachine", "mac-b", spec)
+    cond = _wait(
+        lambda: (
+            env.cond("mac-b", "Scheduled").get("reason") == "MACConflict"
+            and env.cond("mac-b", "Scheduled")
+        ),
+        what="MACConflict",
+    )
+    assert cond["status"] == "False"
+    assert (
+        f"VirtualMachine {NS}/mac-a" in cond["message"] and "52:54:00:aa:bb:01" in cond["message"]
+    )
+    assert "nodeName" not in env.status("mac-b")
+    assert env.cond("mac-b", "Ready")["reason"] == "MACConflict"
+    _wait(lambda: env.events("mac-b", "MACConflict"), what="MACConflict Event")
+    env.custom.delete_namespaced_custom_object(G, V, NS, "virtualmachines", "mac-a")
+    _wait(lambda: env.status("mac-b").get("nodeName"), what="mac-b placed after mac-a went")
 
 
 def test_finalizer_waits_for_the_agent(env: Env) -> None:

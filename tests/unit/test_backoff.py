@@ -73,3 +73,31 @@ def test_annotation_token_rule(value: str, ok: bool) -> None:
     from kubevisor.api import groups
 
     assert (groups.annotation_token_error(value) is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("annotations", "bad"),
+    [
+        ({}, set()),
+        ({"kubevisor.io/restart": "r1", "kubevisor.io/paused": "true"}, set()),
+        ({"kubevisor.io/paused": "false", "kubevisor.io/power": "Stopped"}, set()),
+        ({"kubevisor.io/power": "Running", "other.io/x": "anything"}, set()),
+        ({"kubevisor.io/restart": "x" * 254}, {"kubevisor.io/restart"}),
+        ({"kubevisor.io/paused": "yes"}, {"kubevisor.io/paused"}),
+        ({"kubevisor.io/paused": "True"}, {"kubevisor.io/paused"}),
+        ({"kubevisor.io/power": "on"}, {"kubevisor.io/power"}),
+        (
+            {"kubevisor.io/power": "x" * 300, "kubevisor.io/restart": "a\nb"},
+            {"kubevisor.io/power", "kubevisor.io/restart"},
+        ),
+    ],
+)
+def test_annotation_errors(annotations: dict[str, str], bad: set[str]) -> None:
+    """Issue 9: an annotation value the controller ignores is named, with a message short
+    and printable enough for a condition."""
+    from kubevisor.api import groups
+
+    errors = groups.annotation_errors(annotations)
+    assert set(errors) == bad
+    for why in errors.values():
+        assert why.isprintable() and len(why) < 200

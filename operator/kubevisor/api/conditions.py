@@ -38,6 +38,9 @@ class ConditionType(StrEnum):
     EVICTABLE = "Evictable"
     """The VM can leave its node when the node is drained (evictionStrategy LiveMigrate
     and a target that fits); False says why it blocks the drain."""
+    ANNOTATIONS_VALID = "AnnotationsValid"
+    """Only while False (reason InvalidAnnotation): an annotation the controller reads
+    (kubevisor.io/restart, paused, power) has a value it ignores; the message says why."""
     PROGRESSING = "Progressing"
     """A long operation (backup, migration, pool scaling) is under way."""
     COMPLETED = "Completed"
@@ -81,6 +84,9 @@ class Reason(StrEnum):
     """The requested VRF backend is not supported by the node's kernel."""
     TABLE_CONFLICT = "TableConflict"
     """The requested routing table is already used by another VRF on a node."""
+    MAC_CONFLICT = "MACConflict"
+    """Another VM (named in the message) already uses this NIC's MAC on the same segment;
+    the later VM is not placed."""
     INTERFACE_CONFLICT = "InterfaceConflict"
     """Another VRF already claims this segment or host interface on a shared node."""
     TABLES_EXHAUSTED = "TablesExhausted"

@@ -6,6 +6,7 @@ on a label key or a finalizer name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 GROUP: Final = "kubevisor.io"
@@ -65,3 +66,26 @@ ANNOTATION_POWER: Final = "kubevisor.io/power"
 
 #: The agent's finalizer: its node resources (domain, taps, own disks) are still there.
 AGENT_FINALIZER: Final = "kubevisor.io/agent-cleanup"
+
+#: The values the power annotations take (the CLI writes exactly these).
+PAUSED_VALUES: Final = frozenset({"true", "false"})
+POWER_VALUES: Final = frozenset({"Running", "Stopped"})
+
+
+def annotation_errors(annotations: Mapping[str, str]) -> dict[str, str]:
+    """Annotation -> why the controller ignores its value, for the annotations it reads
+    (restart, paused, power); empty when all are usable (pure).
+
+    An ignored value is not silent: the controller reports it as a condition with reason
+    InvalidAnnotation and a Warning Event.
+    """
+    errors: dict[str, str] = {}
+    restart = annotations.get(ANNOTATION_RESTART)
+    if restart is not None and (why := annotation_token_error(restart)) is not None:
+        errors[ANNOTATION_RESTART] = why
+    for key, allowed in ((ANNOTATION_PAUSED, PAUSED_VALUES), (ANNOTATION_POWER, POWER_VALUES)):
+        value = annotations.get(key)
+        if value is not None and value not in allowed:
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            errors[key] = f"is {shown!r}; expected one of {', '.join(sorted(allowed))}"
+    return errors

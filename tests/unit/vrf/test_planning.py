@@ -126,3 +126,28 @@ def test_plan_node_uses_the_assigned_tables_and_refuses_only_node_limits() -> No
     assert "802.1Q not available in this kernel" in result.refused["tagged"].message
     ok = planning.plan_node({"tagged": assigned["tagged"]}, bridge_for=_bridge, kernel_has_vrf=True)
     assert ok.desired["tagged"].interfaces[0].bridge == "br-red.7"
+
+
+@pytest.mark.parametrize(
+    ("routing", "reason"),
+    [
+        (None, None),
+        ({"daemon": "none"}, None),
+        ({"daemon": "bird", "config": "router id 10.0.0.1;"}, "DaemonUnavailable"),
+        ({"daemon": "bird", "config": "this is not BIRD syntax"}, "DaemonUnavailable"),
+    ],
+)
+def test_a_daemon_the_agent_cannot_run_is_not_ready(
+    routing: dict[str, str] | None, reason: str | None
+) -> None:
+    """Issue 9 item 6: routing.daemon bird reported Ready although no daemon ran."""
+    raw: dict[str, Any] = {"interfaces": [{"name": "red0", "network": "red"}]}
+    if routing is not None:
+        raw["routing"] = routing
+    problem = planning.daemon_problem(_spec(raw))
+    if reason is None:
+        assert problem is None
+    else:
+        assert problem is not None
+        assert problem.reason == reason
+        assert "'bird'" in problem.message and "not applied" in problem.message

@@ -169,6 +169,12 @@ class VRFAgent:
         for name, desired in plan.desired.items():
             sel = selection.wanted[name]
             status: specs.NodeVRFStatus = await self.realizer.apply(desired)
+            daemon = planning.daemon_problem(sel.spec)
+            if daemon is not None and status["ready"]:
+                status = status.copy()
+                status["ready"] = False
+                status["reason"] = daemon.reason
+                status["message"] = daemon.message
             entries[sel.key] = selecting.entry(status, generation=sel.generation, now=stamp)
         for name, problem in plan.refused.items():
             sel = selection.wanted[name]

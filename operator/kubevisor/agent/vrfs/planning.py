@@ -198,6 +198,26 @@ def plan(
     )
 
 
+#: Routing daemons this agent can run in a VRF's context (none yet: issue 18 adds them).
+RUNNABLE_DAEMONS: frozenset[str] = frozenset()
+
+
+def daemon_problem(spec: vrfs.VRFSpec) -> Problem | None:
+    """Why the VRF's ``routing.daemon`` cannot run on this node, or None.
+
+    The kernel part of the VRF is still realized, but a VRF whose daemon (and so its
+    config) is not applied must not report Ready: the node entry says DaemonUnavailable.
+    """
+    daemon = spec.routing.daemon if spec.routing is not None else "none"
+    if daemon == "none" or daemon in RUNNABLE_DAEMONS:
+        return None
+    return Problem(
+        Reason.DAEMON_UNAVAILABLE,
+        f"routing.daemon {daemon!r} is not run by this agent yet; its config is not applied "
+        "(the VRF's interfaces and static routes are).",
+    )
+
+
 @dataclass(frozen=True)
 class NodePlan:
     """What one node should hold: VRFs to realize and VRFs this node cannot build."""

@@ -24,7 +24,7 @@ from kubevisor.controller.kube import operating
 from kubevisor.controller.placement import reserving
 from kubevisor.controller.runtime import running
 from kubevisor.controller.runtime.reconciling import Key, Outcome
-from kubevisor.controller.vms import moving, phases, status
+from kubevisor.controller.vms import macs, moving, phases, status
 from kubevisor.controller.vms.phases import Scope
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class VMs:
         )
         self._by_template: dict[Key, set[str]] = {}
         """(namespace, template) -> names of the VMs that use it."""
+        self._macs: dict[Key, macs.Seen] = {}
+        """Every VM's recorded MACs per segment, from the watch (cross-VM MAC rule)."""
 
     def handlers(self) -> list[operating.Handler]:
         return [operating.OnEvent(VM.plural, self.on_event)]
@@ -220,6 +222,10 @@ class VMs:
         await phases.resolve(scope, client)
         phases.power(scope)
         phases.record_machine(scope)
+        if not scope.status.get("nodeName"):
+            me = macs.seen(obj)
+            me = macs.Seen(me.key, me.created, macs.ports(scope.machine))
+            scope.mac_conflict = macs.conflict(me, self._macs.values())
         await phases.schedule(scope, client, self._write, placer=self._placer)
         await self._ensure_metadata(scope)
         return self._track(key, scope)
@@ -231,11 +237,18 @@ class VMs:
         only forget it)."""
         key = (namespace, name)
         if type == "DELETED":
+            gone = self._macs.pop(key, None)
+            if gone is not None and gone.ports:
+                # a VM kept off a node by this one's MAC may be placed now
+                for other in list(self._macs.values()):
+                    if other.ports & gone.ports:
+                        self._reconciler.spawn(other.key)
             self._placer.forget(str((body.get("metadata") or {}).get("uid")))
             self._track(key, None)
             self._reconciler.forget(key)
             return
         self._placer.observe(body)
+        self._macs[key] = macs.seen(body)
         await self._reconciler.reconcile(key)
 
     def template_changed(self, namespace: str, template: str) -> None:

@@ -58,6 +58,8 @@ class Scope:
     node: str | None = None
     phase: str | None = None
     """Our phase while unplaced; None once placed (the agent's then)."""
+    mac_conflict: str | None = None
+    """Set when another, earlier VM uses one of this VM's MACs on a segment (`macs`)."""
     conds: dict[str, Cond] = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)
     """Normal Events to post, (reason, message); warnings follow from conditions."""
@@ -227,6 +229,14 @@ def power(scope: Scope) -> None:
             manual_power=notes.get(ANNOTATION_POWER),
         )
     )
+    errors = groups.annotation_errors(notes)
+    if errors:
+        # Present only while something is ignored: omitting it from the apply removes it.
+        scope.conds[ConditionType.ANNOTATIONS_VALID] = Cond(
+            "False",
+            Reason.INVALID_ANNOTATION,
+            "ignored: " + "; ".join(f"annotation {k} {why}" for k, why in sorted(errors.items())),
+        )
 
 
 def record_machine(scope: Scope) -> None:
@@ -291,6 +301,11 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
     if scope.power.desired == DesiredState.STOPPED:
         scope.phase = virtualmachines.VirtualMachinePhase.STOPPED
         scope.conds[sched] = Cond("False", Reason.STOPPED, "not placed: the VM is not asked to run")
+        await write(scope)
+        return
+    if scope.mac_conflict is not None:
+        scope.phase = virtualmachines.VirtualMachinePhase.PENDING
+        scope.conds[sched] = Cond("False", Reason.MAC_CONFLICT, scope.mac_conflict)
         await write(scope)
         return
     await placer.ready(api)

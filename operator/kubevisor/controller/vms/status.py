@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from kubevisor.api import conditions, machines
-from kubevisor.api.conditions import ConditionStatus, ConditionType
+from kubevisor.api.conditions import ConditionStatus, ConditionType, Reason
 
 #: The condition types the controller owns on a VirtualMachine.
 OWNED_CONDITIONS = (
+    ConditionType.ANNOTATIONS_VALID,
     ConditionType.RESTART_REQUIRED,
     ConditionType.SCHEDULED,
     ConditionType.TEMPLATE_RESOLVED,
@@ -62,6 +63,8 @@ def build(
     times); ``conds`` maps our condition types to their values; ``phase`` only while
     the VM is not placed."""
     listed: list[dict[str, Any]] = list(current.get("conditions") or [])
+    if phase is not None:
+        conds = {**conds, ConditionType.READY: unplaced_ready(conds)}
     for type_, cond in conds.items():
         listed = conditions.set_condition(
             listed,
@@ -89,6 +92,17 @@ def build(
     return out
 
 
+def unplaced_ready(conds: dict[str, Cond]) -> Cond:
+    """Ready of a VM no agent has yet (the controller's only while unplaced, like phase):
+    False with the reason that keeps it off a node, so ``kubectl wait --for=condition=Ready``
+    and ``kubectl get`` see a Ready condition from the first status write."""
+    for type_ in (ConditionType.TEMPLATE_RESOLVED, ConditionType.SCHEDULED):
+        cond = conds.get(type_)
+        if cond is not None and cond.status != "True":
+            return Cond("False", cond.reason, cond.message)
+    return Cond("False", Reason.IN_PROGRESS, "not placed on a node yet")
+
+
 def owned_view(current: dict[str, Any], *, with_phase: bool) -> dict[str, Any]:
     """Our fields as they stand in ``current``, shaped like ``build``'s output, so an
     unchanged status is recognised and not written again."""
@@ -96,9 +110,8 @@ def owned_view(current: dict[str, Any], *, with_phase: bool) -> dict[str, Any]:
     if "machine" in out:
         # Normalised through the model: the API server may add schema defaults.
         out["machine"] = machine_wire(machines.MachineSpec.model_validate(out["machine"]))
-    out["conditions"] = [
-        dict(c) for c in current.get("conditions") or [] if c.get("type") in OWNED_CONDITIONS
-    ]
+    owned = (*OWNED_CONDITIONS, ConditionType.READY) if with_phase else OWNED_CONDITIONS
+    out["conditions"] = [dict(c) for c in current.get("conditions") or [] if c.get("type") in owned]
     if with_phase and current.get("phase") is not None:
         out["phase"] = current["phase"]
     return out

@@ -82,3 +82,46 @@ def test_machine_with_server_defaults_is_the_same() -> None:
 def test_phase_only_while_unplaced() -> None:
     pending = _build({}, node=None, phase="Pending")
     assert pending["phase"] == "Pending" and "nodeName" not in pending
+
+
+@pytest.mark.parametrize(
+    ("conds", "reason"),
+    [
+        (
+            {
+                "Scheduled": Cond("False", "Unschedulable", "no node has 64Gi free"),
+                "TemplateResolved": Cond("True", "AsExpected", "ok"),
+                "RestartRequired": Cond("False", "AsExpected", ""),
+            },
+            "Unschedulable",
+        ),
+        (
+            {
+                "Scheduled": Cond("False", "Unschedulable", "waiting for the machine"),
+                "TemplateResolved": Cond("False", "TemplateNotFound", "VMTemplate t not found"),
+                "RestartRequired": Cond("False", "AsExpected", ""),
+            },
+            "TemplateNotFound",
+        ),
+        (
+            {
+                "Scheduled": Cond("False", "Stopped", "not placed: the VM is not asked to run"),
+                "TemplateResolved": Cond("True", "AsExpected", "ok"),
+                "RestartRequired": Cond("False", "AsExpected", ""),
+            },
+            "Stopped",
+        ),
+    ],
+)
+def test_an_unplaced_vm_has_ready_from_its_first_write(conds: dict[str, Cond], reason: str) -> None:
+    """Issue 9: Ready on every kind from the first status write; while no agent has the VM
+    the controller writes it (False, the reason keeping it off a node), and stops owning it
+    once placed (the agent's then)."""
+    first = _build({}, node=None, phase="Pending", conds=conds)
+    ready = [c for c in first["conditions"] if c["type"] == "Ready"]  # type: ignore[union-attr]
+    assert len(ready) == 1 and ready[0]["status"] == "False" and ready[0]["reason"] == reason
+    assert ready[0]["message"] == next(c.message for c in conds.values() if c.reason == reason)
+    assert vmstatus.same(first, _build(first, node=None, phase="Pending", conds=conds))
+    placed = _build(first, node="n1", phase=None, conds=CONDS)
+    assert "Ready" not in [c["type"] for c in placed["conditions"]]  # type: ignore[union-attr]
+    assert not vmstatus.same(first, placed)
