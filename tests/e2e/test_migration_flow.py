@@ -321,6 +321,7 @@ def test_live_migration_keeps_the_guest_running(
     )
     labels = (_get(dev, "virtualmachine", "mig-live") or {})["metadata"]["labels"]
     assert labels["kubevisor.io/node"] == target
+    assert "kubevisor.io/migration-target" not in labels  # dropped with the move
     assert {i["name"]: i["mac"] for i in vm["interfaces"]} == macs
     assert _domstate(_node(dev, target), "default_mig-live") == "running"
     assert _domstate(_node(dev, source), "default_mig-live") is None

@@ -291,6 +291,7 @@ def test_happy_path_moves_the_vm(env: Env) -> None:
         what="VM nodeName moved to mc-b",
     )
     assert vm["metadata"]["labels"][groups.LABEL_NODE] == "mc-b"
+    assert groups.LABEL_MIGRATION_TARGET not in vm["metadata"]["labels"]
     assert vm["status"]["migration"]["phase"] == "Succeeded"
     assert vm["status"]["migration"]["name"] == "hp-m"
     testing.wait_for(lambda: "Succeeded" in env.events("hp-m"), timeout=30, what="Succeeded Event")

@@ -151,7 +151,11 @@ class VMs:
                 {
                     "op": "add",
                     "path": "/metadata/labels",
-                    "value": {**labels, groups.LABEL_NODE: target},
+                    # the target label's job is done: the VM lives there now
+                    "value": {
+                        **{k: v for k, v in labels.items() if k != groups.LABEL_MIGRATION_TARGET},
+                        groups.LABEL_NODE: target,
+                    },
                 },
             ],
         )
