@@ -10,6 +10,11 @@ Examples::
     kubevisor list -n default
     kubevisor restart web -n default
     kubectl kubevisor console web
+    kubevisor migrate web --to node-2      # live migration, with a progress bar
+    kubevisor drain node-1                 # cordon, and wait until its VMs moved away
+    kubevisor uncordon node-1
+
+``migrate``, ``drain`` and ``uncordon`` are in :mod:`kubevisor.cli.migrating`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from kubevisor.api import groups, kinds, virtualmachines
 from kubevisor.api.virtualmachines import DesiredState, RunStrategy
+from kubevisor.cli import migrating
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
@@ -133,8 +139,26 @@ def run(args: argparse.Namespace) -> str:
     import kubernetes
 
     api = _client(args.kubeconfig)
+    if args.verb in ("drain", "uncordon"):
+        core = kubernetes.client.CoreV1Api()
+        try:
+            if args.verb == "uncordon":
+                migrating.cordon(core, args.node, unschedulable=False)
+                return f"node/{args.node} uncordoned"
+            return migrating.drain(api, core, args.node, timeout=args.timeout)
+        except migrating.MigrateFailed as exc:
+            raise CLIError(str(exc)) from exc
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                raise CLIError(f"Node {args.node!r} not found") from exc
+            raise CLIError(f"API error {exc.status}: {exc.reason}") from exc
     ns = args.namespace
     try:
+        if args.verb == "migrate":
+            try:
+                return migrating.migrate(api, args.name, ns, target=args.to, wait=not args.no_wait)
+            except migrating.MigrateFailed as exc:
+                raise CLIError(f"migration of {args.name} did not succeed: {exc}") from exc
         if args.verb == "list":
             if args.all_namespaces:
                 items = api.list_cluster_custom_object(
@@ -183,6 +207,16 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("-n", "--namespace", default="default")
         if verb == "console":
             s.add_argument("--tail", type=int, default=20, help="lines of the log to print")
+    s = sub.add_parser("migrate", help="live-migrate a VirtualMachine to another node")
+    s.add_argument("name")
+    s.add_argument("-n", "--namespace", default="default")
+    s.add_argument("--to", help="target node (default: the controller chooses)")
+    s.add_argument("--no-wait", action="store_true", help="create the Migration and return")
+    s = sub.add_parser("drain", help="cordon a node and wait until its VMs moved away")
+    s.add_argument("node")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    s = sub.add_parser("uncordon", help="let VMs be placed on a node again")
+    s.add_argument("node")
     s = sub.add_parser("list", help="list VirtualMachines")
     s.add_argument("-n", "--namespace", default="default")
     s.add_argument("-A", "--all-namespaces", action="store_true")

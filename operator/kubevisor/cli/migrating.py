@@ -1,0 +1,243 @@
+"""``kubevisor migrate``, ``drain`` and ``uncordon``: live migration from a shell.
+
+``migrate`` creates a Migration (built with the api models) and follows it until it ends:
+phase changes, a progress line from ``status.progress`` (redrawn in place on a terminal,
+one line per update otherwise), then the final figures; Ctrl-C asks the controller to
+cancel (``spec.cancel``) and waits for the end. ``drain`` cordons the Node as
+``kubectl cordon`` does (``spec.unschedulable``) and follows the drain's Migrations
+until no VM that may move is left on the node, printing why the others stay (their
+Evictable condition). ``uncordon`` undoes the cordon.
+
+The rendering is pure (table-tested); the verbs are thin loops over the API.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+from kubevisor.api import conditions, groups, kinds, migrations
+
+MIGRATION = kinds.MIGRATION
+VM = kinds.VIRTUALMACHINE
+POLL_SECONDS = 0.5
+
+
+class MigrateFailed(Exception):
+    """The Migration ended without Succeeded (its reason and message)."""
+
+
+def migration_body(
+    vm: str, namespace: str, *, target: str | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """The Migration to create (pure but for the generated name suffix)."""
+    spec = migrations.MigrationSpec(vm_name=vm, target_node=target)
+    return {
+        "apiVersion": groups.API_VERSION,
+        "kind": MIGRATION.kind,
+        "metadata": {"name": name or f"{vm}-{secrets.token_hex(3)}", "namespace": namespace},
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024**2:.0f} MiB"
+
+
+def progress_line(progress: Mapping[str, Any], *, width: int = 30) -> str:
+    """``[#####.....]  42%  37/88 MiB  12 MiB/s  ETA 4 s`` from ``status.progress`` (pure)."""
+    p = migrations.MigrationProgress.model_validate(progress)
+    percent = p.percent or 0
+    filled = round(width * percent / 100)
+    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {percent:3d}%"]
+    if p.data_processed_bytes is not None and p.data_total_bytes:
+        done, total = p.data_processed_bytes / 1024**2, p.data_total_bytes / 1024**2
+        parts.append(f"{done:.0f}/{total:.0f} MiB")
+    if p.transfer_rate_bytes_per_second:
+        parts.append(f"{p.transfer_rate_bytes_per_second / 1024**2:.0f} MiB/s")
+    if p.eta_seconds is not None:
+        parts.append(f"ETA {p.eta_seconds} s")
+    if p.memory_iterations:
+        parts.append(f"iteration {p.memory_iterations}")
+    return "  ".join(parts)
+
+
+def figures(status: Mapping[str, Any]) -> str:
+    """The final figures of a finished Migration (pure)."""
+    parts = [f"{status.get('phase')}: {status.get('sourceNode')} -> {status.get('targetNode')}"]
+    for label, key, unit in (("total", "totalTimeMs", "ms"), ("downtime", "downtimeMs", "ms")):
+        if status.get(key) is not None:
+            parts.append(f"{label} {status[key]} {unit}")
+    if status.get("bytesTransferred") is not None:
+        parts.append(f"moved {_mib(status['bytesTransferred'])}")
+    if status.get("mode"):
+        parts.append(f"mode {status['mode']}")
+    return ", ".join(parts)
+
+
+def why(status: Mapping[str, Any]) -> str:
+    """``reason: message`` of the condition that explains the state (pure): Ready once
+    the phase moved on, Scheduled while Pending."""
+    listed = list(status.get("conditions") or [])
+    phase = status.get("phase") or migrations.MigrationPhase.PENDING.value
+    order = ("Scheduled", "Ready") if phase == "Pending" else ("Ready", "Scheduled")
+    for type_ in order:
+        cond = conditions.get_condition(listed, type_)
+        if cond is not None and cond.get("reason"):
+            return f"{cond['reason']}: {cond.get('message') or ''}".rstrip(": ")
+    return str(phase)
+
+
+class Follower:
+    """Prints what changed between two looks at a Migration (phase, wait reason,
+    progress); ``tty``: redraw the progress line in place."""
+
+    def __init__(self, out: TextIO, *, tty: bool) -> None:
+        self.out = out
+        self.tty = tty
+        self.phase: str | None = None
+        self.reason: str | None = None
+        self.progress: str | None = None
+
+    def show(self, status: Mapping[str, Any]) -> None:
+        phase = status.get("phase") or "Pending"
+        if phase != self.phase:
+            self._end_line()
+            print(f"phase {phase}", file=self.out)
+            self.phase = phase
+        if phase == "Pending":
+            reason = why(status)
+            if reason != self.reason:
+                print(f"  waiting: {reason}", file=self.out)
+                self.reason = reason
+        if status.get("progress") and phase == "Running":
+            line = progress_line(status["progress"])
+            if line != self.progress:
+                if self.tty:
+                    print(f"\r{line}", end="", file=self.out, flush=True)
+                else:
+                    print(line, file=self.out)
+                self.progress = line
+
+    def _end_line(self) -> None:
+        if self.tty and self.progress is not None:
+            print(file=self.out)
+            self.progress = None
+
+
+def follow(
+    get: Callable[[], Mapping[str, Any] | None],
+    *,
+    out: TextIO,
+    tty: bool,
+    cancel: Callable[[], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> Mapping[str, Any]:
+    """Poll the Migration until it ends; the final status. Ctrl-C cancels it once and
+    keeps following (the VM stays on its source)."""
+    shown = Follower(out, tty=tty)
+    cancelled = False
+    while True:
+        try:
+            obj = get()
+            if obj is None:
+                raise MigrateFailed("the Migration was deleted")
+            status = obj.get("status") or {}
+            shown.show(status)
+            if status.get("phase") in {p.value for p in migrations.FINAL_PHASES}:
+                shown._end_line()
+                return status
+            sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            if cancelled:
+                raise
+            cancelled = True
+            print("\ncancelling (spec.cancel=true); waiting for the end", file=out)
+            cancel()
+
+
+def migrate(api: Any, vm: str, namespace: str, *, target: str | None, wait: bool) -> str:
+    """Create the Migration and (with ``wait``) follow it; the final figures."""
+    body = migration_body(vm, namespace, target=target)
+    name = body["metadata"]["name"]
+    api.create_namespaced_custom_object(
+        groups.GROUP, groups.VERSION, namespace, MIGRATION.plural, body
+    )
+    if not wait:
+        return f"migration/{name} created"
+    print(f"migration/{name} created", flush=True)
+
+    def get() -> Mapping[str, Any] | None:
+        obj: Mapping[str, Any] = api.get_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, namespace, MIGRATION.plural, name
+        )
+        return obj
+
+    def cancel() -> None:
+        api.patch_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, namespace, MIGRATION.plural, name,
+            {"spec": {"cancel": True}},
+        )  # fmt: skip
+
+    status = follow(get, out=sys.stdout, tty=sys.stdout.isatty(), cancel=cancel)
+    if status.get("phase") != migrations.MigrationPhase.SUCCEEDED.value:
+        raise MigrateFailed(f"{status.get('phase')}: {why(status)}")
+    # the figures follow Succeeded (the target reports libvirt's completed job)
+    for _ in range(20):
+        if status.get("totalTimeMs") is not None:
+            break
+        time.sleep(POLL_SECONDS)
+        status = (get() or {}).get("status") or status
+    return figures(status)
+
+
+def cordon(core: Any, node: str, *, unschedulable: bool) -> None:
+    """``kubectl cordon``/``uncordon``: the Node's ``spec.unschedulable``."""
+    core.patch_node(node, {"spec": {"unschedulable": unschedulable}})
+
+
+def drain_state(vms: list[Mapping[str, Any]], node: str) -> tuple[list[str], list[str]]:
+    """VMs still on ``node`` that are moving, and ``name: reason: message`` of those that
+    stay (Evictable=False) (pure)."""
+    moving: list[str] = []
+    staying: list[str] = []
+    for vm in vms:
+        st = vm.get("status") or {}
+        if st.get("nodeName") != node:
+            continue
+        name = f"{vm['metadata']['namespace']}/{vm['metadata']['name']}"
+        cond = conditions.get_condition(list(st.get("conditions") or []), "Evictable")
+        if cond is not None and cond.get("status") == "False":
+            staying.append(f"{name}: {cond.get('reason')}: {cond.get('message')}")
+        else:
+            moving.append(name)
+    return moving, staying
+
+
+def drain(api: Any, core: Any, node: str, *, timeout: float) -> str:
+    """Cordon ``node`` and wait until every VM that may move has left it."""
+    cordon(core, node, unschedulable=True)
+    print(f"node/{node} cordoned", flush=True)
+    deadline = time.monotonic() + timeout
+    last: tuple[list[str], list[str]] | None = None
+    while True:
+        items = api.list_cluster_custom_object(groups.GROUP, groups.VERSION, VM.plural)["items"]
+        state = drain_state(items, node)
+        if state != last:
+            moving, staying = state
+            if moving:
+                print(f"  moving: {', '.join(moving)}", flush=True)
+            last = state
+        if not state[0]:
+            break
+        if time.monotonic() > deadline:
+            raise MigrateFailed(f"still on {node} after {timeout:.0f} s: {', '.join(state[0])}")
+        time.sleep(POLL_SECONDS)
+    staying = state[1]
+    summary = f"node/{node} drained"
+    if staying:
+        summary += "; staying:\n  " + "\n  ".join(staying)
+    return summary
