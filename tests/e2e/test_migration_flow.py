@@ -13,6 +13,7 @@ What a user of vMotion expects, checked on real libvirtds and QEMU:
 - the target agent killed mid-migration gives one recorded outcome, one running copy;
 - a cordoned node is drained: three LiveMigrate VMs leave it, one with
   evictionStrategy None stays and says why (Evictable=False);
+- ``kubevisor migrate`` and ``kubevisor drain`` do it from a shell;
 - at every poll exactly one running copy of each VM exists (a watcher thread checks both
   libvirtds for the whole module).
 """
@@ -131,6 +132,16 @@ def _get(dev: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any] | N
 
 def _status(dev: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any]:
     return (_get(dev, kind, name) or {}).get("status") or {}
+
+
+def _cli(dev: devcluster.DevCluster, *args: str) -> str:
+    """The ``kubevisor`` command, as a user runs it; its output (AssertionError on failure)."""
+    proc = subprocess.run(
+        [str(devcluster.VENV_BIN / "kubevisor"), f"--kubeconfig={dev.kubeconfig}", *args],
+        capture_output=True, text=True, check=False, timeout=MIGRATE_S + 60,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"kubevisor {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
 
 
 def _domstate(node: nodes.SimNode, dom: str) -> str | None:
@@ -466,7 +477,9 @@ def test_drain_moves_the_live_migratable_vms_and_says_why_the_others_stay(
         stay = _boot(dev, "drain-stay", extra={"evictionStrategy": "None"})
         assert stay["nodeName"] == node1
         _kubectl(dev, "uncordon", node2)
-        _kubectl(dev, "cordon", node1)
+        drained = _cli(dev, "drain", node1, "--timeout", str(MIGRATE_S))
+        assert f"node/{node1} drained" in drained, drained
+        assert "default/drain-stay" in drained, drained  # it says why it stays
         for name in names:
             _poll(
                 f"{name} moved to {node2}",
@@ -489,3 +502,17 @@ def test_drain_moves_the_live_migratable_vms_and_says_why_the_others_stay(
     finally:
         _kubectl(dev, "uncordon", node1)
         _kubectl(dev, "uncordon", node2)
+
+
+def test_cli_migrate_shows_the_phases_and_the_final_figures(
+    dev: devcluster.DevCluster, copies: TwoCopies
+) -> None:
+    st = _boot(dev, "mig-cli")
+    target = _other(dev, st["nodeName"]).name
+    out = _cli(dev, "migrate", "mig-cli", "--to", target)
+    print(f"\n{out}")
+    assert "phase Running" in out and "phase Succeeded" in out, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"Succeeded: {st['nodeName']} -> {target}, total "), last
+    assert "downtime" in last and "moved" in last, last
+    assert _status(dev, "virtualmachine", "mig-cli")["nodeName"] == target
