@@ -128,6 +128,7 @@ def up(
         cp = controlplane.ControlPlane(state_dir=controlplane_dir(name, base_dir))
         cp.start()
         cp.install_crds()
+        register_nodes(cp.kubectl, cp.kubeconfig, [n.name for n in sim_nodes])
         logs = base_dir / name / "logs"
         pids: dict[str, int] = {}
         if controller:
@@ -152,6 +153,27 @@ def up(
     except BaseException:
         down(name, base_dir=base_dir)
         raise
+
+
+def node_object(name: str) -> dict[str, object]:
+    """The Node object of a simulated node (pure). No kubelet runs here, so nobody keeps
+    its status: it exists so that the Kubernetes verbs users know act on our nodes
+    (``kubectl get nodes``, ``kubectl cordon``/``uncordon``, which the drain and placement
+    read); liveness stays the agent's Lease."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+    }
+
+
+def register_nodes(kubectl: Path, kubeconfig: Path, names: Sequence[str]) -> None:
+    """Create the Node object of each simulated node (as a kubelet registers its node)."""
+    items = {"apiVersion": "v1", "kind": "List", "items": [node_object(n) for n in names]}
+    subprocess.run(
+        [str(kubectl), f"--kubeconfig={kubeconfig}", "apply", "-f", "-"],
+        input=json.dumps(items), text=True, check=True, capture_output=True,
+    )  # fmt: skip
 
 
 def _stop_pid(pid: int, *, timeout: float = 15.0) -> None:
