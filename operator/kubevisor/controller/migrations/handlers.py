@@ -17,6 +17,7 @@ Configuration (environment of the controller process): the limits
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -127,6 +128,9 @@ class Migrations:
         self._reconciler = rt.reconciler(
             MIGRATION.kind, self.reconcile_once, resync_seconds=RESYNC_SECONDS
         )
+        self._admitting = asyncio.Lock()
+        """One admission at a time: the limits count what the API server holds, so two
+        Pending passes deciding at once could both take the last slot."""
 
     def handlers(self) -> list[operating.Handler]:
         return [operating.OnEvent(MIGRATION.plural, self.on_event)]
@@ -153,6 +157,15 @@ class Migrations:
         return outcome
 
     async def _pass(self, key: Key) -> tuple[Outcome, bool]:
+        """One pass; a Pending Migration's pass holds the admission lock throughout."""
+        peek = await self._rt.client.get(MIGRATION.plural, *key)
+        phase = ((peek or {}).get("status") or {}).get("phase")
+        if phase in (None, migrations.MigrationPhase.PENDING.value):
+            async with self._admitting:
+                return await self._decide_and_write(key)
+        return await self._decide_and_write(key)
+
+    async def _decide_and_write(self, key: Key) -> tuple[Outcome, bool]:
         namespace, name = key
         client = self._rt.client
         obj = await client.get(MIGRATION.plural, namespace, name)
