@@ -50,8 +50,8 @@ def _poll(what: str, check: Callable[[], Any], *, limit: float, show: Any = None
 
 
 class TwoCopies:
-    """Polls every node's libvirtd for running domains; records any domain seen running on
-    two nodes in the same poll."""
+    """Polls both nodes' libvirtds for running domains; records any domain proven to run
+    on both at once (see ``_run``)."""
 
     def __init__(self, dev: devcluster.DevCluster) -> None:
         self.dev = dev
@@ -68,13 +68,16 @@ class TwoCopies:
         return {line.strip() for line in out.splitlines() if line.strip()}
 
     def _run(self) -> None:
+        # Each poll reads node A, then B, then A again (A alternating): the reads are
+        # sequential, so "running on A, then on B" is an ordinary switch-over; running on A
+        # before and after a read that shows it running on B means both ran at once.
+        first, second = self.dev.nodes[0], self.dev.nodes[1]
         while not self._stop.is_set():
-            running = {n.name: self._running(n) for n in self.dev.nodes}
+            a, b = (first, second) if self.polls % 2 == 0 else (second, first)
+            before, other, after = self._running(a), self._running(b), self._running(a)
             self.polls += 1
-            for dom in set().union(*running.values()):
-                where = [n for n, doms in running.items() if dom in doms]
-                if len(where) > 1:
-                    self.seen.append((dom, where))
+            for dom in before & other & after:
+                self.seen.append((dom, [a.name, b.name]))
             self._stop.wait(0.1)
 
     def __enter__(self) -> TwoCopies:
