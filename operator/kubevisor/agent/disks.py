@@ -141,6 +141,24 @@ def disk_path(layout: Layout, identity: domainxml.Identity, disk: machines.Disk)
     return layout.root(disk.storage) / identity.namespace / identity.name / f"{disk.name}.qcow2"
 
 
+def block_copy_paths(
+    machine: machines.MachineSpec,
+    identity: domainxml.Identity,
+    source: Layout,
+    target_state_dir: Path,
+) -> dict[str, str]:
+    """Source path -> destination path of every node-local disk of the VM, for block copy
+    to a node whose state directory is ``target_state_dir`` (pure). The destination is
+    the target's own layout path, so the target agent, planning with its own layout,
+    prepares exactly the file the copy fills; shared disks keep their path."""
+    target = dataclasses.replace(source, state_dir=target_state_dir)
+    return {
+        str(disk_path(source, identity, disk)): str(disk_path(target, identity, disk))
+        for disk in machine.disks
+        if disk.storage != "shared"
+    }
+
+
 def plan(
     machine: machines.MachineSpec, identity: domainxml.Identity, layout: Layout
 ) -> list[DiskPlan]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
 
 from kubevisor.api import machines, naming, quantities
@@ -352,11 +353,14 @@ def live_facts(xml: str) -> LiveFacts:
     return LiveFacts(macs=macs, taps=taps, vnc_port=port, vnc_host=host)
 
 
-def for_destination(xml: str, *, display_address: str | None) -> str:
+def for_destination(
+    xml: str, *, display_address: str | None, disk_paths: Mapping[str, str] | None = None
+) -> str:
     """The source's migratable domain XML as the destination runs it (pure): the VNC
     display listens on the target node's address (the source's address does not exist
-    there, and QEMU would refuse to start). Everything else, disks included, is the same:
-    shared disks have the same path on every node."""
+    there, and QEMU would refuse to start), and a disk whose source file is a key of
+    ``disk_paths`` (node-local, copied by block copy) opens the destination's file
+    instead. Shared disks keep their path: it is the same on every node."""
     ET.register_namespace(METADATA_PREFIX, METADATA_NS)
     root = ET.fromstring(xml)
     if display_address is not None:
@@ -366,4 +370,9 @@ def for_destination(xml: str, *, display_address: str | None) -> str:
             for listen in graphics.iter("listen"):
                 if listen.get("type") == "address":
                     listen.set("address", display_address)
+    for disk in root.iter("disk"):
+        source = disk.find("source")
+        moved = (disk_paths or {}).get(source.get("file", "")) if source is not None else None
+        if source is not None and moved is not None:
+            source.set("file", moved)
     return ET.tostring(root, encoding="unicode")

@@ -105,6 +105,7 @@ async def run(args: argparse.Namespace) -> None:
         gpus=args.gpus,
         networks=tuple(sorted(networks)),
         shared_storage=str(args.shared_dir) if args.shared_dir else None,
+        local_storage=str(args.state_dir),
         migration_uri=args.migration_uri,
         address=args.address,
     )

@@ -44,7 +44,7 @@ ANNOTATION_SEGMENTS: Final = "kubevisor.io/segments"
 ANNOTATION_RTTS: Final = "kubevisor.io/rtts"
 #: Capacity keys written only when set, so agents that do not report them keep writing
 #: the same annotation as before these fields existed.
-_OPTIONAL_CAPACITY_KEYS: Final = ("cpuModels", "hostCPUModel")
+_OPTIONAL_CAPACITY_KEYS: Final = ("cpuModels", "hostCPUModel", "localStorage")
 
 
 class Capacity(common.Model):
@@ -63,6 +63,10 @@ class Capacity(common.Model):
     gpus: int = 0
     networks: tuple[str, ...] = ("default",)
     shared_storage: str | None = None
+    local_storage: str | None = None
+    """The agent's state directory (``--state-dir``): node-local disks live under its
+    ``disks/``. A migration's source rewrites the paths of node-local disks to this
+    directory for block copy (nodes may keep their state in different places)."""
     migration_uri: str | None = Field(default=None, alias="migrationURI")
     address: str | None = None
     cpu_models: tuple[str, ...] = ()

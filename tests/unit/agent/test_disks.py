@@ -98,3 +98,22 @@ def test_remove_deletes_files_and_empty_dirs(layout: disks.Layout) -> None:
     assert disks.remove([path, path]) == [path]
     assert not path.parent.exists()
     assert (layout.state_dir / "disks").exists()
+
+
+def test_block_copy_paths_move_only_local_disks(layout: disks.Layout, tmp_path: Path) -> None:
+    machine = _machine(
+        {"name": "root", "image": "tiny", "storage": "shared"},
+        {"name": "data", "size": "1Gi", "storage": "local"},
+        {"name": "scratch", "size": "1Gi"},
+    )
+    there = tmp_path / "node-2"
+    paths = disks.block_copy_paths(machine, IDENTITY, layout, there)
+    # the destination is exactly what the target plans with its own layout
+    target = disks.Layout(state_dir=there, image_dir=layout.image_dir,
+                          shared_dir=layout.shared_dir)  # fmt: skip
+    planned = {p.name: str(p.path) for p in disks.plan(machine, IDENTITY, target)}
+    assert paths == {
+        str(layout.state_dir / "disks/ns/vm1/data.qcow2"): planned["data"],
+        str(layout.state_dir / "disks/ns/vm1/scratch.qcow2"): planned["scratch"],
+    }
+    assert planned["data"] == str(there / "disks/ns/vm1/data.qcow2")

@@ -218,3 +218,36 @@ def test_live_facts_from_xml() -> None:
     assert facts.macs == {"eth0": "52:54:00:aa:bb:01"}
     assert facts.taps == {"eth0": "kvdeadbeefn0"}
     assert (facts.vnc_host, facts.vnc_port) == ("10.77.0.11", 5901)
+
+
+@pytest.mark.parametrize(
+    ("disk_paths", "expected"),
+    [
+        (None, ["/d/ns1_tiny-1-root.qcow2", "/nas/shared.qcow2"]),
+        ({}, ["/d/ns1_tiny-1-root.qcow2", "/nas/shared.qcow2"]),
+        (
+            {"/d/ns1_tiny-1-root.qcow2": "/node-2/d/root.qcow2"},
+            ["/node-2/d/root.qcow2", "/nas/shared.qcow2"],
+        ),
+        ({"/elsewhere.qcow2": "/x.qcow2"}, ["/d/ns1_tiny-1-root.qcow2", "/nas/shared.qcow2"]),
+    ],
+    ids=["no map", "empty map", "local disk moves", "unrelated path"],
+)
+def test_for_destination_rewrites_block_copied_disks_and_the_display(
+    disk_paths: dict[str, str] | None, expected: list[str]
+) -> None:
+    machine = _machine(
+        disks=[{"name": "root", "image": "tiny"}, {"name": "nas", "size": "1Gi"}],
+        display={"vnc": True},
+    )
+    placed = (
+        domainxml.DiskPlacement(name="root", path=Path("/d/ns1_tiny-1-root.qcow2")),
+        domainxml.DiskPlacement(name="nas", path=Path("/nas/shared.qcow2")),
+    )
+    xml = domainxml.render(machine, IDENTITY, _placement(disks=placed), FACTS)
+    out = ET.fromstring(
+        domainxml.for_destination(xml, display_address="10.77.0.12", disk_paths=disk_paths)
+    )
+    files = [d.find("source").get("file") for d in out.iter("disk")]  # type: ignore[union-attr]
+    assert files == expected
+    assert [g.get("listen") for g in out.iter("graphics")] == ["10.77.0.12"]

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -57,6 +58,13 @@ def local_disk_targets(machine: machines.MachineSpec) -> list[str]:
         if disk.storage != "shared":
             out.append(domainxml.target_dev(disk.bus, index))
     return out
+
+
+def _identity(vm_obj: dict[str, Any]) -> domainxml.Identity:
+    """The VM's identity as its disks and domain are named after it."""
+    meta = vm_obj.get("metadata") or {}
+    return domainxml.Identity(namespace=str(meta.get("namespace")),
+                              name=str(meta.get("name")), uid=str(meta.get("uid")))  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -296,15 +304,31 @@ class MigrationHandler:
         vm_obj = self.vm((key[0], mig.spec.vm_name))
         machine = self._machine(vm_obj)
         local = local_disk_targets(machine) if machine is not None else []
+        paths = self._block_copy_paths(vm_obj, machine, dest) if local else {}
         holder: dict[str, Drive] = {}
 
         async def run() -> None:
-            await self._drive(key, mig, domain, dest, local, holder["drive"])
+            await self._drive(key, mig, domain, dest, local, paths, holder["drive"])
 
         task = asyncio.create_task(run())
         drive = Drive(task=task)
         holder["drive"] = drive
         self._drives[key] = drive
+
+    def _block_copy_paths(
+        self,
+        vm_obj: dict[str, Any] | None,
+        machine: machines.MachineSpec | None,
+        dest: nodes.Capacity,
+    ) -> dict[str, str]:
+        """Where the node-local disks go on the target (its published state directory);
+        empty when the target publishes none (then the paths stay, which is right for
+        nodes that keep their state at the same path)."""
+        if machine is None or vm_obj is None or dest.local_storage is None:
+            return {}
+        return disks.block_copy_paths(
+            machine, _identity(vm_obj), self.layout, Path(dest.local_storage)
+        )
 
     async def _drive(
         self,
@@ -313,6 +337,7 @@ class MigrationHandler:
         domain: str,
         dest: nodes.Capacity,
         local: list[str],
+        disk_paths: dict[str, str],
         drive: Drive,
     ) -> None:
         """Run the libvirt migration; report Completed, Failed or Aborted at the end."""
@@ -340,7 +365,9 @@ class MigrationHandler:
         try:
             request = migrating.build(policy, shared_storage=True, local_disks=local)
             xml = domainxml.for_destination(
-                await migrating.migratable_xml(self.hv, domain), display_address=dest.address
+                await migrating.migratable_xml(self.hv, domain),
+                display_address=dest.address,
+                disk_paths=disk_paths,
             )
             request = migrating.with_destination_xml(request, xml)
             assert dest.migration_uri is not None
@@ -373,10 +400,21 @@ class MigrationHandler:
                 else migrations.MigrationMode.PRE_COPY
             )
             outcome = sourcing.Report(sourcing.State.COMPLETED)
+            await self._drop_block_copied(key, disk_paths)
         try:
             await self._report_source(key, mig, outcome)
         finally:
             self.loop.enqueue(key)
+
+    async def _drop_block_copied(self, key: Key, disk_paths: dict[str, str]) -> None:
+        """After a block copy succeeded the guest runs from the target's copies; this
+        node's copies are stale (a later migration back would mirror into them), so they
+        go, as a move (``mv``) leaves no source. Only paths that differ from the
+        target's: nodes sharing one filesystem at the same path hold one file."""
+        stale = [Path(src) for src, dst in disk_paths.items() if src != dst]
+        removed = await asyncio.to_thread(disks.remove, stale)
+        if removed:
+            logger.info("%s/%s: removed the source copies %s", *key, [str(p) for p in removed])
 
     def _adopt(self, key: Key, mig: migrations.Migration, domain: str) -> None:
         """A job this process did not start (the agent restarted): sample it until it ends,
@@ -538,9 +576,7 @@ class MigrationHandler:
                 Reason.TARGET_FAILED.value,
                 f"node {self.node} cannot see the VM or its status.machine yet",
             )
-        meta = vm_obj.get("metadata") or {}
-        identity = domainxml.Identity(namespace=key[0], name=str(meta.get("name")),
-                                      uid=str(meta.get("uid")))  # fmt: skip
+        identity = _identity(vm_obj)
         try:
             wanted = placing.nic_segments(machine, self.networks, managed=self.managed)
             for segment in wanted:
@@ -555,12 +591,25 @@ class MigrationHandler:
         try:
             plans = disks.plan(machine, identity, self.layout)
             created = self._created.setdefault(key, [])
+            shared = {d.name for d in machine.disks if d.storage == "shared"}
             for disk in plans:
                 exists = await asyncio.to_thread(disk.path.exists)
-                if exists:
-                    continue  # shared storage: the same file the source uses
-                await disks.ensure(disk)  # node-local: the overlay block copy fills
-                created.append(disk.path)
+                if disk.name in shared:
+                    if not exists:
+                        return Reason.STORAGE_UNREACHABLE.value, (
+                            f"shared disk {disk.name} is not at {disk.path} on node {self.node}"
+                        )
+                    continue  # the same file the source uses
+                if exists and disk.path not in created:
+                    # block copy fills only what the source allocated: mirroring into an
+                    # older file would mix two disks' data, and that file is not ours
+                    return Reason.STORAGE_UNREACHABLE.value, (
+                        f"node-local disk {disk.name} already has a file at {disk.path} on "
+                        f"node {self.node}; block copy will not overwrite it"
+                    )
+                if not exists:
+                    await disks.ensure(disk)  # the file block copy fills
+                    created.append(disk.path)
         except disks.DiskError as exc:
             return Reason.STORAGE_UNREACHABLE.value, str(exc)
         await self.sync_segments()
