@@ -601,3 +601,55 @@ def test_node_local_disks_move_with_block_copy(
         limit=60,
     )
     assert _domstate(target, "default_mig-block") == "running"
+
+
+def _boot_dirtier(dev: devcluster.DevCluster, name: str) -> dict[str, Any]:
+    st = _boot(dev, name, script=guest.DIRTIER_SCRIPT)
+    console = Path(st["consoleLog"])
+    _poll(f"{name} dirties memory", lambda: guest.DIRTY_MARKER in console.read_text(
+        errors="replace"), limit=BOOT_S)  # fmt: skip
+    return st
+
+
+def test_a_migration_that_cannot_converge_fails_at_its_completion_timeout(
+    dev: devcluster.DevCluster, copies: TwoCopies
+) -> None:
+    st = _boot_dirtier(dev, "mig-slow")
+    source = st["nodeName"]
+    console = Path(st["consoleLog"])
+    _migrate(dev, "mig-slow-1", "mig-slow",
+             policy={"bandwidthMiBps": 4, "completionTimeoutSeconds": 8})  # fmt: skip
+    mig = _final(dev, "mig-slow-1")
+    ready = next(c for c in mig["conditions"] if c["type"] == "Ready")
+    print(f"\nnon-converging guest, 4 MiB/s, 8 s allowed: {mig['phase']} {ready['reason']}: "
+          f"{ready['message']}")  # fmt: skip
+    assert (mig["phase"], ready["reason"]) == ("Failed", "CompletionTimeout"), mig
+    mark = guest.console_mark(console)
+    _poll("the guest ticks on the source", lambda: guest.kept_running(console, mark), limit=60)
+    assert _status(dev, "virtualmachine", "mig-slow")["nodeName"] == source
+    assert _domstate(_node(dev, source), "default_mig-slow") == "running"
+    assert _domstate(_other(dev, source), "default_mig-slow") is None
+
+
+def test_post_copy_moves_a_guest_that_pre_copy_cannot(
+    dev: devcluster.DevCluster, copies: TwoCopies
+) -> None:
+    st = _boot_dirtier(dev, "mig-post")
+    target = _other(dev, st["nodeName"])
+    console = Path(st["consoleLog"])
+    mark = guest.console_mark(console)
+    _migrate(dev, "mig-post-1", "mig-post", policy={"bandwidthMiBps": 8, "postCopy": True})
+    mig = _final(dev, "mig-post-1")
+    assert mig["phase"] == "Succeeded", (mig.get("source"), mig.get("target"), mig["conditions"])
+    mig = _poll(
+        "the final figures",
+        lambda: (s := _status(dev, "migration", "mig-post-1")).get("totalTimeMs") is not None and s,
+        limit=30,
+        show=lambda: _status(dev, "migration", "mig-post-1"),
+    )
+    print(f"\npost-copy: mode {mig['mode']}, total {mig['totalTimeMs']} ms, downtime "
+          f"{mig.get('downtimeMs')} ms, {mig['bytesTransferred']} bytes")  # fmt: skip
+    assert mig["mode"] == "PostCopy", mig
+    _poll("the guest ticks on the target", lambda: guest.kept_running(console, mark), limit=60)
+    assert console.read_text(errors="replace").count(guest.BOOTED_MARKER) == 1
+    assert _domstate(target, "default_mig-post") == "running"

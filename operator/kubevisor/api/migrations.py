@@ -353,10 +353,13 @@ SOURCE_FIELDS: Final = (
     "progress",
     "mode",
 )
+#: The completed job's figures: the target's after pre-copy (with UNDEFINE_SOURCE libvirt
+#: keeps them on the destination only), the source's after post-copy (then the
+#: destination keeps none — measured — and the source takes them from libvirt's
+#: JOB_COMPLETED event). Written with force, so the one that has them owns them.
+FIGURE_FIELDS: Final = ("totalTimeMs", "downtimeMs", "bytesTransferred")
 #: Migration status fields the target agent owns.
-#: (The completed job's figures are the target's: with UNDEFINE_SOURCE libvirt keeps them
-#: on the destination only.)
-TARGET_FIELDS: Final = ("target", "totalTimeMs", "downtimeMs", "bytesTransferred")
+TARGET_FIELDS: Final = ("target", *FIGURE_FIELDS)
 
 
 class VMMigrationState(common.Model):

@@ -30,6 +30,17 @@ TICKER_SCRIPT = (
 of life: a guest that was reset boots again (BOOTED_MARKER) and counts from 1; one that
 kept running (paused, adopted, migrated) continues where it was."""
 
+DIRTY_MARKER = "kubevisor-guest: dirtying"
+DIRTIER_SCRIPT = (
+    "mount -t tmpfs -o size=100m tmpfs /mnt; "
+    "dd if=/dev/urandom of=/mnt/a bs=1M count=32 2>/dev/null; "
+    f'echo "{DIRTY_MARKER}" >/dev/console; '
+    "(while :; do cp /mnt/a /mnt/b; done) & " + TICKER_SCRIPT
+)
+"""A ``kv.script`` that rewrites 32 MiB of random data forever (and ticks): pages QEMU
+cannot skip as zero pages, dirtied faster than a throttled pre-copy sends them, so a
+migration of it converges only through post-copy (or not at all)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ConsoleMark:

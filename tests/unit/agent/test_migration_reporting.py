@@ -28,6 +28,21 @@ def test_source_fields_are_the_source_set() -> None:
     assert own["progress"]["percent"] == 99
 
 
+def test_source_fields_carry_the_figures_after_post_copy() -> None:
+    own = reporting.source_fields(
+        migrations.SourceReport(node="node-1", state=migrations.SourceState.COMPLETED, time=NOW),
+        mode=migrations.MigrationMode.POST_COPY,
+        outcome=migrating.Outcome(
+            total_time_ms=22350,
+            downtime_ms=7,
+            bytes_transferred=None,
+            mode=migrations.MigrationMode.POST_COPY,
+        ),
+    )
+    assert set(own) == {"source", "mode", "totalTimeMs", "downtimeMs"}
+    assert (own["totalTimeMs"], own["downtimeMs"]) == (22350, 7)
+
+
 def test_target_fields() -> None:
     report = migrations.TargetReport(
         node="node-2", state=migrations.TargetState.READY, domain_active=True

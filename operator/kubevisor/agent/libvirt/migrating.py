@@ -245,6 +245,58 @@ async def abort(hv: hypervisor.Hypervisor, name: str) -> None:
     await _run(_job_calls, lambda: hv.conn.lookupByName(name).abortJob())
 
 
+class CompletedJob:
+    """The statistics libvirt's JOB_COMPLETED event carries for one domain on this node.
+
+    Why: after post-copy the destination keeps no completed job (``domjobinfo
+    --completed`` there says None — seen here), and with UNDEFINE_SOURCE the source's
+    domain is gone when the call returns; the event, delivered on the source as the job
+    ends, is the one place the final figures remain. Needs the connection's event loop
+    (``Hypervisor.connect(events=True)``, the agent's default)."""
+
+    def __init__(self, hv: hypervisor.Hypervisor, name: str) -> None:
+        self.hv = hv
+        self.name = name
+        self._done: asyncio.Future[dict[str, Any]] | None = None
+        self._id: int | None = None
+
+    async def __aenter__(self) -> CompletedJob:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._done = done
+
+        def deliver(stats: dict[str, Any]) -> None:
+            if not done.done():
+                done.set_result(stats)
+
+        def callback(_c: Any, _d: Any, params: dict[str, Any], _o: Any) -> None:
+            loop.call_soon_threadsafe(deliver, dict(params))
+
+        def register() -> int:
+            dom = self.hv.conn.lookupByName(self.name)
+            return int(self.hv.conn.domainEventRegisterAny(
+                dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, callback, None))  # fmt: skip
+
+        self._id = await _run(_job_calls, register)
+        return self
+
+    async def stats(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The completed job's statistics; empty when no event came within ``timeout_s``."""
+        assert self._done is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._done), timeout_s)
+        except TimeoutError:
+            return {}
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._id is not None:
+            event_id, self._id = self._id, None
+            try:
+                await _run(_job_calls, self.hv.conn.domainEventDeregisterAny, event_id)
+            except hypervisor.HypervisorError:
+                pass
+
+
 async def migrate_with_progress(
     hv: hypervisor.Hypervisor,
     name: str,

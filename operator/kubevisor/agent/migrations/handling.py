@@ -75,6 +75,8 @@ class SourceOwn:
     started_at: datetime | None = None
     progress: migrations.MigrationProgress | None = None
     mode: migrations.MigrationMode | None = None
+    outcome: migrating.Outcome | None = None
+    """The final figures, after post-copy only (see ``migrations.FIGURE_FIELDS``)."""
 
 
 @dataclasses.dataclass
@@ -219,7 +221,11 @@ class MigrationHandler:
         if own.report is None:
             return
         body = reporting.source_fields(
-            own.report, started_at=own.started_at, progress=own.progress, mode=own.mode
+            own.report,
+            started_at=own.started_at,
+            progress=own.progress,
+            mode=own.mode,
+            outcome=own.outcome,
         )
         await self.source_writer.apply(namespace=key[0], name=key[1], own=body)
 
@@ -371,13 +377,17 @@ class MigrationHandler:
             )
             request = migrating.with_destination_xml(request, xml)
             assert dest.migration_uri is not None
-            await migrating.migrate_with_progress(
-                self.hv,
-                domain,
-                dest_uri=dest.migration_uri,
-                request=request,
-                on_progress=on_progress,
-            )
+            async with migrating.CompletedJob(self.hv, domain) as completed:
+                await migrating.migrate_with_progress(
+                    self.hv,
+                    domain,
+                    dest_uri=dest.migration_uri,
+                    request=request,
+                    on_progress=on_progress,
+                )
+                if drive.switched:  # the destination keeps no figures after post-copy
+                    stats = await completed.stats()
+                    own.outcome = migrating.outcome(stats, switched_to_post_copy=True)
         except asyncio.CancelledError:
             reason = drive.abort_reason or Reason.CANCELLED
             outcome = sourcing.Report(

@@ -16,15 +16,24 @@ def _dump(model: common.Model) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def _figures(outcome: migrating.Outcome | None) -> dict[str, Any]:
+    if outcome is None:
+        return {}
+    values = (outcome.total_time_ms, outcome.downtime_ms, outcome.bytes_transferred)
+    return {k: v for k, v in zip(migrations.FIGURE_FIELDS, values, strict=True) if v is not None}
+
+
 def source_fields(
     report: migrations.SourceReport,
     *,
     started_at: datetime | None = None,
     progress: migrations.MigrationProgress | None = None,
     mode: migrations.MigrationMode | None = None,
+    outcome: migrating.Outcome | None = None,
 ) -> dict[str, Any]:
-    """The source agent's status fields (a subset of ``SOURCE_FIELDS``) (pure)."""
-    own: dict[str, Any] = {"source": _dump(report)}
+    """The source agent's status fields (a subset of ``SOURCE_FIELDS``, plus the
+    ``FIGURE_FIELDS`` after post-copy) (pure)."""
+    own: dict[str, Any] = {"source": _dump(report), **_figures(outcome)}
     if started_at is not None:
         own["startedAt"] = migrations.MigrationStatus(started_at=started_at).model_dump(
             mode="json", by_alias=True
@@ -42,13 +51,4 @@ def target_fields(
     """The target agent's status fields (a subset of ``TARGET_FIELDS``) (pure): its
     report and, once the domain runs here, the completed job's figures (libvirt keeps
     them on the destination only)."""
-    own: dict[str, Any] = {"target": _dump(report)}
-    if outcome is not None:
-        for key, value in (
-            ("totalTimeMs", outcome.total_time_ms),
-            ("downtimeMs", outcome.downtime_ms),
-            ("bytesTransferred", outcome.bytes_transferred),
-        ):
-            if value is not None:
-                own[key] = value
-    return own
+    return {"target": _dump(report), **_figures(outcome)}
