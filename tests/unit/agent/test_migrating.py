@@ -13,7 +13,7 @@ testing.require_module("libvirt")
 
 import libvirt  # noqa: E402
 
-from kubevisor.agent.libvirt import migrating  # noqa: E402
+from kubevisor.agent.libvirt import DomainInfo, DomainState, migrating  # noqa: E402
 from kubevisor.api import migrations  # noqa: E402
 
 pytestmark = pytest.mark.unit
@@ -165,3 +165,19 @@ def test_outcome() -> None:
     assert done == migrating.Outcome(1200, 42, 269_000_000, migrations.MigrationMode.PRE_COPY)
     post = migrating.outcome({}, switched_to_post_copy=True)
     assert post == migrating.Outcome(None, None, None, migrations.MigrationMode.POST_COPY)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "expected"),
+    [
+        (DomainState.PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION, True),
+        (DomainState.PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY, True),
+        (DomainState.PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER, False),
+        (DomainState.RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED, False),
+    ],
+    ids=["last copy round", "post-copy", "user pause", "running"],
+)
+def test_paused_by_migration(state: DomainState, reason: int, expected: bool) -> None:
+    info = DomainInfo(name="d", uuid="u", state=state, reason=reason, persistent=True, xml="",
+                      identity=None)  # fmt: skip
+    assert migrating.paused_by_migration(info) is expected

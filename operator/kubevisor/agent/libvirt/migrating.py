@@ -109,6 +109,20 @@ def build(
     )
 
 
+#: libvirt's reasons for a domain a migration paused (the final copy round, post-copy).
+MIGRATION_PAUSE_REASONS: Final = frozenset(
+    {libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY}
+)
+
+
+def paused_by_migration(domain: hypervisor.DomainInfo) -> bool:
+    """Whether libvirt paused the domain for a migration (pure): the VM loop must not
+    resume it (the job holds it; a resume waits for the job, then meets no domain)."""
+    return (
+        domain.state is hypervisor.DomainState.PAUSED and domain.reason in MIGRATION_PAUSE_REASONS
+    )
+
+
 def _int(stats: Mapping[str, Any], key: str) -> int | None:
     value = stats.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):

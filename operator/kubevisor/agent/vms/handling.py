@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from kubevisor.agent import disks, domainxml, reconciling, segmenting, segments
 from kubevisor.agent.kube import objects
-from kubevisor.agent.libvirt import DomainInfo, Hypervisor, HypervisorError
+from kubevisor.agent.libvirt import DomainInfo, Hypervisor, HypervisorError, migrating
 from kubevisor.agent.runtime.informing import Key
 from kubevisor.agent.vms import cloning, placing, reporting, statuses
 from kubevisor.api import conditions, groups, machines, migrations, naming
@@ -177,6 +177,13 @@ class VMHandler:
             # write; look again until the controller moves the VM or the migration fails.
             logger.info("%s/%s: leaving by migration; domain not started here", *key)
             self.enqueue_later(key, 5.0)
+            return
+        if scope.domain is not None and migrating.paused_by_migration(scope.domain):
+            # libvirt paused it for the last copy round (or post-copy): resuming, pausing
+            # or stopping it now would fight the migration job (a resume waits for the
+            # job lock, then fails on the departed domain). The Migration loop owns it.
+            logger.info("%s/%s: paused by its migration; left to the migration", *key)
+            self.enqueue_later(key, 1.0)
             return
         restart_token = scope.status.get("restartToken")
         shutdown_at = self._shutdown_at.get(key)
