@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from kubevisor.agent.runtime import backoff
+from kubevisor.agent.vrfs import planning
 from kubevisor.api import vrfs
 from kubevisor.api.conditions import Reason
 
@@ -203,12 +204,7 @@ def restart_delay(failures: int) -> float:
     return backoff.delay(failures, first=RESTART_FIRST, cap=RESTART_CAP)
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Why the VRF is not Ready because of its daemon: a reason and a sentence."""
-
-    reason: str
-    message: str
+Problem = planning.Problem
 
 
 def problem(o: Observed, *, running: bool, exit_text: str | None = None) -> Problem | None:
