@@ -87,8 +87,9 @@ def _supervisor(realizer: vrfrealizing.VRFRealizer, woken: asyncio.Event) -> sup
 
 
 @pytest.fixture
-async def ctx(node_ns: str, tmp_path: Path) -> AsyncIterator[Context]:
-    realizer = vrfrealizing.VRFRealizer(node_netns=node_ns, run_root=str(tmp_path / "run"))
+async def ctx(node_ns: str) -> AsyncIterator[Context]:
+    # the default run root (/run/kubevisor): the daemon's account must reach its files
+    realizer = vrfrealizing.VRFRealizer(node_netns=node_ns)
     woken = asyncio.Event()
     supervisor = _supervisor(realizer, woken)
     try:
@@ -126,6 +127,11 @@ async def _running(ctx: Context, config: str, *, within: float = 15.0) -> superv
             await asyncio.wait_for(ctx.woken.wait(), timeout=0.5)
         except TimeoutError:
             pass
+
+
+def _uids(pid: int) -> list[str]:
+    """Real and effective uid of a process."""
+    return Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:2]
 
 
 def _has(cmdline: Path, text: str) -> bool:
@@ -166,6 +172,10 @@ async def test_valid_config_runs_bird_in_the_vrf_context(ctx: Context) -> None:
     vrf_ns = Path("/run/netns") / ctx.vrf_ns
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(vrf_ns).st_ino
     assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    # it runs as BIRD's own account (network capabilities only), not as root
+    user = supervising.account()
+    if user is not None:
+        assert _uids(pid) == [str(user.uid)] * 2
     # its cgroup is the VRF's
     context = cgroups.CgroupContext("red", parent=ctx.realizer.naming.cgroup_parent)
     if context.version == "none":
@@ -203,6 +213,16 @@ async def test_a_broken_config_is_refused_and_the_daemon_keeps_running(ctx: Cont
     assert changed.status is not None and changed.status["pid"] == pid
     assert changed.status["configHash"] == daemons.config_hash(CHANGED)
     await _kernel_has(ctx, "198.51.100.0/24")
+
+
+async def test_a_config_cannot_read_the_nodes_root_files(ctx: Context) -> None:
+    if supervising.account() is None:
+        testing.absent("no bird account (Debian's bird2 creates it)")
+    refused = await ctx.supervisor.ensure(
+        "red", daemons.Wanted("bird", 'include "/etc/shadow";\n' + CONFIG)
+    )
+    assert refused.problem is not None and refused.problem.reason == "InvalidDaemonConfig"
+    assert "Permission denied" in refused.problem.message
 
 
 async def test_a_killed_daemon_comes_back(ctx: Context) -> None:

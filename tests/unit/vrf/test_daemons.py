@@ -39,6 +39,10 @@ def test_argv() -> None:
         "/run/kv/kvt-a-vrf-ns.red/bird.pid",
     ]
     assert daemons.validate_argv(F.candidate) == ["bird", "-p", "-c", str(F.candidate)]
+    assert daemons.argv(F, user="bird")[:6] == ["bird", "-f", "-u", "bird", "-g", "bird"]
+    assert daemons.validate_argv(F.candidate, user="bird") == [
+        "bird", "-p", "-u", "bird", "-g", "bird", "-c", str(F.candidate)
+    ]  # fmt: skip
     assert daemons.reload_argv(F.candidate) == [
         "birdc",
         "-s",
@@ -53,6 +57,7 @@ def test_argv() -> None:
     [
         (daemons.argv(F), True),
         (["/usr/sbin/bird", *daemons.argv(F)[1:]], True),
+        (daemons.argv(F, user="bird"), True),
         (["bird", "-f", "-c", "/etc/bird/bird.conf"], False),
         (["sleep", "600", str(F.config)], False),
         ([], False),

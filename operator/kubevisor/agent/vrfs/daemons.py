@@ -75,15 +75,27 @@ def files(run_dir: str | Path) -> Files:
     return Files(Path(run_dir))
 
 
-def argv(f: Files) -> list[str]:
+#: The account BIRD drops to (Debian's bird2 creates it); it keeps only the network
+#: capabilities, so a config cannot read or write the node's files as root (``include``,
+#: ``log "<file>"``). Without that account the daemon runs as root.
+USER = "bird"
+
+
+def _as(user: str | None) -> list[str]:
+    return ["-u", user, "-g", user] if user is not None else []
+
+
+def argv(f: Files, *, user: str | None = None) -> list[str]:
     """BIRD in the foreground (the agent supervises it), with our config, socket and pid
-    file; run with ``cwd=f.run_dir`` (the socket is named relative to it)."""
-    return [BIRD, "-f", "-c", str(f.config), "-s", SOCKET, "-P", str(f.pid_file)]
+    file, as ``user`` when given; run with ``cwd=f.run_dir`` (the socket is named
+    relative to it)."""
+    return [BIRD, "-f", *_as(user), "-c", str(f.config), "-s", SOCKET, "-P", str(f.pid_file)]
 
 
-def validate_argv(path: Path) -> list[str]:
-    """BIRD's own parser over a config file (``bird -p``: parse and exit)."""
-    return [BIRD, "-p", "-c", str(path)]
+def validate_argv(path: Path, *, user: str | None = None) -> list[str]:
+    """BIRD's own parser over a config file (``bird -p``: parse and exit), as ``user``
+    (so an ``include`` reads only what that account may)."""
+    return [BIRD, "-p", *_as(user), "-c", str(path)]
 
 
 def reload_argv(path: Path) -> list[str]:

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -72,6 +73,31 @@ def bird_version() -> str | None:
     return daemons.parse_version(done.stdout + done.stderr)
 
 
+@dataclass(frozen=True)
+class Account:
+    """The account the daemon runs as: its name (for ``-u``/``-g``), uid and gid (the run
+    directory is given to it, for the socket and the pid file)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def account(name: str = daemons.USER) -> Account | None:
+    """The daemon's account on this node, or None (then it runs as root)."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+def _run_dir(f: daemons.Files, user: Account | None) -> None:
+    f.run_dir.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        os.chown(f.run_dir, user.uid, user.gid)
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -114,14 +140,14 @@ def _tail(path: Path, lines: int = 3) -> str | None:
     return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
-def validate(f: daemons.Files, config: str) -> str | None:
-    """Write ``config`` as the candidate and run ``bird -p`` over it: None when accepted,
-    else BIRD's message as a sentence (the candidate is removed again)."""
-    f.run_dir.mkdir(parents=True, exist_ok=True)
+def validate(f: daemons.Files, config: str, user: Account | None = None) -> str | None:
+    """Write ``config`` as the candidate and run ``bird -p`` over it (as ``user``): None
+    when accepted, else BIRD's message as a sentence (the candidate is removed again)."""
+    _run_dir(f, user)
     f.candidate.write_text(config)
     try:
         done = subprocess.run(
-            daemons.validate_argv(f.candidate),
+            daemons.validate_argv(f.candidate, user=user.name if user else None),
             capture_output=True,
             text=True,
             timeout=TOOL_TIMEOUT,
@@ -158,10 +184,11 @@ def reload(f: daemons.Files, config: str) -> str | None:
     return None
 
 
-def prepare_start(f: daemons.Files, config: str) -> None:
-    """The files a start needs: ``bird.conf`` with ``config`` (from the validated
-    candidate when it is one), no stale socket or pid file, a fresh log."""
-    f.run_dir.mkdir(parents=True, exist_ok=True)
+def prepare_start(f: daemons.Files, config: str, user: Account | None = None) -> None:
+    """The files a start needs: the run directory (``user``'s), ``bird.conf`` with
+    ``config`` (from the validated candidate when it is one), no stale socket or pid
+    file, a fresh log."""
+    _run_dir(f, user)
     if _read(f.candidate) == config:
         os.replace(f.candidate, f.config)
     elif _read(f.config) != config:
@@ -227,8 +254,11 @@ class Supervisor:
         *,
         on_change: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        user: str | None = daemons.USER,
     ) -> None:
         self.realizer = realizer
+        self.user_name = user
+        self.user: Account | None = None
         self.naming = realizer.naming
         self.on_change = on_change
         self.clock = clock
@@ -263,6 +293,8 @@ class Supervisor:
             return Report(None, None)
         if self.version is None:
             self.version = await asyncio.to_thread(bird_version)
+            if self.user_name is not None:
+                self.user = await asyncio.to_thread(account, self.user_name)
         f = self.files(name)
         pid = await self._pid(name, f)
         now = self.clock()
@@ -289,7 +321,7 @@ class Supervisor:
             key = (name, wanted.config)
             if key not in self._refusals:
                 self._refusals = {k: v for k, v in self._refusals.items() if k[0] != name}
-                self._refusals[key] = await asyncio.to_thread(validate, f, wanted.config)
+                self._refusals[key] = await asyncio.to_thread(validate, f, wanted.config, self.user)
             refusal = self._refusals[key]
             if refusal is not None:
                 logger.warning("VRF %s: %s", name, refusal)
@@ -345,9 +377,10 @@ class Supervisor:
         return Report(status, problem)
 
     async def _start(self, name: str, f: daemons.Files, config: str) -> int | None:
-        await asyncio.to_thread(prepare_start, f, config)
+        await asyncio.to_thread(prepare_start, f, config, self.user)
+        argv = daemons.argv(f, user=self.user.name if self.user else None)
         try:
-            process = await self.realizer.launch(name, daemons.argv(f), cwd=f.run_dir, log=f.log)
+            process = await self.realizer.launch(name, argv, cwd=f.run_dir, log=f.log)
         except OSError as error:
             self._exit[name] = f"could not start: {error}"
             return None
