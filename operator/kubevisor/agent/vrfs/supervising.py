@@ -322,9 +322,9 @@ class Supervisor:
             if key not in self._refusals:
                 self._refusals = {k: v for k, v in self._refusals.items() if k[0] != name}
                 self._refusals[key] = await asyncio.to_thread(validate, f, wanted.config, self.user)
+                if self._refusals[key] is not None:  # logged once per refused config
+                    logger.warning("VRF %s: %s", name, self._refusals[key])
             refusal = self._refusals[key]
-            if refusal is not None:
-                logger.warning("VRF %s: %s", name, refusal)
             observed = dataclasses.replace(observed, refusal=refusal)
         action = daemons.decide(observed)
         problem: daemons.Problem | None = None
