@@ -287,7 +287,7 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
             )
         yield env
     finally:
-        for vrf in ("red", "blue", "green", "tagged"):
+        for vrf in ("red", "blue", "green", "tagged", "routed"):
             try:
                 kubernetes.client.CustomObjectsApi(cluster.api).delete_namespaced_custom_object(
                     G, V, NS, "vrfs", vrf
@@ -425,6 +425,109 @@ def test_vlan_member_reports_missing_8021q(env: Env) -> None:
     _wait(lambda: env.ready("tagged").get("reason") == "BackendUnavailable", what="condition")
     assert env.status("tagged")["readyNodes"] == "0/2"
     env.delete("tagged")
+
+
+ROUTED_TABLE = 2500
+BIRD_CONFIG = f"""
+router id 10.99.0.1;
+protocol device {{}}
+protocol kernel {{ ipv4 {{ export all; }}; kernel table {ROUTED_TABLE}; }}
+protocol static {{ ipv4; route 192.0.2.0/24 blackhole; }}
+"""
+
+
+def _daemon_entries(env: Env, name: str) -> dict[str, dict[str, Any]]:
+    nodes = env.status(name).get("nodes") or {}
+    return {node: dict(nodes.get(env.names[node]) or {}) for node in NODES}
+
+
+def _bird_processes(config: str) -> list[int]:
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if config.encode() in path.read_bytes():
+                found.append(int(path.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_bird_runs_in_each_node_context_reloads_refuses_and_comes_back(env: Env) -> None:
+    """Issue 18's first slice through the whole loop: routing.daemon bird on both nodes,
+    a refused config, a killed daemon, and a deletion that leaves nothing behind."""
+    testing.require_tools("bird", "birdc")
+    spec = {"table": ROUTED_TABLE, "routing": {"daemon": "bird", "config": BIRD_CONFIG}}
+    env.create("routed", spec)
+
+    def running() -> dict[str, dict[str, Any]] | None:
+        entries = _daemon_entries(env, "routed")
+        ok = all(
+            e.get("ready") is True and (e.get("daemon") or {}).get("state") == "Running"
+            for e in entries.values()
+        )
+        return entries if ok else None
+
+    entries = _wait(running, what="bird Running on both nodes", show=lambda: env.status("routed"))
+    _wait(lambda: env.status("routed").get("phase") == "Ready", what="routed Ready")
+    pids = {}
+    for node in NODES:
+        daemon = entries[node]["daemon"]
+        assert daemon["name"] == "bird" and daemon["version"].startswith("2.")
+        pids[node] = daemon["pid"]
+        vrf_ns = Path("/run/netns") / env.vrf_ns(node, "routed")
+        assert os.stat(f"/proc/{pids[node]}/ns/net").st_ino == os.stat(vrf_ns).st_ino
+        _wait(
+            lambda n=node: (
+                "192.0.2.0/24 proto bird"
+                in _ip("route", "show", "table", str(ROUTED_TABLE), ns=env.vrf_ns(n, "routed"))
+            ),
+            timeout=20,
+            what=f"BIRD's route in the VRF's table on node {node}",
+        )
+    assert pids["a"] != pids["b"]
+
+    # a broken config is refused with BIRD's words; the daemons keep running
+    env.custom.patch_namespaced_custom_object(
+        G, V, NS, "vrfs", "routed",
+        {"spec": {"routing": {"config": BIRD_CONFIG + "protocol nonsense {}\n"}}},
+    )  # fmt: skip
+    _wait(
+        lambda: env.ready("routed").get("reason") == "InvalidDaemonConfig",
+        what="Ready=False InvalidDaemonConfig",
+        show=lambda: env.status("routed"),
+    )
+    message = env.ready("routed")["message"]
+    assert "BIRD refused routing.config" in message
+    for node in NODES:
+        entry = _daemon_entries(env, "routed")[node]
+        assert entry["reason"] == "InvalidDaemonConfig"
+        assert entry["daemon"]["state"] == "Running" and entry["daemon"]["pid"] == pids[node]
+
+    # back to the good config; then a killed daemon comes back
+    env.custom.patch_namespaced_custom_object(
+        G, V, NS, "vrfs", "routed", {"spec": {"routing": {"config": BIRD_CONFIG}}}
+    )
+    _wait(running, what="routed ready again")
+    os.kill(pids["a"], 9)
+    entries = _wait(
+        lambda: (e := running()) and e["a"]["daemon"]["pid"] != pids["a"] and e,
+        timeout=30,
+        what="a new bird on node a",
+    )
+    assert entries["b"]["daemon"]["pid"] == pids["b"]
+
+    # deletion: no daemon, socket or config left
+    run_dirs = [Path(env.agents.realizers[node].naming.run_dir(f"{NS}.routed")) for node in NODES]
+    env.delete("routed")
+    _wait(
+        lambda: (
+            not any(d.exists() for d in run_dirs)
+            and not _bird_processes(str(run_dirs[0]))
+            and not _bird_processes(str(run_dirs[1]))
+        ),
+        timeout=RESYNC * 5 + 10,
+        what="no bird and no run directory left",
+    )
 
 
 def test_a_restarted_agent_repairs_removes_and_keeps_tables(env: Env) -> None:

@@ -128,8 +128,14 @@ class Reason(StrEnum):
     """An annotation whose value is copied into status (kubevisor.io/restart) is not a
     valid value; it is ignored and the message says why."""
     DAEMON_UNAVAILABLE = "DaemonUnavailable"
-    """The spec asks for a routing daemon (routing.daemon) that no daemon on the node
-    runs yet; its config is not applied."""
+    """The spec asks for a routing daemon (routing.daemon) this node cannot run (not
+    installed, or not on this backend); its config is not applied."""
+    INVALID_DAEMON_CONFIG = "InvalidDaemonConfig"
+    """The daemon's own parser (bird -p) refused routing.config; the message quotes it.
+    A daemon already running keeps its previous config."""
+    DAEMON_FAILED = "DaemonFailed"
+    """The VRF's routing daemon is not running (it died or could not start); it is
+    restarted with backoff (1 s doubling to 60 s)."""
     IN_PROGRESS = "InProgress"
     """The operation is under way."""
     SUCCEEDED = "Succeeded"

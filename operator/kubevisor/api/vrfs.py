@@ -42,6 +42,9 @@ Backend = Literal["auto", "vrf", "netns"]
 RealBackend = Literal["vrf", "netns"]
 RouteType = Literal["unicast", "blackhole", "unreachable", "prohibit"]
 RoutingDaemon = Literal["none", "bird"]
+#: A node's routing daemon for a VRF: Running (its pid alive), Restarting (it died and
+#: waits out its backoff), Stopped (not started: no valid config yet).
+DaemonState = Literal["Running", "Restarting", "Stopped"]
 
 TableId = Annotated[
     int,
@@ -283,9 +286,11 @@ class VRFRouting(common.Model):
     """An optional routing daemon run inside the VRF."""
 
     daemon: RoutingDaemon = "none"
-    """none, or bird (run in the VRF's context with config)."""
+    """none, or bird (BIRD 2, run in the VRF's network namespace and cgroup with config;
+    netns backend only so far)."""
     config: Annotated[str, Field(max_length=65536)] | None = None
-    """Daemon configuration file contents."""
+    """Daemon configuration file contents, validated on each node with the daemon's own
+    parser (bird -p) before use; a refused config leaves the running daemon as it is."""
 
 
 _UNIQUE_IFACES = common.rule(
@@ -358,6 +363,23 @@ class VRFUsage(common.Model):
     """Memory in use, in bytes."""
 
 
+class VRFDaemonStatus(common.Model):
+    """The VRF's routing daemon on one node (routing.daemon other than none)."""
+
+    name: RoutingDaemon
+    """Which daemon, e.g. bird."""
+    version: Annotated[str, Field(max_length=64)] | None = None
+    """The daemon's version on this node, e.g. 2.0.12."""
+    state: DaemonState
+    """Running, Restarting (died; restarted with backoff 1 s doubling to 60 s) or Stopped."""
+    pid: Annotated[int, Field(ge=1)] | None = None
+    """Process id on the node while running."""
+    restarts: Annotated[int, Field(ge=0)] | None = None
+    """Deaths in a row this agent has restarted it after (0 once it ran for a minute)."""
+    config_hash: Annotated[str, Field(max_length=64)] | None = None
+    """First 12 hex digits of the sha256 of the config the daemon runs."""
+
+
 class VRFNodeStatus(common.Model):
     """What one node's agent reports for this VRF, read back from the kernel."""
 
@@ -378,6 +400,8 @@ class VRFNodeStatus(common.Model):
     """What is wrong on this node, if anything, as a sentence."""
     usage: VRFUsage | None = None
     """Resource usage of the VRF's context."""
+    daemon: VRFDaemonStatus | None = None
+    """The routing daemon on this node, when routing.daemon is not none."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """metadata.generation this entry was computed from."""
     last_sync_time: common.Timestamp | None = None

@@ -18,10 +18,12 @@ running.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +246,7 @@ def remove_vrf_leftovers(name: str) -> list[str]:
             if not parent.is_dir() or not parents.match(parent.name):
                 continue
             for child in sorted(p for p in parent.iterdir() if p.is_dir()):
+                _kill_members(child)  # e.g. a VRF's routing daemon
                 try:
                     child.rmdir()
                 except OSError:
@@ -253,7 +256,33 @@ def remove_vrf_leftovers(name: str) -> list[str]:
                 removed.append(f"cgroup {parent}")
             except OSError:
                 pass
+    # the VRFs' routing daemon run directories (vrfnaming.Naming.run_dir)
+    run_root = Path(RUN_ROOT)
+    for run_dir in sorted(run_root.iterdir()) if run_root.is_dir() else []:
+        if prefix.match(run_dir.name):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(f"run dir {run_dir}")
     return removed
+
+
+#: Where the agents' VRF routing daemons keep their files (VRFRealizer's default).
+RUN_ROOT = "/run/kubevisor"
+
+
+def _kill_members(cgroup: Path, *, timeout: float = 10.0) -> None:
+    """SIGKILL the processes of a leftover VRF cgroup and wait until it is empty."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)  # polling the cgroup's emptiness, with a deadline
 
 
 def _gone(pid: int) -> bool:

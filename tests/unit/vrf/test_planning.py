@@ -129,25 +129,51 @@ def test_plan_node_uses_the_assigned_tables_and_refuses_only_node_limits() -> No
 
 
 @pytest.mark.parametrize(
-    ("routing", "reason"),
+    ("routing", "installed", "backend", "reason", "says"),
     [
-        (None, None),
-        ({"daemon": "none"}, None),
-        ({"daemon": "bird", "config": "router id 10.0.0.1;"}, "DaemonUnavailable"),
-        ({"daemon": "bird", "config": "this is not BIRD syntax"}, "DaemonUnavailable"),
+        (None, frozenset(), "netns", None, ""),
+        ({"daemon": "none"}, frozenset(), "netns", None, ""),
+        (
+            {"daemon": "bird", "config": "router id 10.0.0.1;"},
+            frozenset({"bird"}),
+            "netns",
+            None,
+            "",
+        ),
+        # a node without bird: DaemonUnavailable with a sentence saying so
+        (
+            {"daemon": "bird", "config": "router id 10.0.0.1;"},
+            frozenset(),
+            "netns",
+            "DaemonUnavailable",
+            "not installed on this node",
+        ),
+        # l3mdev: the daemon would see the node's namespace, so it is not run there
+        (
+            {"daemon": "bird", "config": "router id 10.0.0.1;"},
+            frozenset({"bird"}),
+            "vrf",
+            "DaemonUnavailable",
+            "set backend: netns",
+        ),
     ],
 )
 def test_a_daemon_the_agent_cannot_run_is_not_ready(
-    routing: dict[str, str] | None, reason: str | None
+    routing: dict[str, str] | None,
+    installed: frozenset[str],
+    backend: vrfs.RealBackend,
+    reason: str | None,
+    says: str,
 ) -> None:
     """Issue 9 item 6: routing.daemon bird reported Ready although no daemon ran."""
     raw: dict[str, Any] = {"interfaces": [{"name": "red0", "network": "red"}]}
     if routing is not None:
         raw["routing"] = routing
-    problem = planning.daemon_problem(_spec(raw))
+    problem = planning.daemon_problem(_spec(raw), installed=installed, backend=backend)
     if reason is None:
         assert problem is None
     else:
         assert problem is not None
         assert problem.reason == reason
         assert "'bird'" in problem.message and "not applied" in problem.message
+        assert says in problem.message

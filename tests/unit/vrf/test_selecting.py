@@ -91,3 +91,18 @@ def test_entry_clears_absent_fields() -> None:
 def test_reason_change_is_written() -> None:
     base = _entry(ready=False, reason="SegmentMissing", message="m")
     assert selecting.needs_write(base, {**base, "reason": "KernelError"}, age_seconds=1)
+
+
+def test_daemon_entry_is_compared_as_the_api_server_holds_it() -> None:
+    """A merge patch clears the daemon's None fields, so the stored entry lacks them: that
+    is no change; a new pid or state is."""
+    daemon = {"name": "bird", "version": "2.0.12", "state": "Restarting", "pid": None,
+              "restarts": 1, "configHash": None}  # fmt: skip
+    wanted = _entry(daemon=daemon)
+    assert wanted["daemon"] == daemon
+    stored = {**wanted, "daemon": {k: v for k, v in daemon.items() if v is not None}}
+    assert not selecting.needs_write(stored, wanted, age_seconds=1)
+    running = _entry(daemon={**daemon, "state": "Running", "pid": 42, "configHash": "abc"})
+    assert selecting.needs_write(stored, running, age_seconds=1)
+    assert selecting.needs_write(_entry(), wanted, age_seconds=1)  # daemon appeared
+    assert selecting.entry(None, generation=1, now="t")["daemon"] is None

@@ -21,6 +21,7 @@ def _wire(model: type[BaseModel]) -> set[str]:
     ("typed", "model"),
     [
         (specs.UsageStatus, vrfs.VRFUsage),
+        (specs.DaemonStatus, vrfs.VRFDaemonStatus),
     ],
 )
 def test_keys_match_the_api_model(typed: Any, model: type[BaseModel]) -> None:

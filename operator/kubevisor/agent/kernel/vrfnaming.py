@@ -43,6 +43,12 @@ class Naming:
     node_netns: str | None
     netns_prefix: str
     cgroup_parent: str
+    run_root: str = "/run/kubevisor"
+
+    def run_dir(self, vrf: str) -> str:
+        """Directory of the VRF's routing daemon (config, control socket, pid file):
+        named like its namespace, so two simulated nodes on one machine never share one."""
+        return f"{self.run_root}/{self.vrf_netns(vrf)}"
 
     def vrf_netns(self, vrf: str) -> str:
         """Namespace of a netns-backend VRF."""

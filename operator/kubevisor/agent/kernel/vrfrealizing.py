@@ -66,7 +66,8 @@ class VRFRealizer:
 
     ``netns_prefix`` names the per-VRF namespaces (default ``kvvrf-``, or
     ``<node_netns>-vrf-`` for a simulated node, so two simulated nodes on one machine never
-    collide); ``cgroup_parent`` is the cgroup directory holding the VRFs' contexts.
+    collide); ``cgroup_parent`` is the cgroup directory holding the VRFs' contexts;
+    ``run_root`` holds their routing daemons' run directories (``Naming.run_dir``).
     """
 
     def __init__(
@@ -76,12 +77,13 @@ class VRFRealizer:
         netns_prefix: str | None = None,
         cgroup_parent: str | None = None,
         cgroup_root: Path = cgroups.CGROUP_ROOT,
+        run_root: str = "/run/kubevisor",
     ) -> None:
         if netns_prefix is None:
             netns_prefix = "kvvrf-" if node_netns is None else f"{node_netns}-vrf-"
         if cgroup_parent is None:
             cgroup_parent = "kubevisor-vrf" if node_netns is None else f"kubevisor-{node_netns}"
-        self.naming = vrfnaming.Naming(node_netns, netns_prefix, cgroup_parent)
+        self.naming = vrfnaming.Naming(node_netns, netns_prefix, cgroup_parent, run_root)
         self._cgroup_root = cgroup_root
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-netlink")
 
@@ -102,9 +104,12 @@ class VRFRealizer:
         """Status of every VRF this realizer finds on the node, by name."""
         return await self._run(self.observe_sync)
 
-    async def launch(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        """Start a process in the VRF's context (its namespace and cgroup)."""
-        return await self._run(self.launch_sync, name, argv)
+    async def launch(
+        self, name: str, argv: Sequence[str], *, cwd: Path | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a process in the VRF's context (its namespace and cgroup), in its own
+        session (an agent restart leaves it running); ``log`` takes its stdout/stderr."""
+        return await self._run(lambda: self.launch_sync(name, argv, cwd=cwd, log=log))
 
     def close(self) -> None:
         """Stop the worker thread."""
@@ -435,7 +440,9 @@ class VRFRealizer:
     def _cgroup(self, name: str) -> cgroups.CgroupContext:
         return cgroups.CgroupContext(name, parent=self.naming.cgroup_parent, root=self._cgroup_root)
 
-    def launch_sync(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    def launch_sync(
+        self, name: str, argv: Sequence[str], *, cwd: Path | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """`launch`, on the calling thread."""
         ns = self.naming.vrf_netns(name)
         target = ns if ns in netns.listnetns() else self.naming.node_netns
@@ -451,11 +458,18 @@ class VRFRealizer:
             if target is not None:
                 netns.setns(target, flags=0)
 
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=enter,  # setns must happen between fork and exec
-        )
+        output = open(log, "ab") if log is not None else None
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=output if output is not None else subprocess.DEVNULL,
+                stderr=output if output is not None else subprocess.DEVNULL,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=enter,  # setns must happen between fork and exec
+            )
+        finally:
+            if output is not None:
+                output.close()
         return process

@@ -33,7 +33,7 @@ from kubevisor.agent import segmenting, segments
 from kubevisor.agent.kernel import probing, vrfrealizing
 from kubevisor.agent.kube import ApiClient, statuses, watches
 from kubevisor.agent.runtime import informing, looping
-from kubevisor.agent.vrfs import planning, selecting, specs
+from kubevisor.agent.vrfs import daemons, planning, selecting, specs, supervising
 from kubevisor.api import conditions, kinds, nodes, vrfs
 
 logger = logging.getLogger(__name__)
@@ -105,8 +105,10 @@ class VRFAgent:
         kernel_has_vrf: bool | None = None,
         kernel_has_8021q: bool | None = None,
         node_segments: segmenting.NodeSegments | None = None,
+        daemons_installed: frozenset[str] | None = None,
     ) -> None:
         self.node = node
+        self.daemons_installed = daemons_installed
         self.node_segments = node_segments
         self.labels = dict(labels)
         self.realizer = realizer
@@ -121,6 +123,9 @@ class VRFAgent:
             watches.ListWatch(api, PLURAL), on_change=lambda _key: self.loop.enqueue(NODE_PASS)
         )
         self._entries = statuses.NodeEntryWriter(api, plural=PLURAL, node=node)
+        self.supervisor = supervising.Supervisor(
+            realizer, on_change=lambda: self.loop.enqueue(NODE_PASS)
+        )
         self.passes = 0
 
     def _fingerprint(self) -> str:
@@ -135,6 +140,8 @@ class VRFAgent:
         )
 
     async def _facts(self) -> tuple[bool, bool]:
+        if self.daemons_installed is None:
+            self.daemons_installed = await asyncio.to_thread(supervising.installed)
         if self.kernel_has_vrf is None:
             self.kernel_has_vrf = await asyncio.to_thread(probing.detect_backend) == "vrf"
         if self.kernel_has_8021q is None:
@@ -162,6 +169,7 @@ class VRFAgent:
         # waiting VRFs (the controller has not decided their generation) keep what they have
         for name in sorted(set(observed) - set(plan.desired) - set(selection.waiting)):
             logger.info("removing VRF %s from node %s", name, self.node)
+            await self.supervisor.stop(name)
             await self.realizer.remove(name)
         now = datetime.now(UTC)
         stamp = conditions.format_time(now)
@@ -169,12 +177,7 @@ class VRFAgent:
         for name, desired in plan.desired.items():
             sel = selection.wanted[name]
             status: specs.NodeVRFStatus = await self.realizer.apply(desired)
-            daemon = planning.daemon_problem(sel.spec)
-            if daemon is not None and status["ready"]:
-                status = status.copy()
-                status["ready"] = False
-                status["reason"] = daemon.reason
-                status["message"] = daemon.message
+            status = await self._daemon(name, sel.spec, desired, status)
             entries[sel.key] = selecting.entry(status, generation=sel.generation, now=stamp)
         for name, problem in plan.refused.items():
             sel = selection.wanted[name]
@@ -199,9 +202,39 @@ class VRFAgent:
                     selecting.why_not_selected(obj, labels=nodes.node_labels(self.labels)),
                 )
                 await self._entries.patch(key[0], key[1], None)
+        await self.supervisor.sweep(set(plan.desired) | set(selection.waiting))
         if self.node_segments is not None:
             await self.node_segments.set_needed(segmenting.VRFS, wanted_segments)
         self.passes += 1
+
+    async def _daemon(
+        self,
+        name: str,
+        spec: vrfs.VRFSpec,
+        desired: planning.DesiredVRF,
+        status: specs.NodeVRFStatus,
+    ) -> specs.NodeVRFStatus:
+        """Run the VRF's routing daemon once its context is realized, and fold its state
+        into the node entry: a daemon that cannot run, was refused its config or is down
+        keeps the VRF from Ready. A VRF whose kernel part failed leaves its daemon as is."""
+        problem = planning.daemon_problem(
+            spec, installed=self.daemons_installed or frozenset(), backend=desired.backend
+        )
+        if not status["ready"]:
+            return status
+        status = status.copy()
+        if problem is None:
+            report = await self.supervisor.ensure(name, daemons.wanted(spec))
+            if report.status is not None:
+                status["daemon"] = report.status
+            problem = report.problem
+        else:
+            await self.supervisor.stop(name)
+        if problem is not None:
+            status["ready"] = False
+            status["reason"] = problem.reason
+            status["message"] = problem.message
+        return status
 
     async def _ensure_segments(self, vrf_specs: list[vrfs.VRFSpec]) -> set[segments.Segment]:
         """Set up the segment bridges of the VRFs to realize (with a shared segment set);
@@ -245,6 +278,7 @@ class VRFAgent:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+            self.supervisor.close()  # the daemons keep running: a restart adopts them
 
 
 async def run_vrfs(

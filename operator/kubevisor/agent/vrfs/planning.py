@@ -198,24 +198,46 @@ def plan(
     )
 
 
-#: Routing daemons this agent can run in a VRF's context (none yet: issue 18 adds them).
-RUNNABLE_DAEMONS: frozenset[str] = frozenset()
+#: Routing daemons this agent runs in a VRF's context when their programs are on the node
+#: (the agent probes which are: `supervising.installed`).
+RUNNABLE_DAEMONS: frozenset[str] = frozenset({"bird"})
 
 
-def daemon_problem(spec: vrfs.VRFSpec) -> Problem | None:
+def daemon_problem(
+    spec: vrfs.VRFSpec,
+    *,
+    installed: frozenset[str] = frozenset(),
+    backend: vrfs.RealBackend = "netns",
+) -> Problem | None:
     """Why the VRF's ``routing.daemon`` cannot run on this node, or None.
 
-    The kernel part of the VRF is still realized, but a VRF whose daemon (and so its
-    config) is not applied must not report Ready: the node entry says DaemonUnavailable.
+    ``installed``: the daemons whose programs this node has; ``backend``: the one the VRF
+    is realized with here (daemons run in a VRF's own namespace only, so far). The kernel
+    part of the VRF is still realized, but a VRF whose daemon (and so its config) is not
+    applied must not report Ready: the node entry says DaemonUnavailable.
     """
     daemon = spec.routing.daemon if spec.routing is not None else "none"
-    if daemon == "none" or daemon in RUNNABLE_DAEMONS:
+    if daemon == "none":
         return None
-    return Problem(
-        Reason.DAEMON_UNAVAILABLE,
-        f"routing.daemon {daemon!r} is not run by this agent yet; its config is not applied "
-        "(the VRF's interfaces and static routes are).",
-    )
+    unapplied = "its config is not applied (the VRF's interfaces and static routes are)."
+    if daemon not in RUNNABLE_DAEMONS:
+        return Problem(
+            Reason.DAEMON_UNAVAILABLE,
+            f"routing.daemon {daemon!r} is not run by this agent; {unapplied}",
+        )
+    if daemon not in installed:
+        return Problem(
+            Reason.DAEMON_UNAVAILABLE,
+            f"routing.daemon {daemon!r} needs BIRD 2 (bird and birdc), which is not installed"
+            f" on this node; {unapplied}",
+        )
+    if backend != "netns":
+        return Problem(
+            Reason.DAEMON_UNAVAILABLE,
+            f"routing.daemon {daemon!r} runs in a VRF's network namespace only so far, and"
+            f" this node realizes the VRF as an l3mdev device (set backend: netns); {unapplied}",
+        )
+    return None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from kubevisor.api.conditions import Reason
 CONTROLLER_REFUSALS = conditions.VRF_REFUSALS
 #: Entry fields compared to decide whether to write (lastSyncTime and usage excluded).
 COMPARED = ("backend", "table", "interfaces", "routesInstalled", "ready", "reason", "message")
+#: Compared too, without its None values (a merge patch clears them, so they read absent).
+COMPARED_DAEMON = "daemon"
 #: How old the reported usage may get before an otherwise unchanged entry is rewritten.
 USAGE_REFRESH_SECONDS = 300.0
 
@@ -151,10 +153,12 @@ def entry(
             "reason": problem.reason if problem is not None else Reason.NODE_NOT_READY,
             "message": problem.message if problem is not None else None,
             "usage": None,
+            "daemon": None,
             "observedGeneration": generation,
             "lastSyncTime": now,
         }
     usage = status.get("usage")
+    daemon = status.get("daemon")
     return {
         "backend": status["backend"],
         "table": status["table"],
@@ -164,9 +168,17 @@ def entry(
         "reason": status["reason"],
         "message": status["message"],
         "usage": dict(usage) if usage is not None else None,
+        "daemon": dict(daemon) if daemon is not None else None,
         "observedGeneration": generation,
         "lastSyncTime": now,
     }
+
+
+def _set(value: Any) -> dict[str, Any] | None:
+    """A nested entry as the API server holds it after a merge patch (no None values)."""
+    if not isinstance(value, Mapping):
+        return None
+    return {k: v for k, v in value.items() if v is not None}
 
 
 def needs_write(
@@ -179,6 +191,8 @@ def needs_write(
     for name in (*COMPARED, "observedGeneration"):
         if current.get(name) != wanted.get(name):
             return True
+    if _set(current.get(COMPARED_DAEMON)) != _set(wanted.get(COMPARED_DAEMON)):
+        return True
     if (current.get("usage") is None) != (wanted.get("usage") is None):
         return True
     if wanted.get("usage") is not None and (

@@ -24,6 +24,17 @@ class UsageStatus(TypedDict):
     memoryBytes: int
 
 
+class DaemonStatus(TypedDict):
+    """The VRF's routing daemon on this node (None values are cleared on the wire)."""
+
+    name: str
+    version: str | None
+    state: vrfs.DaemonState
+    pid: int | None
+    restarts: int | None
+    configHash: str | None
+
+
 class NodeVRFStatus(TypedDict):
     """What one node reports for one VRF: level-based, read back from the kernel.
 
@@ -38,3 +49,4 @@ class NodeVRFStatus(TypedDict):
     reason: str | None
     message: str
     usage: NotRequired[UsageStatus]
+    daemon: NotRequired[DaemonStatus]

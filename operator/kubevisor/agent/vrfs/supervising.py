@@ -1,0 +1,474 @@
+"""Run each VRF's routing daemon in its context: validate, start, reload, restart, stop, adopt.
+
+The adapter half of `kubevisor.agent.vrfs.daemons` (which decides). The VRF loop calls,
+every pass, ``await supervisor.ensure(name, wanted)`` for each VRF it realized, then
+``sweep(keep)``; before removing a VRF it calls ``stop(name)``. Level-based: the facts are
+read again on every call (the pid file checked against ``/proc/PID/cmdline``, the config
+file the daemon runs), so a restarted agent adopts a daemon it finds running instead of
+starting a second one. Only restart counts and the time of the next restart live in
+memory: an agent restart forgets a backoff, never a daemon.
+
+- A config that is not the applied one is written as the candidate and checked with
+  ``bird -p`` first; a refusal becomes reason InvalidDaemonConfig with BIRD's message and
+  leaves the running daemon (and its ``bird.conf``) untouched.
+- A change is loaded with ``birdc configure "<candidate>"``, then the candidate becomes
+  ``bird.conf``: reloaded, never restarted.
+- The daemon starts through `VRFRealizer.launch` (the VRF's namespace and cgroup) in its
+  own session, and counts as started once its control socket is there.
+- A death is seen at once (a pidfd on the event loop wakes the VRF loop) and the daemon
+  comes back after 1 s doubling to 60 s (`daemons.restart_delay`).
+
+Blocking work (files, /proc, bird -p, birdc, waiting for the socket) runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubevisor.agent.kernel import vrfrealizing
+from kubevisor.agent.vrfs import daemons, specs
+from kubevisor.api import vrfs
+from kubevisor.api.conditions import Reason
+
+logger = logging.getLogger(__name__)
+
+#: How long a starting daemon has to open its control socket.
+START_TIMEOUT = 10.0
+#: How long a stopped daemon has after SIGTERM before SIGKILL.
+STOP_TIMEOUT = 5.0
+#: Timeout of one bird -p or birdc call.
+TOOL_TIMEOUT = 30.0
+
+
+def installed() -> frozenset[str]:
+    """The daemons whose programs are on this node's PATH (blocking: call in a thread)."""
+    return (
+        frozenset({"bird"})
+        if shutil.which(daemons.BIRD) and shutil.which(daemons.BIRDC)
+        else frozenset()
+    )
+
+
+def bird_version() -> str | None:
+    """``bird --version`` (it prints to stderr); None when bird is missing."""
+    try:
+        done = subprocess.run(
+            [daemons.BIRD, "--version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return daemons.parse_version(done.stdout + done.stderr)
+
+
+@dataclass(frozen=True)
+class Account:
+    """The account the daemon runs as: its name (for ``-u``/``-g``), uid and gid (the run
+    directory is given to it, for the socket and the pid file)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def account(name: str = daemons.USER) -> Account | None:
+    """The daemon's account on this node, or None (then it runs as root)."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+def _run_dir(f: daemons.Files, user: Account | None) -> None:
+    f.run_dir.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        os.chown(f.run_dir, user.uid, user.gid)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return text.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def find_pid(f: daemons.Files) -> int | None:
+    """The pid of this VRF's live daemon, from its pid file checked against /proc."""
+    text = _read(f.pid_file)
+    try:
+        pid = int((text or "").strip())
+    except ValueError:
+        return None
+    if daemons.is_our_daemon(_cmdline(pid), f) and not _zombie(pid):
+        return pid
+    return None
+
+
+def _tail(path: Path, lines: int = 3) -> str | None:
+    text = _read(path)
+    if not text:
+        return None
+    return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def validate(f: daemons.Files, config: str, user: Account | None = None) -> str | None:
+    """Write ``config`` as the candidate and run ``bird -p`` over it (as ``user``): None
+    when accepted, else BIRD's message as a sentence (the candidate is removed again)."""
+    _run_dir(f, user)
+    f.candidate.write_text(config)
+    try:
+        done = subprocess.run(
+            daemons.validate_argv(f.candidate, user=user.name if user else None),
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            cwd=f.run_dir,
+        )
+    except subprocess.TimeoutExpired:
+        f.candidate.unlink(missing_ok=True)
+        return "BIRD's parser did not answer within 30 s; routing.config is not applied."
+    if done.returncode == 0:
+        return None
+    f.candidate.unlink(missing_ok=True)
+    return daemons.refusal_message(done.stderr + done.stdout, f.candidate)
+
+
+def reload(f: daemons.Files, config: str) -> str | None:
+    """Load the candidate into the running daemon, then make it ``bird.conf``; None on
+    success, else what birdc said."""
+    if _read(f.candidate) != config:
+        f.candidate.write_text(config)
+    try:
+        done = subprocess.run(
+            daemons.reload_argv(f.candidate),
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            cwd=f.run_dir,
+        )
+    except subprocess.TimeoutExpired:
+        return "birdc configure did not answer within 30 s"
+    out = (done.stdout + done.stderr).strip()
+    if done.returncode != 0 or ("Reconfigured" not in out and "Reconfiguration" not in out):
+        return f"birdc configure failed: {' / '.join(out.splitlines()[-2:])}"
+    os.replace(f.candidate, f.config)
+    return None
+
+
+def prepare_start(f: daemons.Files, config: str, user: Account | None = None) -> None:
+    """The files a start needs: the run directory (``user``'s), ``bird.conf`` with
+    ``config`` (from the validated candidate when it is one), no stale socket or pid
+    file, a fresh log."""
+    _run_dir(f, user)
+    if _read(f.candidate) == config:
+        os.replace(f.candidate, f.config)
+    elif _read(f.config) != config:
+        f.config.write_text(config)
+    for stale in (f.socket, f.pid_file, f.log):
+        stale.unlink(missing_ok=True)
+
+
+def wait_started(f: daemons.Files, process: subprocess.Popen[bytes]) -> bool:
+    """Whether the daemon opened its control socket before exiting or the deadline."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if stat.S_ISSOCK(os.stat(f.socket).st_mode) and f.pid_file.exists():
+                return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.02)  # polling a condition with a deadline
+    return False
+
+
+def terminate(pid: int | None, f: daemons.Files, child: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM the daemon, SIGKILL it after `STOP_TIMEOUT`, reap it if it is our child,
+    then remove the run directory."""
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            if child is not None and child.pid == pid:
+                if child.poll() is not None:
+                    break
+            elif _zombie(pid):
+                break
+            time.sleep(0.02)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=STOP_TIMEOUT)
+    shutil.rmtree(f.run_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One VRF's daemon after a pass: its status entry and why it keeps the VRF from
+    Ready (None: it does not)."""
+
+    status: specs.DaemonStatus | None
+    problem: daemons.Problem | None
+
+
+class Supervisor:
+    """The routing daemons of one node's VRFs. ``on_change`` asks the VRF loop for a pass
+    (a daemon died, or its restart is due)."""
+
+    def __init__(
+        self,
+        realizer: vrfrealizing.VRFRealizer,
+        *,
+        on_change: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+        user: str | None = daemons.USER,
+    ) -> None:
+        self.realizer = realizer
+        self.user_name = user
+        self.user: Account | None = None
+        self.naming = realizer.naming
+        self.on_change = on_change
+        self.clock = clock
+        self.version: str | None = None
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._running: dict[str, float] = {}  # name -> when seen started/adopted
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
+        self._exit: dict[str, str] = {}
+        self._watches: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd)
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._refusals: dict[tuple[str, str], str | None] = {}  # (name, config) -> refusal
+
+    def files(self, name: str) -> daemons.Files:
+        """The daemon's files of VRF ``name`` on this node."""
+        return daemons.files(self.naming.run_dir(name))
+
+    async def _pid(self, name: str, f: daemons.Files) -> int | None:
+        child = self._children.get(name)
+        if child is not None and child.poll() is not None:
+            code = child.returncode
+            self._children.pop(name, None)
+            self._exit[name] = (
+                f"exited with status {code}" if code >= 0 else f"killed by signal {-code}"
+            )
+        return await asyncio.to_thread(find_pid, f)
+
+    async def ensure(self, name: str, wanted: daemons.Wanted | None) -> Report:
+        """One level-based step for VRF ``name``'s daemon towards ``wanted``."""
+        if wanted is None:
+            await self.stop(name)
+            return Report(None, None)
+        if self.version is None:
+            self.version = await asyncio.to_thread(bird_version)
+            if self.user_name is not None:
+                self.user = await asyncio.to_thread(account, self.user_name)
+        f = self.files(name)
+        pid = await self._pid(name, f)
+        now = self.clock()
+        if pid is None and name in self._running:
+            del self._running[name]
+            failures = self._failures.get(name, 0) + 1
+            self._failures[name] = failures
+            self._retry_at[name] = now + daemons.restart_delay(failures)
+            logger.warning("VRF %s: %s %s", name, wanted.daemon, self._exit.get(name, "died"))
+        elif pid is not None:
+            since = self._running.setdefault(name, now)
+            if now - since >= daemons.STABLE_SECONDS:
+                self._failures.pop(name, None)
+        applied = await asyncio.to_thread(_read, f.config)
+        observed = daemons.Observed(
+            wanted=wanted,
+            pid=pid,
+            applied=applied,
+            failures=self._failures.get(name, 0),
+            retry_at=self._retry_at.get(name, 0.0),
+            now=now,
+        )
+        if daemons.needs_validation(observed):
+            key = (name, wanted.config)
+            if key not in self._refusals:
+                self._refusals = {k: v for k, v in self._refusals.items() if k[0] != name}
+                self._refusals[key] = await asyncio.to_thread(validate, f, wanted.config, self.user)
+                if self._refusals[key] is not None:  # logged once per refused config
+                    logger.warning("VRF %s: %s", name, self._refusals[key])
+            refusal = self._refusals[key]
+            observed = dataclasses.replace(observed, refusal=refusal)
+        action = daemons.decide(observed)
+        problem: daemons.Problem | None = None
+        if action.kind == "start" and action.config is not None:
+            pid = await self._start(name, f, action.config)
+            if pid is None:
+                failures = self._failures.get(name, 0) + 1
+                self._failures[name] = failures
+                self._retry_at[name] = now + daemons.restart_delay(failures)
+                self._schedule(name, self._retry_at[name] - now)
+        elif action.kind == "reload" and action.config is not None:
+            error = await asyncio.to_thread(reload, f, action.config)
+            if error is not None:
+                logger.warning("VRF %s: %s", name, error)
+                problem = daemons.Problem(Reason.DAEMON_FAILED, f"{error}.")
+            else:
+                logger.info("VRF %s: %s reloaded its config", name, wanted.daemon)
+            self._refusals.pop((name, action.config), None)
+        elif action.kind == "wait":
+            self._schedule(name, observed.retry_at - now)
+        if pid is not None:
+            self._watch(name, pid)
+        applied = await asyncio.to_thread(_read, f.config)
+        after = dataclasses.replace(
+            observed,
+            pid=pid,
+            applied=applied,
+            failures=self._failures.get(name, 0),
+            retry_at=self._retry_at.get(name, 0.0),
+        )
+        if problem is None:
+            problem = daemons.problem(
+                after, running=pid is not None, exit_text=self._exit.get(name)
+            )
+        state: vrfs.DaemonState
+        if pid is not None:
+            state = "Running"
+        elif name in self._retry_at:
+            state = "Restarting"
+        else:
+            state = "Stopped"
+        status: specs.DaemonStatus = {
+            "name": wanted.daemon,
+            "version": self.version,
+            "state": state,
+            "pid": pid,
+            "restarts": self._failures.get(name, 0),
+            "configHash": daemons.config_hash(applied) if applied is not None and pid else None,
+        }
+        return Report(status, problem)
+
+    async def _start(self, name: str, f: daemons.Files, config: str) -> int | None:
+        await asyncio.to_thread(prepare_start, f, config, self.user)
+        argv = daemons.argv(f, user=self.user.name if self.user else None)
+        try:
+            process = await self.realizer.launch(name, argv, cwd=f.run_dir, log=f.log)
+        except OSError as error:
+            self._exit[name] = f"could not start: {error}"
+            return None
+        if not await asyncio.to_thread(wait_started, f, process):
+            if process.poll() is None:
+                process.kill()
+            await asyncio.to_thread(process.wait)
+            said = await asyncio.to_thread(_tail, f.log)
+            self._exit[name] = f"exited at start: {said}" if said else "exited at start"
+            logger.warning("VRF %s: bird %s", name, self._exit[name])
+            return None
+        self._children[name] = process
+        self._running[name] = self.clock()
+        self._exit.pop(name, None)
+        logger.info("VRF %s: bird started, pid %d", name, process.pid)
+        return process.pid
+
+    def _schedule(self, name: str, delay: float) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[name] = loop.call_later(max(0.0, delay), self.on_change)
+
+    def _watch(self, name: str, pid: int) -> None:
+        """Wake the VRF loop the moment ``pid`` exits (a pidfd, also for an adopted
+        daemon that is not our child)."""
+        if self._watches.get(name, (0, 0))[0] == pid:
+            return
+        self._unwatch(name)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            self.on_change()  # gone already
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, self._exited, name)
+        self._watches[name] = (pid, fd)
+
+    def _exited(self, name: str) -> None:
+        self._unwatch(name)
+        self.on_change()
+
+    def _unwatch(self, name: str) -> None:
+        watch = self._watches.pop(name, None)
+        if watch is not None:
+            asyncio.get_running_loop().remove_reader(watch[1])
+            os.close(watch[1])
+
+    async def stop(self, name: str) -> None:
+        """Stop VRF ``name``'s daemon (if any) and remove its run directory."""
+        self._unwatch(name)
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        f = self.files(name)
+        child = self._children.pop(name, None)
+        pid = await asyncio.to_thread(find_pid, f)
+        if pid is None and child is not None and child.poll() is None:
+            pid = child.pid
+        exists = await asyncio.to_thread(f.run_dir.exists)
+        if pid is not None or exists or child is not None:
+            if pid is not None:
+                logger.info("VRF %s: stopping its daemon, pid %d", name, pid)
+            await asyncio.to_thread(terminate, pid, f, child)
+        self._running.pop(name, None)
+        self._failures.pop(name, None)
+        self._retry_at.pop(name, None)
+        self._exit.pop(name, None)
+        self._refusals = {k: v for k, v in self._refusals.items() if k[0] != name}
+
+    async def sweep(self, keep: set[str]) -> None:
+        """Stop daemons and remove run directories of VRFs not in ``keep`` (left by VRFs
+        deleted while the agent was down)."""
+        root = Path(self.naming.run_root)
+        prefix = self.naming.netns_prefix
+        entries = await asyncio.to_thread(
+            lambda: sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        )
+        for entry in entries:
+            if entry.startswith(prefix) and entry[len(prefix) :] not in keep:
+                await self.stop(entry[len(prefix) :])
+
+    def close(self) -> None:
+        """Forget the watches and timers; the daemons keep running (an agent restart
+        adopts them)."""
+        for name in list(self._watches):
+            self._unwatch(name)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()

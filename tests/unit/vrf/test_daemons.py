@@ -1,0 +1,171 @@
+"""The routing daemon's files, argv and next step: pure, table-tested."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubevisor.agent.kernel import vrfnaming
+from kubevisor.agent.vrfs import daemons
+from kubevisor.api import vrfs
+
+pytestmark = pytest.mark.unit
+
+NAMING = vrfnaming.Naming("kvt-a", "kvt-a-vrf-", "kubevisor-kvt-a", run_root="/run/kv")
+F = daemons.files(NAMING.run_dir("ns.red"))
+RED = daemons.Wanted("bird", "router id 10.0.0.1;\n")
+NEW = daemons.Wanted("bird", "router id 10.0.0.2;\n")
+
+
+def test_files_sit_in_the_run_dir_named_like_the_namespace() -> None:
+    assert NAMING.run_dir("ns.red") == "/run/kv/kvt-a-vrf-ns.red"
+    assert F.config == Path("/run/kv/kvt-a-vrf-ns.red/bird.conf")
+    assert F.candidate == Path("/run/kv/kvt-a-vrf-ns.red/bird.conf.new")
+    assert F.socket == Path("/run/kv/kvt-a-vrf-ns.red/bird.ctl")
+    assert F.pid_file == Path("/run/kv/kvt-a-vrf-ns.red/bird.pid")
+    assert {p.parent for p in (F.config, F.candidate, F.socket, F.pid_file, F.log)} == {F.run_dir}
+
+
+def test_argv() -> None:
+    assert daemons.argv(F) == [
+        "bird",
+        "-f",
+        "-c",
+        "/run/kv/kvt-a-vrf-ns.red/bird.conf",
+        "-s",
+        "bird.ctl",
+        "-P",
+        "/run/kv/kvt-a-vrf-ns.red/bird.pid",
+    ]
+    assert daemons.validate_argv(F.candidate) == ["bird", "-p", "-c", str(F.candidate)]
+    assert daemons.argv(F, user="bird")[:6] == ["bird", "-f", "-u", "bird", "-g", "bird"]
+    assert daemons.validate_argv(F.candidate, user="bird") == [
+        "bird", "-p", "-u", "bird", "-g", "bird", "-c", str(F.candidate)
+    ]  # fmt: skip
+    assert daemons.reload_argv(F.candidate) == [
+        "birdc",
+        "-s",
+        "bird.ctl",
+        "configure",
+        f'"{F.candidate}"',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "ours"),
+    [
+        (daemons.argv(F), True),
+        (["/usr/sbin/bird", *daemons.argv(F)[1:]], True),
+        (daemons.argv(F, user="bird"), True),
+        (["bird", "-f", "-c", "/etc/bird/bird.conf"], False),
+        (["sleep", "600", str(F.config)], False),
+        ([], False),
+    ],
+)
+def test_is_our_daemon(cmdline: list[str], ours: bool) -> None:
+    assert daemons.is_our_daemon(cmdline, F) is ours
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [("BIRD version 2.0.12", "2.0.12"), ("BIRD version 2.15.1\n", "2.15.1"), ("", None)],
+)
+def test_parse_version(text: str, version: str | None) -> None:
+    assert daemons.parse_version(text) == version
+
+
+def test_refusal_message_names_the_field_not_the_file() -> None:
+    out = f"bird: {F.candidate}:2:10 syntax error, unexpected CF_SYM_UNDEFINED\n"
+    message = daemons.refusal_message(out, F.candidate)
+    assert message.startswith(
+        "BIRD refused routing.config: routing.config:2:10 syntax error, unexpected"
+    )
+    assert str(F.run_dir) not in message
+    assert "keeps its previous config" in message
+
+
+@pytest.mark.parametrize(
+    ("routing", "want"),
+    [
+        (None, None),
+        ({"daemon": "none"}, None),
+        ({"daemon": "bird", "config": "x"}, daemons.Wanted("bird", "x")),
+        ({"daemon": "bird"}, daemons.Wanted("bird", "")),
+    ],
+)
+def test_wanted(routing: dict[str, str] | None, want: daemons.Wanted | None) -> None:
+    raw: dict[str, object] = {} if routing is None else {"routing": routing}
+    assert daemons.wanted(vrfs.VRFSpec.model_validate(raw)) == want
+
+
+Obs = daemons.Observed
+A = daemons.Action
+REFUSED = "BIRD refused routing.config: ..."
+
+
+@pytest.mark.parametrize(
+    ("observed", "action"),
+    [
+        # nothing wanted: stop what runs, clean what is left, else nothing
+        (Obs(None, pid=None, applied=None), A("none")),
+        (Obs(None, pid=42, applied=RED.config, has_files=True), A("stop")),
+        (Obs(None, pid=None, applied=None, has_files=True), A("stop")),
+        # first start, after validation
+        (Obs(RED, pid=None, applied=None), A("start", RED.config)),
+        # a refused first config starts nothing
+        (Obs(RED, pid=None, applied=None, refusal=REFUSED), A("none")),
+        # running with the wanted config: nothing to do
+        (Obs(RED, pid=42, applied=RED.config), A("none")),
+        # a config change reloads, never restarts
+        (Obs(NEW, pid=42, applied=RED.config), A("reload", NEW.config)),
+        # a refused change leaves the running daemon alone
+        (Obs(NEW, pid=42, applied=RED.config, refusal=REFUSED), A("none")),
+        # died: waits out its backoff, then comes back
+        (Obs(RED, pid=None, applied=RED.config, failures=2, retry_at=10.0, now=9.0), A("wait")),
+        (
+            Obs(RED, pid=None, applied=RED.config, failures=2, retry_at=10.0, now=10.0),
+            A("start", RED.config),
+        ),
+        # died with a refused change pending: back with the config it ran
+        (Obs(NEW, pid=None, applied=RED.config, refusal=REFUSED), A("start", RED.config)),
+        # died, then a valid change: starts with the new one
+        (Obs(NEW, pid=None, applied=RED.config), A("start", NEW.config)),
+    ],
+)
+def test_decide(observed: daemons.Observed, action: daemons.Action) -> None:
+    assert daemons.decide(observed) == action
+
+
+def test_needs_validation_only_for_a_config_not_applied() -> None:
+    assert daemons.needs_validation(Obs(RED, pid=None, applied=None))
+    assert daemons.needs_validation(Obs(NEW, pid=42, applied=RED.config))
+    assert not daemons.needs_validation(Obs(RED, pid=42, applied=RED.config))
+    assert not daemons.needs_validation(Obs(None, pid=42, applied=RED.config))
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"), [(0, 0.0), (1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0), (100, 60.0)]
+)
+def test_restart_backoff_is_capped(failures: int, delay: float) -> None:
+    assert daemons.restart_delay(failures) == delay
+
+
+@pytest.mark.parametrize(
+    ("observed", "running", "reason"),
+    [
+        (Obs(None, pid=None, applied=None), False, None),
+        (Obs(RED, pid=42, applied=RED.config), True, None),
+        (Obs(NEW, pid=42, applied=RED.config, refusal=REFUSED), True, "InvalidDaemonConfig"),
+        (
+            Obs(RED, pid=None, applied=RED.config, failures=1, retry_at=3.0, now=2.0),
+            False,
+            "DaemonFailed",
+        ),
+    ],
+)
+def test_problem(observed: daemons.Observed, running: bool, reason: str | None) -> None:
+    found = daemons.problem(observed, running=running)
+    assert (found.reason if found else None) == reason
+    if found is not None and reason == "InvalidDaemonConfig":
+        assert found.message == REFUSED
