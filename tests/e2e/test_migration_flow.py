@@ -115,6 +115,15 @@ def copies(dev: devcluster.DevCluster) -> Iterator[TwoCopies]:
     assert watcher.seen == [], f"two running copies seen: {watcher.seen[:5]}"
 
 
+@pytest.fixture(autouse=True)
+def _fresh(dev: devcluster.DevCluster) -> Iterator[None]:
+    """Each test's VMs and Migrations go when it ends: idle TCG guests left running
+    would take the two cores from the tests after it (and fill the nodes)."""
+    yield
+    _kubectl(dev, "delete", "migrations", "--all", "--wait=true", "--timeout=120s")
+    _kubectl(dev, "delete", "virtualmachines", "--all", "--wait=true", "--timeout=120s")
+
+
 def _kubectl(dev: devcluster.DevCluster, *args: str, stdin: str | None = None) -> str:
     proc = subprocess.run(
         [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", *args],
