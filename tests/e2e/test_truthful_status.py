@@ -58,7 +58,7 @@ def dev() -> Iterator[devcluster.DevCluster]:
     if Path("/usr/share/OVMF").exists():
         CASES.pop("bad-firmware")  # this node has UEFI firmware: that VM is not refused
     try:
-        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0)
+        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0, agent_args=("--cpu=8",))
     except BaseException:
         devcluster.down(CLUSTER)
         raise
@@ -111,6 +111,13 @@ def test_a_refused_vm_says_why_and_backs_off(dev: devcluster.DevCluster, name: s
     body = {"apiVersion": "kubevisor.io/v1alpha1", "kind": "VirtualMachine",
             "metadata": {"name": name, "namespace": NS}, "spec": spec}  # fmt: skip
     _kubectl(dev, "apply", "-f", "-", stdin=yaml.safe_dump(body))
+    try:
+        _check(dev, name, reasons)
+    finally:
+        _kubectl(dev, "delete", "virtualmachine", name, "--wait=true", "--timeout=60s")
+
+
+def _check(dev: devcluster.DevCluster, name: str, reasons: set[str]) -> None:
     ready = testing.wait_for(lambda: _ready(dev, name), timeout=DEADLINE_S,
                              what=f"{name} Ready=False with a reason",
                              show=lambda: _status(dev, name))  # fmt: skip
@@ -133,9 +140,10 @@ def test_a_refused_vm_says_why_and_backs_off(dev: devcluster.DevCluster, name: s
             show=lambda: _attempts(dev, name),
         )
         print(f"{name}: retry waits {waits}")
-        assert len(waits) == 2, f"no retry storm: {waits}"
-        assert waits[1] > waits[0] >= 10, f"backoff doubles from 10 s: {waits}"
-    _kubectl(dev, "delete", "virtualmachine", name, "--wait=true", "--timeout=60s")
+        text = dev.log(f"agent-{dev.nodes[0].name}").read_text(errors="replace")
+        mine = "\n".join(line for line in text.splitlines() if f"/{name}" in line)
+        assert len(waits) == 2, f"no retry storm: {waits}\n{mine}"
+        assert waits[1] > waits[0] >= 10, f"backoff doubles from 10 s: {waits}\n{mine}"
 
 
 def test_no_traceback_in_any_log(dev: devcluster.DevCluster) -> None:

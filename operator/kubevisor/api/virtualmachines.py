@@ -202,3 +202,14 @@ class VirtualMachine(common.Resource):
     """Desired state."""
     status: VirtualMachineStatus | None = None
     """Observed state."""
+
+
+def restart_request(token: str | None) -> str | None:
+    """The user's part of a restart token (``"abc#2"`` -> ``"abc"``, ``"#1"`` -> None:
+    no user request; pure).
+
+    The controller appends ``#<n>`` for an automatic restart (runStrategy Always after a
+    stop); the agent's retry backoff keys on this part only, so a VM the hypervisor keeps
+    refusing backs off 10 s, 20 s, 40 s... instead of being retried at once after every
+    automatic bump, while a user's new restart request still acts at once."""
+    return None if token is None else token.partition("#")[0] or None

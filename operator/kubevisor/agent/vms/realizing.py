@@ -27,7 +27,7 @@ from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.migrations import handling as migrationhandling
 from kubevisor.agent.runtime import informing, looping
 from kubevisor.agent.vms import cloning, handling, orphans, placing, reporting, statuses, watching
-from kubevisor.api import naming
+from kubevisor.api import naming, virtualmachines
 
 Key = informing.Key
 
@@ -151,7 +151,9 @@ class Agent:
 
     def _fingerprint(self, key: Key) -> str:
         """What a pass over ``key`` acts on: a change resets its backoff (the spec, the
-        recorded machine, the power request and deletion)."""
+        recorded machine, the power request, a user's restart request and deletion; the
+        controller's automatic restart bumps do not, see
+        ``virtualmachines.restart_request``)."""
         obj = self.watcher.cache.get(key) or {}
         st = obj.get("status") or {}
         meta = obj.get("metadata") or {}
@@ -160,7 +162,7 @@ class Agent:
                 obj.get("spec"),
                 st.get("machine"),
                 st.get("desiredState"),
-                st.get("restartToken"),
+                virtualmachines.restart_request(st.get("restartToken")),
                 meta.get("deletionTimestamp"),
             ],
             sort_keys=True,

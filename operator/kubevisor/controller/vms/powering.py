@@ -59,8 +59,8 @@ class PowerDecision:
 
 
 def base_token(token: str | None) -> str | None:
-    """The user's part of a token (``"abc#2"`` -> ``"abc"``)."""
-    return None if token is None else token.partition("#")[0]
+    """The user's part of a token (``"abc#2"`` -> ``"abc"``); the rule is the API's."""
+    return virtualmachines.restart_request(token)
 
 
 def bumped(token: str | None) -> str:

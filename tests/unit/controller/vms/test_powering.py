@@ -91,4 +91,4 @@ def test_next_power_state(inputs: PowerInputs, desired: DesiredState, token: str
 )
 def test_bumped(token: str | None, expected: str) -> None:
     assert powering.bumped(token) == expected
-    assert powering.base_token(expected) == (token or "").partition("#")[0]
+    assert powering.base_token(expected) == ((token or "").partition("#")[0] or None)
