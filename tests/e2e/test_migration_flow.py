@@ -101,7 +101,7 @@ def dev() -> Iterator[devcluster.DevCluster]:
         devcluster.down(CLUSTER)
         raise
     try:
-        _kubectl(dev, "apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
+        dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
         yield dev
     finally:
         devcluster.down(CLUSTER)
@@ -120,18 +120,8 @@ def _fresh(dev: devcluster.DevCluster) -> Iterator[None]:
     """Each test's VMs and Migrations go when it ends: idle TCG guests left running
     would take the two cores from the tests after it (and fill the nodes)."""
     yield
-    _kubectl(dev, "delete", "migrations", "--all", "--wait=true", "--timeout=120s")
-    _kubectl(dev, "delete", "virtualmachines", "--all", "--wait=true", "--timeout=120s")
-
-
-def _kubectl(dev: devcluster.DevCluster, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", *args],
-        input=stdin, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
-    return proc.stdout
+    dev.run_kubectl("delete", "migrations", "--all", "--wait=true", "--timeout=120s")
+    dev.run_kubectl("delete", "virtualmachines", "--all", "--wait=true", "--timeout=120s")
 
 
 def _get(dev: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any] | None:
@@ -186,7 +176,7 @@ def _boot(
             **(extra or {}),
         },
     }
-    _kubectl(dev, "apply", "-f", "-", stdin=yaml.safe_dump(body))
+    dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
     st = _poll(
         f"{name} Running",
         lambda: (s := _status(dev, "virtualmachine", name)).get("phase") == "Running" and s,
@@ -208,7 +198,7 @@ def _migrate(dev: devcluster.DevCluster, name: str, vm: str, *, to: str | None =
         spec["policy"] = policy
     body = {"apiVersion": "kubevisor.io/v1alpha1", "kind": "Migration",
             "metadata": {"name": name, "namespace": NS}, "spec": spec}  # fmt: skip
-    _kubectl(dev, "create", "-f", "-", stdin=yaml.safe_dump(body))
+    dev.run_kubectl("create", "-f", "-", stdin=yaml.safe_dump(body))
 
 
 def _final(dev: devcluster.DevCluster, name: str, *, limit: float = MIGRATE_S) -> dict[str, Any]:
@@ -373,7 +363,7 @@ def test_cancel_leaves_the_vm_on_the_source_and_the_target_clean(
         show=lambda: _status(dev, "migration", "mig-cancel-1"),
     )
     mark = guest.console_mark(console)
-    _kubectl(dev, "patch", "migration", "mig-cancel-1", "--type=merge",
+    dev.run_kubectl("patch", "migration", "mig-cancel-1", "--type=merge",
              "-p", '{"spec":{"cancel":true}}')  # fmt: skip
     mig = _final(dev, "mig-cancel-1")
     assert mig["phase"] == "Cancelled", mig
@@ -479,14 +469,14 @@ def test_drain_moves_the_live_migratable_vms_and_says_why_the_others_stay(
     node1, node2 = dev.nodes[0].name, dev.nodes[1].name
     for n in (node1, node2):
         assert _get(dev, "node", n) is not None, f"the dev cluster gives {n} a Node"
-    _kubectl(dev, "cordon", node2)  # everything lands on node-1 first
+    dev.run_kubectl("cordon", node2)  # everything lands on node-1 first
     names = ["drain-a", "drain-b", "drain-c"]
     try:
         for name in names:
             assert _boot(dev, name)["nodeName"] == node1
         stay = _boot(dev, "drain-stay", extra={"evictionStrategy": "None"})
         assert stay["nodeName"] == node1
-        _kubectl(dev, "uncordon", node2)
+        dev.run_kubectl("uncordon", node2)
         drained = _cli(dev, "drain", node1, "--timeout", str(MIGRATE_S))
         assert f"node/{node1} drained" in drained, drained
         assert "default/drain-stay" in drained, drained  # it says why it stays
@@ -510,8 +500,8 @@ def test_drain_moves_the_live_migratable_vms_and_says_why_the_others_stay(
         assert evictable["status"] == "False", evictable
         assert _status(dev, "virtualmachine", "drain-stay")["nodeName"] == node1
     finally:
-        _kubectl(dev, "uncordon", node1)
-        _kubectl(dev, "uncordon", node2)
+        dev.run_kubectl("uncordon", node1)
+        dev.run_kubectl("uncordon", node2)
 
 
 def test_cli_migrate_shows_the_phases_and_the_final_figures(
@@ -582,7 +572,7 @@ def test_node_local_disks_move_with_block_copy(
     assert "allowBlockCopy is false" in ready["message"], ready
     assert _status(dev, "migration", "mig-block-0")["phase"] == "Pending"
     assert not data_file(target).exists()
-    _kubectl(dev, "delete", "migration", "mig-block-0", "--wait=true", "--timeout=60s")
+    dev.run_kubectl("delete", "migration", "mig-block-0", "--wait=true", "--timeout=60s")
 
     mark = guest.console_mark(console)
     _migrate(dev, "mig-block-1", "mig-block", policy={"allowBlockCopy": True})

@@ -12,7 +12,6 @@ and no traceback in any log.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,28 +65,18 @@ def dev() -> Iterator[devcluster.DevCluster]:
     try:
         # a VM applied before the agent's Lease exists is (rightly) Unschedulable
         testing.wait_for(
-            lambda: _kubectl(dev, "get", "leases", "-n", api_nodes.LEASE_NAMESPACE,
+            lambda: dev.run_kubectl("get", "leases", "-n", api_nodes.LEASE_NAMESPACE,
                              "-l", api_nodes.AGENT_SELECTOR, "-o", "name").strip(),
             timeout=DEADLINE_S, what="the agent's Lease",
         )  # fmt: skip
-        _kubectl(dev, "apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
+        dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
         yield dev
     finally:
         devcluster.down(CLUSTER)
 
 
-def _kubectl(dev: devcluster.DevCluster, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", *args],
-        input=stdin, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
-    return proc.stdout
-
-
 def _status(dev: devcluster.DevCluster, name: str) -> dict[str, Any]:
-    out = _kubectl(dev, "get", "virtualmachine", name, "-o", "yaml")
+    out = dev.run_kubectl("get", "virtualmachine", name, "-o", "yaml")
     return (yaml.safe_load(out) or {}).get("status") or {}
 
 
@@ -119,11 +108,11 @@ def test_a_refused_vm_says_why_and_backs_off(dev: devcluster.DevCluster, name: s
         spec["boot"] = {**template["spec"]["boot"], **fields["boot"]}
     body = {"apiVersion": "kubevisor.io/v1alpha1", "kind": "VirtualMachine",
             "metadata": {"name": name, "namespace": NS}, "spec": spec}  # fmt: skip
-    _kubectl(dev, "apply", "-f", "-", stdin=yaml.safe_dump(body))
+    dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
     try:
         _check(dev, name, reasons)
     finally:
-        _kubectl(dev, "delete", "virtualmachine", name, "--wait=true", "--timeout=60s")
+        dev.run_kubectl("delete", "virtualmachine", name, "--wait=true", "--timeout=60s")
 
 
 def _check(dev: devcluster.DevCluster, name: str, reasons: set[str]) -> None:
@@ -135,8 +124,8 @@ def _check(dev: devcluster.DevCluster, name: str, reasons: set[str]) -> None:
     assert ready["phase"], "a refused VM still has a phase"
     assert len(ready.get("message") or "") > 10, ready
     events = testing.wait_for(
-        lambda: [e for e in yaml.safe_load(_kubectl(
-            dev, "get", "events", "-o", "yaml",
+        lambda: [e for e in yaml.safe_load(dev.run_kubectl(
+            "get", "events", "-o", "yaml",
             f"--field-selector=involvedObject.name={name},reason={ready['reason']}"))["items"]],
         timeout=60, what=f"a {ready['reason']} Event on {name}",
     )  # fmt: skip

@@ -42,16 +42,6 @@ def dev() -> Iterator[devcluster.DevCluster]:
         devcluster.down(CLUSTER)
 
 
-def _kubectl(dev: devcluster.DevCluster, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", *args],
-        input=stdin, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
-    return proc.stdout
-
-
 def _vm(dev: devcluster.DevCluster, name: str) -> dict[str, Any] | None:
     proc = subprocess.run(
         [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", "get", "virtualmachine", name,
@@ -88,10 +78,10 @@ def _rfb_handshake(dev: devcluster.DevCluster, host: str, port: int) -> tuple[st
 
 
 def test_boot_stop_delete(dev: devcluster.DevCluster) -> None:
-    _kubectl(dev, "apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
+    dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
     vm_yaml = yaml.safe_load((REPO / "docs/examples/vm.yaml").read_text())
     vm_yaml["metadata"]["name"] = "e2e-1"
-    _kubectl(dev, "apply", "-f", "-", stdin=yaml.safe_dump(vm_yaml))
+    dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(vm_yaml))
 
     def running() -> dict[str, Any] | None:
         vm = _vm(dev, "e2e-1")
@@ -121,7 +111,7 @@ def test_boot_stop_delete(dev: devcluster.DevCluster) -> None:
     assert st["runningAt"] >= vm["metadata"]["creationTimestamp"]
 
     # Stop: the busybox guest ignores ACPI, so the agent destroys it after the timeout.
-    _kubectl(dev, "patch", "virtualmachine", "e2e-1", "--type=merge",
+    dev.run_kubectl("patch", "virtualmachine", "e2e-1", "--type=merge",
              "-p", '{"spec":{"runStrategy":"Halted"}}')  # fmt: skip
     _poll(
         "phase Stopped",
@@ -130,7 +120,7 @@ def test_boot_stop_delete(dev: devcluster.DevCluster) -> None:
     )
     assert disk.exists()  # stopping keeps disks
 
-    _kubectl(dev, "delete", "virtualmachine", "e2e-1", "--wait=false")
+    dev.run_kubectl("delete", "virtualmachine", "e2e-1", "--wait=false")
     _poll("VM deleted", lambda: _vm(dev, "e2e-1") is None, limit=120)
     assert not disk.exists()
     assert (devcluster.IMAGE_DIR / "tiny" / "tiny.qcow2").exists()  # base image untouched
@@ -139,9 +129,9 @@ def test_boot_stop_delete(dev: devcluster.DevCluster) -> None:
 def test_vnc_password_from_the_secret_is_required(dev: devcluster.DevCluster) -> None:
     """display.passwordSecretRef: the agent reads the Secret, the domain carries that
     password, and the VNC server offers only password authentication."""
-    _kubectl(dev, "apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
+    dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
     password = "kve2e-pw"  # VNC (DES) passwords are at most 8 characters; libvirt refuses more
-    _kubectl(dev, "create", "secret", "generic", "e2e-vnc", f"--from-literal=password={password}")
+    dev.run_kubectl("create", "secret", "generic", "e2e-vnc", f"--from-literal=password={password}")
     vm_yaml = yaml.safe_load((REPO / "docs/examples/vm.yaml").read_text())
     vm_yaml["metadata"]["name"] = "e2e-vnc"
     vm_yaml["spec"]["nics"] = [{"name": "eth0", "network": "default"}]
@@ -149,7 +139,7 @@ def test_vnc_password_from_the_secret_is_required(dev: devcluster.DevCluster) ->
         "vnc": True,
         "passwordSecretRef": {"name": "e2e-vnc", "key": "password"},
     }
-    _kubectl(dev, "apply", "-f", "-", stdin=yaml.safe_dump(vm_yaml))
+    dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(vm_yaml))
     try:
 
         def running() -> dict[str, Any] | None:
@@ -170,6 +160,6 @@ def test_vnc_password_from_the_secret_is_required(dev: devcluster.DevCluster) ->
         port = st["display"]["port"]
         assert _rfb_handshake(dev, node.fabric_ip, port) == ("RFB 003.008", [2])
     finally:
-        _kubectl(dev, "delete", "virtualmachine", "e2e-vnc", "--wait=false")
+        dev.run_kubectl("delete", "virtualmachine", "e2e-vnc", "--wait=false")
         _poll("VM deleted", lambda: _vm(dev, "e2e-vnc") is None, limit=120)
-        _kubectl(dev, "delete", "secret", "e2e-vnc")
+        dev.run_kubectl("delete", "secret", "e2e-vnc")

@@ -57,6 +57,17 @@ class DevCluster:
     def log(self, process: str) -> Path:
         return self.cluster_dir / "logs" / f"{process}.log"
 
+    def run_kubectl(self, *args: str, stdin: str | None = None) -> str:
+        """``kubectl ARGS`` against this cluster, as a user types it; its output.
+        Raises RuntimeError with kubectl's stderr when it fails (tests fail on it)."""
+        proc = subprocess.run(
+            [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
+        return proc.stdout
+
 
 def controlplane_dir(name: str, base_dir: Path) -> Path:
     return base_dir / name / "controlplane"
