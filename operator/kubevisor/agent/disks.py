@@ -141,6 +141,19 @@ def disk_path(layout: Layout, identity: domainxml.Identity, disk: machines.Disk)
     return layout.root(disk.storage) / identity.namespace / identity.name / f"{disk.name}.qcow2"
 
 
+def local_disk_targets(machine: machines.MachineSpec) -> list[str]:
+    """Target device names (``vda``...) of the machine's node-local disks, numbered per
+    bus as the domain XML numbers them (pure): the disks a migration must block-copy."""
+    per_bus: dict[str, int] = {}
+    out: list[str] = []
+    for disk in machine.disks:
+        index = per_bus.get(disk.bus, 0)
+        per_bus[disk.bus] = index + 1
+        if disk.storage != "shared":
+            out.append(domainxml.target_dev(disk.bus, index))
+    return out
+
+
 def block_copy_paths(
     machine: machines.MachineSpec,
     identity: domainxml.Identity,

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from kubevisor.agent import disks
 from kubevisor.agent.libvirt import migrating
-from kubevisor.agent.migrations import handling, reporting, watching
+from kubevisor.agent.migrations import reporting, watching
 from kubevisor.api import machines, migrations
 
 pytestmark = pytest.mark.unit
@@ -75,7 +76,7 @@ def test_selectors_and_managers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("disks", "expected"),
+    ("layout", "expected"),
     [
         ([], []),
         ([("root", "virtio", "shared")], []),
@@ -88,13 +89,13 @@ def test_selectors_and_managers() -> None:
     ],
 )
 def test_local_disk_targets_number_disks_per_bus(
-    disks: list[tuple[str, str, str]], expected: list[str]
+    layout: list[tuple[str, str, str]], expected: list[str]
 ) -> None:
     machine = machines.MachineSpec.model_validate(
         {
             "cpu": {"cores": 1},
             "memory": "256Mi",
-            "disks": [{"name": n, "bus": b, "storage": s, "size": "1Gi"} for n, b, s in disks],
+            "disks": [{"name": n, "bus": b, "storage": s, "size": "1Gi"} for n, b, s in layout],
         }
     )
-    assert handling.local_disk_targets(machine) == expected
+    assert disks.local_disk_targets(machine) == expected

@@ -124,6 +124,16 @@ def decide(observed: Observed) -> Plan:
     return Plan(Action.START, report=Report(State.MIGRATING))
 
 
+def settled(phase: str | None, reported: str | None) -> bool:
+    """Nothing is left for the source until the Migration changes (pure): it reported
+    the job's end, or the migration ended without a job of ours running. The work loop's
+    tick skips settled Migrations; a change, a domain event and the informer's resync
+    still bring them back."""
+    if reported in _FINAL_STATES:
+        return True
+    return phase in migrations.FINAL_PHASES and reported != State.MIGRATING
+
+
 def failure_reason(message: str) -> Reason:
     """TargetFailed for a libvirt error reaching the target (connection, RPC), else
     MigrationFailed (pure; libvirt's words decide)."""

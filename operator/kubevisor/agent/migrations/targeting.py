@@ -78,3 +78,12 @@ def decide(observed: Observed) -> Plan:
             return Plan()  # never prepared, already clean, or the VM lives here now
         return Plan(Action.CLEAN_UP)
     return Plan()
+
+
+def settled(phase: str | None, reported: str | None) -> bool:
+    """Nothing is left for the target until the Migration changes (pure): the VM arrived,
+    or the migration failed and this side is clean (or was never prepared). The work
+    loop's tick skips settled Migrations (see :func:`.sourcing.settled`)."""
+    if phase == Phase.SUCCEEDED:
+        return True
+    return phase in (Phase.FAILED, Phase.CANCELLED) and reported in (None, State.CLEANED_UP)

@@ -163,6 +163,25 @@ class Kube:
         )
         return obj
 
+    async def guarded_patch(
+        self,
+        plural: str,
+        obj: Obj,
+        ops: list[Obj],
+        *,
+        field_manager: str = FIELD_MANAGER,
+    ) -> Obj:
+        """A JSON patch of ``obj`` that applies only to the version read: a ``test`` of
+        its resourceVersion goes first, so a write that raced ours fails the patch (422,
+        :func:`is_conflict`) and the caller decides again from the newer object, instead
+        of overwriting labels or finalizers someone else just changed."""
+        meta = obj["metadata"]
+        version = meta["resourceVersion"]
+        guard = {"op": "test", "path": "/metadata/resourceVersion", "value": version}
+        return await self.json_patch(
+            plural, meta["namespace"], meta["name"], [guard, *ops], field_manager=field_manager
+        )
+
     async def create_event(
         self, obj: Obj, *, kind: str, type_: str, reason: str, message: str
     ) -> None:

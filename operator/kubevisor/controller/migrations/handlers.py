@@ -157,20 +157,23 @@ class Migrations:
         return outcome
 
     async def _pass(self, key: Key) -> tuple[Outcome, bool]:
-        """One pass; a Pending Migration's pass holds the admission lock throughout."""
-        peek = await self._rt.client.get(MIGRATION.plural, *key)
-        phase = ((peek or {}).get("status") or {}).get("phase")
-        if phase in (None, migrations.MigrationPhase.PENDING.value):
-            async with self._admitting:
-                return await self._decide_and_write(key)
-        return await self._decide_and_write(key)
+        """One pass; a Pending Migration's pass holds the admission lock throughout.
 
-    async def _decide_and_write(self, key: Key) -> tuple[Outcome, bool]:
-        namespace, name = key
-        client = self._rt.client
-        obj = await client.get(MIGRATION.plural, namespace, name)
+        The object is read once, before the lock: passes over one key never overlap, and
+        if anything else wrote it meanwhile the guarded patch fails and the next pass
+        decides again."""
+        obj = await self._rt.client.get(MIGRATION.plural, *key)
         if obj is None:
             return Outcome.GONE, False
+        phase = (obj.get("status") or {}).get("phase")
+        if phase in (None, migrations.MigrationPhase.PENDING.value):
+            async with self._admitting:
+                return await self._decide_and_write(key, obj)
+        return await self._decide_and_write(key, obj)
+
+    async def _decide_and_write(self, key: Key, obj: dict[str, Any]) -> tuple[Outcome, bool]:
+        namespace, name = key
+        client = self._rt.client
         meta = obj.get("metadata") or {}
         try:
             mig = migrations.Migration.model_validate(obj)
@@ -240,20 +243,14 @@ class Migrations:
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
         if d.labels or d.finalizer == "add":
-            ops: list[dict[str, Any]] = [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": meta["resourceVersion"],
-                }
-            ]
+            ops: list[dict[str, Any]] = []
             if d.labels:
                 labels = {**(meta.get("labels") or {}), **d.labels}
                 ops.append({"op": "add", "path": "/metadata/labels", "value": labels})
             if d.finalizer == "add":
                 finalizers = [*(meta.get("finalizers") or []), groups.FINALIZER]
                 ops.append({"op": "add", "path": "/metadata/finalizers", "value": finalizers})
-            obj = await client.json_patch(MIGRATION.plural, ns, name, ops, field_manager=MANAGER)
+            obj = await client.guarded_patch(MIGRATION.plural, obj, ops, field_manager=MANAGER)
         if vm_obj is not None and d.vm_target_label is not None:
             vmeta = vm_obj["metadata"]
             labels = dict(vmeta.get("labels") or {})
@@ -261,18 +258,10 @@ class Migrations:
                 labels[groups.LABEL_MIGRATION_TARGET] = d.target_node
             else:
                 labels.pop(groups.LABEL_MIGRATION_TARGET, None)
-            vm_obj = await client.json_patch(
+            vm_obj = await client.guarded_patch(
                 VM.plural,
-                ns,
-                vmeta["name"],
-                [
-                    {
-                        "op": "test",
-                        "path": "/metadata/resourceVersion",
-                        "value": vmeta["resourceVersion"],
-                    },
-                    {"op": "add", "path": "/metadata/labels", "value": labels},
-                ],
+                vm_obj,
+                [{"op": "add", "path": "/metadata/labels", "value": labels}],
                 field_manager=MANAGER,
             )
         if vm_obj is not None and d.vm_migration is not None:
@@ -304,21 +293,11 @@ class Migrations:
         if d.finalizer == "remove":
             # against the version decided on (or our own write of it): a source report
             # arriving meanwhile fails the test, and the next pass decides again
-            fresh: dict[str, Any] | None = obj
-            if fresh is not None:
-                fmeta = fresh["metadata"]
-                remaining = [f for f in fmeta.get("finalizers") or [] if f != groups.FINALIZER]
-                await client.json_patch(
-                    MIGRATION.plural,
-                    ns,
-                    name,
-                    [
-                        {
-                            "op": "test",
-                            "path": "/metadata/resourceVersion",
-                            "value": fmeta["resourceVersion"],
-                        },
-                        {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
-                    ],
-                    field_manager=MANAGER,
-                )
+            finalizers = obj["metadata"].get("finalizers") or []
+            remaining = [f for f in finalizers if f != groups.FINALIZER]
+            await client.guarded_patch(
+                MIGRATION.plural,
+                obj,
+                [{"op": "replace", "path": "/metadata/finalizers", "value": remaining}],
+                field_manager=MANAGER,
+            )

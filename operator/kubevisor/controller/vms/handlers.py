@@ -112,7 +112,6 @@ class VMs:
         if labels.get(groups.LABEL_NODE) == scope.node and groups.FINALIZER in finalizers:
             return
         ops: list[dict[str, Any]] = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
             {
                 "op": "add",
                 "path": "/metadata/labels",
@@ -127,7 +126,7 @@ class VMs:
                     "value": [*finalizers, groups.FINALIZER],
                 }
             )
-        await self._rt.client.json_patch(VM.plural, scope.namespace, scope.name, ops)
+        await self._rt.client.guarded_patch(VM.plural, scope.obj, ops)
 
     async def _move(self, obj: dict[str, Any], target: str) -> dict[str, Any]:
         """A Succeeded migration: the ``kubevisor.io/node`` label goes to ``target`` first
@@ -138,16 +137,10 @@ class VMs:
         if labels.get(groups.LABEL_NODE) == target:
             return obj
         source = (obj.get("status") or {}).get("nodeName")
-        moved = await self._rt.client.json_patch(
+        moved = await self._rt.client.guarded_patch(
             VM.plural,
-            meta["namespace"],
-            meta["name"],
+            obj,
             [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": meta["resourceVersion"],
-                },
                 {
                     "op": "add",
                     "path": "/metadata/labels",
@@ -175,18 +168,10 @@ class VMs:
         if groups.FINALIZER not in finalizers or phases.AGENT_FINALIZER in finalizers:
             return
         remaining = [f for f in finalizers if f != groups.FINALIZER]
-        await self._rt.client.json_patch(
+        await self._rt.client.guarded_patch(
             VM.plural,
-            meta["namespace"],
-            meta["name"],
-            [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": meta["resourceVersion"],
-                },
-                {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
-            ],
+            obj,
+            [{"op": "replace", "path": "/metadata/finalizers", "value": remaining}],
         )
         log.info("released finalizer of %s/%s", meta["namespace"], meta["name"])
 
