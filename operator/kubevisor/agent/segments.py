@@ -31,6 +31,8 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable
 
+from kubevisor.api import conditions
+
 MAX_IFNAME = 15
 #: Alias marking a bridge the agent created for a managed network (value: network name),
 #: so a restarted agent finds it and pruning never touches foreign links.
@@ -136,5 +138,11 @@ class SegmentState:
 
     segment: Segment
     uplinked: bool
-    """False when VLAN frames cannot leave the node (kernel without 802.1Q)."""
+    """False when frames cannot leave the node: a managed network (node-local by design)
+    or a VLAN on a kernel without 802.1Q."""
     message: str = ""
+    missing: conditions.Reason | None = None
+    """Set when the segment works only in part because the node lacks something
+    (BackendUnavailable: no 802.1Q, so the VLAN cannot leave the node). The VM's
+    NetworkReady is then False with this reason, the VRF side's reason for the same
+    cause."""

@@ -81,7 +81,9 @@ class Reason(StrEnum):
     RTT_TOO_HIGH = "RTTTooHigh"
     """The measured round-trip time to the target exceeds the migration policy limit."""
     BACKEND_UNAVAILABLE = "BackendUnavailable"
-    """The requested VRF backend is not supported by the node's kernel."""
+    """The node's kernel lacks what was asked for: a VRF backend (l3mdev), or 802.1Q for
+    a VLAN (a VM's VLAN NIC then stays on a segment local to its node; a VRF with a VLAN
+    interface is refused)."""
     TABLE_CONFLICT = "TableConflict"
     """The requested routing table is already used by another VRF on a node."""
     MAC_CONFLICT = "MACConflict"

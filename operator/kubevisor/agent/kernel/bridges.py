@@ -21,6 +21,7 @@ from kubevisor.agent.segments import (
     vlan_bridge_name,
     vlan_link_name,
 )
+from kubevisor.api import conditions
 
 
 class Segments:
@@ -70,9 +71,10 @@ class Segments:
                             segment=segment,
                             uplinked=False,
                             message=(
-                                f"VLAN {segment.vlan} is local to this node: the kernel has "
-                                "no 802.1Q support"
+                                f"VLAN {segment.vlan} on network {segment.network!r} stays on "
+                                "this node: 802.1Q not available in this kernel"
                             ),
+                            missing=conditions.Reason.BACKEND_UNAVAILABLE,
                         )
                     raise
             link_index = ipr.link_lookup(ifname=link)[0]

@@ -70,10 +70,13 @@ def assemble(
     if phase == Phase.RUNNING and (running_at is None or scope.started_at != st.get("startedAt")):
         running_at = now
     network_ready: bool | None = None
+    network_reason: str | None = None
     network_message = ""
     if scope.machine is not None and scope.machine.nics and phase in statuses.UP:
         local = [s for s in scope.network_states if not s.uplinked]
-        network_ready = True
+        missing = [s.missing for s in scope.network_states if s.missing is not None]
+        network_ready = not missing
+        network_reason = missing[0] if missing else None
         network_message = "; ".join(s.message for s in local)
     console = console_dir / f"{scope.identity.domain_name}.log"
     report = statuses.Report(
@@ -90,14 +93,21 @@ def assemble(
         ready_reason=scope.ready_reason,
         message=scope.message,
         network_ready=network_ready,
+        network_reason=network_reason,
         network_message=network_message,
     )
-    # NetworkReady message is kept across passes (segment states are only known on ENSURE).
+    # NetworkReady is kept across passes: segment states are only known on ENSURE.
     previous = conditions.get_condition(
         st.get("conditions") or [], conditions.ConditionType.NETWORK_READY
     )
-    if previous is not None and not network_message and network_ready and not scope.network_states:
-        report = dataclasses.replace(report, network_message=str(previous.get("message", "")))
+    if previous is not None and network_ready is not None and not scope.network_states:
+        kept = previous.get("status") == "True"
+        report = dataclasses.replace(
+            report,
+            network_ready=kept,
+            network_reason=None if kept else str(previous.get("reason") or "") or None,
+            network_message=str(previous.get("message", "")),
+        )
     return report
 
 

@@ -63,6 +63,8 @@ class Report:
     message: str = ""
     network_ready: bool | None = None
     """None: the VM has no NICs, no NetworkReady condition."""
+    network_reason: str | None = None
+    """NetworkReady's reason when False (default NetworkUnavailable)."""
     network_message: str = ""
 
 
@@ -107,7 +109,7 @@ def desired_status(
             status="True" if report.network_ready else "False",
             reason=conditions.Reason.AS_EXPECTED
             if report.network_ready
-            else conditions.Reason.NETWORK_UNAVAILABLE,
+            else (report.network_reason or conditions.Reason.NETWORK_UNAVAILABLE),
             message=report.network_message,
             generation=generation,
             now=now,
