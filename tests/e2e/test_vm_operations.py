@@ -423,3 +423,40 @@ def test_clones_of_running_and_stopped_source(kv: Cluster) -> None:
             kv.delete_vm(name, wait=False)
         for name in (hot, cold, src):
             kv.delete_vm(name)
+
+
+def test_ip_column_shows_the_address_the_node_sees(kv: Cluster) -> None:
+    """The IP column (``status.interfaces[].ipAddress``) comes from the node's neighbour
+    table: once the node has talked to the guest, the agent reports the guest's address
+    on the NIC whose MAC answered, and ``kubectl get`` shows it."""
+    name, ip = "ops-ip", "10.77.0.160"
+    spec = _tiny_spec()
+    cmdline = f"{spec['boot']['cmdline']} kv.ip={ip}/24"
+    kv.create_vm(
+        name,
+        {"runStrategy": "Always", "templateRef": {"name": "tiny"},
+         "boot": {**{k: v for k, v in spec["boot"].items() if k != "cmdline"},
+                  "cmdline": cmdline}},
+    )  # fmt: skip
+    try:
+        kv.wait_phase(name, "Running")
+        kv.wait_booted(name)
+        node = kv.node_of(name)
+        mac = kv.status(name)["interfaces"][0]["mac"]
+        _poll(f"node {node.name} reaches the guest at {ip}", lambda: subprocess.run(
+            ["ip", "netns", "exec", node.netns, "ping", "-c", "1", "-W", "1", ip],
+            capture_output=True, check=False).returncode == 0, limit=120)  # fmt: skip
+
+        def reported() -> dict[str, Any] | None:
+            nic = (kv.status(name).get("interfaces") or [{}])[0]
+            return nic if nic.get("ipAddress") else None
+
+        nic = _poll("status.interfaces[0].ipAddress", reported, limit=120)
+        assert (nic["ipAddress"], nic["mac"]) == (ip, mac)
+        columns = "custom-columns=IP:.status.interfaces[0].ipAddress"
+        column = kv.dev.run_kubectl("get", "virtualmachines", name, "--no-headers", "-o", columns)
+        assert column.strip() == ip
+        wide = kv.dev.run_kubectl("get", "virtualmachines", name)
+        assert ip in wide, wide
+    finally:
+        kv.delete_vm(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from kubevisor.agent import segments
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 VMS = "vms"
 VRFS = "vrfs"
+#: Seconds one read of the neighbour table serves the VMs' reports.
+ADDRESS_MAX_AGE = 5.0
 
 
 class NodeSegments:
@@ -54,6 +57,20 @@ class NodeSegments:
         self.needs: dict[str, set[segments.Segment]] = {}
         self.lock = asyncio.Lock()
         self._adopted = False
+        self._addresses: tuple[float, dict[str, str]] | None = None
+
+    async def guest_addresses(self, *, max_age: float = ADDRESS_MAX_AGE) -> dict[str, str]:
+        """MAC -> guest address from the node's neighbour table (one netlink dump, shared
+        by every VM's report for ``max_age`` seconds; empty when it cannot be read)."""
+        now = time.monotonic()
+        if self._addresses is None or now - self._addresses[0] > max_age:
+            try:
+                pairs = await asyncio.to_thread(self.adapter.neighbours)
+            except OSError as exc:
+                logger.info("neighbour table unreadable: %s", exc)
+                pairs = []
+            self._addresses = (now, segments.guest_addresses(pairs))
+        return self._addresses[1]
 
     async def ensure(self, segment: segments.Segment) -> segments.SegmentState:
         """Set up one segment (idempotent); raises :class:`segments.SegmentError`."""

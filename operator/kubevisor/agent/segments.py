@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 from collections.abc import Iterable
 
 from kubevisor.api import conditions
@@ -146,3 +147,23 @@ class SegmentState:
     (BackendUnavailable: no 802.1Q, so the VLAN cannot leave the node). The VM's
     NetworkReady is then False with this reason, the VRF side's reason for the same
     cause."""
+
+
+def guest_addresses(neighbours: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """MAC -> the address a guest is known by, from the node's neighbour entries
+    ``(mac, address)`` (pure). What the node has heard a guest answer from is the guest's
+    address as the node sees it (the IP column); IPv4 is preferred, and link-local,
+    multicast and unspecified addresses say nothing about the guest."""
+    best: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+    for mac, text in neighbours:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if address.is_link_local or address.is_multicast or address.is_unspecified:
+            continue
+        key = mac.lower()
+        current = best.get(key)
+        if current is None or (address.version, address) < (current.version, current):
+            best[key] = address
+    return {mac: str(address) for mac, address in best.items()}

@@ -106,3 +106,32 @@ def test_a_pass_without_segment_set_up_keeps_the_last_finding() -> None:
         "BackendUnavailable",
         first["message"],
     )
+
+
+@pytest.mark.parametrize(
+    ("neighbours", "expected"),
+    [
+        ([], {}),
+        ([("52:54:00:AA:00:01", "10.77.0.150")], {"52:54:00:aa:00:01": "10.77.0.150"}),
+        # IPv4 first; link-local, multicast and junk say nothing about the guest
+        (
+            [
+                ("52:54:00:aa:00:01", "fd00::5"),
+                ("52:54:00:aa:00:01", "fe80::1"),
+                ("52:54:00:aa:00:01", "10.77.0.150"),
+            ],
+            {"52:54:00:aa:00:01": "10.77.0.150"},
+        ),
+        ([("52:54:00:aa:00:02", "fe80::2"), ("52:54:00:aa:00:02", "224.0.0.1")], {}),
+        ([("52:54:00:aa:00:03", "fd00::7"), ("x", "not-an-ip")], {"52:54:00:aa:00:03": "fd00::7"}),
+        # two addresses of one family: the lowest, so the column does not flap
+        (
+            [("52:54:00:aa:00:04", "10.0.0.9"), ("52:54:00:aa:00:04", "10.0.0.3")],
+            {"52:54:00:aa:00:04": "10.0.0.3"},
+        ),
+    ],
+)
+def test_guest_addresses_from_the_neighbour_table(
+    neighbours: list[tuple[str, str]], expected: dict[str, str]
+) -> None:
+    assert segments.guest_addresses(neighbours) == expected

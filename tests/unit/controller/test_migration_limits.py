@@ -142,3 +142,67 @@ def test_limits_from_env(environ: dict[str, str], expected: limits.Limits) -> No
 def test_limits_from_env_rejects_nonsense(value: str) -> None:
     with pytest.raises(ValueError):
         limits.Limits.from_env({limits.ENV_PER_CLUSTER: value})
+
+
+def _refused(key: str, node: str, *, at: int) -> limits.Entry:
+    entry = _e(key, node, at=at)
+    return limits.Entry(**{**entry.__dict__, "refused": True})
+
+
+@pytest.mark.parametrize(
+    ("entries", "lim", "start", "waiting"),
+    [
+        # the older one cannot move (its preconditions refused it): the younger one gets
+        # the only slot, the refused one waits for what is left
+        (
+            [_refused("old", "n1", at=1), _e("young", "n2", at=2)],
+            limits.Limits(per_cluster=1),
+            ["ns/young"],
+            {"ns/old": R.CLUSTER_LIMIT},
+        ),
+        # with room, a refused one is admitted again (its preconditions are re-checked)
+        (
+            [_refused("old", "n1", at=1), _e("young", "n2", at=2)],
+            limits.Limits(),
+            ["ns/young", "ns/old"],
+            {},
+        ),
+        # per node too
+        (
+            [_refused("old", "n1", at=1), _e("young", "n1", at=2)],
+            limits.Limits(outbound_per_node=1),
+            ["ns/young"],
+            {"ns/old": R.NODE_OUTBOUND_LIMIT},
+        ),
+    ],
+)
+def test_a_refused_migration_does_not_keep_a_slot_from_one_that_can_move(
+    entries: list[limits.Entry], lim: limits.Limits, start: list[str], waiting: dict[str, R]
+) -> None:
+    got = limits.admit(entries, lim)
+    assert list(got.start) == start
+    assert {k: w.reason for k, w in got.waiting.items()} == waiting
+
+
+@pytest.mark.parametrize(
+    ("conditions", "refused"),
+    [
+        ([], False),
+        ([{"type": "Scheduled", "status": "False", "reason": "NoTargetFits"}], True),
+        ([{"type": "Scheduled", "status": "False", "reason": "RTTTooHigh"}], True),
+        ([{"type": "Scheduled", "status": "False", "reason": "ClusterLimitReached"}], False),
+        ([{"type": "Scheduled", "status": "False", "reason": "VMAlreadyMigrating"}], False),
+        ([{"type": "Scheduled", "status": "True", "reason": "Scheduled"}], False),
+    ],
+)
+def test_the_handler_reads_refused_from_the_scheduled_condition(
+    conditions: list[dict[str, str]], refused: bool
+) -> None:
+    from kubevisor.controller.migrations import handlers
+
+    obj = {
+        "metadata": {"name": "m", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"vmName": "vm"},
+        "status": {"phase": "Pending", "conditions": conditions},
+    }
+    assert handlers._entry(obj, {}).refused is refused

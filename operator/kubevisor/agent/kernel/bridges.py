@@ -23,6 +23,13 @@ from kubevisor.agent.segments import (
 )
 from kubevisor.api import conditions
 
+# rtnetlink neighbour states (linux/neighbour.h)
+NUD_REACHABLE = 0x02
+NUD_STALE = 0x04
+NUD_DELAY = 0x08
+NUD_PROBE = 0x10
+NUD_PERMANENT = 0x80
+
 
 class Segments:
     """Sets up and prunes VLAN segments in one network namespace (None: the caller's).
@@ -35,6 +42,20 @@ class Segments:
 
     def _ipr(self) -> IPRoute:
         return IPRoute(netns=self.netns) if self.netns else IPRoute()
+
+    def neighbours(self) -> list[tuple[str, str]]:
+        """``(mac, address)`` of every neighbour entry the node holds that is or was
+        recently reachable (what :func:`segments.guest_addresses` reads)."""
+        wanted = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT
+        out: list[tuple[str, str]] = []
+        with self._ipr() as ipr:
+            for entry in ipr.get_neighbours():
+                if not entry.get("state", 0) & wanted:
+                    continue
+                mac, address = entry.get_attr("NDA_LLADDR"), entry.get_attr("NDA_DST")
+                if mac and address:
+                    out.append((str(mac), str(address)))
+        return out
 
     def ensure(self, segment: Segment) -> SegmentState:
         """Make the segment's bridge exist and be up; idempotent."""

@@ -125,7 +125,11 @@ class Agent:
             secrets=objects.Secrets(api),
             clones=self.clones,
             reporter=reporting.Reporter(
-                hypervisor, self.status, console_dir=config.console_dir, on_written=self._written
+                hypervisor,
+                self.status,
+                console_dir=config.console_dir,
+                on_written=self._written,
+                addresses=self.node_segments.guest_addresses,
             ),
             node_segments=self.node_segments,
             enqueue_later=self.loop.enqueue_later,

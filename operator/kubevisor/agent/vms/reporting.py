@@ -8,7 +8,7 @@ status with :func:`statuses.desired_status`, and applies it only when it changed
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ def now_text() -> str:
 
 
 def _interfaces(
-    scope: Scope, phase: Phase, live: domainxml.LiveFacts
+    scope: Scope, phase: Phase, live: domainxml.LiveFacts, addresses: Mapping[str, str]
 ) -> tuple[dict[str, Any], ...]:
     if scope.machine is None:
         return ()
@@ -47,15 +47,24 @@ def _interfaces(
             entry["mac"] = mac.lower()
         if nic.name in live.taps and phase in statuses.UP:
             entry["tap"] = live.taps[nic.name]
+            if mac and mac.lower() in addresses:
+                entry["ipAddress"] = addresses[mac.lower()]
         interfaces.append(entry)
     return tuple(interfaces)
 
 
 def assemble(
-    scope: Scope, phase: Phase, *, fresh: DomainInfo | None, console_dir: Path, now: str
+    scope: Scope,
+    phase: Phase,
+    *,
+    fresh: DomainInfo | None,
+    console_dir: Path,
+    now: str,
+    addresses: Mapping[str, str] | None = None,
 ) -> statuses.Report:
     """What the agent reports for ``scope`` in ``phase`` (pure). ``fresh``: the domain as
-    looked up after the pass's actions (None: none, or not looked up)."""
+    looked up after the pass's actions (None: none, or not looked up); ``addresses``: MAC
+    -> guest address as the node's neighbour table knows it (the IP column)."""
     st = scope.status
     interfaces: tuple[dict[str, Any], ...] = ()
     display = None
@@ -65,7 +74,7 @@ def assemble(
         live = domainxml.live_facts(fresh.xml)
         if live.vnc_port is not None and phase in statuses.UP:
             display = {"type": "vnc", "host": live.vnc_host, "port": live.vnc_port}
-        interfaces = _interfaces(scope, phase, live)
+        interfaces = _interfaces(scope, phase, live, addresses or {})
     running_at = st.get("runningAt")
     if phase == Phase.RUNNING and (running_at is None or scope.started_at != st.get("startedAt")):
         running_at = now
@@ -122,11 +131,14 @@ class Reporter:
         *,
         console_dir: Path,
         on_written: Callable[[tuple[str, str], dict[str, Any]], None],
+        addresses: Callable[[], Awaitable[dict[str, str]]] | None = None,
     ) -> None:
         self.hv = hypervisor
         self.writer = writer
         self.console_dir = console_dir
         self.on_written = on_written
+        self.addresses = addresses
+        """MAC -> guest address from the node (None: no addresses reported)."""
 
     async def report(self, scope: Scope, phase: Phase) -> bool:
         """Apply the agent's status; True when it was written (not a no-op)."""
@@ -134,7 +146,18 @@ class Reporter:
         fresh = None
         if phase in statuses.UP or scope.domain is not None:
             fresh = await self.hv.lookup(scope.identity.domain_name)
-        report = assemble(scope, phase, fresh=fresh, console_dir=self.console_dir, now=now_text())
+        addresses: dict[str, str] = {}
+        if fresh is not None and phase in statuses.UP and self.addresses is not None:
+            if scope.machine is not None and scope.machine.nics:
+                addresses = await self.addresses()
+        report = assemble(
+            scope,
+            phase,
+            fresh=fresh,
+            console_dir=self.console_dir,
+            now=now_text(),
+            addresses=addresses,
+        )
         generation = (scope.obj.get("metadata") or {}).get("generation")
         own = statuses.desired_status(
             report, current=scope.status, generation=generation, now=datetime.now(UTC)

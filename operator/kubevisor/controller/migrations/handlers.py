@@ -67,12 +67,18 @@ def _entry(obj: Mapping[str, Any], vms: Mapping[str, Mapping[str, Any]]) -> limi
     except ValueError:
         phase = migrations.MigrationPhase.PENDING
     created = conditions_time(meta.get("creationTimestamp"))
+    scheduled = conditions.get_condition(list(status.get("conditions") or []), "Scheduled")
+    reason = (scheduled or {}).get("reason")
     return limits.Entry(
         key=f"{ns}/{meta.get('name')}",
         vm=vm_key,
         source_node=str(source or ""),
         phase=phase,
         created=created,
+        refused=phase is migrations.MigrationPhase.PENDING
+        and (scheduled or {}).get("status") == "False"
+        and reason is not None
+        and reason not in limits.LIMIT_REASONS,
     )
 
 

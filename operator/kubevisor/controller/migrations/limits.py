@@ -18,6 +18,11 @@ namespace/name, so the order is stable across restarts):
 A migration blocked by its node's limit does not block younger ones from other nodes:
 a busy node must not stall the whole cluster. Active means a phase in
 ``migrations.ACTIVE_PHASES``; final and Pending ones hold no slot.
+
+A Pending migration its preconditions refused last time (no target fits, RTT too high...:
+``Entry.refused``) is considered after every other Pending one: it gets only a slot left
+over, so one that cannot move does not keep a slot from one that can. It is still
+admitted when there is room, so its preconditions are checked again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ from typing import Final
 from kubevisor.api import migrations
 
 Reason = migrations.MigrationReason
+
+#: The reasons this module gives (a Pending migration waiting for one of these is not
+#: refused: it only waits for a slot).
+LIMIT_REASONS: Final = frozenset(
+    {Reason.VM_ALREADY_MIGRATING, Reason.CLUSTER_LIMIT, Reason.NODE_OUTBOUND_LIMIT}
+)
 
 #: Environment variables the controller reads the limits from (``Limits.from_env``).
 ENV_PER_CLUSTER: Final = "KUBEVISOR_MIGRATIONS_PER_CLUSTER"
@@ -79,6 +90,9 @@ class Entry:
     phase: migrations.MigrationPhase
     created: datetime
     """metadata.creationTimestamp: the queue order."""
+    refused: bool = False
+    """Pending, and its preconditions refused it last time (Scheduled=False with a
+    reason not in :data:`LIMIT_REASONS`)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,7 @@ def admit(entries: Iterable[Entry], limits: Limits = Limits()) -> Admission:
     moving = {e.vm: e.key for e in active}
     pending = sorted(
         (e for e in entries if e.phase is migrations.MigrationPhase.PENDING),
-        key=lambda e: (e.created, e.key),
+        key=lambda e: (e.refused, e.created, e.key),
     )
     start: list[str] = []
     waiting: dict[str, Wait] = {}
