@@ -51,3 +51,33 @@ def test_the_tick_skips_only_what_is_settled_on_this_node(
     obj: dict[str, Any], role: watching.Role, expected: bool
 ) -> None:
     assert handling.unsettled(obj, role, "n1") is expected
+
+
+N = "kubevisor.io/node"
+T = "kubevisor.io/migration-target"
+
+
+@pytest.mark.parametrize(
+    ("phase", "reported", "domain_here", "labels", "expected"),
+    [
+        ("Succeeded", "Completed", False, {N: "n2"}, True),
+        ("Succeeded", "Completed", False, {}, True),  # the VM is gone from our caches
+        # not a success of ours
+        ("Running", "Completed", False, {N: "n2"}, False),
+        ("Failed", "Failed", False, {N: "n1"}, False),
+        ("Succeeded", None, False, {N: "n2"}, False),
+        # the files are live disks again: a domain here, placed here, or coming back
+        ("Succeeded", "Completed", True, {N: "n2"}, False),
+        ("Succeeded", "Completed", False, {N: "n1"}, False),
+        ("Succeeded", "Completed", False, {N: "n2", T: "n1"}, False),
+    ],
+)
+def test_stale_source_copies_only_after_our_success_and_never_while_the_vm_is_here(
+    phase: str, reported: str | None, domain_here: bool, labels: dict[str, str], expected: bool
+) -> None:
+    from kubevisor.agent.migrations import sourcing
+
+    got = sourcing.stale_copies_here(
+        phase=phase, reported=reported, domain_here=domain_here, vm_labels=labels, node="n1"
+    )
+    assert got is expected

@@ -91,11 +91,14 @@ class SourceRole:
         self.loop = loop
         self._own: dict[Key, SourceOwn] = {}
         self._drives: dict[Key, Drive] = {}
+        self._swept: set[Key] = set()
+        """Succeeded Migrations whose stale source disks this process has removed."""
 
     def forget(self, key: Key) -> None:
         """The Migration left this node's source selection: drop what was kept for it
         (a drive still running goes on until libvirt ends it, then removes itself)."""
         self._own.pop(key, None)
+        self._swept.discard(key)
 
     def stop(self) -> None:
         """Cancel every drive (the agent stops): libvirt aborts the jobs and the guests
@@ -182,6 +185,15 @@ class SourceRole:
             return
         if plan.report is not None:
             await self._report(key, mig, plan.report)
+        if key not in self._swept and sourcing.stale_copies_here(
+            phase=observed.phase,
+            reported=own.report.state.value if own.report is not None else None,
+            domain_here=info is not None,
+            vm_labels=self._vm_labels(key, mig),
+            node=self.node,
+        ):
+            self._swept.add(key)
+            await self._drop_after_success(key, mig, st.target_node)
         if plan.action is sourcing.Action.ABORT:
             await self._abort(key, mig, domain, plan.abort_reason or Reason.CANCELLED)
         elif plan.action is sourcing.Action.ADOPT and key not in self._drives:
@@ -313,6 +325,24 @@ class SourceRole:
             outcome = sourcing.Report(sourcing.State.COMPLETED)
             await self._drop_block_copied(key, disk_paths)
         await self._report(key, mig, outcome)
+
+    def _vm_labels(self, key: Key, mig: migrations.Migration) -> dict[str, str]:
+        vm_obj = self.vm((key[0], mig.spec.vm_name)) or {}
+        return dict((vm_obj.get("metadata") or {}).get("labels") or {})
+
+    async def _drop_after_success(
+        self, key: Key, mig: migrations.Migration, target: str | None
+    ) -> None:
+        vm_obj = self.vm((key[0], mig.spec.vm_name))
+        machine = reading.machine(vm_obj)
+        if machine is None or not disks.local_disk_targets(machine):
+            return
+        dest = await self._target(target)
+        if isinstance(dest, sourcing.Report):
+            logger.warning("%s/%s: cannot tell where the block copy went; source disks kept "
+                           "(%s)", *key, dest.message)  # fmt: skip
+            return
+        await self._drop_block_copied(key, self._block_copy_paths(vm_obj, machine, dest))
 
     async def _drop_block_copied(self, key: Key, disk_paths: dict[str, str]) -> None:
         """After a block copy succeeded the guest runs from the target's copies; this

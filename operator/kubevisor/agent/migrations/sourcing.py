@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from kubevisor.api import migrations
+from kubevisor.api import groups, migrations
 
 Phase = migrations.MigrationPhase
 State = migrations.SourceState
@@ -122,6 +122,25 @@ def decide(observed: Observed) -> Plan:
             )
         )
     return Plan(Action.START, report=Report(State.MIGRATING))
+
+
+def stale_copies_here(
+    *,
+    phase: str | None,
+    reported: str | None,
+    domain_here: bool,
+    vm_labels: Mapping[str, str],
+    node: str,
+) -> bool:
+    """Whether the VM's node-local files on this source node are stale copies to remove
+    (pure): the migration Succeeded with our job Completed, so the guest runs from the
+    target's copies — also when this agent restarted mid-migration and never drove the
+    job's end itself. Never while a domain of the VM is here, or the VM is placed here
+    again or a migration is bringing it back: then those files are its live disks."""
+    if phase != Phase.SUCCEEDED or reported != State.COMPLETED or domain_here:
+        return False
+    holders = (vm_labels.get(groups.LABEL_NODE), vm_labels.get(groups.LABEL_MIGRATION_TARGET))
+    return node not in holders
 
 
 def settled(phase: str | None, reported: str | None) -> bool:
