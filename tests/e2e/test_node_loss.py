@@ -106,16 +106,17 @@ def _apply_vm(dev: devcluster.DevCluster, name: str, **spec: Any) -> None:
 
 
 def _booted_on(
-    dev: devcluster.DevCluster, name: str, node: str, *, after: guest.ConsoleMark | None = None
+    dev: devcluster.DevCluster, name: str, node: Any, *, after: guest.ConsoleMark | None = None
 ) -> dict[str, Any] | None:
-    """The VM's status once it runs on ``node`` and its guest printed the boot marker
-    and a tick into the console log there (a boot later than ``after``, a mark of the
-    same log); else None."""
+    """The VM's status once ``node``'s agent reports it Running (its console log is in
+    that node's state directory: right after a move the status still shows what the old
+    node's agent wrote) and its guest printed the boot marker and a tick there (a boot
+    later than ``after``, a mark of the same log); else None."""
     st = _status(dev, name)
-    if st.get("nodeName") != node or st.get("phase") != "Running" or not st.get("consoleLog"):
+    if st.get("nodeName") != node.name or st.get("phase") != "Running":
         return None
-    console = Path(st["consoleLog"])
-    if not console.exists():
+    console = Path(st.get("consoleLog") or "/nonexistent")
+    if not console.is_relative_to(node.state_dir) or not console.exists():
         return None
     mark = guest.console_mark(console)
     if after is not None and mark.boots <= after.boots and mark.offset >= after.offset:
@@ -145,7 +146,7 @@ def test_a_lost_node_is_fenced_and_its_vms_restart_elsewhere(
     ]
     _apply_vm(dev, LOCAL, disks=local_disks)
     for name in (*SHARED, LOCAL):
-        _poll(f"{name} booted on {one.name}", lambda n=name: _booted_on(dev, n, one.name),
+        _poll(f"{name} booted on {one.name}", lambda n=name: _booted_on(dev, n, one),
               limit=BOOT_S, show=lambda n=name: _status(dev, n))  # fmt: skip
     dev.run_kubectl("uncordon", two.name)
     local_disk = one.state_dir / "kubevisor" / "disks" / NS / LOCAL / "root.qcow2"
@@ -179,10 +180,9 @@ def test_a_lost_node_is_fenced_and_its_vms_restart_elsewhere(
 
         for name in SHARED:
             st = _poll(f"{name} booted again on {two.name}",
-                       lambda n=name: _booted_on(dev, n, two.name),
+                       lambda n=name: _booted_on(dev, n, two),
                        limit=BOOT_S, show=lambda n=name: _status(dev, n))  # fmt: skip
             assert st["recovery"] == {"fromNode": one.name, "toNode": two.name}
-            assert Path(st["consoleLog"]).is_relative_to(two.state_dir)
             _poll(f"{name} NodeLost removed", lambda n=name: _cond(dev, n, "NodeLost") is None,
                   limit=30)  # fmt: skip
             assert _vm(dev, name)["metadata"]["labels"]["kubevisor.io/node"] == two.name
@@ -212,7 +212,7 @@ def test_a_lost_node_is_fenced_and_its_vms_restart_elsewhere(
         assert "is stale" in log, log[-2000:]
         assert "KEEPING its disks" in log
         _poll(f"{LOCAL} booted again on {one.name}",
-              lambda: _booted_on(dev, LOCAL, one.name, after=local_mark),
+              lambda: _booted_on(dev, LOCAL, one, after=local_mark),
               limit=BOOT_S, show=lambda: _status(dev, LOCAL))  # fmt: skip
         assert local_disk.exists()
         fencing.unfence(dev, one.name)
