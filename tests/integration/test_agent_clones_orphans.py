@@ -211,3 +211,57 @@ async def test_orphan_sweep_undefines_only_our_domains_of_vanished_vms_and_keeps
         await custom.delete_namespaced_custom_object(
             "kubevisor.io", "v1alpha1", NS, "virtualmachines", f"live-{suffix}"
         )
+
+
+async def test_returning_node_removes_stale_copies_of_vms_placed_elsewhere_keeping_disks(
+    api: client.ApiClient, hv: Any, tmp_path: Path
+) -> None:
+    """A node that comes back after a node loss (docs/node-loss.md): the domain of a VM
+    now placed on another node is a stale copy (destroyed, undefined, disks kept); a VM
+    migrating here and a VM placed nowhere yet are left alone."""
+    layout = _layout(tmp_path)
+    custom = client.CustomObjectsApi(api)
+    suffix = uuid.uuid4().hex[:6]
+    made: list[str] = []
+
+    async def vm(name: str, labels: dict[str, str]) -> domainxml.Identity:
+        obj = await custom.create_namespaced_custom_object(
+            "kubevisor.io", "v1alpha1", NS, "virtualmachines",
+            {"apiVersion": "kubevisor.io/v1alpha1", "kind": "VirtualMachine",
+             "metadata": {"name": f"{name}-{suffix}", "labels": labels},
+             "spec": {"templateRef": {"name": "none"}}},
+        )  # fmt: skip
+        made.append(obj["metadata"]["name"])
+        return domainxml.Identity(namespace=NS, name=obj["metadata"]["name"],
+                                  uid=obj["metadata"]["uid"])  # fmt: skip
+
+    moved = await vm("moved", {"kubevisor.io/node": "node-b"})
+    incoming = await vm(
+        "incoming", {"kubevisor.io/node": "node-b", "kubevisor.io/migration-target": "node-c"}
+    )
+    unplaced = await vm("unplaced", {})
+    shared_disk = layout.root("shared") / NS / moved.name / "root.qcow2"
+    shared_disk.parent.mkdir(parents=True)
+    shared_disk.write_bytes(b"guest data")
+    await _define(hv, moved, state="running")
+    await _define(hv, incoming, state="paused")
+    await _define(hv, unplaced, state="shutoff")
+    try:
+        agent = _agent(api, hv, layout)  # this node is node-c
+        assert await agent.sweep_orphans() == [moved.domain_name]
+        assert await hv.lookup(moved.domain_name) is None
+        assert await hv.lookup(incoming.domain_name) is not None
+        assert await hv.lookup(unplaced.domain_name) is not None
+        assert shared_disk.read_bytes() == b"guest data"  # the disk the VM now runs from
+        # one VM at a time, as when a VM leaves this node's label selector
+        await _define(hv, moved, state="running")
+        assert await agent.orphans.sweep_one((NS, moved.name)) is True
+        assert await hv.lookup(moved.domain_name) is None
+        assert await agent.orphans.sweep_one((NS, incoming.name)) is False
+    finally:
+        for ident in (moved, incoming, unplaced):
+            await _remove(hv, ident.domain_name)
+        for name in made:
+            await custom.delete_namespaced_custom_object(
+                "kubevisor.io", "v1alpha1", NS, "virtualmachines", name
+            )

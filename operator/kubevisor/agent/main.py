@@ -83,8 +83,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rtt-probe-seconds", type=float, default=leases.PROBE_INTERVAL_S,
         help="interval of the RTT probes to peer nodes' libvirtd (s)",
     )  # fmt: skip
+    p.add_argument(
+        "--lease-duration-seconds", type=_lease_duration, default=nodes.LEASE_DURATION_S,
+        help="leaseDurationSeconds of the node's Lease: how long after the last renewal the"
+        " controller treats the node as lost (default 30; shorter for tests, renewed every"
+        " third of it at most)",
+    )  # fmt: skip
     p.add_argument("--verbose", "-v", action="store_true")
     return p.parse_args(argv)
+
+
+def _lease_duration(text: str) -> int:
+    """A Lease duration flag: whole seconds, at least 3 (renewals every third of it)."""
+    value = int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError("must be at least 3 seconds")
+    return value
 
 
 def _host_memory() -> int:
@@ -123,7 +137,11 @@ async def run(args: argparse.Namespace) -> None:
             update={"cpu_models": cpus.usable, "host_cpu_model": cpus.host_model}
         )
         heartbeat = leases.Heartbeat(
-            api, node=args.node, labels=dict(args.label), capacity=capacity
+            api,
+            node=args.node,
+            labels=dict(args.label),
+            capacity=capacity,
+            duration_s=args.lease_duration_seconds,
         )
         adapter = bridges.Segments(netns=args.netns)
         node_segments = segmenting.NodeSegments(

@@ -41,6 +41,10 @@ class ConditionType(StrEnum):
     ANNOTATIONS_VALID = "AnnotationsValid"
     """Only while False (reason InvalidAnnotation): an annotation the controller reads
     (kubevisor.io/restart, paused, power) has a value it ignores; the message says why."""
+    NODE_LOST = "NodeLost"
+    """Only while the VM's node is lost (its Lease expired): True, and the reason says
+    what happens to the VM (AwaitingFence, Recovering, NotRecoverable, NotRestarted,
+    Unschedulable); see docs/node-loss.md."""
     PROGRESSING = "Progressing"
     """A long operation (backup, migration, pool scaling) is under way."""
     COMPLETED = "Completed"
@@ -74,6 +78,17 @@ class Reason(StrEnum):
     """A node was chosen."""
     NODE_LOST = "NodeLost"
     """The node's agent stopped renewing its Lease."""
+    AWAITING_FENCE = "AwaitingFence"
+    """NodeLost: the node is not fenced yet (no out-of-service taint), so the VM is not
+    started anywhere else: its old copy may still be writing its disks."""
+    RECOVERING = "Recovering"
+    """NodeLost: the node is fenced; the VM restarts on the node the message names."""
+    NOT_RECOVERABLE = "NotRecoverable"
+    """NodeLost: the VM has node-local disks, so it cannot restart elsewhere; it keeps
+    them and runs again when its node returns."""
+    NOT_RESTARTED = "NotRestarted"
+    """NodeLost: the VM's runStrategy (or an unfinished migration) does not restart it
+    elsewhere."""
     NETWORK_UNAVAILABLE = "NetworkUnavailable"
     """A network segment or VLAN the object needs cannot be set up on the node."""
     STORAGE_UNREACHABLE = "StorageUnreachable"

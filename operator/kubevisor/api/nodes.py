@@ -271,6 +271,7 @@ def renewal_patch(
     segments: Iterable[str],
     now: datetime,
     rtts: Mapping[str, float] | None = None,
+    duration_s: int = LEASE_DURATION_S,
 ) -> dict[str, Any]:
     """A merge patch renewing the Lease ``current``; metadata only where it differs, so a
     quiet node costs one small write per interval (pure). ``rtts`` None leaves the RTT
@@ -279,7 +280,7 @@ def renewal_patch(
         "spec": {
             "renewTime": micro_time(now),
             "holderIdentity": node,
-            "leaseDurationSeconds": LEASE_DURATION_S,
+            "leaseDurationSeconds": duration_s,
         }
     }
     metadata = current.get("metadata") or {}

@@ -8,7 +8,7 @@ from typing import Annotated, Final, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from kubevisor.api import common, conditions, machines, migrations
+from kubevisor.api import common, conditions, machines, migrations, nodeloss
 
 
 class RunStrategy(StrEnum):
@@ -112,6 +112,10 @@ class VirtualMachineSpec(machines.MachineOverrides):
     eviction_strategy: EvictionStrategy = EvictionStrategy.NONE
     """On a drained (cordoned) node: LiveMigrate moves the VM away live; None leaves it
     running there and says so in its Evictable condition."""
+    priority: Annotated[int, Field(ge=-1000000000, le=1000000000)] | None = None
+    """Order of restart after its node is lost and fenced: higher first (unset is 0;
+    ties by creation time). Only VMs with runStrategy Always or RerunOnFailure and
+    shared disks are restarted elsewhere (docs/node-loss.md)."""
 
     @model_validator(mode="after")
     def _has_a_machine(self) -> Self:
@@ -191,6 +195,9 @@ class VirtualMachineStatus(conditions.Status):
     migration: migrations.VMMigrationState | None = None
     """The Migration that moves (or last moved) this VM, written by the Migration
     reconciler; the source agent's guard against starting a second copy."""
+    recovery: nodeloss.VMRecoveryState | None = None
+    """Where the VM restarts after its node was lost and fenced (or last restarted),
+    written by the controller's node-loss pass (docs/node-loss.md)."""
 
 
 class VirtualMachine(common.Resource):

@@ -13,6 +13,7 @@ from kubevisor.controller import notimplemented
 from kubevisor.controller.drain import handlers as drain
 from kubevisor.controller.kube import operating
 from kubevisor.controller.migrations import handlers as migrations
+from kubevisor.controller.nodeloss import handlers as nodeloss
 from kubevisor.controller.placement import reserving
 from kubevisor.controller.runtime import running
 from kubevisor.controller.vms import handlers as vms
@@ -32,7 +33,8 @@ def not_implemented_kinds() -> list[kinds.Kind]:
 
 def handlers(rt: running.Runtime) -> list[operating.Handler]:
     """Every handler of the controller process, sharing ``rt``."""
-    machines = vms.VMs(rt, placer=reserving.Placer())
+    placer = reserving.Placer()
+    machines = vms.VMs(rt, placer=placer)
     templates = vmtemplates.VMTemplates(rt, on_change=machines.template_changed)
     routers = vrfs.VRFs(rt)
     return [
@@ -41,6 +43,7 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *templates.handlers(),
         *routers.handlers(),
         *drain.Drain(rt).handlers(),
+        *nodeloss.NodeLoss(rt, placer=placer).handlers(),
         *migrations.Migrations(rt).handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

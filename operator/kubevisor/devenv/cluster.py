@@ -309,6 +309,12 @@ def _gone(pid: int) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def reap(dev: DevCluster, node: str) -> bool:
+    """Reap one node's agent after something killed it (a fence step); whether it is
+    gone. The agent is this process's child when ``up`` or ``start_agent`` ran here."""
+    return _gone(dev.pids[f"agent-{node}"])
+
+
 def agent_flags(pid: int) -> list[str]:
     """The ``--flag`` arguments a running agent was started with (from /proc)."""
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")

@@ -163,3 +163,18 @@ def test_the_controller_places_on_what_the_agent_published() -> None:
         shared_storage="/srv/shared",
         alive=True,
     )
+
+
+def test_renewal_keeps_a_short_lease_duration_for_tests() -> None:
+    """An agent started with --lease-duration-seconds renews with that duration, so the
+    controller (which reads it from each Lease) judges the node by it."""
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    patch = nodes.renewal_patch(
+        current={}, node="n", labels={}, capacity=nodes.Capacity(), segments=[], now=now,
+        duration_s=9,
+    )  # fmt: skip
+    assert patch["spec"]["leaseDurationSeconds"] == 9
+    default = nodes.renewal_patch(
+        current={}, node="n", labels={}, capacity=nodes.Capacity(), segments=[], now=now
+    )
+    assert default["spec"]["leaseDurationSeconds"] == nodes.LEASE_DURATION_S == 30

@@ -42,6 +42,7 @@ class Heartbeat:
         labels: dict[str, str],
         capacity: nodes.Capacity,
         interval: float = RENEW_INTERVAL_S,
+        duration_s: int = nodes.LEASE_DURATION_S,
     ) -> None:
         self._api = api
         # Typed loosely: we pass plain dicts and private options the stubs do not know.
@@ -50,7 +51,10 @@ class Heartbeat:
         self.node = node
         self.labels = dict(labels)
         self.capacity = capacity
-        self.interval = interval
+        self.duration_s = duration_s
+        """``leaseDurationSeconds`` written (a short one for tests of node loss); the
+        renewal interval is at most a third of it."""
+        self.interval = min(interval, duration_s / 3)
         self.segments: frozenset[str] = frozenset()
         self.rtts: dict[str, float] | None = None
         """RTTs to peers as last published; None until the first probe round."""
@@ -130,6 +134,7 @@ class Heartbeat:
                     segments=self.segments,
                     now=now,
                     rtts=self.rtts,
+                    duration_s=self.duration_s,
                 )
                 try:
                     await self._coordination.create_namespaced_lease(nodes.LEASE_NAMESPACE, body)
@@ -148,6 +153,7 @@ class Heartbeat:
             segments=self.segments,
             now=now,
             rtts=self.rtts,
+            duration_s=self.duration_s,
         )
         try:
             lease = await self._coordination.patch_namespaced_lease(

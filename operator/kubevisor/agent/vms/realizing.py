@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from kubevisor.agent.vms import cloning, handling, orphans, placing, reporting, 
 from kubevisor.api import naming, virtualmachines
 
 Key = informing.Key
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Agent:
             self._reconcile, workers=config.workers, fingerprint=self._fingerprint
         )
         self.watcher = watching.informer(
-            api, watching.Role.PLACED, node=config.node, on_change=self.loop.enqueue
+            api, watching.Role.PLACED, node=config.node, on_change=self._placed_changed
         )
         self.incoming = watching.informer(
             api, watching.Role.INCOMING, node=config.node, on_change=self._incoming_changed
@@ -116,6 +118,7 @@ class Agent:
             known=self._known,
             busy=lambda key: key in self.loop.busy or key in self.clones.holding,
             every=config.orphan_sweep,
+            node=config.node,
         )
         self.handler = handling.VMHandler(
             hypervisor,
@@ -200,6 +203,22 @@ class Agent:
             if key is not None and self.migrations is not None:
                 self.migrations.vm_changed(key)
 
+    def _placed_changed(self, key: Key) -> None:
+        """A VM placed here changed, or left this node's selector: a pass; one that left
+        may have left a stale copy behind (restarted elsewhere after a node loss)."""
+        self.loop.enqueue(key)
+        if key in self.watcher.cache or not self.watcher.synced.is_set():
+            return
+        task = asyncio.get_running_loop().create_task(self._sweep_one(key))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sweep_one(self, key: Key) -> None:
+        try:
+            await self.orphans.sweep_one(key)
+        except Exception:
+            logger.exception("%s/%s: looking for a stale copy failed", *key)
+
     def _incoming_changed(self, key: Key) -> None:
         """A VM started or stopped migrating here: its segments count (or not) now."""
         if self.migrations is not None:
@@ -219,10 +238,13 @@ class Agent:
                 group.create_task(self.heartbeat.run())
             group.create_task(self._events())
             group.create_task(self.loop.tick(self.config.tick, lambda: self.watcher.cache))
-            group.create_task(self.loop.run())
             if self.migrations is not None:
                 group.create_task(self.migrations.run())
             await self.watcher.synced.wait()
+            # A node that comes back destroys its stale copies (VMs restarted elsewhere
+            # while it was lost) before its work loop may start anything.
+            await self.orphans.first_sweep()
+            group.create_task(self.loop.run())
             # After the first list: declare the VMs' segments (adopting and pruning what an
             # earlier agent left once every user of segments has declared its needs).
             group.create_task(self._sync_segments())

@@ -36,7 +36,7 @@ from typing import Any
 
 import pydantic
 
-from kubevisor.api import machines, migrations
+from kubevisor.api import machines, migrations, nodeloss
 from kubevisor.api.virtualmachines import DesiredState
 from kubevisor.controller.placement import placing
 
@@ -89,11 +89,12 @@ def seen(obj: Mapping[str, Any]) -> Seen:
 
     A VM counts on its node when it has ``status.nodeName`` and a valid
     ``status.machine`` and its desired state is not Stopped (a stopped VM keeps its node
-    but frees the capacity, as before).
+    but frees the capacity, as before). A VM the node-loss pass chose a new node for
+    counts there already (``nodeloss.recovered_to``), before its ``nodeName`` moves.
     """
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
-    node = status.get("nodeName") or None
+    node = nodeloss.recovered_to(status) or status.get("nodeName") or None
     raw = status.get("machine")
     usage = NOTHING
     if node and raw and status.get("desiredState") != DesiredState.STOPPED:

@@ -129,14 +129,20 @@ class VMs:
         await self._rt.client.guarded_patch(VM.plural, scope.obj, ops)
 
     async def _move(self, obj: dict[str, Any], target: str) -> dict[str, Any]:
-        """A Succeeded migration: the ``kubevisor.io/node`` label goes to ``target`` first
-        (guarded by the version read); ``nodeName`` follows in this pass's status write
-        (``phases.schedule`` takes the target from ``moving.moved_to``)."""
+        """A Succeeded migration or a node-loss recovery: the ``kubevisor.io/node`` label
+        goes to ``target`` first (guarded by the version read); ``nodeName`` follows in
+        this pass's status write (``phases.schedule`` takes the target from
+        ``moving.relocated_to``)."""
         meta = obj["metadata"]
         labels = dict(meta.get("labels") or {})
         if labels.get(groups.LABEL_NODE) == target:
             return obj
         source = (obj.get("status") or {}).get("nodeName")
+        how = (
+            f"live-migrated from node {source}"
+            if moving.moved_to(obj.get("status") or {}) == target
+            else f"restarted from its shared disks: node {source} was lost and fenced"
+        )
         moved = await self._rt.client.guarded_patch(
             VM.plural,
             obj,
@@ -156,9 +162,9 @@ class VMs:
             moved,
             type_="Normal",
             reason="Migrated",
-            message=f"now runs on node {target} (live-migrated from node {source}).",
+            message=f"now runs on node {target} ({how}).",
         )
-        log.info("VM %s/%s moved to node %s by migration", meta["namespace"], meta["name"], target)
+        log.info("VM %s/%s moved to node %s (%s)", meta["namespace"], meta["name"], target, how)
         return moved
 
     async def _finalize(self, obj: dict[str, Any]) -> None:
@@ -203,7 +209,7 @@ class VMs:
             self._track(key, None)
             await self._finalize(obj)
             return Outcome.GONE
-        target = moving.moved_to(obj.get("status") or {})
+        target = moving.relocated_to(obj.get("status") or {})
         if target is not None:
             obj = await self._move(obj, target)
         self._placer.observe(obj)

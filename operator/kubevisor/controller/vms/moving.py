@@ -15,7 +15,7 @@ from typing import Any
 
 import pydantic
 
-from kubevisor.api import migrations
+from kubevisor.api import migrations, nodeloss
 
 
 def state(status: Mapping[str, Any]) -> migrations.VMMigrationState | None:
@@ -43,3 +43,10 @@ def moved_to(status: Mapping[str, Any]) -> str | None:
     if record.source_node != node or record.target_node == node:
         return None
     return record.target_node
+
+
+def relocated_to(status: Mapping[str, Any]) -> str | None:
+    """The node the VM must be moved to after a Succeeded migration (``moved_to``) or
+    after its node was lost and fenced (``nodeloss.recovered_to``: the node-loss pass
+    recorded ``status.recovery`` for the VM's current node); None when it stays."""
+    return moved_to(status) or nodeloss.recovered_to(status)

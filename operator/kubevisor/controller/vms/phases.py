@@ -284,8 +284,8 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
     """
     assert scope.power is not None
     sched = ConditionType.SCHEDULED
-    # a Succeeded live migration moved it: the target is its node now (vms.moving)
-    placed = moving.moved_to(scope.status) or scope.status.get("nodeName")
+    # a Succeeded live migration or a node-loss recovery moved it (vms.moving)
+    placed = moving.relocated_to(scope.status) or scope.status.get("nodeName")
     if placed:
         scope.node = str(placed)
         scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {placed}")

@@ -1,0 +1,1 @@
+"""Node loss: lost nodes, fencing, restarting VMs elsewhere (docs/node-loss.md)."""
