@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from kubevisor.api import common, conditions, machines
+from kubevisor.api import common, conditions, machines, migrations, nodes
 
 
 class VMBackupPhase(StrEnum):
@@ -345,3 +345,63 @@ def waits_for(me: Turn, others: Iterable[Turn]) -> Turn | None:
         return min(running, key=lambda o: (o.created, o.kind, o.name))
     earlier = [o for o in ahead if (o.created, o.kind, o.name) < (me.created, me.kind, me.name)]
     return min(earlier, key=lambda o: (o.created, o.kind, o.name)) if earlier else None
+
+
+#: Ready/Scheduled reasons of a Pending object that only waits for its turn (or for a
+#: slot): such an object contends. One refused for another reason (no target, no previous
+#: backup, no VM) does not hold up the other kind forever.
+TURN_REASONS: Final = frozenset(
+    {
+        BackupReason.MIGRATION_IN_PROGRESS.value,
+        BackupReason.BACKUP_IN_PROGRESS.value,
+        migrations.MigrationReason.CLUSTER_LIMIT.value,
+        migrations.MigrationReason.NODE_OUTBOUND_LIMIT.value,
+        migrations.MigrationReason.VM_ALREADY_MIGRATING.value,
+        migrations.MigrationReason.BACKUP_IN_PROGRESS.value,
+    }
+)
+
+
+def _waiting_reason(status: Mapping[str, Any], condition: str) -> str | None:
+    found = conditions.get_condition(list(status.get("conditions") or []), condition)
+    if found is None or found.get("status") == "True":
+        return None
+    return str(found.get("reason") or "")
+
+
+def _created(meta: Mapping[str, Any]) -> datetime:
+    return nodes.parse_time(meta.get("creationTimestamp")) or datetime.fromtimestamp(0, UTC)
+
+
+def backup_turn(obj: Mapping[str, Any], vm_name: str) -> Turn | None:
+    """The Turn of a VMBackup object if it is an unfinished backup of ``vm_name`` that
+    contends (Running, or Pending only for its turn or not looked at yet); else None."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    if spec.get("vmName") != vm_name or meta.get("deletionTimestamp"):
+        return None
+    phase = status.get("phase") or VMBackupPhase.PENDING.value
+    if phase in (VMBackupPhase.SUCCEEDED.value, VMBackupPhase.FAILED.value):
+        return None
+    active = phase == VMBackupPhase.RUNNING.value
+    reason = _waiting_reason(status, conditions.ConditionType.READY)
+    if not active and reason is not None and reason not in TURN_REASONS:
+        return None
+    return Turn("VMBackup", str(meta.get("name")), _created(meta), active)
+
+
+def migration_turn(obj: Mapping[str, Any], vm_name: str) -> Turn | None:
+    """The Turn of a Migration object if it is an unfinished migration of ``vm_name``
+    that contends (past Pending, or Pending only for a slot or its turn); else None."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    if spec.get("vmName") != vm_name:
+        return None
+    phase = status.get("phase") or migrations.MigrationPhase.PENDING.value
+    if phase in {p.value for p in migrations.FINAL_PHASES}:
+        return None
+    active = phase != migrations.MigrationPhase.PENDING.value
+    reason = _waiting_reason(status, conditions.ConditionType.SCHEDULED)
+    if not active and reason is not None and reason not in TURN_REASONS:
+        return None
+    return Turn("Migration", str(meta.get("name")), _created(meta), active)

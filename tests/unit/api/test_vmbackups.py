@@ -90,3 +90,49 @@ def test_spec_defaults_and_wire_names() -> None:
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     assert wire["chain"] == {"full": "b0", "previous": "b1", "length": 3}
     assert wire["progress"] == {"doneBytes": 5, "totalBytes": 10, "percent": 50}
+
+
+def _cond(type_: str, status: str, reason: str) -> dict[str, str]:
+    return {"type": type_, "status": status, "reason": reason}
+
+
+META = {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({}, (True, False)),
+        ({"phase": "Running"}, (True, True)),
+        ({"phase": "Succeeded"}, (False, False)),
+        ({"phase": "Pending", "conditions": [_cond("Ready", "False", "MigrationInProgress")]},
+         (True, False)),
+        # refused for another reason: does not hold up a migration forever
+        ({"phase": "Pending", "conditions": [_cond("Ready", "False", "NoPreviousBackup")]},
+         (False, False)),
+    ],
+)  # fmt: skip
+def test_backup_turn(status: dict[str, object], expected: tuple[bool, bool]) -> None:
+    obj = {"metadata": META, "spec": {"vmName": "tiny"}, "status": status}
+    turn = vmbackups.backup_turn(obj, "tiny")
+    assert (turn is not None, bool(turn and turn.active)) == expected
+    assert vmbackups.backup_turn(obj, "other-vm") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({}, (True, False)),
+        ({"phase": "Running"}, (True, True)),
+        ({"phase": "Scheduling"}, (True, True)),
+        ({"phase": "Cancelled"}, (False, False)),
+        ({"phase": "Pending", "conditions": [_cond("Scheduled", "False", "ClusterLimitReached")]},
+         (True, False)),
+        ({"phase": "Pending", "conditions": [_cond("Scheduled", "False", "NoTargetFits")]},
+         (False, False)),
+    ],
+)  # fmt: skip
+def test_migration_turn(status: dict[str, object], expected: tuple[bool, bool]) -> None:
+    obj = {"metadata": META, "spec": {"vmName": "tiny"}, "status": status}
+    turn = vmbackups.migration_turn(obj, "tiny")
+    assert (turn is not None, bool(turn and turn.active)) == expected
