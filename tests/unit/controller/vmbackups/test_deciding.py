@@ -15,7 +15,11 @@ pytestmark = pytest.mark.unit
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 Phase = vmbackups.VMBackupPhase
 Reason = vmbackups.BackupReason
-MACHINE: dict[str, Any] = {"cpu": {"cores": 1}, "memory": "128Mi", "disks": [{"name": "root", "size": "64Mi"}]}
+MACHINE: dict[str, Any] = {
+    "cpu": {"cores": 1},
+    "memory": "128Mi",
+    "disks": [{"name": "root", "size": "64Mi"}],
+}
 
 
 def vm(*, placed: bool = True) -> virtualmachines.VirtualMachine:
