@@ -51,8 +51,13 @@ async def _run(*args: str) -> str:
     return out.decode()
 
 
-def prepare_staging(target: Path, staging: Path) -> None:
-    """An empty staging directory under an existing target (raises TargetUnavailable)."""
+def prepare_staging(target: Path, staging: Path, *, create_target: bool) -> None:
+    """An empty staging directory under the target (raises TargetUnavailable). The target
+    itself is created only when ``create_target`` (a relative target: our own area under
+    the storage root); an absolute one (a NAS mount point) must exist."""
+    if create_target:
+        with contextlib.suppress(OSError):
+            target.mkdir(parents=True, exist_ok=True)
     if not target.is_dir():
         raise CopyError(
             vmbackups.BackupReason.TARGET_UNAVAILABLE,

@@ -275,7 +275,10 @@ class BackupHandler:
         names: list[str] = []
         try:
             if not adopt:
-                copying.prepare_staging(target, staging)
+                path = backup.spec.target.path
+                copying.prepare_staging(
+                    target, staging, create_target=not (path or "").startswith("/")
+                )
             names, checkpoint = await run(key, backup, own, domain, staging, adopt=adopt)
             await self._finish(key, backup, own, staging, final, names, checkpoint)
         except copying.CopyError as exc:
