@@ -308,3 +308,29 @@ def test_a_missing_target_fails_clearly_and_loses_nothing(
     mark = guest.console_mark(console)
     _poll("the VM keeps running", lambda: guest.kept_running(console, mark), limit=60)
     assert _status(dev, "virtualmachine", "bk-miss")["phase"] == "Running"
+
+
+def _cli(dev: devcluster.DevCluster, *args: str) -> str:
+    """The ``kubevisor`` command, as a user runs it; its output (AssertionError on failure)."""
+    proc = subprocess.run(
+        [str(devcluster.VENV_BIN / "kubevisor"), f"--kubeconfig={dev.kubeconfig}", *args],
+        capture_output=True, text=True, check=False, timeout=BACKUP_S + BOOT_S,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"kubevisor {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def test_cli_backup_and_restore_show_progress_and_the_result(dev: devcluster.DevCluster) -> None:
+    _boot_writer(dev, "bk-cli")
+    out = _cli(dev, "backup", "bk-cli", "--name", "bk-cli-1", "--target", TARGET)
+    print(f"\n{out}")
+    assert "vmbackup/bk-cli-1 created" in out and "phase Running" in out, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"Succeeded: vmbackup/bk-cli-1 on {dev.nodes[0].name}, "), last
+    assert "MiB written" in last and " ms" in last, last
+    inc = _cli(dev, "backup", "bk-cli", "--name", "bk-cli-2", "--target", TARGET,
+               "--mode", "Incremental")  # fmt: skip
+    assert "incremental on bk-cli-1 (chain of 2)" in inc.strip().splitlines()[-1], inc
+    out = _cli(dev, "restore", "bk-cli-2", "--as", "bk-cli-back")
+    print(out)
+    assert out.strip().splitlines()[-1].startswith("Running: virtualmachine/bk-cli-back on "), out
