@@ -324,7 +324,8 @@ def test_cli_backup_and_restore_show_progress_and_the_result(dev: devcluster.Dev
     _boot_writer(dev, "bk-cli")
     out = _cli(dev, "backup", "bk-cli", "--name", "bk-cli-1", "--target", TARGET)
     print(f"\n{out}")
-    assert "vmbackup/bk-cli-1 created" in out and "phase Running" in out, out
+    # (a backup of the tiny guest can end between two polls: Running is not always seen)
+    assert "vmbackup/bk-cli-1 created" in out and "phase Succeeded" in out, out
     last = out.strip().splitlines()[-1]
     assert last.startswith(f"Succeeded: vmbackup/bk-cli-1 on {dev.nodes[0].name}, "), last
     assert "MiB written" in last and " ms" in last, last

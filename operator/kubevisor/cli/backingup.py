@@ -104,7 +104,8 @@ class Follower:
             self.end_line()
             print(f"phase {phase}", file=self.out)
             self.phase = phase
-        if phase == "Pending" and (reason := why(status)) != self.reason:
+        waiting = phase == "Pending" and status.get("conditions")
+        if waiting and (reason := why(status)) != self.reason:
             print(f"  waiting: {reason}", file=self.out)
             self.reason = reason
         if status.get("progress") and phase == "Running":
