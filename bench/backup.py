@@ -162,16 +162,18 @@ class Bench:
 
     def guest_write(self, mib: int, offset_mib: int) -> None:
         """Write ``mib`` MiB into the running guest's data disk through QEMU's block layer
-        (HMP ``qemu-io`` on the data disk's format node, where the dirty bitmaps live)."""
+        (HMP ``qemu-io -d <the disk's qdev>``: the guest device's own BlockBackend, so the
+        dirty bitmaps see it), then read it back with a pattern check."""
         blocks = json.loads(self._monitor('{"execute":"query-block"}', hmp=False))["return"]
-        node = next(
-            b["inserted"]["node-name"]
-            for b in blocks
-            if "data.qcow2" in (b.get("inserted") or {}).get("file", "")
+        qdev = next(
+            b["qdev"] for b in blocks if "data.qcow2" in (b.get("inserted") or {}).get("file", "")
         )
-        out = self._monitor(f'qemu-io {node} "write -P 0x5a {offset_mib}M {mib}M"', hmp=True)
-        if "error" in out.lower() or "failed" in out.lower():
-            raise RuntimeError(f"qemu-io: {out.strip()}")
+        span = f"{offset_mib}M {mib}M"
+        wrote = self._monitor(f'qemu-io -d {qdev} "write -P 0x5a {span}"', hmp=True)
+        read = self._monitor(f'qemu-io -d {qdev} "read -P 0x5a {span}"', hmp=True)
+        if "wrote" not in wrote or "read" not in read or "fail" in (wrote + read).lower():
+            raise RuntimeError(f"qemu-io on {qdev}: {wrote.strip()} / {read.strip()}")
+        log(f"guest data disk: {wrote.strip().splitlines()[0]}")
 
 
 def med(rows: list[dict[str, float]], key: str) -> float:

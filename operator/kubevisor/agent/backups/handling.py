@@ -44,6 +44,8 @@ Key = informing.Key
 Reason = vmbackups.BackupReason
 TICK_SECONDS = 5.0
 PROGRESS_SECONDS = 1.0
+#: How often a running backup job is looked at (its end is seen at most this late).
+JOB_POLL_SECONDS = 0.05
 
 
 def _now() -> datetime:
@@ -372,7 +374,7 @@ class BackupHandler:
                 last = time.monotonic()
                 own.progress = _progress(sample.done_bytes, sample.total_bytes)
                 await self._apply(key, own)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(JOB_POLL_SECONDS)
         result = await backingup.finished(self.hv, domain)
         if result is None or not result.succeeded:
             await backingup.delete_checkpoint(self.hv, domain, checkpoint)
