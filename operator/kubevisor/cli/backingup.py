@@ -196,7 +196,8 @@ def restore(
         )
         st = obj.get("status") or {}
         phase = st.get("phase") or "Pending"
-        shown = f"phase {phase} ({why(st)})"
+        ready = conditions.get_condition(list(st.get("conditions") or []), "Ready")
+        shown = f"phase {phase}" + (f" ({why(st)})" if ready is not None else "")
         if shown != last:
             print(f"  {shown}", flush=True)
             last = shown
