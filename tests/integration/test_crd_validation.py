@@ -222,6 +222,13 @@ CASES: list[tuple[str, str, Callable[[Obj], None], str]] = [
         spec_set("target.storage", "nas"),
         "spec.target.storage",
     ),
+    ("backup-unknown-mode", "vmbackup.yaml", spec_set("mode", "Differential"), "spec.mode"),
+    (
+        "backup-path-escapes",
+        "vmbackup.yaml",
+        spec_set("target.path", "../../etc"),
+        "spec.target.path",
+    ),
     ("pool-min-greater-than-max", "desktoppool.yaml", spec_set("min", 11), "spec.min"),
     ("pool-spare-greater-than-max", "desktoppool.yaml", spec_set("spare", 11), "spec.spare"),
     ("pool-max-zero", "desktoppool.yaml", spec_set("max", 0), "spec.max"),

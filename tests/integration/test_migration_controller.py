@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kubevisor.api import groups, migrations, nodes
+from kubevisor.api import groups, migrations, nodes, vmbackups
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
@@ -237,7 +237,7 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
         yield e
     finally:
         e.stop()
-        for plural in ("migrations", "virtualmachines"):
+        for plural in ("migrations", "vmbackups", "virtualmachines"):
             for obj in e.custom.list_namespaced_custom_object(G, V, NS, plural)["items"]:
                 name = obj["metadata"]["name"]
                 e.custom.patch_namespaced_custom_object(
@@ -451,3 +451,42 @@ def test_outbound_limit_per_node(env: Env) -> None:
             G, V, NS, "migrations", f"{n}-m", {"spec": {"cancel": True}}
         )
         env.phase(f"{n}-m", "Cancelled")
+
+
+def test_a_backup_and_a_migration_of_one_vm_take_turns(env: Env) -> None:
+    """The TEST plays the backup agent too (``vmbackups.AGENT_FIELD_MANAGER``)."""
+    env.vm("bt")
+
+    def backup(name: str) -> None:
+        body = {"apiVersion": groups.API_VERSION, "kind": "VMBackup", "metadata": {"name": name},
+                "spec": {"vmName": "bt", "target": {"path": "/nas"}}}  # fmt: skip
+        env.custom.create_namespaced_custom_object(G, V, NS, "vmbackups", body)
+
+    def bstatus(name: str) -> dict[str, Any]:
+        return dict((env.get("vmbackups", name) or {}).get("status") or {})
+
+    def ready(name: str) -> dict[str, Any]:
+        return next((c for c in bstatus(name).get("conditions") or [] if c["type"] == "Ready"), {})
+
+    backup("bt-b")
+    testing.wait_for(lambda: bstatus("bt-b").get("phase") == "Running", timeout=30,
+                     what="backup admitted")  # fmt: skip
+    labels = (env.get("vmbackups", "bt-b") or {})["metadata"]["labels"]
+    assert labels[vmbackups.LABEL_BACKUP_NODE] == SRC and labels[groups.LABEL_VM] == "bt"
+    env.migrate("bt-m", "bt", target="mc-b")
+    cond = env.scheduled("bt-m")
+    assert cond["reason"] == "BackupInProgress" and "bt-b" in cond["message"], cond
+    assert env.mstatus("bt-m")["phase"] == "Pending"
+    assert "BackupInProgress" in env.events("bt-m")
+    # the agent reports the copy done: the backup succeeds, the migration goes on
+    env._apply("vmbackups", "VMBackup", "bt-b", {"agent": {"node": SRC, "state": "Succeeded"}},
+               vmbackups.AGENT_FIELD_MANAGER)  # fmt: skip
+    testing.wait_for(lambda: bstatus("bt-b").get("phase") == "Succeeded", timeout=30,
+                     what="backup Succeeded")  # fmt: skip
+    env.phase("bt-m", "PreparingTarget")
+    # and now a new backup waits for the running migration
+    backup("bt-b2")
+    testing.wait_for(lambda: ready("bt-b2").get("reason") == "MigrationInProgress", timeout=30,
+                     what="backup waits for the migration")  # fmt: skip
+    assert bstatus("bt-b2")["phase"] == "Pending"
+    assert "bt-m" in ready("bt-b2")["message"]

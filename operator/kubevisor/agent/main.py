@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from kubevisor.agent import disks, domainxml, segmenting, segments
+from kubevisor.agent.backups import handling as backuphandling
 from kubevisor.agent.kernel import bridges
 from kubevisor.agent.kube import connecting, leases
 from kubevisor.agent.libvirt import Hypervisor
@@ -176,9 +177,15 @@ async def run(args: argparse.Namespace) -> None:
                     node_segments=node_segments,
                 )
             )
+        backups = asyncio.get_running_loop().create_task(
+            backuphandling.BackupHandler(api, hv, node=args.node, layout=layout).run()
+        )
         try:
             await agent.run()
         finally:
+            backups.cancel()
+            with contextlib.suppress(BaseException):
+                await backups
             probing.cancel()
             with contextlib.suppress(BaseException):
                 await probing

@@ -112,7 +112,10 @@ VMBACKUP = Kind(
     status_model=vmbackups.VMBackupStatus,
     printer_columns=(
         PrinterColumn("VM", ".spec.vmName", "string", "VirtualMachine backed up."),
+        PrinterColumn("Mode", ".spec.mode", "string", "Full or Incremental."),
         _phase("Lifecycle phase."),
+        PrinterColumn("Progress", ".status.progress.percent", "integer", "Percent copied."),
+        PrinterColumn("Size", ".status.sizeBytes", "integer", "Bytes written.", priority=1),
         PrinterColumn("Completed", ".status.completedAt", "date", "When copying finished."),
         AGE,
     ),

@@ -79,6 +79,9 @@ class MigrationReason(StrEnum):
     """The source node already sends as many migrations as allowed; this one waits."""
     VM_ALREADY_MIGRATING = "VMAlreadyMigrating"
     """Another unfinished Migration moves the same VM; this one waits for it."""
+    BACKUP_IN_PROGRESS = "BackupInProgress"
+    """A VMBackup of the same VM runs (or was asked for first); this one waits for it
+    (``vmbackups.waits_for``)."""
     # -- the VM itself ----------------------------------------------------------------
     VM_NOT_FOUND = "VMNotFound"
     """spec.vmName names no VirtualMachine in the namespace."""

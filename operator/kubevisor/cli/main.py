@@ -13,8 +13,11 @@ Examples::
     kubevisor migrate web --to node-2      # live migration, with a progress bar
     kubevisor drain node-1                 # cordon, and wait until its VMs moved away
     kubevisor uncordon node-1
+    kubevisor backup web                   # live backup, with a progress bar
+    kubevisor restore web-3f2a1c --as web-restored
 
-``migrate``, ``drain`` and ``uncordon`` are in :mod:`kubevisor.cli.migrating`.
+``migrate``, ``drain`` and ``uncordon`` are in :mod:`kubevisor.cli.migrating`; ``backup``
+and ``restore`` in :mod:`kubevisor.cli.backingup`.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kubevisor.api import groups, kinds, virtualmachines
+from kubevisor.api import groups, kinds, virtualmachines, vmbackups
 from kubevisor.api.virtualmachines import DesiredState, RunStrategy
-from kubevisor.cli import migrating
+from kubevisor.cli import backingup, migrating
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
@@ -159,6 +162,21 @@ def run(args: argparse.Namespace) -> str:
                 return migrating.migrate(api, args.name, ns, target=args.to, wait=not args.no_wait)
             except migrating.MigrateFailed as exc:
                 raise CLIError(f"migration of {args.name} did not succeed: {exc}") from exc
+        if args.verb == "backup":
+            try:
+                return backingup.backup(
+                    api, args.name, ns, mode=vmbackups.BackupMode(args.mode),
+                    target=args.target, name=args.backup_name, wait=not args.no_wait,
+                )  # fmt: skip
+            except backingup.BackupFailed as exc:
+                raise CLIError(f"backup of {args.name} did not succeed: {exc}") from exc
+        if args.verb == "restore":
+            try:
+                return backingup.restore(
+                    api, args.name, args.as_name, ns, wait=not args.no_wait, timeout=args.timeout
+                )
+            except backingup.BackupFailed as exc:
+                raise CLIError(f"restore of {args.name} did not succeed: {exc}") from exc
         if args.verb == "list":
             if args.all_namespaces:
                 items = api.list_cluster_custom_object(
@@ -212,6 +230,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--namespace", default="default")
     s.add_argument("--to", help="target node (default: the controller chooses)")
     s.add_argument("--no-wait", action="store_true", help="create the Migration and return")
+    s = sub.add_parser("backup", help="back up a VirtualMachine's disks (live if it runs)")
+    s.add_argument("name")
+    s.add_argument("-n", "--namespace", default="default")
+    s.add_argument("--mode", choices=[m.value for m in vmbackups.BackupMode], default="Full")
+    s.add_argument("--target", help="target directory (default: backups/ on shared storage)")
+    s.add_argument("--name", dest="backup_name", help="VMBackup name (default: VM-<random>)")
+    s.add_argument("--no-wait", action="store_true", help="create the VMBackup and return")
+    s = sub.add_parser("restore", help="create a new VirtualMachine from a VMBackup")
+    s.add_argument("name", help="the VMBackup")
+    s.add_argument("--as", dest="as_name", required=True, help="name of the new VM")
+    s.add_argument("-n", "--namespace", default="default")
+    s.add_argument("--no-wait", action="store_true", help="create the VM and return")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     s = sub.add_parser("drain", help="cordon a node and wait until its VMs moved away")
     s.add_argument("node")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")

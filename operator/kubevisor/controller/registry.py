@@ -16,13 +16,20 @@ from kubevisor.controller.migrations import handlers as migrations
 from kubevisor.controller.nodeloss import handlers as nodeloss
 from kubevisor.controller.placement import reserving
 from kubevisor.controller.runtime import running
+from kubevisor.controller.vmbackups import handlers as vmbackups
 from kubevisor.controller.vms import handlers as vms
 from kubevisor.controller.vmtemplates import handlers as vmtemplates
 from kubevisor.controller.vrfs import handlers as vrfs
 
 #: The kinds with handlers of their own.
 IMPLEMENTED = frozenset(
-    {kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind, kinds.VRF.kind, kinds.MIGRATION.kind}
+    {
+        kinds.VIRTUALMACHINE.kind,
+        kinds.VMTEMPLATE.kind,
+        kinds.VRF.kind,
+        kinds.MIGRATION.kind,
+        kinds.VMBACKUP.kind,
+    }
 )
 
 
@@ -45,5 +52,6 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *drain.Drain(rt).handlers(),
         *nodeloss.NodeLoss(rt, placer=placer).handlers(),
         *migrations.Migrations(rt).handlers(),
+        *vmbackups.VMBackups(rt).handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

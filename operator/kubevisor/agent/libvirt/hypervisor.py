@@ -306,7 +306,8 @@ class Hypervisor:
         await self._call(run)
 
     async def undefine(self, name: str) -> None:
-        """Remove the definition (with NVRAM/managed save); a missing domain is fine."""
+        """Remove the definition (with NVRAM/managed save and backup checkpoints' metadata);
+        a missing domain is fine."""
 
         def run() -> None:
             try:
@@ -318,6 +319,7 @@ class Hypervisor:
             flags = (
                 libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
                 | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
             )
             try:

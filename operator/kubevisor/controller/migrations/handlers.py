@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import pydantic
 
-from kubevisor.api import conditions, groups, kinds, migrations, nodes, virtualmachines
+from kubevisor.api import conditions, groups, kinds, migrations, nodes, virtualmachines, vmbackups
 from kubevisor.controller.kube import operating
 from kubevisor.controller.migrations import limits, progressing
 from kubevisor.controller.placement import ledger, placing, reserving
@@ -47,6 +47,7 @@ QUIET_REASONS = frozenset(
         migrations.MigrationReason.CLUSTER_LIMIT,
         migrations.MigrationReason.NODE_OUTBOUND_LIMIT,
         migrations.MigrationReason.VM_ALREADY_MIGRATING,
+        migrations.MigrationReason.BACKUP_IN_PROGRESS,
     }
 )
 
@@ -210,6 +211,8 @@ class Migrations:
             entries = [_entry(m, by_key) for m in await client.list_all(MIGRATION.plural)]
             admission = limits.admit(entries, self._limits)
             wait = admission.waiting.get(f"{namespace}/{name}")
+            if wait is None:
+                wait = await self._backup_wait(obj, mig.spec.vm_name)
             uid = str(((vm_obj or {}).get("metadata") or {}).get("uid"))
             used = ledger.usage_by_node(all_vms, exclude=uid)
         d = progressing.decide(
@@ -236,6 +239,31 @@ class Migrations:
         if d.wait or d.phase in migrations.ACTIVE_PHASES:
             return Outcome.WAIT, moved
         return Outcome.DONE, moved
+
+    async def _backup_wait(self, obj: dict[str, Any], vm_name: str) -> limits.Wait | None:
+        """A backup of the same VM runs or was asked for first: this migration waits
+        (``vmbackups.waits_for``, the rule the VMBackup reconciler applies too)."""
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace")
+        me = vmbackups.Turn(
+            MIGRATION.kind,
+            str(meta.get("name")),
+            conditions_time(meta.get("creationTimestamp")),
+            False,
+        )
+        turns = [
+            vmbackups.backup_turn(b, vm_name)
+            for b in await self._rt.client.list_all(kinds.VMBACKUP.plural)
+            if (b.get("metadata") or {}).get("namespace") == ns
+        ]
+        first = vmbackups.waits_for(me, [t for t in turns if t is not None])
+        if first is None:
+            return None
+        state = "runs" if first.active else "was asked for first"
+        return limits.Wait(
+            migrations.MigrationReason.BACKUP_IN_PROGRESS,
+            f"VMBackup {first.name} of VM {vm_name} {state}; this migration waits for it.",
+        )
 
     async def _write(
         self,

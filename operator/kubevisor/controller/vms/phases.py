@@ -14,7 +14,7 @@ from typing import Any
 
 import pydantic
 
-from kubevisor.api import groups, kinds, machines, virtualmachines
+from kubevisor.api import groups, kinds, machines, virtualmachines, vmbackups
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.api.virtualmachines import DesiredState
 from kubevisor.controller.kube import client as kube
@@ -159,13 +159,10 @@ async def _resolve_clone(
 ) -> None:
     ok = ConditionType.TEMPLATE_RESOLVED
     assert spec.source is not None
-    if spec.source.virtual_machine is None:
-        scope.conds[ok] = Cond(
-            "False",
-            Reason.NOT_IMPLEMENTED,
-            "restoring from a VMBackup (spec.source.backup) is not implemented yet.",
-        )
+    if spec.source.backup is not None:
+        await _resolve_restore(scope, api, spec, spec.source.backup.name)
         return
+    assert spec.source.virtual_machine is not None
     source_name = spec.source.virtual_machine.name
     if scope.status.get("nodeName") and scope.current_machine is not None:
         # Disks are copied once, when the clone is first realized: keep what was recorded.
@@ -211,6 +208,57 @@ async def _resolve_clone(
             else f"clone source disks are local to {src_node}"
         )
     scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"cloning {source_name}")
+
+
+async def _resolve_restore(
+    scope: Scope, api: kube.Kube, spec: virtualmachines.VirtualMachineSpec, name: str
+) -> None:
+    """``spec.source.backup``: the machine the VMBackup recorded, disks copied from its
+    files once it Succeeded (docs/backup.md, "Restore")."""
+    ok = ConditionType.TEMPLATE_RESOLVED
+    if scope.status.get("nodeName") and scope.current_machine is not None:
+        # Disks are copied once, when the VM is first realized: keep what was recorded.
+        scope.wanted = scope.current_machine
+        scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"restored from VMBackup {name}")
+        return
+    raw = await api.get(kinds.VMBACKUP.plural, scope.namespace, name)
+    backup: vmbackups.VMBackup | None = None
+    if raw is not None:
+        try:
+            backup = vmbackups.VMBackup.model_validate(raw)
+        except pydantic.ValidationError:
+            backup = None
+    st = backup.status if backup else None
+    if backup is None or st is None or st.phase is not vmbackups.VMBackupPhase.SUCCEEDED:
+        why = (
+            "does not exist"
+            if raw is None
+            else f"is not Succeeded (phase {(st.phase if st else None) or 'Pending'})"
+        )
+        scope.conds[ok] = Cond(
+            "False",
+            Reason.SOURCE_NOT_FOUND,
+            f"VMBackup {name} {why} in namespace {scope.namespace}; the restore waits for it.",
+        )
+        return
+    if st.machine is None or not st.disks:
+        scope.conds[ok] = Cond(
+            "False", Reason.INVALID_SPEC, f"VMBackup {name} recorded no machine or no disks."
+        )
+        return
+    try:
+        scope.wanted = resolving.resolve_restore(
+            st.machine, {d.name: d.path for d in st.disks}, spec, uid=scope.uid
+        )
+    except pydantic.ValidationError as exc:
+        scope.conds[ok] = Cond(
+            "False", Reason.INVALID_SPEC, f"the resolved machine is invalid: {_errors(exc)}"
+        )
+        return
+    if backup.spec.target.storage == "local" and st.node_name:
+        scope.only_nodes = frozenset({st.node_name})
+        scope.only_reason = f"VMBackup {name} is on node-local storage of {st.node_name}"
+    scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"restoring VMBackup {name}")
 
 
 def power(scope: Scope) -> None:

@@ -83,6 +83,32 @@ def resolve_clone(
     return with_macs(machines.effective(base, overrides), uid=uid)
 
 
+def resolve_restore(
+    recorded: machines.MachineSpec,
+    copies: dict[str, str],
+    vm: virtualmachines.VirtualMachineSpec,
+    *,
+    uid: str,
+) -> machines.MachineSpec:
+    """The machine of a VM restored from a backup: the machine the backup recorded, with
+    the VM's own fields on top (except ``disks``), each disk a full (flattened) copy of
+    the backup's file for it (``copies``: disk name -> path; an incremental's file reads
+    through its backing chain, so the copy is the whole disk), and new MACs (docs/backup.md).
+    Disks the backup has no copy of are left out."""
+    base = recorded.model_copy(
+        update={
+            "nics": [n.model_copy(update={"mac": None}) for n in recorded.nics],
+            "disks": [
+                d.model_copy(update={"image": copies[d.name], "clone": "full", "retain": False})
+                for d in recorded.disks
+                if d.name in copies
+            ],
+        }
+    )
+    overrides = overrides_of(vm).model_copy(update={"disks": None})
+    return with_macs(machines.effective(base, overrides), uid=uid)
+
+
 def _wire(machine: machines.MachineSpec) -> dict[str, Any]:
     return machine.model_dump(mode="json", by_alias=True)
 

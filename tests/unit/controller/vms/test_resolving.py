@@ -106,3 +106,18 @@ def test_clone_copies_disks_fully_and_gets_new_macs() -> None:
     ]
     assert clone.nics[0].mac == naming.mac("clone-uid", "eth0")
     assert clone.nics[0].mac != source.nics[0].mac
+
+
+def test_restore_copies_the_backup_files_and_gets_new_macs() -> None:
+    recorded = resolving.resolve(_template(), _vm(), uid="source-uid")
+    spec = virtualmachines.VirtualMachineSpec.model_validate(
+        {"source": {"backup": {"name": "web-nightly"}}, "memory": "512Mi"}
+    )
+    restored = resolving.resolve_restore(
+        recorded, {"root": "/nas/ns/web-nightly/root.qcow2"}, spec, uid="restored-uid"
+    )
+    assert restored.memory == "512Mi"
+    assert [(d.name, d.image, d.clone, d.retain) for d in restored.disks] == [
+        ("root", "/nas/ns/web-nightly/root.qcow2", "full", False)
+    ]
+    assert restored.nics[0].mac == naming.mac("restored-uid", "eth0")
