@@ -44,6 +44,15 @@ class VirtualMachinePhase(StrEnum):
     TERMINATING = "Terminating"
 
 
+class Rebalance(StrEnum):
+    """Whether the rebalancer (the cluster's RebalancePolicy) may move the VM."""
+
+    ALLOWED = "Allowed"
+    """It may be live-migrated to balance or consolidate load (docs/rebalancing.md)."""
+    NEVER = "Never"
+    """It stays on its node; drains and explicit Migrations still move it."""
+
+
 class EvictionStrategy(StrEnum):
     """What happens to a running VM when its node is drained (KubeVirt's names)."""
 
@@ -112,6 +121,9 @@ class VirtualMachineSpec(machines.MachineOverrides):
     eviction_strategy: EvictionStrategy = EvictionStrategy.NONE
     """On a drained (cordoned) node: LiveMigrate moves the VM away live; None leaves it
     running there and says so in its Evictable condition."""
+    rebalance: Rebalance = Rebalance.ALLOWED
+    """Allowed lets the cluster's RebalancePolicy move the VM live; Never keeps it where
+    it is (a VM with a nodeSelector is never moved by the rebalancer either)."""
 
     @model_validator(mode="after")
     def _has_a_machine(self) -> Self:
