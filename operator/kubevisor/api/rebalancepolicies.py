@@ -59,6 +59,19 @@ class RebalanceReason(StrEnum):
     """Utilization rose above the wake threshold (or the mode changed): powered on again."""
 
 
+class RebalancePhase(StrEnum):
+    """Where the rebalancer stands after its last look."""
+
+    DISABLED = "Disabled"
+    """mode is Off."""
+    MOVING = "Moving"
+    """Migrations of the last pass are under way."""
+    BALANCED = "Balanced"
+    """Balance: nothing to move."""
+    CONSOLIDATED = "Consolidated"
+    """Consolidate: no further node can be emptied."""
+
+
 class BalanceSpec(common.Model):
     """Balance mode's knobs."""
 
@@ -122,6 +135,8 @@ class PlannedMove(common.Model):
 class RebalancePolicyStatus(conditions.Status):
     """What the last pass found and did."""
 
+    phase: RebalancePhase | None = None
+    """Where the rebalancer stands (the Ready reason)."""
     last_pass_at: common.Timestamp | None = None
     """When the last pass ran."""
     moves: list[PlannedMove] = Field(default_factory=list, max_length=100_000)

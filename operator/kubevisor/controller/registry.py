@@ -14,6 +14,7 @@ from kubevisor.controller.drain import handlers as drain
 from kubevisor.controller.kube import operating
 from kubevisor.controller.migrations import handlers as migrations
 from kubevisor.controller.placement import reserving
+from kubevisor.controller.rebalancing import handlers as rebalancing
 from kubevisor.controller.runtime import running
 from kubevisor.controller.vms import handlers as vms
 from kubevisor.controller.vmtemplates import handlers as vmtemplates
@@ -21,7 +22,13 @@ from kubevisor.controller.vrfs import handlers as vrfs
 
 #: The kinds with handlers of their own.
 IMPLEMENTED = frozenset(
-    {kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind, kinds.VRF.kind, kinds.MIGRATION.kind}
+    {
+        kinds.VIRTUALMACHINE.kind,
+        kinds.VMTEMPLATE.kind,
+        kinds.VRF.kind,
+        kinds.MIGRATION.kind,
+        kinds.REBALANCEPOLICY.kind,
+    }
 )
 
 
@@ -42,5 +49,6 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *routers.handlers(),
         *drain.Drain(rt).handlers(),
         *migrations.Migrations(rt).handlers(),
+        *rebalancing.Rebalancing(rt).handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

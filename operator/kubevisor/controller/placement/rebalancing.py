@@ -33,7 +33,8 @@ the receiver with the least memory left that still takes the guest, largest gues
 first), otherwise nothing of it moves. A host already empty is marked for power-off at
 once. If the powered hosts use more than ``consolidate.wakeUtilizationPercent`` of their
 capacity, nothing moves and powered-off hosts are woken, as many as bring it back to
-the target (at least one). Off and Balance wake every powered-off host.
+the target (at least one). Off and Balance wake every powered-off host, and a
+powered-off host that holds VMs anyway is woken first, whatever the mode.
 """
 
 from __future__ import annotations
@@ -175,6 +176,14 @@ def plan(
     guests = sorted(guests, key=lambda g: g.key)
     stays = {g.key: g.stay for g in guests if g.stay}
     off = [h.name for h in hosts if h.powered_off]
+    busy = tuple(h.name for h in hosts if h.powered_off and h.used != placing.Usage())
+    if busy:  # something landed on a powered-off node: bring it back before anything else
+        return Plan(
+            (),
+            f"powered-off node(s) {', '.join(busy)} hold VMs: waking them",
+            power_on=busy,
+            stays=stays,
+        )
     if policy.mode is Mode.CONSOLIDATE:
         return _consolidate(hosts, guests, policy, cpu_overcommit=cpu_overcommit, stays=stays)
     wake = tuple(off)

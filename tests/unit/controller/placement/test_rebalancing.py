@@ -303,3 +303,11 @@ def test_consolidate_wakes_nodes_when_utilization_rises(
     assert plan.power_on == woken, plan.message
     if woken:
         assert plan.moves == ()
+
+
+@pytest.mark.parametrize("mode", ["Off", "Balance", "Consolidate"])
+def test_a_powered_off_node_holding_vms_is_woken_first(mode: str) -> None:
+    hosts = [host("a", 1, 4), host("b", 1, 2, powered_off=True)]
+    guests = [guest("ns/a", "a", 4), guest("ns/b", "b", 2)]
+    plan = rb.plan(hosts, guests, policy(mode))
+    assert plan.power_on == ("b",) and plan.moves == ()
