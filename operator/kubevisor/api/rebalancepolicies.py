@@ -157,7 +157,6 @@ class RebalancePolicy(common.Resource):
             common.rule(
                 f"self.metadata.name == '{NAME}'",
                 f"a cluster has one RebalancePolicy and it is named {NAME}",
-                field_path=".metadata.name",
             )
         )
     )
