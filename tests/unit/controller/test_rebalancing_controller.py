@@ -121,6 +121,19 @@ def test_observe_an_unfinished_migration_keeps_the_vm() -> None:
     assert g.stay == "Migration x-m-Running is moving it"
 
 
+def test_observe_a_vm_whose_move_is_not_recorded_yet_stays() -> None:
+    obj = vm("x", "a")
+    obj["status"]["migration"] = {
+        "name": "x-balance-1",
+        "sourceNode": "a",
+        "targetNode": "b",
+        "phase": "Succeeded",
+    }
+    assert one(see([obj])).stay.startswith("Migration x-balance-1 moved it")
+    obj["status"]["nodeName"] = "b"  # the VM reconciler moved it: free to move again
+    assert one(see([obj])).stay == ""
+
+
 def test_observe_targets_exclude_cordoned_and_preconditions() -> None:
     g = one(
         see(

@@ -10,7 +10,8 @@ move a precondition would refuse. A guest stays (``Guest.stay``), in this order,
 2. ``spec.rebalance`` is Never;
 3. its machine has a nodeSelector (pinned: the user chose where it runs);
 4. it is not Running or not placed (only a running guest migrates live);
-5. an unfinished Migration moves it (any name);
+5. an unfinished Migration moves it (any name), or one succeeded and the VM reconciler
+   has not moved ``status.nodeName`` yet;
 6. no other node passes its preconditions (the message names the first refusal).
 
 A node is *powered off* when its Node object carries the condition
@@ -138,6 +139,12 @@ def observe(
             stay = f"not Running ({status.phase.value if status.phase else 'no phase'})"
         elif key in unfinished:
             stay = f"Migration {unfinished[key]} is moving it"
+        elif (
+            status.migration is not None
+            and status.migration.phase is migrations.MigrationPhase.SUCCEEDED
+            and status.migration.source_node == status.node_name
+        ):
+            stay = f"Migration {status.migration.name} moved it; its node is being updated"
         elif status.node_name not in by_name:
             stay = f"its node {status.node_name} has no agent Lease"
         else:
