@@ -32,7 +32,8 @@ memory, then name); a host is emptied only if *all* its guests fit elsewhere (be
 the receiver with the least memory left that still takes the guest, largest guest
 first), otherwise nothing of it moves. A host already empty is marked for power-off at
 once. If the powered hosts use more than ``consolidate.wakeUtilizationPercent`` of their
-capacity, nothing moves and powered-off hosts are woken, as many as bring it back to
+capacity, nothing moves and powered-off hosts are woken (alive or not: a host that is
+really off has no agent renewing its Lease), as many as bring it back to
 the target (at least one). Off and Balance wake every powered-off host, and a
 powered-off host that holds VMs anyway is woken first, whatever the mode.
 """
@@ -324,7 +325,8 @@ def _consolidate(
 ) -> Plan:
     spec = policy.consolidate
     active = [h for h in eligible_hosts(hosts) if not h.powered_off]
-    sleeping = [h for h in eligible_hosts(hosts) if h.powered_off]
+    # a powered-off host's agent may be down too (its Lease lapses): still wakeable
+    sleeping = [h for h in hosts if h.powered_off and h.node.cpu > 0 and h.node.memory_bytes > 0]
     wake = _to_wake(active, sleeping, spec, cpu_overcommit=cpu_overcommit)
     if wake:
         return Plan(

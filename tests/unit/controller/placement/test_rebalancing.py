@@ -311,3 +311,10 @@ def test_a_powered_off_node_holding_vms_is_woken_first(mode: str) -> None:
     guests = [guest("ns/a", "a", 4), guest("ns/b", "b", 2)]
     plan = rb.plan(hosts, guests, policy(mode))
     assert plan.power_on == ("b",) and plan.moves == ()
+
+
+def test_a_powered_off_node_whose_lease_lapsed_is_still_woken() -> None:
+    hosts = [host("a", 1, 15), host("z", powered_off=True, alive=False)]
+    guests = [guest("ns/a", "a", 15)]
+    plan = rb.plan(hosts, guests, policy("Consolidate"))
+    assert plan.power_on == ("z",)
