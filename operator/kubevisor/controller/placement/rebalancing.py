@@ -31,7 +31,9 @@ Hosts are emptied cheapest first (the bytes to move all their guests, then less 
 memory, then name); a host is emptied only if *all* its guests fit elsewhere (best fit:
 the receiver with the least memory left that still takes the guest, largest guest
 first), otherwise nothing of it moves. A host already empty is marked for power-off at
-once. If the powered hosts use more than ``consolidate.wakeUtilizationPercent`` of their
+once. Neither happens when the hosts left powered would together use more than the
+target (one host always stays up): the wake rule would undo it, and a just-woken host
+would flap. If the powered hosts use more than ``consolidate.wakeUtilizationPercent`` of their
 capacity, nothing moves and powered-off hosts are woken (alive or not: a host that is
 really off has no agent renewing its Lease), as many as bring it back to
 the target (at least one). Off and Balance wake every powered-off host, and a
@@ -349,12 +351,18 @@ def _consolidate(
         for h in active
     }
     receivers = _Receivers(room)
-    already_empty = [h.name for h in active if not on[h.name] and h.used == placing.Usage()]
-    for name in already_empty:
-        receivers.remove(name)  # an empty node is powered off, not filled
-    if len(already_empty) == len(active) and active:
-        already_empty = already_empty[1:]  # keep one node up
-        receivers.add(active[0].name)
+    # Empty hosts are powered off while the rest stay within the target (else the wake
+    # rule would bring one straight back: a woken host would flap), one host always up.
+    empty = [h for h in active if not on[h.name] and h.used == placing.Usage()]
+    staying = list(active)
+    used = _total(active)
+    already_empty: list[str] = []
+    for h in sorted(empty, key=lambda h: (h.node.memory_bytes, h.name)):
+        rest = [x for x in staying if x is not h]
+        if rest and _share(rest, used, cpu_overcommit=cpu_overcommit) <= ceiling:
+            staying = rest
+            already_empty.append(h.name)
+            receivers.remove(h.name)  # an empty node is powered off, not filled
     candidates = sorted(
         (h for h in active if on[h.name] and all(not g.stay for g in on[h.name])),
         key=lambda h: (sum(g.cost_bytes for g in on[h.name]), h.used.memory_bytes, h.name),
@@ -367,6 +375,9 @@ def _consolidate(
         mine = sorted(on[host.name], key=lambda g: (-g.usage.memory_bytes, -g.usage.cpu, g.key))
         if host.name in received or len(moves) + len(mine) > budget:
             continue
+        rest = [x for x in staying if x is not host]
+        if _share(rest, used, cpu_overcommit=cpu_overcommit) > ceiling:
+            continue  # the others together would pass the target: waking would undo it
         receivers.remove(host.name)
         tentative: list[tuple[Guest, str]] = []
         for g in mine:
@@ -381,6 +392,7 @@ def _consolidate(
             receivers.add(host.name)
             continue
         freed.append(host.name)
+        staying = rest
         for g, target in tentative:
             received.add(target)
             moves.append(Move(g.key, host.name, target, g.cost_bytes))
@@ -393,6 +405,22 @@ def _consolidate(
         f"{spec.target_utilization_percent}%"
     )
     return Plan(tuple(moves), message, power_off=power_off, stays=stays)
+
+
+def _total(group: Iterable[Host]) -> placing.Usage:
+    out = placing.Usage()
+    for h in group:
+        out = out + h.used
+    return out
+
+
+def _share(group: list[Host], used: placing.Usage, *, cpu_overcommit: float) -> float:
+    """The dominant share ``used`` takes of the hosts in ``group`` together."""
+    cpu = sum(h.node.cpu for h in group) * cpu_overcommit
+    mem = sum(h.node.memory_bytes for h in group)
+    if cpu <= 0 or mem <= 0:
+        return math.inf
+    return max(used.cpu / cpu, used.memory_bytes / mem)
 
 
 def eligible_hosts(hosts: Iterable[Host]) -> list[Host]:
@@ -413,14 +441,10 @@ def _to_wake(
     if not sleeping:
         return ()
 
+    used = _total(active)
+
     def share(group: list[Host]) -> float:
-        cpu = sum(h.node.cpu for h in group) * cpu_overcommit
-        mem = sum(h.node.memory_bytes for h in group)
-        if cpu <= 0 or mem <= 0:
-            return math.inf
-        used_cpu = sum(h.used.cpu for h in active)
-        used_mem = sum(h.used.memory_bytes for h in active)
-        return max(used_cpu / cpu, used_mem / mem)
+        return _share(group, used, cpu_overcommit=cpu_overcommit)
 
     if active and share(active) <= spec.wake_utilization_percent / 100:
         return ()

@@ -318,3 +318,28 @@ def test_a_powered_off_node_whose_lease_lapsed_is_still_woken() -> None:
     guests = [guest("ns/a", "a", 15)]
     plan = rb.plan(hosts, guests, policy("Consolidate"))
     assert plan.power_on == ("z",)
+
+
+def test_a_woken_node_is_not_powered_off_again_while_the_rest_are_over_the_target() -> None:
+    # a is at 87.5 %: under the 90 % wake threshold with b up, over the 80 % target alone
+    hosts = [host("a", 1, 14), host("b")]
+    guests = [guest("ns/a", "a", 14)]
+    pol = policy(
+        "Consolidate", consolidate={"targetUtilizationPercent": 80, "wakeUtilizationPercent": 90}
+    )
+    plan = rb.plan(hosts, guests, pol)
+    assert plan.power_off == () and plan.power_on == ()
+    # at 75 % it may go: a alone stays within the target
+    hosts = [host("a", 1, 12), host("b")]
+    assert rb.plan(hosts, [guest("ns/a", "a", 12)], pol).power_off == ("b",)
+
+
+def test_a_node_is_not_emptied_when_the_others_together_would_pass_the_target() -> None:
+    # each under 80 % alone, but c's 6 GiB on a or b leaves 26 of 32 GiB = 81 %
+    hosts, guests = cluster({"a": [10], "b": [10], "c": [6]})
+    pol = policy(
+        "Consolidate",
+        maxMovesPerPass=10,
+        consolidate={"targetUtilizationPercent": 80, "wakeUtilizationPercent": 90},
+    )
+    assert rb.plan(hosts, guests, pol).moves == ()
