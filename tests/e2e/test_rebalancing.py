@@ -2,12 +2,15 @@
 TCG guests. Under a Balance RebalancePolicy, three VMs started on one node of three spread
 out through ordinary Migrations (labelled, named ``<vm>-balance-<pass>``), the guests keep
 running (their console ticks continue, they never boot again), and each ends with exactly
-one running domain among the three libvirtds; the policy then reports Balanced.
+one running domain among the three libvirtds; the policy then reports Balanced. Under
+Consolidate, VMs spread over three nodes are packed onto one, the emptied nodes are
+marked and their libvirtds stopped, and a node comes back when load rises.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import yaml
 
 from kubevisor.api import rebalancepolicies
 from kubevisor.devenv import cluster as devcluster
-from kubevisor.devenv import guest, nodes, testing
+from kubevisor.devenv import guest, nodepower, nodes, testing
 
 pytestmark = pytest.mark.e2e
 
@@ -171,3 +174,106 @@ def test_balance_spreads_three_vms_from_one_node_through_migrations(
         dev.run_kubectl("delete", "rebalancepolicy", rebalancepolicies.NAME, "--ignore-not-found")
         dev.run_kubectl("delete", "migrations", "--all", "--wait=true", "--timeout=120s")
         dev.run_kubectl("delete", "virtualmachines", "--all", "--wait=true", "--timeout=120s")
+
+
+def test_consolidate_packs_vms_powers_empty_nodes_off_and_back_on(
+    dev: devcluster.DevCluster, tmp_path: Path
+) -> None:
+    """Three VMs, one per node: Consolidate packs them onto one node (75 % of 4 CPUs,
+    under the 80 % target), marks the two emptied nodes (Node condition, cordon) and the
+    local cluster's power switch (``devenv/nodepower``) stops their libvirtds; a fourth VM
+    takes the powered node over the 90 % wake threshold and a node comes back: condition
+    False, uncordoned, its libvirtd serving again."""
+    names = ["con-a", "con-b", "con-c"]
+    sim = list(dev.nodes)
+    for i, name in enumerate(names):  # one per node: cordon the others while it lands
+        for n in sim:
+            if n is not sim[i]:
+                dev.run_kubectl("cordon", n.name)
+        try:
+            assert _boot(dev, name)["nodeName"] == sim[i].name
+        finally:
+            for n in sim:
+                dev.run_kubectl("uncordon", n.name)
+    log = (tmp_path / "nodepower.log").open("w")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "kubevisor.devenv.nodepower", "--cluster", CLUSTER,
+         "--kubeconfig", str(dev.kubeconfig), "--kubectl", str(dev.kubectl)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    policy = {
+        "apiVersion": "kubevisor.io/v1alpha1",
+        "kind": "RebalancePolicy",
+        "metadata": {"name": rebalancepolicies.NAME},
+        "spec": {
+            "mode": "Consolidate",
+            "intervalSeconds": 5,
+            "maxMovesPerPass": 5,
+            "consolidate": {"targetUtilizationPercent": 80, "wakeUtilizationPercent": 90},
+        },
+    }
+    dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy))
+    try:
+        packed = _poll(
+            "three VMs on one node",
+            lambda: _packed(dev, names),
+            limit=MOVE_S,
+            show=lambda: _status(dev, "rebalancepolicy", rebalancepolicies.NAME),
+        )
+        (kept,) = set(packed.values())
+        emptied = [n for n in sim if n.name != kept]
+        print(f"\npacked onto {kept}; emptied {[n.name for n in emptied]}")
+        for n in emptied:
+            _poll(
+                f"{n.name} marked and its libvirtd stopped",
+                lambda n=n: _power_off(dev, n.name) == "True" and not _serving(n),
+                limit=120,
+                show=lambda: _status(dev, "rebalancepolicy", rebalancepolicies.NAME),
+            )
+            assert (_get(dev, "node", n.name) or {})["spec"].get("unschedulable") is True
+        _boot(dev, "con-load")  # 4 of 4 CPUs on the powered node: over 90 %
+        woken = _poll(
+            "a node woken, its libvirtd serving",
+            lambda: [n.name for n in emptied if _power_off(dev, n.name) == "False" and _serving(n)],
+            limit=180,
+            show=lambda: _status(dev, "rebalancepolicy", rebalancepolicies.NAME),
+        )
+        print(f"woken: {woken}")
+        for name in woken:
+            assert not (_get(dev, "node", name) or {})["spec"].get("unschedulable")
+    finally:
+        follower.kill()
+        follower.wait()
+        log.close()
+        print((tmp_path / "nodepower.log").read_text())
+        dev.run_kubectl("delete", "rebalancepolicy", rebalancepolicies.NAME, "--ignore-not-found")
+        for n in sim:  # whatever the outcome: every libvirtd serving, every node uncordoned
+            nodepower.start_libvirtd(n)
+            dev.run_kubectl("uncordon", n.name)
+        dev.run_kubectl("delete", "migrations", "--all", "--wait=true", "--timeout=120s")
+        dev.run_kubectl("delete", "virtualmachines", "--all", "--wait=true", "--timeout=120s")
+
+
+def _packed(dev: devcluster.DevCluster, names: list[str]) -> dict[str, Any] | None:
+    """Where the VMs are, once they all run on one node (None before)."""
+    where = {n: _status(dev, "virtualmachine", n) for n in names}
+    nodes_ = {s.get("nodeName") for s in where.values()}
+    if len(nodes_) != 1 or any(s.get("phase") != "Running" for s in where.values()):
+        return None
+    return {n: s.get("nodeName") for n, s in where.items()}
+
+
+def _power_off(dev: devcluster.DevCluster, node: str) -> str | None:
+    for c in ((_get(dev, "node", node) or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == rebalancepolicies.NODE_POWER_OFF:
+            return str(c.get("status"))
+    return None
+
+
+def _serving(node: nodes.SimNode) -> bool:
+    return (
+        subprocess.run(
+            ["virsh", "-q", "-c", node.libvirt_uri, "uri"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )

@@ -266,14 +266,14 @@ def test_consolidate_marks_an_empty_node_and_wakes_it(env: Env) -> None:
         )
         env.custom.delete_namespaced_custom_object(G, V, NS, "migrations", name)
     testing.wait_for(lambda: not env.ours(), timeout=30, what="no rebalance Migrations")
-    # Consolidate with powerOff but nothing to pack (80 % target, 4 GiB of 8 on rb-a):
-    # rb-d and rb-e are empty and get marked in one pass
+    # Consolidate with nothing to pack (rb-a holds a pinned VM): rb-d and rb-e are empty
+    # and rb-a alone stays within the 60 % target (4 of 8 GiB), so both are marked
     env.policy(
         {
             "mode": "Consolidate",
             "intervalSeconds": 5,
             "maxMovesPerPass": 1,
-            "consolidate": {"targetUtilizationPercent": 20, "wakeUtilizationPercent": 60},
+            "consolidate": {"targetUtilizationPercent": 60, "wakeUtilizationPercent": 90},
         }
     )
     for node in ("rb-d", "rb-e"):
@@ -288,7 +288,7 @@ def test_consolidate_marks_an_empty_node_and_wakes_it(env: Env) -> None:
         assert env.node_events(node, "PowerOff")
     status = env.policy_status()
     assert status["poweredOffNodes"] == ["rb-d", "rb-e"]
-    # load rises on rb-a: 4 GiB more, 8 of 8 GiB = 100 % > 60 %: a node is woken
+    # load rises on rb-a: 4 GiB more, 8 of 8 GiB = 100 % > 90 %: a node is woken
     for i in range(4):
         env.vm(f"load-{i}")
     woken = testing.wait_for(
