@@ -242,24 +242,47 @@ CASES: list[tuple[str, str, Callable[[Obj], None], str]] = [
     ("claim-without-poolref", "desktopclaim.yaml", spec_del("poolRef"), "spec.poolRef"),
     ("claim-without-user", "desktopclaim.yaml", spec_del("user"), "spec.user"),
     ("claim-user-integer", "desktopclaim.yaml", spec_set("user", 5), "spec.user"),
+    ("rebalance-unknown-mode", "rebalancepolicy.yaml", spec_set("mode", "Spread"), "spec.mode"),
+    (
+        "rebalance-budget-zero",
+        "rebalancepolicy.yaml",
+        spec_set("maxMovesPerPass", 0),
+        "spec.maxMovesPerPass",
+    ),
+    (
+        "rebalance-wake-below-target",
+        "rebalancepolicy.yaml",
+        spec_set("consolidate.wakeUtilizationPercent", 70),
+        "spec.consolidate.wakeUtilizationPercent",
+    ),
+    ("vm-rebalance-unknown", "vm.yaml", spec_set("rebalance", "Sometimes"), "spec.rebalance"),
 ]
 
 
 def _create(api: client.ApiClient, obj: Obj) -> Obj:
     kind = kinds.by_kind(obj["kind"])
-    result = client.CustomObjectsApi(api).create_namespaced_custom_object(
-        groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, obj
-    )
+    custom = client.CustomObjectsApi(api)
+    if kind.scope == "Cluster":
+        result = custom.create_cluster_custom_object(groups.GROUP, groups.VERSION, kind.plural, obj)
+    else:
+        result = custom.create_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, obj
+        )
     assert isinstance(result, dict)
     return result
 
 
 def _delete(api: client.ApiClient, obj: Obj) -> None:
     kind = kinds.by_kind(obj["kind"])
+    custom = client.CustomObjectsApi(api)
+    name = obj["metadata"]["name"]
     try:
-        client.CustomObjectsApi(api).delete_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, obj["metadata"]["name"]
-        )
+        if kind.scope == "Cluster":
+            custom.delete_cluster_custom_object(groups.GROUP, groups.VERSION, kind.plural, name)
+        else:
+            custom.delete_namespaced_custom_object(
+                groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
+            )
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -275,7 +298,8 @@ def test_bad_object_is_rejected(
     cluster: Any, case_id: str, source: str, mutate: Callable[[Obj], None], field: str
 ) -> None:
     obj = copy.deepcopy(example(source))
-    obj["metadata"]["name"] = f"bad-{case_id}"
+    if kinds.by_kind(obj["kind"]).scope != "Cluster":  # RebalancePolicy must be "cluster"
+        obj["metadata"]["name"] = f"bad-{case_id}"
     mutate(obj)
     try:
         created = _create(cluster.api, obj)

@@ -34,13 +34,43 @@ def objects(api: Any) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api)
 
 
+class Objects:
+    """Create/get/patch-status/delete one kind's objects, namespaced or cluster-scoped."""
+
+    def __init__(self, api: Any, kind: kinds.Kind) -> None:
+        self.api, self.kind = objects(api), kind
+        self.cluster = kind.scope == "Cluster"
+
+    def _args(self, *rest: Any) -> tuple[Any, ...]:
+        where = () if self.cluster else (NAMESPACE,)
+        return (groups.GROUP, groups.VERSION, *where, self.kind.plural, *rest)
+
+    def create(self, data: dict[str, Any], **kw: Any) -> Any:
+        if self.cluster:
+            return self.api.create_cluster_custom_object(*self._args(data), **kw)
+        return self.api.create_namespaced_custom_object(*self._args(data), **kw)
+
+    def get(self, name: str) -> Any:
+        if self.cluster:
+            return self.api.get_cluster_custom_object(*self._args(name))
+        return self.api.get_namespaced_custom_object(*self._args(name))
+
+    def patch_status(self, name: str, body: dict[str, Any]) -> Any:
+        if self.cluster:
+            return self.api.patch_cluster_custom_object_status(*self._args(name, body))
+        return self.api.patch_namespaced_custom_object_status(*self._args(name, body))
+
+    def delete(self, name: str) -> Any:
+        if self.cluster:
+            return self.api.delete_cluster_custom_object(*self._args(name))
+        return self.api.delete_namespaced_custom_object(*self._args(name))
+
+
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
 def test_example_accepted_by_dry_run(cluster: Any, path: Path) -> None:
     data = load(path)
     kind = kinds.by_kind(data["kind"])
-    returned = objects(cluster.api).create_namespaced_custom_object(
-        groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, data, dry_run="All"
-    )
+    returned = Objects(cluster.api, kind).create(data, dry_run="All")
     assert isinstance(returned, dict)
     assert returned["metadata"]["name"] == data["metadata"]["name"]
     # Server-side defaults fill the same values pydantic does.
@@ -52,19 +82,15 @@ def test_example_create_and_delete(cluster: Any, path: Path) -> None:
     data = load(path)
     kind = kinds.by_kind(data["kind"])
     name = data["metadata"]["name"]
-    api = objects(cluster.api)
-    api.create_namespaced_custom_object(groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, data)
+    api = Objects(cluster.api, kind)
+    api.create(data)
     try:
-        stored = api.get_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
-        )
+        stored = api.get(name)
         assert isinstance(stored, dict)
         assert stored["metadata"]["generation"] == 1
         kind.model.model_validate(stored)
     finally:
-        api.delete_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
-        )
+        api.delete(name)
 
 
 def _status_for(kind: kinds.Kind) -> dict[str, Any]:
@@ -89,25 +115,22 @@ def _status_for(kind: kinds.Kind) -> dict[str, Any]:
 def test_status_subresource_accepts_model_status(cluster: Any, path: Path) -> None:
     data = load(path)
     kind = kinds.by_kind(data["kind"])
-    name = f"{data['metadata']['name']}-status"
+    # a cluster-scoped kind keeps its name (RebalancePolicy must be named "cluster")
+    name = data["metadata"]["name"]
+    if kind.scope != "Cluster":
+        name = f"{name}-status"
     data["metadata"]["name"] = name
-    api = objects(cluster.api)
-    api.create_namespaced_custom_object(groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, data)
+    api = Objects(cluster.api, kind)
+    api.create(data)
     try:
         status = _status_for(kind)
-        api.patch_namespaced_custom_object_status(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name, {"status": status}
-        )
-        stored = api.get_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
-        )
+        api.patch_status(name, {"status": status})
+        stored = api.get(name)
         parsed = kind.model.model_validate(stored)
         assert parsed.status is not None
         assert parsed.status.to_json() == status
     finally:
-        api.delete_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
-        )
+        api.delete(name)
 
 
 def test_vrf_node_entries_merge_per_node(cluster: Any) -> None:

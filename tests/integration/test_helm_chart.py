@@ -497,6 +497,10 @@ CONTROLLER_CHECKS: list[Check] = [
     ("watch", "virtualmachines.kubevisor.io", "*", (), True),
     ("patch", "virtualmachines.kubevisor.io", "default", ("--subresource=status",), True),
     ("patch", "desktopclaims.kubevisor.io", "default", ("--subresource=status",), True),
+    ("patch", "rebalancepolicies.kubevisor.io", "", ("--subresource=status",), True),
+    ("create", "migrations.kubevisor.io", "default", (), True),  # drain and rebalancing
+    ("patch", "nodes", "", (), True),  # Consolidate cordons the nodes it empties
+    ("patch", "nodes", "", ("--subresource=status",), True),  # and their power condition
     ("list", "leases.coordination.k8s.io", NS, (), True),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", "", (), True),
     ("create", "events", "default", (), True),

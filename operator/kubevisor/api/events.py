@@ -13,6 +13,11 @@ from typing import Any
 
 from kubevisor.api import groups
 
+#: Events about cluster-scoped objects go here (where kubectl looks for Node events).
+CLUSTER_EVENT_NAMESPACE: str = "default"
+#: Kinds that are not ours, with their apiVersion (the rebalancer posts about Nodes).
+CORE_API_VERSIONS: Mapping[str, str] = {"Node": "v1"}
+
 #: Longest message kept (the API server accepts more; a screenful is what a user reads).
 MAX_MESSAGE: int = 1024
 
@@ -29,21 +34,25 @@ def body(
     host: str | None = None,
 ) -> dict[str, Any]:
     """A new Event about ``obj`` (a kubevisor object of ``kind``) from ``component``
-    (on node ``host`` for the agent). Pure apart from the random name suffix."""
+    (on node ``host`` for the agent). Pure apart from the random name suffix. An object
+    without a namespace (cluster-scoped: a RebalancePolicy, a Node) gets its Event in
+    :data:`CLUSTER_EVENT_NAMESPACE`."""
     meta = obj["metadata"]
     source: dict[str, str] = {"component": component}
+    involved: dict[str, Any] = {
+        "apiVersion": CORE_API_VERSIONS.get(kind, groups.API_VERSION),
+        "kind": kind,
+        "name": meta["name"],
+        "uid": meta.get("uid"),
+    }
+    if meta.get("namespace"):
+        involved["namespace"] = meta["namespace"]
     out: dict[str, Any] = {
         "metadata": {
             "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
-            "namespace": meta["namespace"],
+            "namespace": meta.get("namespace") or CLUSTER_EVENT_NAMESPACE,
         },
-        "involvedObject": {
-            "apiVersion": groups.API_VERSION,
-            "kind": kind,
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta.get("uid"),
-        },
+        "involvedObject": involved,
         "type": type_,
         "reason": reason,
         "message": message[:MAX_MESSAGE],

@@ -16,6 +16,7 @@ from kubevisor.api import (
     desktoppools,
     groups,
     migrations,
+    rebalancepolicies,
     virtualmachines,
     vmbackups,
     vmtemplates,
@@ -187,6 +188,23 @@ DESKTOPCLAIM = Kind(
     ),
     selectable_fields=(".spec.poolRef.name",),
 )
+REBALANCEPOLICY = Kind(
+    kind="RebalancePolicy",
+    plural="rebalancepolicies",
+    singular="rebalancepolicy",
+    short_names=("kvrb",),
+    model=rebalancepolicies.RebalancePolicy,
+    spec_model=rebalancepolicies.RebalancePolicySpec,
+    status_model=rebalancepolicies.RebalancePolicyStatus,
+    printer_columns=(
+        PrinterColumn("Mode", ".spec.mode", "string", "Off, Balance or Consolidate."),
+        _phase("Where the rebalancer stands."),
+        PrinterColumn("Last Pass", ".status.lastPassAt", "date", "When the last pass ran."),
+        PrinterColumn("Message", ".status.message", "string", "What it decided.", priority=1),
+        AGE,
+    ),
+    scope="Cluster",
+)
 
 KINDS: tuple[Kind, ...] = (
     VMTEMPLATE,
@@ -196,6 +214,7 @@ KINDS: tuple[Kind, ...] = (
     VRF,
     DESKTOPPOOL,
     DESKTOPCLAIM,
+    REBALANCEPOLICY,
 )
 
 

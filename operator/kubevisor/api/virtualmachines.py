@@ -44,6 +44,15 @@ class VirtualMachinePhase(StrEnum):
     TERMINATING = "Terminating"
 
 
+class Rebalance(StrEnum):
+    """Whether the rebalancer (the cluster's RebalancePolicy) may move the VM."""
+
+    ALLOWED = "Allowed"
+    """It may be live-migrated to balance or consolidate load (docs/rebalancing.md)."""
+    NEVER = "Never"
+    """It stays on its node; drains and explicit Migrations still move it."""
+
+
 class EvictionStrategy(StrEnum):
     """What happens to a running VM when its node is drained (KubeVirt's names)."""
 
@@ -116,6 +125,9 @@ class VirtualMachineSpec(machines.MachineOverrides):
     """Order of restart after its node is lost and fenced: higher first (unset is 0;
     ties by creation time). Only VMs with runStrategy Always or RerunOnFailure and
     shared disks are restarted elsewhere (docs/node-loss.md)."""
+    rebalance: Rebalance = Rebalance.ALLOWED
+    """Allowed lets the cluster's RebalancePolicy move the VM live; Never keeps it where
+    it is (a VM with a nodeSelector is never moved by the rebalancer either)."""
 
     @model_validator(mode="after")
     def _has_a_machine(self) -> Self:

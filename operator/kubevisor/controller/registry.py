@@ -15,6 +15,7 @@ from kubevisor.controller.kube import operating
 from kubevisor.controller.migrations import handlers as migrations
 from kubevisor.controller.nodeloss import handlers as nodeloss
 from kubevisor.controller.placement import reserving
+from kubevisor.controller.rebalancing import handlers as rebalancing
 from kubevisor.controller.runtime import running
 from kubevisor.controller.vmbackups import handlers as vmbackups
 from kubevisor.controller.vms import handlers as vms
@@ -29,6 +30,7 @@ IMPLEMENTED = frozenset(
         kinds.VRF.kind,
         kinds.MIGRATION.kind,
         kinds.VMBACKUP.kind,
+        kinds.REBALANCEPOLICY.kind,
     }
 )
 
@@ -53,5 +55,6 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *nodeloss.NodeLoss(rt, placer=placer).handlers(),
         *migrations.Migrations(rt).handlers(),
         *vmbackups.VMBackups(rt).handlers(),
+        *rebalancing.Rebalancing(rt).handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

@@ -55,6 +55,46 @@ class Kube:
             raise
         return obj
 
+    async def get_cluster(self, plural: str, name: str) -> Obj | None:
+        """A cluster-scoped kubevisor object (a RebalancePolicy), or None."""
+        try:
+            obj: Obj = await self._custom.get_cluster_custom_object(
+                groups.GROUP, groups.VERSION, plural, name
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    async def apply_cluster_status(
+        self, plural: str, kind: str, name: str, status: Obj, *, field_manager: str
+    ) -> Obj:
+        """Server-side apply of a cluster-scoped object's ``status`` as ``field_manager``."""
+        body = {
+            "apiVersion": groups.API_VERSION,
+            "kind": kind,
+            "metadata": {"name": name},
+            "status": status,
+        }
+        obj: Obj = await self._custom.patch_cluster_custom_object_status(
+            groups.GROUP,
+            groups.VERSION,
+            plural,
+            name,
+            body,
+            field_manager=field_manager,
+            force=True,
+            _content_type=APPLY,  # type: ignore[call-arg]
+        )
+        return obj
+
+    async def patch_node_condition(self, name: str, condition: Obj) -> None:
+        """Set one condition on a core/v1 Node's status (strategic merge keyed by type,
+        so the kubelet's conditions stay as they are)."""
+        core: Any = self._core
+        await core.patch_node_status(name, {"status": {"conditions": [condition]}})
+
     async def list_all(self, plural: str) -> list[Obj]:
         """Every object of a kubevisor kind in every namespace."""
         result = await self._custom.list_cluster_custom_object(groups.GROUP, groups.VERSION, plural)
@@ -187,7 +227,6 @@ class Kube:
     ) -> None:
         """A core/v1 Event about ``obj`` (a kubevisor object of ``kind``), reported by
         kubevisor-controller."""
-        meta = obj["metadata"]
         body = events.body(
             obj,
             kind=kind,
@@ -198,7 +237,7 @@ class Kube:
             now=datetime.now(UTC),
         )
         core: Any = self._core
-        await core.create_namespaced_event(meta["namespace"], body)
+        await core.create_namespaced_event(body["metadata"]["namespace"], body)
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -139,6 +139,17 @@ def _labels(labels: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
 
 
+def headroom(node: Node, used: Usage, *, cpu_overcommit: float = 1.0) -> Usage:
+    """What ``node`` can still take: its capacity (CPU times ``cpu_overcommit``) minus
+    ``used``; a part is negative when the node is overbooked. ``refusal`` and the
+    rebalancing planner both measure fit with it."""
+    return Usage(
+        int(node.cpu * cpu_overcommit) - used.cpu,
+        node.memory_bytes - used.memory_bytes,
+        node.gpus - used.gpus,
+    )
+
+
 def refusal(node: Node, used: Usage, request: Request, *, cpu_overcommit: float = 1.0) -> str:
     """Why ``node`` cannot take ``request``, as a clause; empty when it can."""
     if request.only_nodes is not None and node.name not in request.only_nodes:
@@ -155,8 +166,9 @@ def refusal(node: Node, used: Usage, request: Request, *, cpu_overcommit: float 
             f"does not match nodeSelector {', '.join(mismatched)} "
             f"(its labels: {_labels(node.labels)})"
         )
+    room = headroom(node, used, cpu_overcommit=cpu_overcommit)
     if request.gpus:
-        free = node.gpus - used.gpus
+        free = room.gpus
         if node.gpus == 0:
             return "lacks GPUs"
         if free < request.gpus:
@@ -164,10 +176,10 @@ def refusal(node: Node, used: Usage, request: Request, *, cpu_overcommit: float 
     missing = sorted(request.networks - node.networks)
     if missing:
         return f"lacks network{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
-    free_cpu = int(node.cpu * cpu_overcommit) - used.cpu
+    free_cpu = room.cpu
     if free_cpu < request.cpu:
         return f"not enough CPU (need {request.cpu}, free {max(free_cpu, 0)})"
-    free_mem = node.memory_bytes - used.memory_bytes
+    free_mem = room.memory_bytes
     if free_mem < request.memory_bytes:
         return (
             f"not enough memory (need {_mem(request.memory_bytes)}, free {_mem(max(free_mem, 0))})"

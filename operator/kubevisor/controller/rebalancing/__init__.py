@@ -1,0 +1,1 @@
+"""The rebalancer (RebalancePolicy): observe, plan with placement/rebalancing, act."""

@@ -1,0 +1,303 @@
+"""RebalancePolicy against a real API server and controller. Nodes are fake: Leases and
+core/v1 Node objects this test writes, no agents; the agents' VM phase is written by the
+test (field manager kubevisor-agent). So the rebalancer's Migrations are created and
+admitted but never run (no agent prepares a target): the test checks what the rebalancer
+writes (Migrations, Node marks, Events, its status), not a move (tests/e2e/test_rebalancing.py
+moves real guests). The CRD's own validation (name, CEL) is checked first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from kubevisor.api import groups, nodes, rebalancepolicies
+from kubevisor.devenv import testing
+
+pytestmark = pytest.mark.integration
+
+NS = "rebalance-test"
+LEASE_NS = nodes.LEASE_NAMESPACE
+G, V = groups.GROUP, groups.VERSION
+PLURAL = "rebalancepolicies"
+CAP = {
+    "cpu": 16,
+    "memoryBytes": 8 * 2**30,
+    "gpus": 0,
+    "sharedStorage": "/srv/shared",
+}
+NODES = ("rb-a", "rb-b", "rb-c", "rb-d", "rb-e")
+MACHINE = {
+    "cpu": {"cores": 1},
+    "memory": "1Gi",
+    "disks": [{"name": "root", "image": "tiny", "size": "1Gi", "storage": "shared"}],
+    "nics": [{"name": "eth0", "network": "default"}],
+}
+
+
+class Env:
+    def __init__(self, cluster: Any) -> None:
+        import kubernetes
+
+        self.custom = kubernetes.client.CustomObjectsApi(cluster.api)
+        self.core = kubernetes.client.CoreV1Api(cluster.api)
+        self.coord = kubernetes.client.CoordinationV1Api(cluster.api)
+
+    def lease(self, name: str) -> None:
+        body = testing.fake_node_lease(
+            name, capacity={**CAP, "migrationURI": f"qemu+tcp://{name}/system"}
+        )
+        self.coord.create_namespaced_lease(LEASE_NS, body)
+
+    def vm(self, name: str, **spec: Any) -> None:
+        body = {
+            "apiVersion": groups.API_VERSION,
+            "kind": "VirtualMachine",
+            "metadata": {"name": name},
+            "spec": {**MACHINE, **spec},
+        }
+        self.custom.create_namespaced_custom_object(G, V, NS, "virtualmachines", body)
+
+    def vm_status(self, name: str) -> dict[str, Any]:
+        obj = self.custom.get_namespaced_custom_object(G, V, NS, "virtualmachines", name)
+        return dict(obj.get("status") or {})
+
+    def running(self, name: str) -> None:
+        body = {
+            "apiVersion": groups.API_VERSION,
+            "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": NS},
+            "status": {"phase": "Running"},
+        }
+        self.custom.patch_namespaced_custom_object_status(
+            G,
+            V,
+            NS,
+            "virtualmachines",
+            name,
+            body,
+            field_manager="kubevisor-agent",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    def policy(self, spec: dict[str, Any], name: str = rebalancepolicies.NAME) -> None:
+        body = {
+            "apiVersion": groups.API_VERSION,
+            "kind": "RebalancePolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        try:
+            self.custom.delete_cluster_custom_object(G, V, PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        testing.wait_for(lambda: self._gone(name), timeout=10, what="old policy gone")
+        self.custom.create_cluster_custom_object(G, V, PLURAL, body)
+
+    def _gone(self, name: str) -> bool:
+        try:
+            self.custom.get_cluster_custom_object(G, V, PLURAL, name)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    def policy_status(self) -> dict[str, Any]:
+        obj = self.custom.get_cluster_custom_object(G, V, PLURAL, rebalancepolicies.NAME)
+        return dict(obj.get("status") or {})
+
+    def ours(self) -> list[dict[str, Any]]:
+        items = self.custom.list_namespaced_custom_object(
+            G, V, NS, "migrations", label_selector=rebalancepolicies.LABEL_REBALANCE
+        )["items"]
+        return list(items)
+
+    def node_condition(self, name: str) -> dict[str, Any]:
+        node = self.core.read_node(name)
+        for c in node.status.conditions or []:
+            if c.type == rebalancepolicies.NODE_POWER_OFF:
+                return {"status": c.status, "reason": c.reason, "message": c.message}
+        return {}
+
+    def node_events(self, name: str, reason: str) -> list[Any]:
+        evs = self.core.list_namespaced_event(
+            "default", field_selector=f"involvedObject.name={name},reason={reason}"
+        )
+        return list(evs.items)
+
+
+@pytest.fixture(scope="module")
+def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    e = Env(cluster)
+    for ns in (NS, LEASE_NS):
+        testing.ensure_namespace(e.core, ns)
+    for name in NODES:
+        e.core.create_node({"metadata": {"name": name}})
+    logfile = tmp_path_factory.mktemp("rebalance") / "controller.log"
+    # the fake Leases carry no RTTs: let targets pass without a measurement (the
+    # controller subprocess inherits the environment)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KUBEVISOR_MIGRATION_REQUIRE_RTT", "false")
+        with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
+            yield from _run(e)
+
+
+def _run(e: Env) -> Iterator[Env]:
+    """Yield ``e``; afterwards delete what the tests made (finalizers dropped: no agents)."""
+    try:
+        yield e
+    finally:
+        try:
+            e.custom.delete_cluster_custom_object(G, V, PLURAL, rebalancepolicies.NAME)
+        except ApiException:
+            pass
+        for kind in ("migrations", "virtualmachines"):
+            for obj in e.custom.list_namespaced_custom_object(G, V, NS, kind)["items"]:
+                name = obj["metadata"]["name"]
+                e.custom.patch_namespaced_custom_object(
+                    G, V, NS, kind, name, {"metadata": {"finalizers": None}}
+                )
+                e.custom.delete_namespaced_custom_object(G, V, NS, kind, name)
+        for name in NODES:
+            try:
+                e.coord.delete_namespaced_lease(name, LEASE_NS)
+            except ApiException:
+                pass
+            e.core.delete_node(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "says"),
+    [
+        ("other", {}, "named cluster"),
+        ("cluster", {"mode": "Sideways"}, "Unsupported value"),
+        (
+            "cluster",
+            {"consolidate": {"targetUtilizationPercent": 90, "wakeUtilizationPercent": 80}},
+            "wakeUtilizationPercent must not be below targetUtilizationPercent",
+        ),
+        ("cluster", {"maxMovesPerPass": 0}, "maxMovesPerPass"),
+        ("cluster", {"intervalSeconds": 1}, "intervalSeconds"),
+    ],
+)
+def test_the_api_server_refuses_a_bad_policy(
+    env: Env, name: str, spec: dict[str, Any], says: str
+) -> None:
+    body = {
+        "apiVersion": groups.API_VERSION,
+        "kind": "RebalancePolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    with pytest.raises(ApiException) as err:
+        env.custom.create_cluster_custom_object(G, V, PLURAL, body)
+    assert err.value.status == 422
+    assert says in str(err.value.body)
+
+
+def test_balance_moves_vms_off_the_loaded_node_through_migrations(env: Env) -> None:
+    env.lease("rb-a")  # only rb-a exists: all three VMs are placed there
+    for i in range(3):
+        env.vm(f"bal-{i}")
+    env.vm("pinned", rebalance="Never")
+    for name in ("bal-0", "bal-1", "bal-2", "pinned"):
+        testing.wait_for(
+            lambda n=name: env.vm_status(n).get("nodeName") == "rb-a", timeout=30, what=name
+        )
+        env.running(name)
+    env.lease("rb-b")
+    env.lease("rb-c")
+    env.policy({"mode": "Balance", "intervalSeconds": 5, "maxMovesPerPass": 5})
+    migs = testing.wait_for(
+        lambda: env.ours() if len(env.ours()) >= 2 else None,
+        timeout=60,
+        what="two Balance Migrations",
+        show=env.policy_status,
+    )
+    targets = sorted(m["spec"]["targetNode"] for m in migs)
+    assert targets == ["rb-b", "rb-c"]
+    for m in migs:
+        vm = m["spec"]["vmName"]
+        assert vm != "pinned"
+        assert m["metadata"]["name"].startswith(f"{vm}-balance-")
+        assert m["metadata"]["labels"][rebalancepolicies.LABEL_REBALANCE] == "Balance"
+    status = testing.wait_for(
+        lambda: env.policy_status() if env.policy_status().get("moves") else None,
+        timeout=30,
+        what="policy status",
+    )
+    assert {m["migration"] for m in status["moves"]} == {m["metadata"]["name"] for m in migs}
+    assert status["phase"] == "Moving"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "Moving"
+    # while they are unfinished, no new pass plans more
+    assert len(env.ours()) == 2
+    # cancelling is an ordinary Migration cancel
+    for m in migs:
+        name = m["metadata"]["name"]
+        env.custom.patch_namespaced_custom_object(
+            G, V, NS, "migrations", name, {"spec": {"cancel": True}}
+        )
+        testing.wait_for(
+            lambda n=name: (
+                env.custom.get_namespaced_custom_object(G, V, NS, "migrations", n)
+                .get("status", {})
+                .get("phase")
+                == "Cancelled"
+            ),
+            timeout=30,
+            what=f"{name} Cancelled",
+        )
+
+
+def test_consolidate_marks_an_empty_node_and_wakes_it(env: Env) -> None:
+    env.policy({"mode": "Off"})
+    for node in ("rb-b", "rb-c"):  # the Balance test's targets leave; two empty nodes join
+        env.coord.delete_namespaced_lease(node, LEASE_NS)
+    env.lease("rb-d")
+    env.lease("rb-e")
+    for m in env.ours():  # the Balance test's Migrations: out of the way
+        name = m["metadata"]["name"]
+        env.custom.patch_namespaced_custom_object(
+            G, V, NS, "migrations", name, {"metadata": {"finalizers": None}}
+        )
+        env.custom.delete_namespaced_custom_object(G, V, NS, "migrations", name)
+    testing.wait_for(lambda: not env.ours(), timeout=30, what="no rebalance Migrations")
+    # Consolidate with nothing to pack (rb-a holds a pinned VM): rb-d and rb-e are empty
+    # and rb-a alone stays within the 60 % target (4 of 8 GiB), so both are marked
+    env.policy(
+        {
+            "mode": "Consolidate",
+            "intervalSeconds": 5,
+            "maxMovesPerPass": 1,
+            "consolidate": {"targetUtilizationPercent": 60, "wakeUtilizationPercent": 90},
+        }
+    )
+    for node in ("rb-d", "rb-e"):
+        cond = testing.wait_for(
+            lambda n=node: env.node_condition(n) or None,
+            timeout=60,
+            what=f"{node} marked",
+            show=env.policy_status,
+        )
+        assert cond["status"] == "True" and cond["reason"] == "Emptied"
+        assert env.core.read_node(node).spec.unschedulable is True
+        assert env.node_events(node, "PowerOff")
+    status = env.policy_status()
+    assert status["poweredOffNodes"] == ["rb-d", "rb-e"]
+    # load rises on rb-a: 4 GiB more, 8 of 8 GiB = 100 % > 90 %: a node is woken
+    for i in range(4):
+        env.vm(f"load-{i}")
+    woken = testing.wait_for(
+        lambda: [n for n in ("rb-d", "rb-e") if env.node_condition(n).get("status") == "False"],
+        timeout=60,
+        what="a node woken",
+        show=env.policy_status,
+    )
+    for node in woken:
+        assert env.node_condition(node)["reason"] == "Woken"
+        assert not env.core.read_node(node).spec.unschedulable
+        assert env.node_events(node, "PowerOn")
