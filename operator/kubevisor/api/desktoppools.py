@@ -3,8 +3,9 @@ reached from a browser through the display gateway."""
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -22,6 +23,25 @@ class DesktopPoolPhase(StrEnum):
     READY = "Ready"
     DEGRADED = "Degraded"
     FAILED = "Failed"
+
+
+#: Annotation on a desktop VM naming the DesktopClaim bound to it (claim names may be
+#: longer than a label value, so an annotation, not ``groups.LABEL_CLAIM``).
+ANNOTATION_CLAIM: Final = "kubevisor.io/desktop-claim"
+#: Annotation on a desktop VM naming the user it is assigned to (dedicated pools keep it
+#: after logoff; floating pools only while bound).
+ANNOTATION_USER: Final = "kubevisor.io/desktop-user"
+#: Longest pool name: desktop VM names are ``<pool>-<8 hex>`` and must stay DNS labels.
+MAX_POOL_NAME: Final = 54
+
+Seconds = Annotated[int, Field(gt=0, le=30 * 86_400)]
+UserName = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+def desktop_name(pool: str, seed: str) -> str:
+    """The VM name of a pool's desktop: ``<pool>-<8 hex of seed>`` (pure; the seed is
+    the user for a dedicated desktop, so a user's desktop always has the same name)."""
+    return f"{pool}-{hashlib.sha256(seed.encode()).hexdigest()[:8]}"
 
 
 class DesktopPoolSpec(common.Model):
@@ -54,6 +74,23 @@ class DesktopPoolSpec(common.Model):
     """floating: any free desktop, returned at logoff; dedicated: a user keeps theirs."""
     logoff_policy: LogoffPolicy = "refresh"
     """At release: keep the desktop as is, refresh it from the template, or delete it."""
+    idle_timeout_seconds: Seconds | None = None
+    """Log the session off after this long without keyboard or mouse input (as the
+    display gateway reports it in the claim's status.session)."""
+    disconnected_timeout_seconds: Seconds | None = None
+    """Log the session off after this long with no viewer connected (counted from the
+    binding when nobody ever connected)."""
+    max_session_seconds: Seconds | None = None
+    """Log the session off this long after the claim was bound, whatever happens."""
+    per_user_limit: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    """Most desktops one user may hold in this pool at once; further claims wait."""
+    allowed_users: list[UserName] = Field(default_factory=list, max_length=1_000)
+    """Users who may claim (with allowedGroups: either admits); both empty: everyone."""
+    allowed_groups: list[UserName] = Field(default_factory=list, max_length=1_000)
+    """Groups whose members may claim (a claim's spec.groups)."""
+    token_ttl_seconds: Annotated[int, Field(ge=30, le=86_400)] = 300
+    """How long a browser URL minted into a claim admits a new connection; the
+    controller mints a fresh one before it expires."""
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
@@ -77,6 +114,8 @@ class PoolDesktop(common.Model):
     """User it is assigned to (dedicated pools keep this after release)."""
     node_name: common.ShortString | None = None
     """Node the desktop runs on."""
+    reason: Annotated[str, Field(max_length=128)] | None = None
+    """Why the desktop is not running yet (its VM's Ready/Scheduled condition reason)."""
 
 
 class DesktopPoolStatus(conditions.Status):
@@ -92,6 +131,12 @@ class DesktopPoolStatus(conditions.Status):
     """Ready desktops not bound to a claim."""
     desktops: list[PoolDesktop] = Field(default_factory=list, max_length=10_000)
     """The pool's desktops."""
+    total: Annotated[int, Field(ge=0)] | None = None
+    """Desktops that exist (any phase)."""
+    waiting: Annotated[int, Field(ge=0)] | None = None
+    """Claims waiting for a desktop."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation this status was computed from."""
 
 
 class DesktopPool(common.Resource):
