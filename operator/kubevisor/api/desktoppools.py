@@ -4,12 +4,14 @@ reached from a browser through the display gateway."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from kubevisor.api import common, conditions
+from kubevisor.api import common, conditions, groups
 
 Assignment = Literal["floating", "dedicated"]
 LogoffPolicy = Literal["keep", "refresh", "delete"]
@@ -148,3 +150,110 @@ class DesktopPool(common.Resource):
     """Pool size and hand-out policy."""
     status: DesktopPoolStatus | None = None
     """Observed state."""
+
+
+#: The VM phase in which a desktop is usable.
+READY_PHASE: Final = "Running"
+
+
+@dataclass(frozen=True)
+class Desktop:
+    """One desktop VM of a pool as both desktop reconcilers read it (pure view)."""
+
+    name: str
+    phase: str | None = None
+    claim: str | None = None
+    """The DesktopClaim bound to it (annotation :data:`ANNOTATION_CLAIM`)."""
+    user: str | None = None
+    """The user it is assigned to (annotation :data:`ANNOTATION_USER`)."""
+    node: str | None = None
+    deleting: bool = False
+    created: str = ""
+    """creationTimestamp as written (RFC 3339 sorts as text)."""
+    resource_version: str = ""
+    reason: str | None = None
+    """Why it is not running: the reason and message of its first False condition."""
+
+    @property
+    def ready(self) -> bool:
+        """Running and not being deleted."""
+        return self.phase == READY_PHASE and not self.deleting
+
+
+def _why_not_running(status: Mapping[str, Any]) -> str | None:
+    if status.get("phase") == READY_PHASE:
+        return None
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "False" and cond.get("type") in ("Scheduled", "Ready"):
+            reason, message = cond.get("reason") or "", cond.get("message") or ""
+            return f"{reason}: {message}"[:128] if message else str(reason)[:128]
+    return None
+
+
+def desktop(vm: Mapping[str, Any]) -> Desktop:
+    """The desktop view of a VirtualMachine object (raw wire form)."""
+    meta = vm.get("metadata") or {}
+    status = vm.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    return Desktop(
+        name=str(meta.get("name")),
+        phase=status.get("phase"),
+        claim=annotations.get(ANNOTATION_CLAIM) or None,
+        user=annotations.get(ANNOTATION_USER) or None,
+        node=status.get("nodeName"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        created=str(meta.get("creationTimestamp") or ""),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        reason=_why_not_running(status),
+    )
+
+
+def desktops_of(vms: Iterable[Mapping[str, Any]], pool: str) -> list[Desktop]:
+    """The desktops of ``pool`` among ``vms`` (by the :data:`groups.LABEL_POOL` label),
+    sorted by name."""
+    out = [
+        desktop(vm)
+        for vm in vms
+        if ((vm.get("metadata") or {}).get("labels") or {}).get(groups.LABEL_POOL) == pool
+    ]
+    return sorted(out, key=lambda d: d.name)
+
+
+def desktop_body(
+    pool: Mapping[str, Any],
+    name: str,
+    *,
+    user: str | None = None,
+    claim: str | None = None,
+) -> dict[str, Any]:
+    """The VirtualMachine a pool's desktop is: a linked clone of the pool's template
+    (the template's disks are ``clone: linked`` overlays unless it says otherwise),
+    always running, labelled with the pool and owned by it (garbage-collected with it)."""
+    meta = pool.get("metadata") or {}
+    template = ((pool.get("spec") or {}).get("templateRef") or {}).get("name")
+    annotations = {
+        k: v for k, v in ((ANNOTATION_USER, user), (ANNOTATION_CLAIM, claim)) if v is not None
+    }
+    body: dict[str, Any] = {
+        "apiVersion": groups.API_VERSION,
+        "kind": "VirtualMachine",
+        "metadata": {
+            "name": name,
+            "namespace": meta.get("namespace"),
+            "labels": {groups.LABEL_POOL: meta.get("name")},
+            "ownerReferences": [
+                {
+                    "apiVersion": groups.API_VERSION,
+                    "kind": "DesktopPool",
+                    "name": meta.get("name"),
+                    "uid": meta.get("uid"),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {"templateRef": {"name": template}, "runStrategy": "Always"},
+    }
+    if annotations:
+        body["metadata"]["annotations"] = annotations
+    return body
