@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from kubevisor.api import kinds
 from kubevisor.controller import notimplemented
+from kubevisor.controller.desktopclaims import handlers as desktopclaims
+from kubevisor.controller.desktoppools import handlers as desktoppools
 from kubevisor.controller.drain import handlers as drain
 from kubevisor.controller.kube import operating
 from kubevisor.controller.migrations import handlers as migrations
@@ -21,7 +23,14 @@ from kubevisor.controller.vrfs import handlers as vrfs
 
 #: The kinds with handlers of their own.
 IMPLEMENTED = frozenset(
-    {kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind, kinds.VRF.kind, kinds.MIGRATION.kind}
+    {
+        kinds.VIRTUALMACHINE.kind,
+        kinds.VMTEMPLATE.kind,
+        kinds.VRF.kind,
+        kinds.MIGRATION.kind,
+        kinds.DESKTOPPOOL.kind,
+        kinds.DESKTOPCLAIM.kind,
+    }
 )
 
 
@@ -35,6 +44,10 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
     machines = vms.VMs(rt, placer=reserving.Placer())
     templates = vmtemplates.VMTemplates(rt, on_change=machines.template_changed)
     routers = vrfs.VRFs(rt)
+    # a pool's claims are decided in the pool's pass (they compete for its desktops)
+    claims = desktopclaims.Claims(rt)
+    pools = desktoppools.Pools(rt, settle=claims.settle)
+    claims.wake = pools.wake
     return [
         *rt.handlers(),
         *machines.handlers(),
@@ -42,5 +55,7 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *routers.handlers(),
         *drain.Drain(rt).handlers(),
         *migrations.Migrations(rt).handlers(),
+        *pools.handlers(),
+        *claims.handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]
