@@ -43,6 +43,8 @@ class Claim:
     phase: DesktopClaimPhase | None = None
     bound_at: datetime | None = None
     session: SessionStatus | None = None
+    ended: tuple[ClaimReason, str] | None = None
+    """Released: why its session ended (its Bound condition), kept as it was."""
 
 
 class State(StrEnum):
@@ -94,7 +96,8 @@ class Decision:
     claims: tuple[ClaimDecision, ...] = ()
     releases: tuple[Release, ...] = ()
     waiting: int = 0
-    """Claims waiting for a free desktop the pool may still create (floating)."""
+    """Claims waiting for a free desktop: for one the pool may still create (floating)
+    or at the pool's max (any assignment; sizing caps its target at max anyway)."""
 
     def of(self, claim: str) -> ClaimDecision:
         """The decision for ``claim``."""
@@ -189,10 +192,9 @@ def decide(
     waiting = 0
     for claim in pending:
         decision = _bind(state, pool, claim, dedicated=dedicated, exists=spec is not None)
-        if (
-            not dedicated
-            and decision.state is State.WAITING
-            and decision.reason is ClaimReason.WAITING_FOR_DESKTOP
+        if decision.state is State.WAITING and (
+            decision.reason is ClaimReason.POOL_EXHAUSTED
+            or (not dedicated and decision.reason is ClaimReason.WAITING_FOR_DESKTOP)
         ):
             waiting += 1
         out.append(decision)
@@ -237,12 +239,11 @@ def _finalize(claim: Claim) -> ClaimDecision:
 
 
 def _still_released(claim: Claim) -> ClaimDecision:
-    return ClaimDecision(
-        claim.name,
-        State.RELEASED,
+    reason, message = claim.ended or (
         ClaimReason.SESSION_TIMEOUT,
         "the session ended; delete this claim and create a new one for another session",
     )
+    return ClaimDecision(claim.name, State.RELEASED, reason, message)
 
 
 def _holding(claim: Claim, d: Desktop) -> ClaimDecision:

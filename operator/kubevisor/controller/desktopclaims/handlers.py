@@ -22,6 +22,7 @@ base URL the claim URLs point at) and ``displaytokens.ENV_KEY_NAMESPACE``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ from typing import Any, Final
 import pydantic
 
 from kubevisor.api import desktoppools, displaytokens, groups, kinds
-from kubevisor.api.desktopclaims import ClaimReason, DesktopClaim
+from kubevisor.api.desktopclaims import BOUND, ClaimReason, DesktopClaim, DesktopClaimPhase
 from kubevisor.api.desktoppools import DesktopPoolSpec
 from kubevisor.controller.desktopclaims import binding, status, tokens
 from kubevisor.controller.desktopclaims.binding import ClaimDecision, State
@@ -65,6 +66,12 @@ def _view(obj: Mapping[str, Any]) -> binding.Claim | None:
     except pydantic.ValidationError:
         return None
     st = claim.status
+    ended: tuple[ClaimReason, str] | None = None
+    if st is not None and st.phase is DesktopClaimPhase.RELEASED:
+        cond = next((c for c in st.conditions if c.type == BOUND), None)
+        with contextlib.suppress(ValueError):
+            if cond is not None:
+                ended = (ClaimReason(cond.reason), cond.message)
     return binding.Claim(
         name=str(claim.metadata.name),
         user=claim.spec.user,
@@ -74,6 +81,7 @@ def _view(obj: Mapping[str, Any]) -> binding.Claim | None:
         phase=st.phase if st else None,
         bound_at=st.bound_at if st else None,
         session=st.session if st else None,
+        ended=ended,
     )
 
 

@@ -101,15 +101,12 @@ class Kube:
     async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's ``data`` (base64 values), or None when it does not exist."""
         try:
-            response: Any = await self._core.read_namespaced_secret(
-                name, namespace, _preload_content=False
-            )
+            secret: Any = await self._core.read_namespaced_secret(name, namespace)
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        data = json.loads(await response.read())
-        return dict(data.get("data") or {})
+        return dict(secret.data or {})
 
     async def create_secret(self, namespace: str, body: Obj) -> bool:
         """Create a Secret (and its namespace when missing); False when it exists."""

@@ -77,7 +77,7 @@ BOB = desktoppools.desktop_name("office", "bob")
                 "b": (State.BOUND, R.BOUND, "d2"),
                 "c": (State.WAITING, R.POOL_EXHAUSTED, None),
             },
-            0,
+            1,
         ),
         (
             "not allowed: refused with NotAllowed",
@@ -148,7 +148,7 @@ BOB = desktoppools.desktop_name("office", "bob")
             [_d(BOB, user="bob")],
             [_c("a")],
             {"a": (State.WAITING, R.POOL_EXHAUSTED, None)},
-            0,
+            1,
         ),
         (
             "a Released claim stays released and takes nothing",
@@ -221,3 +221,9 @@ def test_connected_session_is_not_disconnected() -> None:
     claim = _c("a", bound_at=NOW - timedelta(hours=1), session=SessionStatus(connected=True))
     d = _decide(spec, [_d("d1", claim="a")], [claim])
     assert d.of("a").state is State.BOUND and not d.releases
+
+
+def test_a_released_claim_keeps_the_reason_its_session_ended() -> None:
+    ended = (R.DISCONNECTED_TIMEOUT, "no viewer")
+    d = _decide(_spec(), [], [_c("a", phase=DesktopClaimPhase.RELEASED, ended=ended)])
+    assert (d.of("a").reason, d.of("a").message) == ended
