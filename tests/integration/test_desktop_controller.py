@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -419,3 +421,21 @@ def test_disconnected_timeout_reads_the_gateways_session_report(env: Env, templa
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def test_cli_desktop_claim_prints_the_url(env: Env, template: str, cluster: Any) -> None:
+    pool = env.pool(template, min=1, max=1, spare=1)
+    _ready_pool(env, pool, 1)
+    env.agent_reports_running(pool)
+    cmd = [sys.executable, "-m", "kubevisor.cli.main", f"--kubeconfig={cluster.kubeconfig}",
+           "desktop", "claim", pool, "--user", "kim", "-n", NS, "--timeout", "60"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    url = proc.stdout.splitlines()[0]
+    grant = displaytokens.verify(env.key(), _token(url), now=time.time())
+    assert grant.namespace == NS and grant.claim.startswith(f"{pool}-")
+    # a user the pool refuses: the command fails with the controller's sentence
+    env.patch("desktoppools", pool, {"spec": {"allowedUsers": ["kim"]}})
+    cmd[cmd.index("kim")] = "lee"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and "NotAllowed" in proc.stderr, proc.stderr
