@@ -3,12 +3,15 @@ reached from a browser through the display gateway."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from kubevisor.api import common, conditions
+from kubevisor.api import common, conditions, groups
 
 Assignment = Literal["floating", "dedicated"]
 LogoffPolicy = Literal["keep", "refresh", "delete"]
@@ -22,6 +25,25 @@ class DesktopPoolPhase(StrEnum):
     READY = "Ready"
     DEGRADED = "Degraded"
     FAILED = "Failed"
+
+
+#: Annotation on a desktop VM naming the DesktopClaim bound to it (claim names may be
+#: longer than a label value, so an annotation, not ``groups.LABEL_CLAIM``).
+ANNOTATION_CLAIM: Final = "kubevisor.io/desktop-claim"
+#: Annotation on a desktop VM naming the user it is assigned to (dedicated pools keep it
+#: after logoff; floating pools only while bound).
+ANNOTATION_USER: Final = "kubevisor.io/desktop-user"
+#: Longest pool name: desktop VM names are ``<pool>-<8 hex>`` and must stay DNS labels.
+MAX_POOL_NAME: Final = 54
+
+Seconds = Annotated[int, Field(gt=0, le=30 * 86_400)]
+UserName = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+def desktop_name(pool: str, seed: str) -> str:
+    """The VM name of a pool's desktop: ``<pool>-<8 hex of seed>`` (pure; the seed is
+    the user for a dedicated desktop, so a user's desktop always has the same name)."""
+    return f"{pool}-{hashlib.sha256(seed.encode()).hexdigest()[:8]}"
 
 
 class DesktopPoolSpec(common.Model):
@@ -54,6 +76,23 @@ class DesktopPoolSpec(common.Model):
     """floating: any free desktop, returned at logoff; dedicated: a user keeps theirs."""
     logoff_policy: LogoffPolicy = "refresh"
     """At release: keep the desktop as is, refresh it from the template, or delete it."""
+    idle_timeout_seconds: Seconds | None = None
+    """Log the session off after this long without keyboard or mouse input (as the
+    display gateway reports it in the claim's status.session)."""
+    disconnected_timeout_seconds: Seconds | None = None
+    """Log the session off after this long with no viewer connected (counted from the
+    binding when nobody ever connected)."""
+    max_session_seconds: Seconds | None = None
+    """Log the session off this long after the claim was bound, whatever happens."""
+    per_user_limit: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    """Most desktops one user may hold in this pool at once; further claims wait."""
+    allowed_users: list[UserName] = Field(default_factory=list, max_length=1_000)
+    """Users who may claim (with allowedGroups: either admits); both empty: everyone."""
+    allowed_groups: list[UserName] = Field(default_factory=list, max_length=1_000)
+    """Groups whose members may claim (a claim's spec.groups)."""
+    token_ttl_seconds: Annotated[int, Field(ge=30, le=86_400)] = 300
+    """How long a browser URL minted into a claim admits a new connection; the
+    controller mints a fresh one before it expires."""
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
@@ -77,6 +116,8 @@ class PoolDesktop(common.Model):
     """User it is assigned to (dedicated pools keep this after release)."""
     node_name: common.ShortString | None = None
     """Node the desktop runs on."""
+    reason: Annotated[str, Field(max_length=128)] | None = None
+    """Why the desktop is not running yet (its VM's Ready/Scheduled condition reason)."""
 
 
 class DesktopPoolStatus(conditions.Status):
@@ -92,6 +133,12 @@ class DesktopPoolStatus(conditions.Status):
     """Ready desktops not bound to a claim."""
     desktops: list[PoolDesktop] = Field(default_factory=list, max_length=10_000)
     """The pool's desktops."""
+    total: Annotated[int, Field(ge=0)] | None = None
+    """Desktops that exist (any phase)."""
+    waiting: Annotated[int, Field(ge=0)] | None = None
+    """Claims waiting for a desktop."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation this status was computed from."""
 
 
 class DesktopPool(common.Resource):
@@ -103,3 +150,110 @@ class DesktopPool(common.Resource):
     """Pool size and hand-out policy."""
     status: DesktopPoolStatus | None = None
     """Observed state."""
+
+
+#: The VM phase in which a desktop is usable.
+READY_PHASE: Final = "Running"
+
+
+@dataclass(frozen=True)
+class Desktop:
+    """One desktop VM of a pool as both desktop reconcilers read it (pure view)."""
+
+    name: str
+    phase: str | None = None
+    claim: str | None = None
+    """The DesktopClaim bound to it (annotation :data:`ANNOTATION_CLAIM`)."""
+    user: str | None = None
+    """The user it is assigned to (annotation :data:`ANNOTATION_USER`)."""
+    node: str | None = None
+    deleting: bool = False
+    created: str = ""
+    """creationTimestamp as written (RFC 3339 sorts as text)."""
+    resource_version: str = ""
+    reason: str | None = None
+    """Why it is not running: the reason and message of its first False condition."""
+
+    @property
+    def ready(self) -> bool:
+        """Running and not being deleted."""
+        return self.phase == READY_PHASE and not self.deleting
+
+
+def _why_not_running(status: Mapping[str, Any]) -> str | None:
+    if status.get("phase") == READY_PHASE:
+        return None
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "False" and cond.get("type") in ("Scheduled", "Ready"):
+            reason, message = cond.get("reason") or "", cond.get("message") or ""
+            return f"{reason}: {message}"[:128] if message else str(reason)[:128]
+    return None
+
+
+def desktop(vm: Mapping[str, Any]) -> Desktop:
+    """The desktop view of a VirtualMachine object (raw wire form)."""
+    meta = vm.get("metadata") or {}
+    status = vm.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    return Desktop(
+        name=str(meta.get("name")),
+        phase=status.get("phase"),
+        claim=annotations.get(ANNOTATION_CLAIM) or None,
+        user=annotations.get(ANNOTATION_USER) or None,
+        node=status.get("nodeName"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        created=str(meta.get("creationTimestamp") or ""),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        reason=_why_not_running(status),
+    )
+
+
+def desktops_of(vms: Iterable[Mapping[str, Any]], pool: str) -> list[Desktop]:
+    """The desktops of ``pool`` among ``vms`` (by the :data:`groups.LABEL_POOL` label),
+    sorted by name."""
+    out = [
+        desktop(vm)
+        for vm in vms
+        if ((vm.get("metadata") or {}).get("labels") or {}).get(groups.LABEL_POOL) == pool
+    ]
+    return sorted(out, key=lambda d: d.name)
+
+
+def desktop_body(
+    pool: Mapping[str, Any],
+    name: str,
+    *,
+    user: str | None = None,
+    claim: str | None = None,
+) -> dict[str, Any]:
+    """The VirtualMachine a pool's desktop is: a linked clone of the pool's template
+    (the template's disks are ``clone: linked`` overlays unless it says otherwise),
+    always running, labelled with the pool and owned by it (garbage-collected with it)."""
+    meta = pool.get("metadata") or {}
+    template = ((pool.get("spec") or {}).get("templateRef") or {}).get("name")
+    annotations = {
+        k: v for k, v in ((ANNOTATION_USER, user), (ANNOTATION_CLAIM, claim)) if v is not None
+    }
+    body: dict[str, Any] = {
+        "apiVersion": groups.API_VERSION,
+        "kind": "VirtualMachine",
+        "metadata": {
+            "name": name,
+            "namespace": meta.get("namespace"),
+            "labels": {groups.LABEL_POOL: meta.get("name")},
+            "ownerReferences": [
+                {
+                    "apiVersion": groups.API_VERSION,
+                    "kind": "DesktopPool",
+                    "name": meta.get("name"),
+                    "uid": meta.get("uid"),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {"templateRef": {"name": template}, "runStrategy": "Always"},
+    }
+    if annotations:
+        body["metadata"]["annotations"] = annotations
+    return body

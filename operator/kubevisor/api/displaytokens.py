@@ -20,10 +20,13 @@ import binascii
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 from urllib.parse import quote
+
+from kubevisor.api import nodes
 
 #: Secret (in the operator's namespace) holding the signing key, shared by the controller
 #: (which mints) and the gateway (which verifies).
@@ -160,3 +163,38 @@ def desktop_url(gateway_base: str, token: str) -> str:
     websocket path (with the token) to open."""
     base = gateway_base.rstrip("/")
     return f"{base}/vnc.html?autoconnect=1&path={quote(websocket_path(token), safe='')}"
+
+
+#: Environment variable naming the operator's namespace, where the key Secret lives (the
+#: chart sets it from the pod's own namespace); unset: the Lease namespace
+#: (``KUBEVISOR_LEASE_NAMESPACE``, default kubevisor-system), which the chart installs
+#: into as well.
+ENV_KEY_NAMESPACE: Final = "KUBEVISOR_NAMESPACE"
+
+
+def key_namespace(environ: Mapping[str, str]) -> str:
+    """The namespace of the key Secret, for the controller and the gateway alike."""
+    return environ.get(ENV_KEY_NAMESPACE) or nodes.LEASE_NAMESPACE
+
+
+def key_from_secret_data(data: Mapping[str, str]) -> bytes:
+    """The signing key from a Secret's ``data`` (base64); ValueError when missing or
+    shorter than :data:`MIN_KEY_BYTES`."""
+    raw = data.get(KEY_SECRET_FIELD)
+    if not raw:
+        raise ValueError(f"Secret {KEY_SECRET_NAME} has no data.{KEY_SECRET_FIELD}")
+    key = base64.b64decode(raw)
+    _check_key(key)
+    return key
+
+
+def key_secret_body(key: bytes) -> dict[str, object]:
+    """The Secret the controller creates when none exists (``key`` from a CSPRNG)."""
+    _check_key(key)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": KEY_SECRET_NAME},
+        "type": "Opaque",
+        "data": {KEY_SECRET_FIELD: base64.b64encode(key).decode("ascii")},
+    }

@@ -15,9 +15,11 @@ Examples::
     kubevisor uncordon node-1
     kubevisor backup web                   # live backup, with a progress bar
     kubevisor restore web-3f2a1c --as web-restored
+    kubevisor desktop claim office --user alice   # prints the desktop's browser URL
 
 ``migrate``, ``drain`` and ``uncordon`` are in :mod:`kubevisor.cli.migrating`; ``backup``
-and ``restore`` in :mod:`kubevisor.cli.backingup`.
+and ``restore`` in :mod:`kubevisor.cli.backingup`; ``desktop claim`` in
+:mod:`kubevisor.cli.desktops`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 from kubevisor.api import groups, kinds, virtualmachines, vmbackups
 from kubevisor.api.virtualmachines import DesiredState, RunStrategy
-from kubevisor.cli import backingup, migrating
+from kubevisor.cli import backingup, desktops, migrating
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
@@ -156,6 +158,16 @@ def run(args: argparse.Namespace) -> str:
                 raise CLIError(f"Node {args.node!r} not found") from exc
             raise CLIError(f"API error {exc.status}: {exc.reason}") from exc
     ns = args.namespace
+    if args.verb == "desktop":
+        try:
+            return desktops.claim(
+                api, args.pool, ns, user=args.user, groups_=args.group, shadow=args.shadow,
+                name=args.name, timeout=args.timeout,
+            )  # fmt: skip
+        except desktops.ClaimFailed as exc:
+            raise CLIError(str(exc)) from exc
+        except kubernetes.client.ApiException as exc:
+            raise CLIError(f"API error {exc.status}: {exc.reason}: {exc.body}") from exc
     try:
         if args.verb == "migrate":
             try:
@@ -248,6 +260,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     s = sub.add_parser("uncordon", help="let VMs be placed on a node again")
     s.add_argument("node")
+    s = sub.add_parser("desktop", help="desktop pools: claim a desktop")
+    dsub = s.add_subparsers(dest="desktop_verb", required=True)
+    c = dsub.add_parser("claim", help="claim a desktop from a pool and print its URL")
+    c.add_argument("pool")
+    c.add_argument("--user", required=True)
+    c.add_argument("--group", action="append", default=[], help="the user's group (repeatable)")
+    c.add_argument("--shadow", action="store_true", help="also a view-only URL")
+    c.add_argument("--name", help="claim name (default: generated, <pool>-...)")
+    c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for binding")
+    c.add_argument("-n", "--namespace", default="default")
     s = sub.add_parser("list", help="list VirtualMachines")
     s.add_argument("-n", "--namespace", default="default")
     s.add_argument("-A", "--all-namespaces", action="store_true")

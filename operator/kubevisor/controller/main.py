@@ -11,6 +11,7 @@ import os
 import sys
 
 from kubevisor.controller import registry
+from kubevisor.controller.desktopclaims import handlers as desktopclaims
 from kubevisor.controller.kube import operating
 from kubevisor.controller.runtime import running
 
@@ -25,10 +26,16 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="namespace to serve (repeatable); default: all namespaces",
     )
+    parser.add_argument(
+        "--gateway-url",
+        help="display gateway base URL for DesktopClaim URLs (default: $KUBEVISOR_GATEWAY_URL)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
+    if args.gateway_url:
+        os.environ[desktopclaims.ENV_GATEWAY_URL] = args.gateway_url
     rt = running.Runtime()
     operating.run(registry.handlers(rt), namespaces=args.namespace, verbose=args.verbose)
     return 0

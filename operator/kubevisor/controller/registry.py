@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from kubevisor.api import kinds
 from kubevisor.controller import notimplemented
+from kubevisor.controller.desktopclaims import handlers as desktopclaims
+from kubevisor.controller.desktoppools import handlers as desktoppools
 from kubevisor.controller.drain import handlers as drain
 from kubevisor.controller.kube import operating
 from kubevisor.controller.migrations import handlers as migrations
@@ -31,6 +33,8 @@ IMPLEMENTED = frozenset(
         kinds.MIGRATION.kind,
         kinds.VMBACKUP.kind,
         kinds.REBALANCEPOLICY.kind,
+        kinds.DESKTOPPOOL.kind,
+        kinds.DESKTOPCLAIM.kind,
     }
 )
 
@@ -46,6 +50,10 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
     machines = vms.VMs(rt, placer=placer)
     templates = vmtemplates.VMTemplates(rt, on_change=machines.template_changed)
     routers = vrfs.VRFs(rt)
+    # a pool's claims are decided in the pool's pass (they compete for its desktops)
+    claims = desktopclaims.Claims(rt)
+    pools = desktoppools.Pools(rt, settle=claims.settle)
+    claims.wake = pools.wake
     return [
         *rt.handlers(),
         *machines.handlers(),
@@ -56,5 +64,7 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *migrations.Migrations(rt).handlers(),
         *vmbackups.VMBackups(rt).handlers(),
         *rebalancing.Rebalancing(rt).handlers(),
+        *pools.handlers(),
+        *claims.handlers(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

@@ -107,6 +107,66 @@ class Kube:
         rv = (result.get("metadata") or {}).get("resourceVersion")
         return list(result.get("items") or []), str(rv) if rv else None
 
+    async def list_namespaced(
+        self, plural: str, namespace: str, *, label_selector: str | None = None
+    ) -> list[Obj]:
+        """The objects of a kubevisor kind in one namespace (optionally by label)."""
+        kwargs: dict[str, Any] = {}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        result = await self._custom.list_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, namespace, plural, **kwargs
+        )
+        return list(result.get("items") or [])
+
+    async def delete(
+        self, plural: str, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> bool:
+        """Delete a namespaced kubevisor object; with ``resource_version`` only that
+        version (409 when it changed meanwhile). False when it was gone already."""
+        body: Obj = {}
+        if resource_version:
+            body["preconditions"] = {"resourceVersion": resource_version}
+        custom: Any = self._custom
+        try:
+            await custom.delete_namespaced_custom_object(
+                groups.GROUP, groups.VERSION, namespace, plural, name, body=body
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's ``data`` (base64 values), or None when it does not exist."""
+        try:
+            secret: Any = await self._core.read_namespaced_secret(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(secret.data or {})
+
+    async def create_secret(self, namespace: str, body: Obj) -> bool:
+        """Create a Secret (and its namespace when missing); False when it exists."""
+        core: Any = self._core
+        for _ in range(2):
+            try:
+                await core.create_namespaced_secret(namespace, body)
+                return True
+            except client.ApiException as exc:
+                if exc.status == 409:
+                    return False
+                if exc.status != 404:
+                    raise
+            try:
+                await core.create_namespace({"metadata": {"name": namespace}})
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+        return False
+
     async def list_leases(self, namespace: str, label_selector: str) -> list[Obj]:
         """Leases as raw dicts (camelCase keys, like the custom objects)."""
         response: Any = await self._coord.list_namespaced_lease(

@@ -38,6 +38,9 @@ class OnEvent:
 
     plural: str
     fn: Callable[[str | None, str, str, Obj], Awaitable[None]]
+    id: str | None = None
+    """kopf's handler id; default ``<plural>-event`` (give one when a second handler
+    watches the same kind)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def _on_event(registry: kopf.OperatorRegistry, h: OnEvent) -> None:
             raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
 
     on = kopf.on.event(
-        groups.GROUP, groups.VERSION, h.plural, id=f"{h.plural}-event", registry=registry
+        groups.GROUP, groups.VERSION, h.plural, id=h.id or f"{h.plural}-event", registry=registry
     )
     on(event)
 
