@@ -168,3 +168,19 @@ async def test_bgp_between_node_instances_stays_inside_each_vrf(nodes: dict[str,
         assert "proto bird" not in _ip(
             "route", "show", "table", "all", ns=node.realizer.naming.node_netns
         )
+    # what each daemon reports in its status entry: one session up, one route learned
+    for net in ("red", "blue"):
+        report = await b.supervisor.ensure(f"{net}-b", daemons.Wanted("bird", _config(net, "b")))
+        assert report.status is not None
+        assert report.status.get("sessions") == [
+            {
+                "name": "peer",
+                "protocol": "BGP",
+                "up": True,
+                "state": "Established",
+                "neighbor": "10.0.0.1",
+                "adjacencies": None,
+                "routes": 1,
+            }
+        ]
+        assert (report.status.get("sessionsUp"), report.status.get("routesLearned")) == (1, 1)

@@ -45,6 +45,10 @@ RoutingDaemon = Literal["none", "bird"]
 #: A node's routing daemon for a VRF: Running (its pid alive), Restarting (it died and
 #: waits out its backoff), Stopped (not started: no valid config yet).
 DaemonState = Literal["Running", "Restarting", "Stopped"]
+#: A routing session the daemon reports: a BGP neighbour or an OSPF instance.
+SessionProtocol = Literal["BGP", "OSPF"]
+#: Most sessions one node entry lists (the rest are counted, not listed).
+MAX_SESSIONS: Final = 64
 
 TableId = Annotated[
     int,
@@ -378,6 +382,36 @@ class VRFDaemonStatus(common.Model):
     """Deaths in a row this agent has restarted it after (0 once it ran for a minute)."""
     config_hash: Annotated[str, Field(max_length=64)] | None = None
     """First 12 hex digits of the sha256 of the config the daemon runs."""
+    sessions: list[VRFSession] = Field(default_factory=list, max_length=MAX_SESSIONS)
+    """Its BGP neighbours and OSPF instances as it reports them (at most 64 listed)."""
+    sessions_up: Annotated[int, Field(ge=0)] | None = None
+    """How many of its sessions are up (all of them, listed or not)."""
+    sessions_total: Annotated[int, Field(ge=0)] | None = None
+    """How many sessions it has configured."""
+    routes_learned: Annotated[int, Field(ge=0)] | None = None
+    """Routes learned over its sessions (imported from neighbours), summed."""
+    routes: Annotated[int, Field(ge=0)] | None = None
+    """Routes in its tables (learned, static and direct)."""
+
+
+class VRFSession(common.Model):
+    """One routing session of the VRF's daemon on one node, as the daemon reports it."""
+
+    name: common.ShortString
+    """The daemon's name for it: a BIRD protocol name, or the neighbour's address (FRR)."""
+    protocol: SessionProtocol
+    """BGP (one neighbour) or OSPF (one instance; up with at least one Full adjacency)."""
+    up: bool
+    """BGP: Established; OSPF: at least one neighbour in state Full."""
+    state: Annotated[str, Field(max_length=256)] | None = None
+    """The daemon's own words for its state, e.g. Established, Active, Connect: Socket:
+    No route to host."""
+    neighbor: Annotated[str, Field(max_length=64)] | None = None
+    """BGP: the neighbour's address."""
+    adjacencies: Annotated[int, Field(ge=0)] | None = None
+    """OSPF: neighbours in state Full."""
+    routes: Annotated[int, Field(ge=0)] | None = None
+    """Routes learned (imported) over this session."""
 
 
 class VRFNodeStatus(common.Model):

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubevisor.agent.kernel import vrfrealizing
-from kubevisor.agent.vrfs import daemons, specs
+from kubevisor.agent.vrfs import daemons, sessions, specs
 from kubevisor.api import vrfs
 from kubevisor.api.conditions import Reason
 
@@ -235,6 +235,31 @@ def terminate(pid: int | None, f: daemons.Files, child: subprocess.Popen[bytes] 
     shutil.rmtree(f.run_dir, ignore_errors=True)
 
 
+def _birdc(f: daemons.Files, *command: str) -> str | None:
+    try:
+        done = subprocess.run(
+            [daemons.BIRDC, "-s", daemons.SOCKET, *command],
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            cwd=f.run_dir,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
+
+
+def read_sessions(f: daemons.Files) -> sessions.Summary | None:
+    """The running daemon's sessions and routes, asked over its control socket (None when
+    it does not answer)."""
+    protocols = _birdc(f, "show", "protocols", "all")
+    if protocols is None:
+        return None
+    full = sessions.bird_ospf_full(_birdc(f, "show", "ospf", "neighbors") or "")
+    count = sessions.bird_route_count(_birdc(f, "show", "route", "count") or "")
+    return sessions.summarize(sessions.bird_protocols(protocols, full), count)
+
+
 @dataclass(frozen=True)
 class Report:
     """One VRF's daemon after a pass: its status entry and why it keeps the VRF from
@@ -374,6 +399,14 @@ class Supervisor:
             "restarts": self._failures.get(name, 0),
             "configHash": daemons.config_hash(applied) if applied is not None and pid else None,
         }
+        if pid is not None:
+            summary = await asyncio.to_thread(read_sessions, f)
+            if summary is not None:
+                status["sessions"] = [s.wire() for s in summary.sessions[: vrfs.MAX_SESSIONS]]
+                status["sessionsUp"] = summary.up
+                status["sessionsTotal"] = len(summary.sessions)
+                status["routesLearned"] = summary.learned
+                status["routes"] = summary.routes
         return Report(status, problem)
 
     async def _start(self, name: str, f: daemons.Files, config: str) -> int | None:
