@@ -41,7 +41,7 @@ MAX_MEMORY: Final = "1Ei"
 Backend = Literal["auto", "vrf", "netns"]
 RealBackend = Literal["vrf", "netns"]
 RouteType = Literal["unicast", "blackhole", "unreachable", "prohibit"]
-RoutingDaemon = Literal["none", "bird"]
+RoutingDaemon = Literal["none", "bird", "frr"]
 #: A node's routing daemon for a VRF: Running (its pid alive), Restarting (it died and
 #: waits out its backoff), Stopped (not started: no valid config yet).
 DaemonState = Literal["Running", "Restarting", "Stopped"]
@@ -290,11 +290,13 @@ class VRFRouting(common.Model):
     """An optional routing daemon run inside the VRF."""
 
     daemon: RoutingDaemon = "none"
-    """none, or bird (BIRD 2, run in the VRF's network namespace and cgroup with config;
-    netns backend only so far)."""
+    """none, bird (BIRD 2) or frr (FRR: zebra, staticd and bgpd/ospfd as the config
+    needs), run in the VRF's network namespace and cgroup with config; netns backend
+    only so far."""
     config: Annotated[str, Field(max_length=65536)] | None = None
-    """Daemon configuration file contents, validated on each node with the daemon's own
-    parser (bird -p) before use; a refused config leaves the running daemon as it is."""
+    """Daemon configuration file contents (bird.conf, or FRR's integrated frr.conf),
+    validated on each node with the daemon's own parser (bird -p, vtysh --dryrun) before
+    use; a refused config leaves the running daemon as it is."""
 
 
 _UNIQUE_IFACES = common.rule(

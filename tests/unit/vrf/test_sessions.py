@@ -109,3 +109,32 @@ def test_summary_counts_and_wire_form_fits_the_api() -> None:
     assert [s.name for s in summary.down()] == ["down1"]
     for s in summary.sessions:
         vrfs.VRFSession.model_validate({k: v for k, v in s.wire().items() if v is not None})
+
+
+def test_frr_bgp_summary_lists_each_neighbour() -> None:
+    assert sessions.frr_bgp(_captured("frr-bgp-summary.json")) == [
+        Session("10.0.0.1", "BGP", True, "Established", "10.0.0.1", None, 3),
+        Session("10.0.0.9", "BGP", False, "Active", "10.0.0.9", None, 0),
+    ]
+
+
+def test_frr_ospf_instance_is_up_with_a_full_adjacency() -> None:
+    got = sessions.frr_ospf(
+        _captured("frr-ospf-neighbor.json"), _captured("frr-route-summary.json")
+    )
+    assert got == [Session("ospf", "OSPF", True, "Full/DR", None, 1, 1)]
+    alone = sessions.frr_ospf('{"neighbors":{}}', "{}")
+    assert alone == [Session("ospf", "OSPF", False, "no neighbours", None, 0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(_captured("frr-route-summary.json"), 6), ("% Unknown command", None), ("", None)],
+)
+def test_frr_route_count(text: str, expected: int | None) -> None:
+    assert sessions.frr_route_count(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "% BGP instance not found", "[]", '{"ipv4Unicast": 3}'])
+def test_frr_bgp_without_an_instance_has_no_sessions(text: str) -> None:
+    assert sessions.frr_bgp(text) == []

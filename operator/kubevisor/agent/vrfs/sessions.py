@@ -8,6 +8,9 @@ of ``status.nodes.<node>.daemon`` (`vrfs.VRFDaemonStatus`).
   state and imported routes, OSPF instances), ``birdc show ospf neighbors`` (Full
   adjacencies per OSPF instance: an OSPF instance is up with at least one) and ``birdc
   show route count`` (routes in its tables).
+- FRR: ``vtysh -c 'show bgp summary json'`` (neighbours, state, prefixes received),
+  ``show ip ospf neighbor json`` (Full adjacencies of its one OSPF instance) and ``show
+  ip route summary json`` (routes in zebra's RIB, OSPF's among them).
 
 A session is a BGP neighbour (up: Established) or an OSPF instance (up: at least one
 neighbour in state Full); other protocols (device, kernel, static, direct) are not
@@ -16,9 +19,11 @@ sessions.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kubevisor.agent.vrfs import specs
 from kubevisor.api import vrfs
@@ -153,3 +158,53 @@ class Summary:
 def summarize(sessions: Iterable[Session], routes: int | None = None) -> Summary:
     """The sessions, sorted by name, with the route count of the daemon's tables."""
     return Summary(tuple(sorted(sessions, key=lambda s: (s.protocol, s.name))), routes)
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def frr_bgp(text: str) -> list[Session]:
+    """The BGP neighbours in ``vtysh -c 'show bgp summary json'`` (every address family;
+    a neighbour in two families is one session, its prefixes summed)."""
+    by_peer: dict[str, Session] = {}
+    for family in _json(text).values():
+        if not isinstance(family, dict):
+            continue
+        for address, peer in (family.get("peers") or {}).items():
+            state = str(peer.get("state") or "")
+            routes = int(peer.get("pfxRcd") or 0)
+            seen = by_peer.get(address)
+            if seen is not None:
+                routes += seen.routes
+            by_peer[address] = Session(
+                address, "BGP", state == "Established", state or None, address, None, routes
+            )
+    return list(by_peer.values())
+
+
+def frr_ospf(neighbors: str, routes: str) -> list[Session]:
+    """FRR's OSPF instance (one per daemon, named ``ospf``) from ``show ip ospf neighbor
+    json`` (Full adjacencies) and ``show ip route summary json`` (its routes)."""
+    full = 0
+    states: list[str] = []
+    for entries in (_json(neighbors).get("neighbors") or {}).values():
+        for entry in entries if isinstance(entries, list) else [entries]:
+            state = str(entry.get("nbrState") or entry.get("state") or "")
+            states.append(state)
+            full += state.startswith("Full")
+    learned = sum(
+        int(r.get("rib") or 0) for r in _json(routes).get("routes") or [] if r.get("type") == "ospf"
+    )
+    state = ", ".join(sorted(set(states))) or "no neighbours"
+    return [Session("ospf", "OSPF", full > 0, state, None, full, learned)]
+
+
+def frr_route_count(text: str) -> int | None:
+    """Routes in zebra's RIB, from ``show ip route summary json`` (``routesTotal``)."""
+    total = _json(text).get("routesTotal")
+    return int(total) if isinstance(total, int) else None
