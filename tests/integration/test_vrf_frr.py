@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kubevisor.agent.kernel import cgroups, vrfrealizing
-from kubevisor.agent.vrfs import daemons, planning, supervising
+from kubevisor.agent.vrfs import daemons, planning, routingconfig, supervising
 from kubevisor.api import vrfs
 from kubevisor.devenv import testing
 
@@ -288,3 +288,29 @@ async def test_deleting_the_vrf_leaves_no_frr_daemon_socket_or_config(ctx: Conte
     assert not any(_alive(pid) for pid in members.values())
     assert not files.run_dir.exists()
     assert not _processes_with(str(files.run_dir))
+
+
+@pytest.mark.parametrize("daemon", ["bird", "frr"])
+@pytest.mark.parametrize("name", ["bgp", "bgp-filtered", "ospf", "everything"])
+def test_the_typed_spec_passes_each_daemons_own_parser(
+    node_ns: str, tmp_path: Path, daemon: daemons.Daemon, name: str
+) -> None:
+    testing.require_tools("bird")
+    bgp = {"localAs": 65001, "neighbors": [{"address": "10.0.0.2", "remoteAs": 65002}]}
+    both = {**bgp, "neighbors": [*bgp["neighbors"], {"address": "fd00::2", "remoteAs": 1}]}
+    ospf = {"area": 1, "interfaces": ["red0"]}
+    typed = {
+        "bgp": {"bgp": bgp, "announce": ["198.51.100.0/24"]},
+        "bgp-filtered": {"bgp": both, "importPrefixes": ["203.0.113.0/24"]},
+        "ospf": {"ospf": ospf},
+        "everything": {
+            "routerId": "10.0.0.1",
+            "bgp": both,
+            "ospf": ospf,
+            "announce": ["198.51.100.0/24", "2001:db8::/32"],
+            "importPrefixes": ["203.0.113.0/24", "2001:db8:1::/48"],
+        },
+    }[name]
+    routing = vrfs.VRFRouting.model_validate({"daemon": daemon, **typed})
+    text = routingconfig.config(routing, TABLE)
+    assert supervising.validate(daemons.files(tmp_path, daemon), text) is None, text

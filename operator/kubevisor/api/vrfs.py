@@ -286,8 +286,68 @@ class VRFResources(common.Model):
     Kubernetes rounds); at most 1Ei."""
 
 
+ASNumber = Annotated[int, Field(ge=1, le=4_294_967_295)]
+_UNIQUE_NEIGHBORS = common.rule(
+    "self.all(n, self.exists_one(m, m.address == n.address))",
+    "bgp neighbor addresses must be unique",
+)
+
+
+class BGPNeighbor(common.Model):
+    """One BGP neighbour, reached over the VRF's interfaces."""
+
+    address: common.IPAddress
+    """The neighbour's address (its family picks the session's address family)."""
+    remote_as: ASNumber
+    """The neighbour's AS number; the same as bgp.localAS makes it iBGP."""
+
+
+class VRFBGP(common.Model):
+    """BGP for the common case: this VRF's AS and its neighbours."""
+
+    local_as: ASNumber
+    """This VRF's AS number."""
+    neighbors: list[BGPNeighbor] = Field(
+        min_length=1, max_length=32, json_schema_extra=common.cel(_UNIQUE_NEIGHBORS)
+    )
+    """Neighbours, each address at most once."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        if len({n.address for n in self.neighbors}) != len(self.neighbors):
+            raise ValueError("bgp neighbor addresses must be unique")
+        return self
+
+
+class VRFOSPF(common.Model):
+    """OSPFv2 (IPv4) for the common case: the VRF's interfaces in one area."""
+
+    area: Annotated[int, Field(ge=0, le=4_294_967_295)] = 0
+    """The area id, as a number (0 is the backbone)."""
+    interfaces: list[common.InterfaceName] = Field(min_length=1, max_length=32)
+    """Names of the VRF's interfaces to run OSPF on (their networks are announced)."""
+
+
+_TYPED_RULE = common.rule(
+    "!has(self.config) || (!has(self.bgp) && !has(self.ospf)"
+    " && (!has(self.announce) || size(self.announce) == 0)"
+    " && (!has(self.importPrefixes) || size(self.importPrefixes) == 0))",
+    "routing.config (the daemon's own config) and the typed spec (bgp, ospf, announce,"
+    " importPrefixes) are exclusive",
+    field_path=".config",
+)
+_ANNOUNCE_RULE = common.rule(
+    "!has(self.announce) || size(self.announce) == 0 || has(self.bgp)",
+    "announce is what BGP exports; set bgp too (OSPF announces its interfaces' networks)",
+    field_path=".announce",
+)
+
+
 class VRFRouting(common.Model):
-    """An optional routing daemon run inside the VRF."""
+    """An optional routing daemon run inside the VRF: its own config text, or a typed
+    spec (bgp, ospf, announce, importPrefixes) the agent writes the config from."""
+
+    model_config = ConfigDict(json_schema_extra=common.cel(_TYPED_RULE, _ANNOUNCE_RULE))
 
     daemon: RoutingDaemon = "none"
     """none, bird (BIRD 2) or frr (FRR: zebra, staticd and bgpd/ospfd as the config
@@ -296,7 +356,60 @@ class VRFRouting(common.Model):
     config: Annotated[str, Field(max_length=65536)] | None = None
     """Daemon configuration file contents (bird.conf, or FRR's integrated frr.conf),
     validated on each node with the daemon's own parser (bird -p, vtysh --dryrun) before
-    use; a refused config leaves the running daemon as it is."""
+    use; a refused config leaves the running daemon as it is. Exclusive with the typed
+    spec."""
+    router_id: (
+        Annotated[
+            str,
+            Field(
+                max_length=15,
+                json_schema_extra=common.cel(
+                    common.rule(
+                        "isIP(self) && ip(self).family() == 4",
+                        "must be an IPv4 address, e.g. 10.0.0.1",
+                    )
+                ),
+            ),
+        ]
+        | None
+    ) = None
+    """Typed spec: the router id (an IPv4 address); unset lets the daemon pick one of the
+    VRF's IPv4 addresses."""
+    bgp: VRFBGP | None = None
+    """Typed spec: BGP neighbours."""
+    ospf: VRFOSPF | None = None
+    """Typed spec: OSPFv2 on some of the VRF's interfaces."""
+    announce: list[RoutePrefix] = Field(default_factory=list, max_length=256)
+    """Typed spec: networks BGP announces to every neighbour (and only these: learned
+    routes are not passed on)."""
+    import_prefixes: list[RoutePrefix] = Field(default_factory=list, max_length=256)
+    """Typed spec: accept only learned routes inside one of these prefixes (or equal to
+    it); empty accepts every route learned."""
+
+    @model_validator(mode="after")
+    def _typed_or_config(self) -> Self:
+        typed = self.bgp or self.ospf or self.announce or self.import_prefixes
+        if self.config is not None and typed:
+            raise ValueError(
+                "routing.config (the daemon's own config) and the typed spec (bgp, ospf,"
+                " announce, importPrefixes) are exclusive"
+            )
+        if self.announce and self.bgp is None:
+            raise ValueError(
+                "announce is what BGP exports; set bgp too (OSPF announces its interfaces'"
+                " networks)"
+            )
+        if self.router_id is not None:
+            try:
+                ipaddress.IPv4Address(self.router_id)
+            except ValueError:
+                raise ValueError("routerId must be an IPv4 address, e.g. 10.0.0.1") from None
+        return self
+
+    @property
+    def typed(self) -> bool:
+        """Whether the config comes from the typed spec."""
+        return self.bgp is not None or self.ospf is not None
 
 
 _UNIQUE_IFACES = common.rule(
@@ -314,7 +427,14 @@ class VRFSpec(common.Model):
                 " (has(self.interfaces) && self.interfaces.exists(i, i.name == r.device)))",
                 "a route's device must be one of the VRF's interfaces",
                 field_path=".routes",
-            )
+            ),
+            common.rule(
+                "!has(self.routing) || !has(self.routing.ospf) ||"
+                " self.routing.ospf.interfaces.all(n, has(self.interfaces) &&"
+                " self.interfaces.exists(i, i.name == n))",
+                "routing.ospf.interfaces must name the VRF's interfaces",
+                field_path=".routing.ospf.interfaces",
+            ),
         )
     )
 
@@ -357,6 +477,9 @@ class VRFSpec(common.Model):
         for route in self.routes:
             if route.device is not None and route.device not in names:
                 raise ValueError("a route's device must be one of the VRF's interfaces")
+        ospf = self.routing.ospf if self.routing is not None else None
+        if ospf is not None and not set(ospf.interfaces) <= names:
+            raise ValueError("routing.ospf.interfaces must name the VRF's interfaces")
         return self
 
 

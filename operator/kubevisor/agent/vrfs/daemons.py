@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from kubevisor.agent.runtime import backoff
-from kubevisor.agent.vrfs import planning
+from kubevisor.agent.vrfs import planning, routingconfig
 from kubevisor.api import vrfs
 from kubevisor.api.conditions import Reason
 
@@ -236,12 +236,14 @@ class Wanted:
     config: str
 
 
-def wanted(spec: vrfs.VRFSpec) -> Wanted | None:
-    """The daemon of a VRF spec, or None for ``routing.daemon: none`` (or no routing)."""
+def wanted(spec: vrfs.VRFSpec, table: int = 0) -> Wanted | None:
+    """The daemon of a VRF spec whose table is ``table``, or None for ``routing.daemon:
+    none`` (or no routing); its config is ``routing.config`` or the typed spec's
+    (`routingconfig.config`)."""
     if spec.routing is None or spec.routing.daemon == "none":
         return None
     daemon: Daemon = "frr" if spec.routing.daemon == "frr" else "bird"
-    return Wanted(daemon, spec.routing.config or "")
+    return Wanted(daemon, routingconfig.config(spec.routing, table))
 
 
 @dataclass(frozen=True)
