@@ -1,5 +1,6 @@
-"""BGP between two nodes' VRF instances, each BIRD in its VRF's context; two VRFs with the
-same addresses never learn each other's prefixes.
+"""BGP between two nodes' VRF instances, each daemon in its VRF's context: red runs BIRD,
+blue FRR, on the same nodes at once; two VRFs with the same addresses never learn each
+other's prefixes.
 
 Topology (network namespaces this module creates and removes):
 
@@ -9,7 +10,8 @@ Topology (network namespaces this module creates and removes):
 VRFs (realized by `VRFRealizer` on the netns backend, daemons run by `Supervisor`):
 red-a on node A and red-b on node B on segment red, 10.0.0.1/24 and 10.0.0.2/24;
 blue-a and blue-b on segment blue with the very same addresses. red-a announces
-198.51.100.0/24 to red-b over eBGP, blue-a announces 203.0.113.0/24 to blue-b. (One VRF
+198.51.100.0/24 to red-b over eBGP (BIRD), blue-a announces 203.0.113.0/24 to blue-b
+(FRR; zebra installs into the namespace's main table, BIRD into red's table). (One VRF
 object per node here because a VRF's addresses are the same on every node: per-node
 addresses are not in the spec yet.)
 """
@@ -34,6 +36,10 @@ pytestmark = pytest.mark.integration
 P = f"kvb{os.getpid() % 100000}"
 NODES = ("a", "b")
 TABLES = {"red": 1001, "blue": 1002}
+DAEMONS: dict[str, daemons.Daemon] = {"red": "bird", "blue": "frr"}
+#: The table each daemon installs learned routes into, in the VRF's namespace.
+KERNEL_TABLES = {"red": str(TABLES["red"]), "blue": "main"}
+PROTO = {"red": "proto bird", "blue": "proto bgp"}
 ANNOUNCED = {"red": "198.51.100.0/24", "blue": "203.0.113.0/24"}
 
 
@@ -46,6 +52,8 @@ def _ip(*args: str, ns: str | None = None, check: bool = True) -> str:
 def topology() -> Iterator[dict[str, str]]:
     testing.require_root("to build network namespaces")
     testing.require_tools("ip", "bird", "birdc")
+    if "frr" not in supervising.installed():
+        testing.absent("FRR is not installed (hack/setup installs frr and frr-pythontools)")
     names = {"fabric": f"{P}-fab", **{node: f"{P}-{node}" for node in NODES}}
     created: list[str] = []
     try:
@@ -73,6 +81,15 @@ def topology() -> Iterator[dict[str, str]]:
 def _config(net: str, node: str) -> str:
     me, peer = ("10.0.0.1", "10.0.0.2") if node == "a" else ("10.0.0.2", "10.0.0.1")
     my_as, peer_as = (65001, 65002) if node == "a" else (65002, 65001)
+    if DAEMONS[net] == "frr":
+        announce = f"ip route {ANNOUNCED[net]} blackhole\n" if node == "a" else ""
+        network = f"  network {ANNOUNCED[net]}\n" if node == "a" else ""
+        return (
+            f"frr defaults traditional\n{announce}router bgp {my_as}\n bgp router-id {me}\n"
+            f" no bgp ebgp-requires-policy\n neighbor {peer} remote-as {peer_as}\n"
+            f" neighbor {peer} timers connect 1\n address-family ipv4 unicast\n{network}"
+            " exit-address-family\nexit\n"
+        )
     static = f"protocol static {{ ipv4; route {ANNOUNCED[net]} blackhole; }}" if node == "a" else ""
     return f"""
 router id {me};
@@ -124,7 +141,7 @@ async def nodes(topology: dict[str, str]) -> AsyncIterator[dict[str, Node]]:
                 status = await realizer.apply(_desired(net, node))
                 assert status["ready"], status
                 report = await result[node].supervisor.ensure(
-                    f"{net}-{node}", daemons.Wanted("bird", _config(net, node))
+                    f"{net}-{node}", daemons.Wanted(DAEMONS[net], _config(net, node))
                 )
                 assert report.problem is None, report
                 assert report.status is not None and report.status["state"] == "Running"
@@ -140,13 +157,7 @@ async def nodes(topology: dict[str, str]) -> AsyncIterator[dict[str, Node]]:
 
 def _table(node: Node, vrf: str, net: str) -> str:
     ns = node.realizer.naming.vrf_netns(vrf)
-    return _ip("route", "show", "table", str(TABLES[net]), ns=ns, check=False)
-
-
-def _birdc(node: Node, vrf: str, *command: str) -> str:
-    run_dir = node.supervisor.files(vrf).run_dir
-    argv = ["birdc", "-s", daemons.SOCKET, *command]
-    return subprocess.run(argv, capture_output=True, text=True, cwd=run_dir).stdout
+    return _ip("route", "show", "table", KERNEL_TABLES[net], ns=ns, check=False)
 
 
 async def test_bgp_between_node_instances_stays_inside_each_vrf(nodes: dict[str, Node]) -> None:
@@ -160,11 +171,29 @@ async def test_bgp_between_node_instances_stays_inside_each_vrf(nodes: dict[str,
         )
     for net, other in (("red", "blue"), ("blue", "red")):
         table = _table(b, f"{net}-b", net)
-        assert f"{ANNOUNCED[net]} via 10.0.0.1 dev {net}0 proto bird" in table
-        assert ANNOUNCED[other] not in table, f"{net}-b learned {other}'s prefix"
-        assert "Established" in _birdc(b, f"{net}-b", "show", "protocols", "peer")
+        assert f"{ANNOUNCED[net]}" in table and f"via 10.0.0.1 dev {net}0 {PROTO[net]}" in table
+        everything = _ip(
+            "route", "show", "table", "all", ns=b.realizer.naming.vrf_netns(f"{net}-b")
+        )
+        assert ANNOUNCED[other] not in everything, f"{net}-b learned {other}'s prefix"
     # nothing of it in the nodes' own namespaces
     for node in nodes.values():
-        assert "proto bird" not in _ip(
-            "route", "show", "table", "all", ns=node.realizer.naming.node_netns
-        )
+        own = _ip("route", "show", "table", "all", ns=node.realizer.naming.node_netns)
+        assert "proto bird" not in own and "proto bgp" not in own
+    # what each daemon reports in its status entry: one session up, one route learned
+    for net in ("red", "blue"):
+        wanted = daemons.Wanted(DAEMONS[net], _config(net, "b"))
+        report = await b.supervisor.ensure(f"{net}-b", wanted)
+        assert report.status is not None and report.status["name"] == DAEMONS[net]
+        assert report.status.get("sessions") == [
+            {
+                "name": "peer" if net == "red" else "10.0.0.1",
+                "protocol": "BGP",
+                "up": True,
+                "state": "Established",
+                "neighbor": "10.0.0.1",
+                "adjacencies": None,
+                "routes": 1,
+            }
+        ]
+        assert (report.status.get("sessionsUp"), report.status.get("routesLearned")) == (1, 1)

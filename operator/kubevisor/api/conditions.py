@@ -38,6 +38,10 @@ class ConditionType(StrEnum):
     EVICTABLE = "Evictable"
     """The VM can leave its node when the node is drained (evictionStrategy LiveMigrate
     and a target that fits); False says why it blocks the drain."""
+    ROUTING_SESSIONS = "RoutingSessions"
+    """VRF: whether every routing session its daemons have configured is up on every
+    node (reason SessionsUp, or SessionDown naming the node and session); absent while
+    no daemon reports a session."""
     ANNOTATIONS_VALID = "AnnotationsValid"
     """Only while False (reason InvalidAnnotation): an annotation the controller reads
     (kubevisor.io/restart, paused, power) has a value it ignores; the message says why."""
@@ -153,6 +157,11 @@ class Reason(StrEnum):
     DAEMON_FAILED = "DaemonFailed"
     """The VRF's routing daemon is not running (it died or could not start); it is
     restarted with backoff (1 s doubling to 60 s)."""
+    SESSION_DOWN = "SessionDown"
+    """A routing session the VRF's daemon has configured (a BGP neighbour, an OSPF
+    instance) is not up on a node; the message names the node and the session."""
+    SESSIONS_UP = "SessionsUp"
+    """Every routing session the VRF's daemons have configured is up."""
     IN_PROGRESS = "InProgress"
     """The operation is under way."""
     SUCCEEDED = "Succeeded"

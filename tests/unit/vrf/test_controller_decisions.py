@@ -226,3 +226,68 @@ def test_refused_status_and_no_nodes() -> None:
     status = vrfstatus.build_status(item, refused, now=NOW)
     assert status["phase"] == "Failed" and "tableAllocated" not in status
     assert _cond(status, "Ready")["reason"] == "TableConflict"
+
+
+def _daemon(*sessions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "bird",
+        "state": "Running",
+        "sessions": list(sessions),
+        "sessionsUp": sum(1 for s in sessions if s["up"]),
+        "sessionsTotal": len(sessions),
+    }
+
+
+UP = {"name": "peer", "protocol": "BGP", "up": True, "state": "Established"}
+DOWN = {
+    "name": "down1",
+    "protocol": "BGP",
+    "up": False,
+    "state": "Connect Socket: No route to host",
+    "neighbor": "10.0.0.9",
+}
+OSPF = {"name": "o1", "protocol": "OSPF", "up": False, "state": "Running", "adjacencies": 0}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"),
+    [
+        ({"a": {}, "b": {}}, None),
+        ({"a": {"daemon": _daemon()}, "b": {}}, None),
+        (
+            {"a": {"daemon": _daemon(UP)}, "b": {"daemon": _daemon(UP)}},
+            ("True", "SessionsUp", "2/2 sessions up."),
+        ),
+        (
+            {"a": {"daemon": _daemon(UP, DOWN)}, "b": {"daemon": _daemon(OSPF)}},
+            (
+                "False",
+                "SessionDown",
+                "1/3 sessions up; a: BGP session down1 (neighbor 10.0.0.9) is Connect"
+                " Socket: No route to host; b: OSPF instance o1 has no Full adjacency"
+                " (Running).",
+            ),
+        ),
+    ],
+)
+def test_routing_sessions_condition(
+    nodes: dict[str, Any], expected: tuple[str, str, str] | None
+) -> None:
+    item = _vrf("v", 1, status={"nodes": nodes}, table=7)
+    decision = vrfsplanning.decide([item], NODES)[item.key]
+    status = vrfstatus.build_status(item, decision, now=NOW)
+    got = [c for c in status["conditions"] if c["type"] == "RoutingSessions"]
+    if expected is None:
+        assert got == []
+    else:
+        assert (got[0]["status"], got[0]["reason"], got[0]["message"]) == expected
+    assert vrfstatus.same({**item.status, **status}, status)
+
+
+def test_routing_sessions_condition_goes_when_no_session_is_left() -> None:
+    item = _vrf("v", 1, status={"nodes": {"a": {"daemon": _daemon(DOWN)}}}, table=7)
+    decision = vrfsplanning.decide([item], NODES)[item.key]
+    first = vrfstatus.build_status(item, decision, now=NOW)
+    later = _vrf("v", 1, status={**first, "nodes": {"a": {}}}, table=7)
+    status = vrfstatus.build_status(later, decision, now=NOW)
+    assert [c["type"] for c in status["conditions"]] == ["Ready", "Scheduled"]

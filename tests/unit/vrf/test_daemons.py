@@ -169,3 +169,88 @@ def test_problem(observed: daemons.Observed, running: bool, reason: str | None) 
     assert (found.reason if found else None) == reason
     if found is not None and reason == "InvalidDaemonConfig":
         assert found.message == REFUSED
+
+
+FRR = daemons.files(NAMING.run_dir("ns.blue"), "frr")
+BGP = "router bgp 65001\n neighbor 10.0.0.2 remote-as 65002\nexit\n"
+OSPF = "router ospf\n network 10.0.0.0/24 area 0\nexit\n"
+FRR_RED = daemons.Wanted("frr", BGP)
+FRR_NEW = daemons.Wanted("frr", BGP + "ip route 192.0.2.0/24 blackhole\n")
+FRR_OSPF = daemons.Wanted("frr", BGP + OSPF)
+
+
+def test_frr_files_and_argv() -> None:
+    assert FRR.config == Path("/run/kv/kvt-a-vrf-ns.blue/frr.conf")
+    assert FRR.candidate == Path("/run/kv/kvt-a-vrf-ns.blue/frr.conf.new")
+    assert FRR.pid_file == Path("/run/kv/kvt-a-vrf-ns.blue/frr.pid")
+    assert FRR.socket == Path("/run/kv/kvt-a-vrf-ns.blue/zebra.vty")
+    argv = daemons.argv(FRR, user="frr", config=BGP)
+    assert argv[:2] == ["bash", "-c"] and argv[3:] == [
+        "kubevisor-frr", str(FRR.run_dir), "frr", "zebra", "staticd", "bgpd"
+    ]  # fmt: skip
+    assert daemons.validate_argv(FRR.candidate, daemon="frr") == [
+        "vtysh", "--dryrun", "-f", str(FRR.candidate)
+    ]  # fmt: skip
+    reload = daemons.reload_argv(FRR.candidate, "frr")
+    assert reload[0] == "/usr/lib/frr/frr-reload.py" and reload[-1] == str(FRR.candidate)
+    assert reload[reload.index("--vty_socket") + 1] == str(FRR.run_dir)
+
+
+@pytest.mark.parametrize(
+    ("config", "needed"),
+    [
+        ("", ("zebra", "staticd")),
+        ("ip route 192.0.2.0/24 blackhole\n", ("zebra", "staticd")),
+        (BGP, ("zebra", "staticd", "bgpd")),
+        (OSPF, ("zebra", "staticd", "ospfd")),
+        (BGP + OSPF, ("zebra", "staticd", "bgpd", "ospfd")),
+        ("! router bgp 1 (a comment)\nrouter ospf6\n", ("zebra", "staticd")),
+    ],
+)
+def test_frr_daemons_the_config_needs(config: str, needed: tuple[str, ...]) -> None:
+    assert daemons.frr_daemons(config) == needed
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "ours"),
+    [
+        (daemons.argv(FRR, config=BGP), True),
+        (["/bin/bash", *daemons.argv(FRR, config=BGP)[1:]], True),
+        (daemons.argv(daemons.files(NAMING.run_dir("ns.red"), "frr")), False),
+        (daemons.argv(F), False),
+        (["bash", "-c", "true"], False),
+    ],
+)
+def test_is_our_frr_group(cmdline: list[str], ours: bool) -> None:
+    assert daemons.is_our_daemon(cmdline, FRR) is ours
+
+
+def test_frr_group_members_are_found_by_their_run_dir() -> None:
+    member = ["/usr/lib/frr/bgpd", "-u", "frr", "--vty_socket", str(FRR.run_dir), "-P", "0"]
+    assert daemons.is_group_member(member, FRR)
+    assert not daemons.is_group_member(member, daemons.files(NAMING.run_dir("x"), "frr"))
+    assert not daemons.is_group_member(["/usr/sbin/bird", "-c", str(FRR.config)], FRR)
+
+
+def test_frr_refusal_quotes_vtysh() -> None:
+    said = "line 2: % Unknown command[25]:  neighbour x\n"
+    assert daemons.refusal_message(said, FRR.candidate, "frr") == (
+        "FRR refused routing.config: line 2: Unknown command: neighbour x (a running daemon"
+        " keeps its previous config)."
+    )
+    assert daemons.parse_version("zebra version 8.4.4\n") == "8.4.4"
+
+
+@pytest.mark.parametrize(
+    ("observed", "action"),
+    [
+        (Obs(FRR_RED, pid=None, applied=None), A("start", BGP)),
+        (Obs(FRR_NEW, pid=42, applied=BGP), A("reload", FRR_NEW.config)),
+        # a config that needs another daemon restarts the group: no reload starts ospfd
+        (Obs(FRR_OSPF, pid=42, applied=BGP), A("restart", FRR_OSPF.config)),
+        (Obs(FRR_RED, pid=42, applied=FRR_OSPF.config), A("restart", BGP)),
+        (Obs(FRR_OSPF, pid=42, applied=BGP, refusal=REFUSED), A("none")),
+    ],
+)
+def test_decide_frr(observed: daemons.Observed, action: daemons.Action) -> None:
+    assert daemons.decide(observed) == action

@@ -22,6 +22,7 @@ def _wire(model: type[BaseModel]) -> set[str]:
     [
         (specs.UsageStatus, vrfs.VRFUsage),
         (specs.DaemonStatus, vrfs.VRFDaemonStatus),
+        (specs.SessionStatus, vrfs.VRFSession),
     ],
 )
 def test_keys_match_the_api_model(typed: Any, model: type[BaseModel]) -> None:

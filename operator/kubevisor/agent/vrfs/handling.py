@@ -224,7 +224,7 @@ class VRFAgent:
             return status
         status = status.copy()
         if problem is None:
-            report = await self.supervisor.ensure(name, daemons.wanted(spec))
+            report = await self.supervisor.ensure(name, daemons.wanted(spec, desired.table))
             if report.status is not None:
                 status["daemon"] = report.status
             problem = report.problem

@@ -200,7 +200,12 @@ def plan(
 
 #: Routing daemons this agent runs in a VRF's context when their programs are on the node
 #: (the agent probes which are: `supervising.installed`).
-RUNNABLE_DAEMONS: frozenset[str] = frozenset({"bird"})
+RUNNABLE_DAEMONS: frozenset[str] = frozenset({"bird", "frr"})
+#: What each daemon needs on the node, as the DaemonUnavailable message says it.
+NEEDS: dict[str, str] = {
+    "bird": "BIRD 2 (bird and birdc)",
+    "frr": "FRR (zebra, staticd, bgpd, ospfd and vtysh from frr; frr-reload from frr-pythontools)",
+}
 
 
 def daemon_problem(
@@ -228,7 +233,7 @@ def daemon_problem(
     if daemon not in installed:
         return Problem(
             Reason.DAEMON_UNAVAILABLE,
-            f"routing.daemon {daemon!r} needs BIRD 2 (bird and birdc), which is not installed"
+            f"routing.daemon {daemon!r} needs {NEEDS[daemon]}, which is not installed"
             f" on this node; {unapplied}",
         )
     if backend != "netns":

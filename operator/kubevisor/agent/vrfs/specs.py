@@ -24,6 +24,18 @@ class UsageStatus(TypedDict):
     memoryBytes: int
 
 
+class SessionStatus(TypedDict):
+    """One routing session of the daemon (None values are cleared on the wire)."""
+
+    name: str
+    protocol: vrfs.SessionProtocol
+    up: bool
+    state: str | None
+    neighbor: str | None
+    adjacencies: int | None
+    routes: int | None
+
+
 class DaemonStatus(TypedDict):
     """The VRF's routing daemon on this node (None values are cleared on the wire)."""
 
@@ -33,6 +45,11 @@ class DaemonStatus(TypedDict):
     pid: int | None
     restarts: int | None
     configHash: str | None
+    sessions: NotRequired[list[SessionStatus]]
+    sessionsUp: NotRequired[int]
+    sessionsTotal: NotRequired[int]
+    routesLearned: NotRequired[int]
+    routes: NotRequired[int | None]
 
 
 class NodeVRFStatus(TypedDict):

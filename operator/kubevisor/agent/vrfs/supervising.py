@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubevisor.agent.kernel import vrfrealizing
-from kubevisor.agent.vrfs import daemons, specs
+from kubevisor.agent.vrfs import daemons, sessions, specs
 from kubevisor.api import vrfs
 from kubevisor.api.conditions import Reason
 
@@ -54,19 +54,28 @@ TOOL_TIMEOUT = 30.0
 
 
 def installed() -> frozenset[str]:
-    """The daemons whose programs are on this node's PATH (blocking: call in a thread)."""
-    return (
-        frozenset({"bird"})
-        if shutil.which(daemons.BIRD) and shutil.which(daemons.BIRDC)
-        else frozenset()
-    )
+    """The daemons whose programs are on this node (blocking: call in a thread): bird
+    (bird, birdc on PATH), frr (zebra, staticd, bgpd, ospfd, frr-reload, vtysh, bash)."""
+    out: set[str] = set()
+    if shutil.which(daemons.BIRD) and shutil.which(daemons.BIRDC):
+        out.add("bird")
+    frr = [Path(daemons.FRR_LIBEXEC) / d for d in ("zebra", "staticd", "bgpd", "ospfd")]
+    if (
+        all(os.access(p, os.X_OK) for p in [*frr, Path(daemons.FRR_RELOAD)])
+        and shutil.which(daemons.VTYSH)
+        and shutil.which("bash")
+    ):
+        out.add("frr")
+    return frozenset(out)
 
 
-def bird_version() -> str | None:
-    """``bird --version`` (it prints to stderr); None when bird is missing."""
+def version(daemon: daemons.Daemon = "bird") -> str | None:
+    """``bird --version`` (it prints to stderr) or ``zebra --version``; None when the
+    program is missing."""
+    program = daemons.BIRD if daemon == "bird" else f"{daemons.FRR_LIBEXEC}/zebra"
     try:
         done = subprocess.run(
-            [daemons.BIRD, "--version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT
+            [program, "--version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -141,13 +150,14 @@ def _tail(path: Path, lines: int = 3) -> str | None:
 
 
 def validate(f: daemons.Files, config: str, user: Account | None = None) -> str | None:
-    """Write ``config`` as the candidate and run ``bird -p`` over it (as ``user``): None
-    when accepted, else BIRD's message as a sentence (the candidate is removed again)."""
+    """Write ``config`` as the candidate and run the daemon's parser over it (``bird -p``
+    as ``user``, ``vtysh --dryrun``): None when accepted, else its message as a sentence
+    (the candidate is removed again)."""
     _run_dir(f, user)
     f.candidate.write_text(config)
     try:
         done = subprocess.run(
-            daemons.validate_argv(f.candidate, user=user.name if user else None),
+            daemons.validate_argv(f.candidate, user=user.name if user else None, daemon=f.daemon),
             capture_output=True,
             text=True,
             timeout=TOOL_TIMEOUT,
@@ -155,31 +165,32 @@ def validate(f: daemons.Files, config: str, user: Account | None = None) -> str 
         )
     except subprocess.TimeoutExpired:
         f.candidate.unlink(missing_ok=True)
-        return "BIRD's parser did not answer within 30 s; routing.config is not applied."
+        return f"{f.daemon}'s parser did not answer within 30 s; routing.config is not applied."
     if done.returncode == 0:
         return None
     f.candidate.unlink(missing_ok=True)
-    return daemons.refusal_message(done.stderr + done.stdout, f.candidate)
+    return daemons.refusal_message(done.stderr + done.stdout, f.candidate, f.daemon)
 
 
 def reload(f: daemons.Files, config: str) -> str | None:
-    """Load the candidate into the running daemon, then make it ``bird.conf``; None on
-    success, else what birdc said."""
+    """Load the candidate into the running daemon, then make it the applied config; None
+    on success, else what birdc or frr-reload said."""
     if _read(f.candidate) != config:
         f.candidate.write_text(config)
     try:
         done = subprocess.run(
-            daemons.reload_argv(f.candidate),
+            daemons.reload_argv(f.candidate, f.daemon),
             capture_output=True,
             text=True,
             timeout=TOOL_TIMEOUT,
             cwd=f.run_dir,
         )
     except subprocess.TimeoutExpired:
-        return "birdc configure did not answer within 30 s"
+        return f"{f.daemon}'s reload did not answer within 30 s"
     out = (done.stdout + done.stderr).strip()
-    if done.returncode != 0 or ("Reconfigured" not in out and "Reconfiguration" not in out):
-        return f"birdc configure failed: {' / '.join(out.splitlines()[-2:])}"
+    if not daemons.reloaded(out, done.returncode, f.daemon):
+        tool = "birdc configure" if f.daemon == "bird" else "frr-reload"
+        return f"{tool} failed: {' / '.join(out.splitlines()[-2:])}"
     os.replace(f.candidate, f.config)
     return None
 
@@ -195,6 +206,8 @@ def prepare_start(f: daemons.Files, config: str, user: Account | None = None) ->
         f.config.write_text(config)
     for stale in (f.socket, f.pid_file, f.log):
         stale.unlink(missing_ok=True)
+    if f.daemon == "frr":  # vtysh and frr-reload look for it in --confdir
+        (f.run_dir / "vtysh.conf").touch()
 
 
 def wait_started(f: daemons.Files, process: subprocess.Popen[bytes]) -> bool:
@@ -212,9 +225,24 @@ def wait_started(f: daemons.Files, process: subprocess.Popen[bytes]) -> bool:
     return False
 
 
+def group_leftovers(f: daemons.Files) -> list[int]:
+    """FRR daemons of this run directory still alive (their group script was killed)."""
+    if f.daemon != "frr" or not f.run_dir.is_dir():
+        return []
+    out = []
+    for pid_file in f.run_dir.glob("*.pid"):
+        try:
+            pid = int((_read(pid_file) or "").strip())
+        except ValueError:
+            continue
+        if daemons.is_group_member(_cmdline(pid), f) and not _zombie(pid):
+            out.append(pid)
+    return out
+
+
 def terminate(pid: int | None, f: daemons.Files, child: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM the daemon, SIGKILL it after `STOP_TIMEOUT`, reap it if it is our child,
-    then remove the run directory."""
+    kill what is left of an FRR group, then remove the run directory."""
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -232,7 +260,53 @@ def terminate(pid: int | None, f: daemons.Files, child: subprocess.Popen[bytes] 
     if child is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=STOP_TIMEOUT)
+    for left in group_leftovers(f):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(left, signal.SIGKILL)
     shutil.rmtree(f.run_dir, ignore_errors=True)
+
+
+def _ask(f: daemons.Files, *command: str) -> str | None:
+    """One show command over the daemon's control socket(s): birdc, or vtysh."""
+    argv = (
+        [daemons.BIRDC, "-s", daemons.SOCKET, *command]
+        if f.daemon == "bird"
+        else [daemons.VTYSH, "--vty_socket", str(f.run_dir), "-c", " ".join(command)]
+    )
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            cwd=f.run_dir,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
+
+
+def read_sessions(f: daemons.Files, config: str = "") -> sessions.Summary | None:
+    """The running daemon's sessions and routes, asked over its control socket (None when
+    it does not answer). FRR is asked only about the daemons ``config`` runs."""
+    if f.daemon == "frr":
+        running = daemons.frr_daemons(config)
+        routes = _ask(f, "show", "ip", "route", "summary", "json")
+        if routes is None:
+            return None
+        found: list[sessions.Session] = []
+        if "bgpd" in running:
+            found += sessions.frr_bgp(_ask(f, "show", "bgp", "summary", "json") or "")
+        if "ospfd" in running:
+            neighbors = _ask(f, "show", "ip", "ospf", "neighbor", "json") or ""
+            found += sessions.frr_ospf(neighbors, routes)
+        return sessions.summarize(found, sessions.frr_route_count(routes))
+    protocols = _ask(f, "show", "protocols", "all")
+    if protocols is None:
+        return None
+    full = sessions.bird_ospf_full(_ask(f, "show", "ospf", "neighbors") or "")
+    count = sessions.bird_route_count(_ask(f, "show", "route", "count") or "")
+    return sessions.summarize(sessions.bird_protocols(protocols, full), count)
 
 
 @dataclass(frozen=True)
@@ -255,14 +329,20 @@ class Supervisor:
         on_change: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
         user: str | None = daemons.USER,
+        users: dict[daemons.Daemon, str | None] | None = None,
     ) -> None:
         self.realizer = realizer
-        self.user_name = user
-        self.user: Account | None = None
+        #: The account per daemon (``user`` is BIRD's, kept for callers that set it).
+        self.user_names: dict[daemons.Daemon, str | None] = {
+            **daemons.USERS,
+            "bird": user,
+            **(users or {}),
+        }
+        self.users: dict[daemons.Daemon, Account | None] = {}
         self.naming = realizer.naming
         self.on_change = on_change
         self.clock = clock
-        self.version: str | None = None
+        self.versions: dict[daemons.Daemon, str | None] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._running: dict[str, float] = {}  # name -> when seen started/adopted
         self._failures: dict[str, int] = {}
@@ -272,9 +352,9 @@ class Supervisor:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._refusals: dict[tuple[str, str], str | None] = {}  # (name, config) -> refusal
 
-    def files(self, name: str) -> daemons.Files:
-        """The daemon's files of VRF ``name`` on this node."""
-        return daemons.files(self.naming.run_dir(name))
+    def files(self, name: str, daemon: daemons.Daemon = "bird") -> daemons.Files:
+        """The files of VRF ``name``'s ``daemon`` on this node."""
+        return daemons.files(self.naming.run_dir(name), daemon)
 
     async def _pid(self, name: str, f: daemons.Files) -> int | None:
         child = self._children.get(name)
@@ -291,11 +371,21 @@ class Supervisor:
         if wanted is None:
             await self.stop(name)
             return Report(None, None)
-        if self.version is None:
-            self.version = await asyncio.to_thread(bird_version)
-            if self.user_name is not None:
-                self.user = await asyncio.to_thread(account, self.user_name)
-        f = self.files(name)
+        kind = wanted.daemon
+        if kind not in self.versions:
+            self.versions[kind] = await asyncio.to_thread(version, kind)
+            user_name = self.user_names.get(kind)
+            if user_name is not None:
+                self.users[kind] = await asyncio.to_thread(account, user_name)
+        user = self.users.get(kind)
+        f = self.files(name, kind)
+        for other in daemons.USERS:
+            if (
+                other != kind
+                and await asyncio.to_thread(find_pid, self.files(name, other)) is not None
+            ):
+                logger.info("VRF %s: routing.daemon is now %s; stopping %s", name, kind, other)
+                await self.stop(name)
         pid = await self._pid(name, f)
         now = self.clock()
         if pid is None and name in self._running:
@@ -321,15 +411,21 @@ class Supervisor:
             key = (name, wanted.config)
             if key not in self._refusals:
                 self._refusals = {k: v for k, v in self._refusals.items() if k[0] != name}
-                self._refusals[key] = await asyncio.to_thread(validate, f, wanted.config, self.user)
+                self._refusals[key] = await asyncio.to_thread(validate, f, wanted.config, user)
                 if self._refusals[key] is not None:  # logged once per refused config
                     logger.warning("VRF %s: %s", name, self._refusals[key])
             refusal = self._refusals[key]
             observed = dataclasses.replace(observed, refusal=refusal)
         action = daemons.decide(observed)
         problem: daemons.Problem | None = None
-        if action.kind == "start" and action.config is not None:
-            pid = await self._start(name, f, action.config)
+        if action.kind == "restart" and action.config is not None:
+            logger.info("VRF %s: %s needs other daemons; restarting it", name, kind)
+            self._unwatch(name)
+            await asyncio.to_thread(terminate, pid, f, self._children.pop(name, None))
+            self._running.pop(name, None)
+            self._refusals.pop((name, action.config), None)
+        if action.kind in ("start", "restart") and action.config is not None:
+            pid = await self._start(name, f, action.config, user)
             if pid is None:
                 failures = self._failures.get(name, 0) + 1
                 self._failures[name] = failures
@@ -368,17 +464,27 @@ class Supervisor:
             state = "Stopped"
         status: specs.DaemonStatus = {
             "name": wanted.daemon,
-            "version": self.version,
+            "version": self.versions.get(kind),
             "state": state,
             "pid": pid,
             "restarts": self._failures.get(name, 0),
             "configHash": daemons.config_hash(applied) if applied is not None and pid else None,
         }
+        if pid is not None:
+            summary = await asyncio.to_thread(read_sessions, f, applied or "")
+            if summary is not None:
+                status["sessions"] = [s.wire() for s in summary.sessions[: vrfs.MAX_SESSIONS]]
+                status["sessionsUp"] = summary.up
+                status["sessionsTotal"] = len(summary.sessions)
+                status["routesLearned"] = summary.learned
+                status["routes"] = summary.routes
         return Report(status, problem)
 
-    async def _start(self, name: str, f: daemons.Files, config: str) -> int | None:
-        await asyncio.to_thread(prepare_start, f, config, self.user)
-        argv = daemons.argv(f, user=self.user.name if self.user else None)
+    async def _start(
+        self, name: str, f: daemons.Files, config: str, user: Account | None
+    ) -> int | None:
+        await asyncio.to_thread(prepare_start, f, config, user)
+        argv = daemons.argv(f, user=user.name if user else None, config=config)
         try:
             process = await self.realizer.launch(name, argv, cwd=f.run_dir, log=f.log)
         except OSError as error:
@@ -390,12 +496,12 @@ class Supervisor:
             await asyncio.to_thread(process.wait)
             said = await asyncio.to_thread(_tail, f.log)
             self._exit[name] = f"exited at start: {said}" if said else "exited at start"
-            logger.warning("VRF %s: bird %s", name, self._exit[name])
+            logger.warning("VRF %s: %s %s", name, f.daemon, self._exit[name])
             return None
         self._children[name] = process
         self._running[name] = self.clock()
         self._exit.pop(name, None)
-        logger.info("VRF %s: bird started, pid %d", name, process.pid)
+        logger.info("VRF %s: %s started, pid %d", name, f.daemon, process.pid)
         return process.pid
 
     def _schedule(self, name: str, delay: float) -> None:
@@ -436,16 +542,25 @@ class Supervisor:
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
-        f = self.files(name)
         child = self._children.pop(name, None)
-        pid = await asyncio.to_thread(find_pid, f)
-        if pid is None and child is not None and child.poll() is None:
-            pid = child.pid
-        exists = await asyncio.to_thread(f.run_dir.exists)
-        if pid is not None or exists or child is not None:
+        reaped = False
+        for kind in daemons.USERS:  # whichever daemon it runs (or ran before a change)
+            f = self.files(name, kind)
+            pid = await asyncio.to_thread(find_pid, f)
             if pid is not None:
-                logger.info("VRF %s: stopping its daemon, pid %d", name, pid)
-            await asyncio.to_thread(terminate, pid, f, child)
+                mine = child if child is not None and child.pid == pid else None
+                reaped = reaped or mine is not None
+                logger.info("VRF %s: stopping its %s, pid %d", name, kind, pid)
+                await asyncio.to_thread(terminate, pid, f, mine)
+        f = self.files(name)
+        if child is not None and not reaped:
+            alive = child.poll() is None
+            await asyncio.to_thread(terminate, child.pid if alive else None, f, child)
+        for kind in daemons.USERS:  # an FRR group whose script is gone
+            for left in await asyncio.to_thread(group_leftovers, self.files(name, kind)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(left, signal.SIGKILL)
+        await asyncio.to_thread(shutil.rmtree, f.run_dir, True)
         self._running.pop(name, None)
         self._failures.pop(name, None)
         self._retry_at.pop(name, None)

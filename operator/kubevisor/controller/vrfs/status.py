@@ -16,7 +16,11 @@ from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller.vrfs import planning
 
 #: The condition types and status fields the controller owns on a VRF.
-OWNED_CONDITIONS = (ConditionType.READY, ConditionType.SCHEDULED)
+OWNED_CONDITIONS = (
+    ConditionType.READY,
+    ConditionType.SCHEDULED,
+    ConditionType.ROUTING_SESSIONS,
+)
 OWNED_FIELDS = ("phase", "readyNodes", "tableAllocated", "observedGeneration")
 
 
@@ -24,6 +28,36 @@ def _entry_reason(entry: Mapping[str, Any]) -> tuple[str, str]:
     """(reason, sentence) from an agent's node entry (its ``reason`` and ``message``)."""
     reason = entry.get("reason") or Reason.NODE_NOT_READY
     return str(reason), str(entry.get("message") or "not ready")
+
+
+def _session_phrase(session: Mapping[str, Any]) -> str:
+    name = session.get("name")
+    if session.get("protocol") == "OSPF":
+        return f"OSPF instance {name} has no Full adjacency ({session.get('state') or 'down'})"
+    who = f" (neighbor {session['neighbor']})" if session.get("neighbor") else ""
+    return f"BGP session {name}{who} is {session.get('state') or 'down'}"
+
+
+def sessions_condition(
+    nodes: list[str], entries: Mapping[str, Any]
+) -> tuple[conditions.ConditionStatus, str, str] | None:
+    """The RoutingSessions condition (status, reason, sentence) from the daemons' session
+    lists on ``nodes``; None while no daemon reports a session. A session down anywhere
+    makes it False, naming each node and session."""
+    total = up = 0
+    down: list[str] = []
+    for node in nodes:
+        daemon = (entries.get(node) or {}).get("daemon") or {}
+        listed = daemon.get("sessions") or []
+        total += int(daemon.get("sessionsTotal") or len(listed))
+        up += int(daemon.get("sessionsUp") or 0)
+        down += [f"{node}: {_session_phrase(s)}" for s in listed if not s.get("up")]
+    if total == 0:
+        return None
+    if down or up < total:
+        shown = "; ".join(down[:8]) + ("; ..." if len(down) > 8 else "")
+        return "False", Reason.SESSION_DOWN, f"{up}/{total} sessions up; {shown}."
+    return "True", Reason.SESSIONS_UP, f"{up}/{total} sessions up."
 
 
 def build_status(
@@ -107,6 +141,11 @@ def build_status(
                 Reason.IN_PROGRESS,
                 f"waiting for {planning.nodes_text(waiting)} to report.",
             )
+    routing = sessions_condition(list(decision.nodes), entries)
+    if routing is None:
+        listed = [c for c in listed if c.get("type") != ConditionType.ROUTING_SESSIONS]
+    else:
+        cond(ConditionType.ROUTING_SESSIONS, *routing)
     out["phase"] = str(phase)
     if decision.table is not None:
         out["tableAllocated"] = decision.table
