@@ -38,6 +38,7 @@ RELEASE = "kvhelm"
 NS = "kvhelm-test"  # the release namespace, and so the Lease namespace
 CONTROLLER_SA = f"{RELEASE}-kubevisor-controller"
 AGENT_SA = f"{RELEASE}-kubevisor-agent"
+GATEWAY_SA = f"{RELEASE}-kubevisor-gateway"
 NODE = "kvhelm-node"
 SELECT = {"kvhelm": "yes"}
 G, V = groups.GROUP, groups.VERSION
@@ -179,6 +180,22 @@ def test_template_renders_every_part(rendered: Path) -> None:
     ctl = dep["template"]["spec"]["containers"][0]
     assert ctl["command"] == ["kubevisor-controller"]
     assert {e["name"]: e.get("value") for e in ctl["env"]}["KUBEVISOR_LEASE_NAMESPACE"] == NS
+
+
+def test_gateway_renders_as_a_deployment_with_a_service(rendered: Path) -> None:
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in _docs(rendered)}
+    name = f"{RELEASE}-kubevisor-gateway"
+    dep = by_kind[("Deployment", name)]["spec"]
+    pod = dep["template"]["spec"]
+    assert pod["serviceAccountName"] == GATEWAY_SA
+    gw = pod["containers"][0]
+    assert gw["command"] == ["kubevisor-gateway"]
+    assert "--port=6080" in gw["args"]
+    assert not any(a.startswith("--tls-") for a in gw["args"])  # no TLS Secret given
+    assert gw["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    svc = by_kind[("Service", name)]["spec"]
+    assert svc["selector"] == dep["selector"]["matchLabels"]
+    assert svc["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
 
 
 def test_every_object_passes_server_dry_run(cluster: Any, rendered: Path) -> None:
@@ -515,6 +532,20 @@ CONTROLLER_CHECKS: list[Check] = [
 ]
 
 
+GATEWAY_CHECKS: list[Check] = [
+    ("get", "desktopclaims.kubevisor.io", "default", (), True),
+    ("get", "virtualmachines.kubevisor.io", "default", (), True),
+    ("get", "secrets/kubevisor-display-key", NS, (), True),
+    # and not more: it only reads, and only the one Secret
+    ("get", "secrets", NS, (), False),
+    ("get", "secrets/kubevisor-display-key", "default", (), False),
+    ("list", "desktopclaims.kubevisor.io", "default", (), False),
+    ("patch", "desktopclaims.kubevisor.io", "default", ("--subresource=status",), False),
+    ("patch", "virtualmachines.kubevisor.io", "default", (), False),
+    ("create", "events", "default", (), False),
+]
+
+
 def _can_i(installed: Installed, sa: str, check: Check) -> tuple[bool, str]:
     verb, resource, ns, extra, _ = check
     where = ["--all-namespaces"] if ns == "*" else (["-n", ns] if ns else [])
@@ -543,3 +574,13 @@ def test_agent_role(installed: Installed, check: Check) -> None:
 def test_controller_role(installed: Installed, check: Check) -> None:
     allowed, answer = _can_i(installed, CONTROLLER_SA, check)
     assert allowed == check[4], f"controller can-i {check[:4]}: {answer}"
+
+
+@pytest.mark.parametrize(
+    "check",
+    GATEWAY_CHECKS,
+    ids=lambda c: f"{c[0]}-{c[1].split('.')[0]}{''.join(c[3])}-{c[2]}",
+)
+def test_gateway_role(installed: Installed, check: Check) -> None:
+    allowed, answer = _can_i(installed, GATEWAY_SA, check)
+    assert allowed == check[4], f"gateway can-i {check[:4]}: {answer}"

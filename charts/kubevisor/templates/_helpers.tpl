@@ -36,3 +36,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "kubevisor.agentServiceAccount" -}}
 {{- .Values.agent.serviceAccount.name | default (printf "%s-agent" (include "kubevisor.fullname" .)) -}}
 {{- end -}}
+
+{{- define "kubevisor.gatewayServiceAccount" -}}
+{{- .Values.gateway.serviceAccount.name | default (printf "%s-gateway" (include "kubevisor.fullname" .)) -}}
+{{- end -}}

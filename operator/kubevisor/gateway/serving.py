@@ -1,0 +1,151 @@
+"""The gateway's HTTP side (aiohttp): the noVNC page, its files, and the websocket that
+carries RFB to the admitted desktop's VNC display.
+
+Why aiohttp and not websockify's server: docs/gateway.md "Why not websockify's server".
+The websocket speaks what websockify speaks (binary frames, the ``binary`` subprotocol
+when the browser offers it, the token in the ``token`` query parameter), so noVNC cannot
+tell the difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from kubevisor.api import displaytokens
+from kubevisor.gateway import admission, admitting, dialing, rfbfilter
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+#: websocket close code for "policy violation" (RFC 6455 §7.4.1).
+CLOSE_POLICY = 1008
+_READ_SIZE = 64 * 1024
+
+
+class Gateway:
+    """The aiohttp application: routes, admission, one proxy task pair per session."""
+
+    def __init__(
+        self,
+        admitter: admission.Admitter,
+        *,
+        dialer: dialing.Dialer,
+        novnc_dir: Path,
+        recheck_seconds: float = 5.0,
+    ) -> None:
+        self.admitter = admitter
+        self.dialer = dialer
+        self.novnc_dir = novnc_dir
+        self.recheck_seconds = recheck_seconds
+        self.sessions = 0
+        """Sessions open now."""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/vnc.html", self._page)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/websockify", self._websocket)
+        for part in ("core", "vendor"):
+            app.router.add_static(f"/{part}/", self.novnc_dir / part)
+        return app
+
+    async def _page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "vnc.html", headers={"Cache-Control": "no-store"})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        grant, decision = await self.admitter.admit(request.query.get(displaytokens.TOKEN_QUERY))
+        if isinstance(decision, admitting.Refused):
+            log.warning("refused %s: %s", decision.reason, decision.message)
+            return web.Response(status=403, text=f"{decision.reason}: {decision.message}\n")
+        assert grant is not None
+        try:
+            reader, writer = await self.dialer.open(
+                decision.host, decision.port, node_name=decision.node_name
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning("display of %s/%s unreachable: %s", grant.namespace, grant.claim, exc)
+            return web.Response(status=502, text=f"DisplayUnreachable: {exc}\n")
+        ws = web.WebSocketResponse(protocols=("binary",), heartbeat=30.0)
+        try:
+            await ws.prepare(request)
+            log.info(
+                "session %s/%s -> %s:%s (vm %s, view-only %s)",
+                grant.namespace, grant.claim, decision.host, decision.port,
+                decision.vm_name, decision.view_only,
+            )  # fmt: skip
+            self.sessions += 1
+            await self._proxy(ws, reader, writer, grant, decision)
+        finally:
+            dialing.close_quietly(writer)
+            await ws.close()
+        return ws
+
+    async def _proxy(
+        self,
+        ws: web.WebSocketResponse,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        grant: displaytokens.Grant,
+        target: admitting.Target,
+    ) -> None:
+        """Pump both ways until either side ends or the claim stops admitting."""
+        upstream = asyncio.create_task(self._browser_to_vnc(ws, writer, target.view_only))
+        downstream = asyncio.create_task(self._vnc_to_browser(reader, ws))
+        watch = asyncio.create_task(self._watch_claim(ws, grant, target))
+        tasks = {upstream, downstream, watch}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    log.info("session %s/%s ended: %s", grant.namespace, grant.claim, exc)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self.sessions -= 1
+
+    async def _browser_to_vnc(
+        self, ws: web.WebSocketResponse, writer: asyncio.StreamWriter, view_only: bool
+    ) -> None:
+        stream = rfbfilter.ClientStreamFilter(view_only=view_only)
+        async for msg in ws:
+            if msg.type is not WSMsgType.BINARY:
+                if msg.type is WSMsgType.TEXT:
+                    await ws.close(code=CLOSE_POLICY, message=b"binary frames only")
+                return
+            try:
+                data = stream.feed(msg.data)
+            except rfbfilter.ProtocolViolation as exc:
+                await ws.close(code=CLOSE_POLICY, message=str(exc).encode()[:120])
+                raise
+            if data:
+                writer.write(data)
+                await writer.drain()
+
+    async def _vnc_to_browser(
+        self, reader: asyncio.StreamReader, ws: web.WebSocketResponse
+    ) -> None:
+        while data := await reader.read(_READ_SIZE):
+            await ws.send_bytes(data)
+
+    async def _watch_claim(
+        self, ws: web.WebSocketResponse, grant: displaytokens.Grant, target: admitting.Target
+    ) -> None:
+        """End the session when its claim ends (deleted, released, re-bound)."""
+        while True:
+            await asyncio.sleep(self.recheck_seconds)
+            ended = await self.admitter.still_standing(grant, target)
+            if ended is not None:
+                log.info("session %s/%s closed: %s", grant.namespace, grant.claim, ended.message)
+                await ws.close(code=CLOSE_POLICY, message=ended.reason.value.encode())
+                return
