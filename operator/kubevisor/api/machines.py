@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from kubevisor.api import common
 
-DiskBus = Literal["virtio", "sata"]
+DiskBus = Literal["virtio", "sata", "scsi"]
 CloneMode = Literal["linked", "full"]
 StorageKind = Literal["local", "shared"]
 NICModel = Literal["virtio", "e1000"]
@@ -44,7 +44,8 @@ class Disk(common.Model):
     size: common.PositiveQuantity | None = None
     """Virtual size, e.g. 10Gi. Unset means the base image's size."""
     bus: DiskBus = "virtio"
-    """Bus the guest sees the disk on."""
+    """Bus the guest sees the disk on; scsi: a virtio-scsi controller (the guest sees
+    sda, sdb...; sata and scsi disks share the sd names)."""
     clone: CloneMode = "linked"
     """linked: a qcow2 overlay backed by the base image; full: an independent copy."""
     storage: StorageKind = "local"

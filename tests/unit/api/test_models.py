@@ -92,7 +92,7 @@ WHERE: dict[str, tuple[str, str]] = {
     "vlan-0": ("vlan", "greater than or equal to 1"),
     "vlan-4095": ("vlan", "less than or equal to 4094"),
     "multicast-mac": ("mac", "should match pattern"),
-    "bad-bus": ("bus", "'virtio' or 'sata'"),
+    "bad-bus": ("bus", "'virtio', 'sata' or 'scsi'"),
     "vm-nothing": ("", "needs spec.templateRef"),
     "vm-memory-only": ("", "needs spec.templateRef"),
     "vm-bad-strategy": ("runStrategy", "'Always'"),
