@@ -235,24 +235,49 @@ CASES: list[tuple[str, str, Callable[[Obj], None], str]] = [
     ("claim-without-poolref", "desktopclaim.yaml", spec_del("poolRef"), "spec.poolRef"),
     ("claim-without-user", "desktopclaim.yaml", spec_del("user"), "spec.user"),
     ("claim-user-integer", "desktopclaim.yaml", spec_set("user", 5), "spec.user"),
+    (
+        "template-lun-on-virtio",
+        "vmtemplate.yaml",
+        spec_set("disks[0].device", "lun"),
+        "spec.disks[0].device",
+    ),
+    ("backend-nfs-no-export", "storagebackend.yaml", spec_del("nfs.export"), "spec.nfs.export"),
+    ("backend-nfs-without-nfs", "storagebackend.yaml", spec_del("nfs"), "type nfs takes nfs"),
+    (
+        "backend-nfs-with-iscsi",
+        "storagebackend.yaml",
+        spec_set("iscsi", {"portal": "10.0.0.2", "iqn": "iqn.2026-12.io.kv:t"}),
+        "type nfs takes nfs",
+    ),
+    ("backend-iscsi-with-nfs", "storagebackend.yaml", spec_set("type", "iscsi"), "type iscsi"),
+    ("backend-unknown-type", "storagebackend.yaml", spec_set("type", "ceph"), "spec.type"),
 ]
 
 
 def _create(api: client.ApiClient, obj: Obj) -> Obj:
     kind = kinds.by_kind(obj["kind"])
-    result = client.CustomObjectsApi(api).create_namespaced_custom_object(
-        groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, obj
-    )
+    custom = client.CustomObjectsApi(api)
+    if kind.scope == "Cluster":
+        result = custom.create_cluster_custom_object(groups.GROUP, groups.VERSION, kind.plural, obj)
+    else:
+        result = custom.create_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, obj
+        )
     assert isinstance(result, dict)
     return result
 
 
 def _delete(api: client.ApiClient, obj: Obj) -> None:
     kind = kinds.by_kind(obj["kind"])
+    custom = client.CustomObjectsApi(api)
+    name = obj["metadata"]["name"]
     try:
-        client.CustomObjectsApi(api).delete_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, obj["metadata"]["name"]
-        )
+        if kind.scope == "Cluster":
+            custom.delete_cluster_custom_object(groups.GROUP, groups.VERSION, kind.plural, name)
+        else:
+            custom.delete_namespaced_custom_object(
+                groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
+            )
     except ApiException as exc:
         if exc.status != 404:
             raise

@@ -34,13 +34,37 @@ def objects(api: Any) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api)
 
 
+class Scoped:
+    """create/get/patch_status/delete of one kind, in NAMESPACE or cluster-wide as the
+    kind's scope says (StorageBackend is cluster-scoped)."""
+
+    def __init__(self, api: Any, kind: kinds.Kind) -> None:
+        self.api, self.kind = objects(api), kind
+        self.where = (NAMESPACE,) if kind.scope == "Namespaced" else ()
+        self.infix = "namespaced" if kind.scope == "Namespaced" else "cluster"
+
+    def _call(self, verb: str, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(self.api, verb.format(self.infix))
+        return method(groups.GROUP, groups.VERSION, *self.where, self.kind.plural, *args, **kwargs)
+
+    def create(self, data: dict[str, Any], **kwargs: Any) -> Any:
+        return self._call("create_{}_custom_object", data, **kwargs)
+
+    def get(self, name: str) -> Any:
+        return self._call("get_{}_custom_object", name)
+
+    def patch_status(self, name: str, body: dict[str, Any]) -> Any:
+        return self._call("patch_{}_custom_object_status", name, body)
+
+    def delete(self, name: str) -> Any:
+        return self._call("delete_{}_custom_object", name)
+
+
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
 def test_example_accepted_by_dry_run(cluster: Any, path: Path) -> None:
     data = load(path)
     kind = kinds.by_kind(data["kind"])
-    returned = objects(cluster.api).create_namespaced_custom_object(
-        groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, data, dry_run="All"
-    )
+    returned = Scoped(cluster.api, kind).create(data, dry_run="All")
     assert isinstance(returned, dict)
     assert returned["metadata"]["name"] == data["metadata"]["name"]
     # Server-side defaults fill the same values pydantic does.
@@ -52,19 +76,15 @@ def test_example_create_and_delete(cluster: Any, path: Path) -> None:
     data = load(path)
     kind = kinds.by_kind(data["kind"])
     name = data["metadata"]["name"]
-    api = objects(cluster.api)
-    api.create_namespaced_custom_object(groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, data)
+    api = Scoped(cluster.api, kind)
+    api.create(data)
     try:
-        stored = api.get_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
-        )
+        stored = api.get(name)
         assert isinstance(stored, dict)
         assert stored["metadata"]["generation"] == 1
         kind.model.model_validate(stored)
     finally:
-        api.delete_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
-        )
+        api.delete(name)
 
 
 def _status_for(kind: kinds.Kind) -> dict[str, Any]:
@@ -91,23 +111,17 @@ def test_status_subresource_accepts_model_status(cluster: Any, path: Path) -> No
     kind = kinds.by_kind(data["kind"])
     name = f"{data['metadata']['name']}-status"
     data["metadata"]["name"] = name
-    api = objects(cluster.api)
-    api.create_namespaced_custom_object(groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, data)
+    api = Scoped(cluster.api, kind)
+    api.create(data)
     try:
         status = _status_for(kind)
-        api.patch_namespaced_custom_object_status(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name, {"status": status}
-        )
-        stored = api.get_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
-        )
+        api.patch_status(name, {"status": status})
+        stored = api.get(name)
         parsed = kind.model.model_validate(stored)
         assert parsed.status is not None
         assert parsed.status.to_json() == status
     finally:
-        api.delete_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, NAMESPACE, kind.plural, name
-        )
+        api.delete(name)
 
 
 def test_vrf_node_entries_merge_per_node(cluster: Any) -> None:

@@ -16,6 +16,7 @@ from kubevisor.api import (
     desktoppools,
     groups,
     migrations,
+    storagebackends,
     virtualmachines,
     vmbackups,
     vmtemplates,
@@ -185,6 +186,21 @@ DESKTOPCLAIM = Kind(
     selectable_fields=(".spec.poolRef.name",),
 )
 
+STORAGEBACKEND = Kind(
+    kind="StorageBackend",
+    plural="storagebackends",
+    singular="storagebackend",
+    short_names=("kvsb",),
+    model=storagebackends.StorageBackend,
+    spec_model=storagebackends.StorageBackendSpec,
+    status_model=storagebackends.StorageBackendStatus,
+    printer_columns=(
+        PrinterColumn("Type", ".spec.type", "string", "local, shared, nfs or iscsi."),
+        AGE,
+    ),
+    scope="Cluster",
+)
+
 KINDS: tuple[Kind, ...] = (
     VMTEMPLATE,
     VIRTUALMACHINE,
@@ -193,6 +209,7 @@ KINDS: tuple[Kind, ...] = (
     VRF,
     DESKTOPPOOL,
     DESKTOPCLAIM,
+    STORAGEBACKEND,
 )
 
 

@@ -15,13 +15,20 @@ from kubevisor.controller.kube import operating
 from kubevisor.controller.migrations import handlers as migrations
 from kubevisor.controller.placement import reserving
 from kubevisor.controller.runtime import running
+from kubevisor.controller.storagebackends import handlers as storagebackends
 from kubevisor.controller.vms import handlers as vms
 from kubevisor.controller.vmtemplates import handlers as vmtemplates
 from kubevisor.controller.vrfs import handlers as vrfs
 
 #: The kinds with handlers of their own.
 IMPLEMENTED = frozenset(
-    {kinds.VIRTUALMACHINE.kind, kinds.VMTEMPLATE.kind, kinds.VRF.kind, kinds.MIGRATION.kind}
+    {
+        kinds.VIRTUALMACHINE.kind,
+        kinds.VMTEMPLATE.kind,
+        kinds.VRF.kind,
+        kinds.MIGRATION.kind,
+        kinds.STORAGEBACKEND.kind,
+    }
 )
 
 
@@ -42,5 +49,6 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *routers.handlers(),
         *drain.Drain(rt).handlers(),
         *migrations.Migrations(rt).handlers(),
+        storagebackends.handler(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]
