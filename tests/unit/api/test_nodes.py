@@ -163,3 +163,12 @@ def test_the_controller_places_on_what_the_agent_published() -> None:
         shared_storage="/srv/shared",
         alive=True,
     )
+
+
+def test_capacity_reports_reached_storage_backends_only_when_any() -> None:
+    plain = nodes.Capacity(cpu=1)
+    assert "storageBackends" not in nodes.capacity_json(plain)
+    reached = nodes.Capacity(cpu=1, storage_backends={"san-1": "iscsi", "nas-1": "nfs"})
+    text = nodes.capacity_json(reached)
+    assert '"storageBackends":{"nas-1":"nfs","san-1":"iscsi"}' in text
+    assert nodes.parse_capacity(text) == reached
