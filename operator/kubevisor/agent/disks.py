@@ -173,6 +173,14 @@ def plan(
     """The disk files of a VM, base images resolved. Raises DiskError(ImageNotFound)."""
     plans = []
     for disk in machine.disks:
+        if disk.backend is not None:
+            # Placement and migration already honour backends (the node reaches it); the
+            # node side that opens a disk on one is not built yet (docs/storage.md).
+            raise DiskError(
+                "NotImplemented",
+                f"disk {disk.name!r} names StorageBackend {disk.backend!r}: this agent does "
+                "not open disks on a StorageBackend yet; use storage: local or shared",
+            )
         base = None
         path = disk_path(layout, identity, disk)
         ref = parse_vm_image(disk.image) if disk.image is not None else None
