@@ -152,6 +152,7 @@ async def run(args: argparse.Namespace) -> None:
                 functools.partial(objects.list_cluster_objects, api, kinds.STORAGEBACKEND.plural),
                 heartbeat.set_storage_backends,
                 shared_dir=args.shared_dir,
+                netns=args.netns,
             )
         )
         vrfs = None

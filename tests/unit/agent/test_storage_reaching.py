@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from kubevisor.agent.kernel import netnsthreads
 from kubevisor.agent.storagebackends import reaching
 
 pytestmark = pytest.mark.unit
@@ -80,3 +81,23 @@ def test_probe_connects_to_a_listener_and_fails_on_a_closed_port(tmp_path: Path)
         return up, closed, there, gone
 
     assert asyncio.run(scenario()) == (True, False, True, False)
+
+
+def test_probe_on_executor_threads_uses_their_connect() -> None:
+    """The netns path: the same probe run through an executor's blocking connect (here
+    the agent's own namespace; the e2e runs it in a simulated node's)."""
+
+    async def scenario() -> tuple[bool, bool]:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with netnsthreads.executor(None) as pool:
+            async with server:
+                up = await reaching.probe(
+                    reaching.Probe("a", "nfs", endpoint=("127.0.0.1", port)), pool
+                )
+            closed = await reaching.probe(
+                reaching.Probe("b", "nfs", endpoint=("127.0.0.1", _closed_port())), pool
+            )
+        return up, closed
+
+    assert asyncio.run(scenario()) == (True, False)

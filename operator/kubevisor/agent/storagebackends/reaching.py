@@ -3,9 +3,10 @@
 
 Reaching means: ``local`` always (the node's own disk directory); ``shared`` when the
 node has a shared directory; ``nfs`` / ``iscsi`` when a TCP connection to the server's
-NFS port (2049) or the target's portal opens from the node's network within a few
-seconds — the same path QEMU's own clients (libnfs, libiscsi) take. A login or a CHAP
-refusal is not seen here: it is the VM's condition when its disk is opened.
+NFS port (2049) or the target's portal opens from the node's network (``--netns``, where
+the node's libvirtd and QEMU are) within a few seconds — the path QEMU's own clients
+(libnfs, libiscsi) take. A login or a CHAP refusal is not seen here: it is the VM's
+condition when its disk is opened.
 
 :func:`probes` and :func:`reached` are pure (table-tested); :func:`probe` and :func:`run`
 are the thin adapter (asyncio connect, never blocking the loop).
@@ -18,11 +19,13 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Final
 
 from pydantic import ValidationError
 
+from kubevisor.agent.kernel import netnsthreads
 from kubevisor.api import storagebackends
 
 logger = logging.getLogger(__name__)
@@ -75,14 +78,22 @@ def reached(results: Iterable[tuple[Probe, bool]]) -> dict[str, str]:
     return {p.name: p.type for p, ok in results if ok and p.possible}
 
 
-async def probe(p: Probe) -> bool:
-    """Run one probe: a directory that exists, a TCP connect that opens in time."""
+async def probe(p: Probe, executor: Executor | None = None) -> bool:
+    """Run one probe: a directory that exists, a TCP connect that opens in time — on
+    ``executor``'s threads when given (the node's network namespace,
+    ``kernel.netnsthreads``), else from the agent's own network."""
     if not p.possible:
         return False
     if p.directory is not None:
         return await asyncio.to_thread(p.directory.is_dir)
     if p.endpoint is None:
         return True
+    if executor is not None:
+        loop = asyncio.get_running_loop()
+        host, port = p.endpoint
+        return await loop.run_in_executor(
+            executor, netnsthreads.tcp_connects, host, port, CONNECT_TIMEOUT_S
+        )
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             _, writer = await asyncio.open_connection(*p.endpoint)
@@ -95,11 +106,14 @@ async def probe(p: Probe) -> bool:
 
 
 async def reach_once(
-    list_backends: Callable[[], Awaitable[list[dict[str, Any]]]], *, shared_dir: Path | None
+    list_backends: Callable[[], Awaitable[list[dict[str, Any]]]],
+    *,
+    shared_dir: Path | None,
+    executor: Executor | None = None,
 ) -> dict[str, str]:
     """List the backends and probe them all at once."""
     todo = probes(await list_backends(), shared_dir=shared_dir)
-    results = await asyncio.gather(*(probe(p) for p in todo))
+    results = await asyncio.gather(*(probe(p, executor) for p in todo))
     return reached(zip(todo, results, strict=True))
 
 
@@ -108,13 +122,21 @@ async def run(
     publish: Callable[[dict[str, str]], None],
     *,
     shared_dir: Path | None,
+    netns: str | None = None,
     interval: float = INTERVAL_S,
 ) -> None:
-    """Probe forever, every ``interval`` seconds, publishing each answer (the Lease is
-    written only when it changed); errors are logged and retried next round."""
-    while True:
-        try:
-            publish(await reach_once(list_backends, shared_dir=shared_dir))
-        except Exception as exc:
-            logger.warning("storage backend probing failed: %s", exc)
-        await asyncio.sleep(interval)
+    """Probe forever, every ``interval`` seconds, from the node's network namespace
+    ``netns`` (None: the agent's own), publishing each answer (the Lease is written only
+    when it changed); errors are logged and retried next round."""
+    executor = netnsthreads.executor(netns) if netns is not None else None
+    try:
+        while True:
+            try:
+                found = await reach_once(list_backends, shared_dir=shared_dir, executor=executor)
+                publish(found)
+            except Exception as exc:
+                logger.warning("storage backend probing failed: %s", exc)
+            await asyncio.sleep(interval)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
