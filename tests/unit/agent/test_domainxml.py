@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -326,3 +327,26 @@ def test_for_destination_rewrites_block_copied_disks_and_the_display(
     files = [d.find("source").get("file") for d in out.iter("disk")]  # type: ignore[union-attr]
     assert files == expected
     assert [g.get("listen") for g in out.iter("graphics")] == ["10.77.0.12"]
+
+
+def test_scsi_lun_and_nfs_disks_validate_against_libvirts_schema(tmp_path: Path) -> None:
+    """libvirt's own RelaxNG schema (virt-xml-validate) accepts the network disks, the
+    LUN pass-through and the virtio-scsi controller as rendered."""
+    if not (shutil.which("virt-xml-validate") and shutil.which("xmllint")):
+        pytest.skip("virt-xml-validate/xmllint missing (libvirt-clients, libxml2-utils)")
+    machine = _machine(
+        disks=[{"name": "lun", "bus": "scsi", "device": "lun", "backend": "san"}, {"name": "nas"}]
+    )
+    placed = (
+        domainxml.DiskPlacement(
+            name="lun", path=Path("lun"), bus="scsi", format="raw", device="lun", network=ISCSI
+        ),
+        domainxml.DiskPlacement(name="nas", path=Path("nas"), network=NFS),
+    )
+    xml = domainxml.render(machine, IDENTITY, _placement(disks=placed), FACTS)
+    (tmp_path / "domain.xml").write_text(xml)
+    proc = subprocess.run(
+        ["virt-xml-validate", str(tmp_path / "domain.xml"), "domain"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
