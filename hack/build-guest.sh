@@ -25,7 +25,7 @@ set -euo pipefail
 CACHE="${KUBEVISOR_CACHE:-/var/cache/kubevisor}"
 OUT="$CACHE/images/tiny"
 # Modules the guest loads at boot, in this order (dependencies are resolved by modprobe).
-MODULES=(virtio_pci virtio_blk virtio_net vrf 8021q dummy macvlan vxlan bridge)
+MODULES=(virtio_pci virtio_blk virtio_scsi sd_mod virtio_net vrf 8021q dummy macvlan vxlan bridge)
 
 need_pkgs=()
 compgen -G "/boot/vmlinuz-*-amd64" >/dev/null || need_pkgs+=(linux-image-amd64)
@@ -141,7 +141,7 @@ if [ -e /sys/class/net/eth0 ]; then
 else
   echo "kubevisor-guest: no eth0" >/dev/console
 fi
-for b in /sys/block/vd*; do
+for b in /sys/block/vd* /sys/block/sd*; do
   [ -e "$b" ] && echo "kubevisor-guest: disk $(basename "$b") sectors=$(cat "$b/size")" >/dev/console
 done
 echo "kubevisor-guest: ready" >/dev/console

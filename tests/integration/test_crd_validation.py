@@ -256,6 +256,22 @@ CASES: list[tuple[str, str, Callable[[Obj], None], str]] = [
         "spec.consolidate.wakeUtilizationPercent",
     ),
     ("vm-rebalance-unknown", "vm.yaml", spec_set("rebalance", "Sometimes"), "spec.rebalance"),
+    (
+        "template-lun-on-virtio",
+        "vmtemplate.yaml",
+        spec_set("disks[0].device", "lun"),
+        "spec.disks[0].device",
+    ),
+    ("backend-nfs-no-export", "storagebackend.yaml", spec_del("nfs.export"), "spec.nfs.export"),
+    ("backend-nfs-without-nfs", "storagebackend.yaml", spec_del("nfs"), "type nfs takes nfs"),
+    (
+        "backend-nfs-with-iscsi",
+        "storagebackend.yaml",
+        spec_set("iscsi", {"portal": "10.0.0.2", "iqn": "iqn.2026-12.io.kv:t"}),
+        "type nfs takes nfs",
+    ),
+    ("backend-iscsi-with-nfs", "storagebackend.yaml", spec_set("type", "iscsi"), "type iscsi"),
+    ("backend-unknown-type", "storagebackend.yaml", spec_set("type", "ceph"), "spec.type"),
 ]
 
 

@@ -142,16 +142,11 @@ def disk_path(layout: Layout, identity: domainxml.Identity, disk: machines.Disk)
 
 
 def local_disk_targets(machine: machines.MachineSpec) -> list[str]:
-    """Target device names (``vda``...) of the machine's node-local disks, numbered per
-    bus as the domain XML numbers them (pure): the disks a migration must block-copy."""
-    per_bus: dict[str, int] = {}
-    out: list[str] = []
-    for disk in machine.disks:
-        index = per_bus.get(disk.bus, 0)
-        per_bus[disk.bus] = index + 1
-        if disk.storage != "shared":
-            out.append(domainxml.target_dev(disk.bus, index))
-    return out
+    """Target device names (``vda``...) of the machine's node-local disks, numbered
+    as the domain XML numbers them (``domainxml.target_devs``, pure): the disks a
+    migration must block-copy."""
+    devs = domainxml.target_devs([disk.bus for disk in machine.disks])
+    return [dev for disk, dev in zip(machine.disks, devs, strict=True) if disk.storage != "shared"]
 
 
 def block_copy_paths(
@@ -178,6 +173,14 @@ def plan(
     """The disk files of a VM, base images resolved. Raises DiskError(ImageNotFound)."""
     plans = []
     for disk in machine.disks:
+        if disk.backend is not None:
+            # Placement and migration already honour backends (the node reaches it); the
+            # node side that opens a disk on one is not built yet (docs/storage.md).
+            raise DiskError(
+                "NotImplemented",
+                f"disk {disk.name!r} names StorageBackend {disk.backend!r}: this agent does "
+                "not open disks on a StorageBackend yet; use storage: local or shared",
+            )
         base = None
         path = disk_path(layout, identity, disk)
         ref = parse_vm_image(disk.image) if disk.image is not None else None

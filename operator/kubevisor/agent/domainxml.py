@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from kubevisor.api import machines, naming, quantities
 
@@ -59,13 +60,31 @@ class HostFacts:
 
 
 @dataclasses.dataclass(frozen=True)
+class NetworkSource:
+    """A disk QEMU opens over the network with its own client (libnfs, libiscsi)."""
+
+    protocol: Literal["nfs", "iscsi"]
+    host: str
+    name: str
+    """nfs: the file's path on the server (export + path); iscsi: ``<target IQN>/<LUN>``."""
+    port: int | None = None
+    username: str | None = None
+    """iscsi: the CHAP user; its password is the libvirt secret ``secret_usage``."""
+    secret_usage: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DiskPlacement:
-    """A disk of the machine as the node realises it: a file at ``path``."""
+    """A disk of the machine as the node realises it: a file at ``path``, or, when
+    ``network`` is set, that network source (``path`` then only names it in logs)."""
 
     name: str
     path: Path
     bus: machines.DiskBus = "virtio"
     format: str = "qcow2"
+    device: Literal["disk", "lun"] = "disk"
+    """lun: SCSI commands pass through to the LUN (bus scsi, an iSCSI source)."""
+    network: NetworkSource | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +173,12 @@ def configure_os(machine: machines.MachineSpec, facts: HostFacts) -> ET.Element:
     return os_el
 
 
-_BUS_PREFIX = {"virtio": "vd", "sata": "sd"}
+_BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd"}
 
 
 def target_dev(bus: str, index: int) -> str:
-    """The guest device name of the ``index``-th disk on ``bus`` (vda, vdb, ... sda) (pure)."""
+    """The guest device name of the ``index``-th disk named with ``bus``'s prefix (vda,
+    vdb, ... sda) (pure)."""
     letters = ""
     n = index
     while True:
@@ -169,19 +189,58 @@ def target_dev(bus: str, index: int) -> str:
     return _BUS_PREFIX[bus] + letters
 
 
-def configure_disks(placement: Placement) -> list[ET.Element]:
-    """One <disk type='file'> per placed disk; targets vda, vdb... per bus, in order."""
-    elements = []
-    per_bus: dict[str, int] = {}
-    for disk in placement.disks:
-        index = per_bus.get(disk.bus, 0)
-        per_bus[disk.bus] = index + 1
-        element = ET.Element("disk", {"type": "file", "device": "disk"})
-        ET.SubElement(element, "driver", {"name": "qemu", "type": disk.format, "cache": "none"})
+def target_devs(buses: Sequence[str]) -> list[str]:
+    """Target device names of disks on ``buses``, in order (pure): numbered per name
+    prefix, so sata and scsi disks (both sd*) never get the same name."""
+    per_prefix: dict[str, int] = {}
+    out = []
+    for bus in buses:
+        index = per_prefix.get(_BUS_PREFIX[bus], 0)
+        per_prefix[_BUS_PREFIX[bus]] = index + 1
+        out.append(target_dev(bus, index))
+    return out
+
+
+def _disk_source(disk: DiskPlacement, element: ET.Element) -> None:
+    """<source file=> or <source protocol= name=><host/>[<auth>] (QEMU's own client)."""
+    net = disk.network
+    if net is None:
         ET.SubElement(element, "source", {"file": str(disk.path)})
-        ET.SubElement(element, "target", {"dev": target_dev(disk.bus, index), "bus": disk.bus})
+        return
+    source = ET.SubElement(element, "source", {"protocol": net.protocol, "name": net.name})
+    host = {"name": net.host}
+    if net.port is not None:
+        host["port"] = str(net.port)
+    if net.protocol == "nfs":
+        host["transport"] = "tcp"
+    ET.SubElement(source, "host", host)
+    if net.protocol == "nfs":
+        # libnfs speaks as uid/gid 0 (the export squashes or maps it, as it decides).
+        ET.SubElement(source, "identity", {"user": "root", "group": "root"})
+    if net.username is not None and net.secret_usage is not None:
+        auth = ET.SubElement(source, "auth", {"username": net.username})
+        ET.SubElement(auth, "secret", {"type": net.protocol, "usage": net.secret_usage})
+
+
+def configure_disks(placement: Placement) -> list[ET.Element]:
+    """One <disk> per placed disk (a file, or a network source); targets vda, vdb...
+    sda... in order (:func:`target_devs`); a virtio-scsi controller when a disk is on
+    bus scsi (without it libvirt would add an emulated LSI one the guest lacks a
+    driver for)."""
+    elements = []
+    devs = target_devs([disk.bus for disk in placement.disks])
+    for disk, dev in zip(placement.disks, devs, strict=True):
+        kind = "file" if disk.network is None else "network"
+        element = ET.Element("disk", {"type": kind, "device": disk.device})
+        ET.SubElement(element, "driver", {"name": "qemu", "type": disk.format, "cache": "none"})
+        _disk_source(disk, element)
+        ET.SubElement(element, "target", {"dev": dev, "bus": disk.bus})
         ET.SubElement(element, "alias", {"name": f"ua-disk-{disk.name}"})
         elements.append(element)
+    if any(disk.bus == "scsi" for disk in placement.disks):
+        elements.append(
+            ET.Element("controller", {"type": "scsi", "index": "0", "model": "virtio-scsi"})
+        )
     return elements
 
 

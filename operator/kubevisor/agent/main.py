@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -20,11 +21,12 @@ from pathlib import Path
 from kubevisor.agent import disks, domainxml, segmenting, segments
 from kubevisor.agent.backups import handling as backuphandling
 from kubevisor.agent.kernel import bridges
-from kubevisor.agent.kube import connecting, leases
+from kubevisor.agent.kube import connecting, leases, objects
 from kubevisor.agent.libvirt import Hypervisor
+from kubevisor.agent.storagebackends import reaching as storagereach
 from kubevisor.agent.vms import realizing
 from kubevisor.agent.vrfs import handling as vrfhandling
-from kubevisor.api import nodes, quantities
+from kubevisor.api import kinds, nodes, quantities
 
 logger = logging.getLogger("kubevisor.agent")
 
@@ -164,6 +166,14 @@ async def run(args: argparse.Namespace) -> None:
         probing = asyncio.get_running_loop().create_task(
             heartbeat.probe_peers(args.rtt_probe_seconds)
         )
+        reaching_backends = asyncio.get_running_loop().create_task(
+            storagereach.run(
+                functools.partial(objects.list_cluster_objects, api, kinds.STORAGEBACKEND.plural),
+                heartbeat.set_storage_backends,
+                shared_dir=args.shared_dir,
+                netns=args.netns,
+            )
+        )
         vrfs = None
         if args.vrf_resync_seconds > 0:
             vrfs = asyncio.get_running_loop().create_task(
@@ -186,9 +196,10 @@ async def run(args: argparse.Namespace) -> None:
             backups.cancel()
             with contextlib.suppress(BaseException):
                 await backups
-            probing.cancel()
-            with contextlib.suppress(BaseException):
-                await probing
+            for task in (probing, reaching_backends):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             if vrfs is not None:
                 vrfs.cancel()
                 with contextlib.suppress(BaseException):

@@ -140,6 +140,12 @@ class Reason(StrEnum):
     """The node's hypervisor (libvirt/QEMU) refused to define or start the domain (memory
     too small, unknown CPU model, missing kernel file, …); the message quotes it. Retried
     with capped exponential backoff (10 s doubling to 5 min)."""
+    ACCEPTED = "Accepted"
+    """The object is valid and in use; what is reached where is reported elsewhere (a
+    StorageBackend: in each node's Lease)."""
+    STORAGE_FAILED = "StorageFailed"
+    """A disk's storage backend refused the node (NFS server unreachable, iSCSI login or
+    CHAP refused); the message quotes the client's error. Nothing was deleted."""
     SECRET_NOT_FOUND = "SecretNotFound"
     """A Secret the object references (display.passwordSecretRef) does not exist, or lacks
     the key."""

@@ -17,6 +17,7 @@ from kubevisor.api import (
     groups,
     migrations,
     rebalancepolicies,
+    storagebackends,
     virtualmachines,
     vmbackups,
     vmtemplates,
@@ -206,6 +207,21 @@ REBALANCEPOLICY = Kind(
     scope="Cluster",
 )
 
+STORAGEBACKEND = Kind(
+    kind="StorageBackend",
+    plural="storagebackends",
+    singular="storagebackend",
+    short_names=("kvsb",),
+    model=storagebackends.StorageBackend,
+    spec_model=storagebackends.StorageBackendSpec,
+    status_model=storagebackends.StorageBackendStatus,
+    printer_columns=(
+        PrinterColumn("Type", ".spec.type", "string", "local, shared, nfs or iscsi."),
+        AGE,
+    ),
+    scope="Cluster",
+)
+
 KINDS: tuple[Kind, ...] = (
     VMTEMPLATE,
     VIRTUALMACHINE,
@@ -215,6 +231,7 @@ KINDS: tuple[Kind, ...] = (
     DESKTOPPOOL,
     DESKTOPCLAIM,
     REBALANCEPOLICY,
+    STORAGEBACKEND,
 )
 
 

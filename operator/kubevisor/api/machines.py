@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from kubevisor.api import common
 
-DiskBus = Literal["virtio", "sata"]
+DiskBus = Literal["virtio", "sata", "scsi"]
+DiskDevice = Literal["disk", "lun"]
 CloneMode = Literal["linked", "full"]
 StorageKind = Literal["local", "shared"]
 NICModel = Literal["virtio", "e1000"]
@@ -33,8 +34,18 @@ class CPU(common.Model):
     default, which migrates between any two nodes."""
 
 
+_LUN_RULE = common.rule(
+    "self.device != 'lun' || (self.bus == 'scsi' && has(self.backend))",
+    "device lun passes SCSI commands to a LUN: it needs bus scsi and a backend "
+    "(an iSCSI StorageBackend)",
+    field_path=".device",
+)
+
+
 class Disk(common.Model):
     """A virtual disk, created on the node (or shared storage) when the VM is placed."""
+
+    model_config = ConfigDict(json_schema_extra=common.cel(_LUN_RULE))
 
     name: common.DNSLabel
     """Disk name, unique within the machine; part of the disk file name."""
@@ -44,7 +55,8 @@ class Disk(common.Model):
     size: common.PositiveQuantity | None = None
     """Virtual size, e.g. 10Gi. Unset means the base image's size."""
     bus: DiskBus = "virtio"
-    """Bus the guest sees the disk on."""
+    """Bus the guest sees the disk on; scsi: a virtio-scsi controller (the guest sees
+    sda, sdb...; sata and scsi disks share the sd names)."""
     clone: CloneMode = "linked"
     """linked: a qcow2 overlay backed by the base image; full: an independent copy."""
     storage: StorageKind = "local"
@@ -52,6 +64,18 @@ class Disk(common.Model):
     (live migration without block copy needs it)."""
     retain: bool = False
     """Keep the disk file when the VM is deleted."""
+    device: DiskDevice = "disk"
+    """disk: a disk QEMU emulates; lun: SCSI commands pass through to the backend's LUN
+    (bus scsi, an iSCSI backend)."""
+    backend: common.ObjectName | None = None
+    """StorageBackend the disk lives on; when set it decides where (storage is not read).
+    Only nodes reaching it run the VM."""
+
+    @model_validator(mode="after")
+    def _lun(self) -> Self:
+        if self.device == "lun" and (self.bus != "scsi" or self.backend is None):
+            raise ValueError(_LUN_RULE["message"])
+        return self
 
 
 class NIC(common.Model):

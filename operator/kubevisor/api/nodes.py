@@ -44,7 +44,7 @@ ANNOTATION_SEGMENTS: Final = "kubevisor.io/segments"
 ANNOTATION_RTTS: Final = "kubevisor.io/rtts"
 #: Capacity keys written only when set, so agents that do not report them keep writing
 #: the same annotation as before these fields existed.
-_OPTIONAL_CAPACITY_KEYS: Final = ("cpuModels", "hostCPUModel", "localStorage")
+_OPTIONAL_CAPACITY_KEYS: Final = ("cpuModels", "hostCPUModel", "localStorage", "storageBackends")
 
 
 class Capacity(common.Model):
@@ -75,6 +75,10 @@ class Capacity(common.Model):
     host_cpu_model: str | None = Field(default=None, alias="hostCPUModel")
     """The model libvirt's host-model expands to here; a VM with host-model or
     host-passthrough moves only between nodes reporting the same one."""
+    storage_backends: Mapping[str, str] = Field(default_factory=dict)
+    """StorageBackends this node reaches now, name -> type (``storagebackends``): a VM
+    whose disks name a backend runs only where it is listed, and a disk on a backend
+    other than ``local`` migrates without block copy."""
 
 
 #: A node that published no readable capacity: nothing fits there.

@@ -19,6 +19,7 @@ from kubevisor.controller.nodeloss import handlers as nodeloss
 from kubevisor.controller.placement import reserving
 from kubevisor.controller.rebalancing import handlers as rebalancing
 from kubevisor.controller.runtime import running
+from kubevisor.controller.storagebackends import handlers as storagebackends
 from kubevisor.controller.vmbackups import handlers as vmbackups
 from kubevisor.controller.vms import handlers as vms
 from kubevisor.controller.vmtemplates import handlers as vmtemplates
@@ -35,6 +36,7 @@ IMPLEMENTED = frozenset(
         kinds.REBALANCEPOLICY.kind,
         kinds.DESKTOPPOOL.kind,
         kinds.DESKTOPCLAIM.kind,
+        kinds.STORAGEBACKEND.kind,
     }
 )
 
@@ -66,5 +68,6 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *rebalancing.Rebalancing(rt).handlers(),
         *pools.handlers(),
         *claims.handlers(),
+        storagebackends.handler(),
         *(notimplemented.handler(kind) for kind in not_implemented_kinds()),
     ]

@@ -117,3 +117,15 @@ def test_block_copy_paths_move_only_local_disks(layout: disks.Layout, tmp_path: 
         str(layout.state_dir / "disks/ns/vm1/scratch.qcow2"): planned["scratch"],
     }
     assert planned["data"] == str(there / "disks/ns/vm1/data.qcow2")
+
+
+def test_disk_on_a_storage_backend_is_refused_with_not_implemented(tmp_path: Path) -> None:
+    machine = machines.MachineSpec.model_validate(
+        {"cpu": {}, "memory": "1Gi", "disks": [{"name": "d", "size": "1Gi", "backend": "nas-1"}]}
+    )
+    layout = disks.Layout(state_dir=tmp_path / "state", image_dir=tmp_path / "img")
+    with pytest.raises(disks.DiskError) as caught:
+        disks.plan(machine, domainxml.Identity("ns", "vm", "uid"), layout)
+    assert caught.value.reason == "NotImplemented"
+    assert "StorageBackend 'nas-1'" in str(caught.value)
+    assert not (tmp_path / "state").exists()  # nothing was created

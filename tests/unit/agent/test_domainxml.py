@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -144,6 +145,81 @@ def test_disks_targets_per_bus() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("buses", "devs"),
+    [
+        (["virtio"], ["vda"]),
+        (["scsi", "scsi"], ["sda", "sdb"]),
+        (["sata", "scsi", "virtio", "scsi"], ["sda", "sdb", "vda", "sdc"]),
+        (["virtio"] * 27, [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + ["vdaa"]),
+    ],
+)
+def test_target_devs_numbered_per_name_prefix(buses: list[str], devs: list[str]) -> None:
+    assert domainxml.target_devs(buses) == devs
+
+
+def _disk_xml(placed: domainxml.DiskPlacement) -> ET.Element:
+    machine = _machine(disks=[{"name": placed.name, "bus": placed.bus}])
+    return _tree(machine, disks=(placed,))
+
+
+ISCSI = domainxml.NetworkSource(
+    protocol="iscsi", host="10.9.0.2", port=3260, name="iqn.2026-12.io.kv:t1/1",
+    username="kv", secret_usage="kubevisor-iscsi-t1",
+)  # fmt: skip
+NFS = domainxml.NetworkSource(protocol="nfs", host="10.9.0.3", name="/export/ns/vm/root.qcow2")
+
+
+@pytest.mark.parametrize(
+    ("placed", "disk_xml", "controllers"),
+    [
+        (
+            domainxml.DiskPlacement(name="r", path=Path("/d/r.qcow2"), bus="scsi"),
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            "<source file='/d/r.qcow2'/><target dev='sda' bus='scsi'/>"
+            "<alias name='ua-disk-r'/></disk>",
+            ["virtio-scsi"],
+        ),
+        (
+            domainxml.DiskPlacement(name="r", path=Path("/d/r.qcow2")),
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            "<source file='/d/r.qcow2'/><target dev='vda' bus='virtio'/>"
+            "<alias name='ua-disk-r'/></disk>",
+            [],
+        ),
+        (
+            domainxml.DiskPlacement(
+                name="r", path=Path("lun"), bus="scsi", format="raw", device="lun", network=ISCSI
+            ),
+            "<disk type='network' device='lun'><driver name='qemu' type='raw' cache='none'/>"
+            "<source protocol='iscsi' name='iqn.2026-12.io.kv:t1/1'>"
+            "<host name='10.9.0.2' port='3260'/><auth username='kv'>"
+            "<secret type='iscsi' usage='kubevisor-iscsi-t1'/></auth></source>"
+            "<target dev='sda' bus='scsi'/><alias name='ua-disk-r'/></disk>",
+            ["virtio-scsi"],
+        ),
+        (
+            domainxml.DiskPlacement(name="r", path=Path("nfs"), network=NFS),
+            "<disk type='network' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            "<source protocol='nfs' name='/export/ns/vm/root.qcow2'>"
+            "<host name='10.9.0.3' transport='tcp'/><identity user='root' group='root'/>"
+            "</source><target dev='vda' bus='virtio'/><alias name='ua-disk-r'/></disk>",
+            [],
+        ),
+    ],
+    ids=["scsi-file", "virtio-file", "scsi-lun-iscsi-chap", "nfs"],
+)
+def test_disk_sources_and_scsi_controller(
+    placed: domainxml.DiskPlacement, disk_xml: str, controllers: list[str]
+) -> None:
+    root = _disk_xml(placed)
+    (disk,) = root.findall("devices/disk")
+    got_xml = ET.canonicalize(ET.tostring(disk, encoding="unicode"), strip_text=True)
+    assert got_xml == ET.canonicalize(disk_xml, strip_text=True)
+    got = [c.get("model") for c in root.findall("devices/controller[@type='scsi']")]
+    assert got == controllers
+
+
 def test_nic_is_named_tap_on_bridge_with_stable_mac() -> None:
     (iface,) = _tree().findall("devices/interface")
     assert iface.get("type") == "bridge"
@@ -251,3 +327,26 @@ def test_for_destination_rewrites_block_copied_disks_and_the_display(
     files = [d.find("source").get("file") for d in out.iter("disk")]  # type: ignore[union-attr]
     assert files == expected
     assert [g.get("listen") for g in out.iter("graphics")] == ["10.77.0.12"]
+
+
+def test_scsi_lun_and_nfs_disks_validate_against_libvirts_schema(tmp_path: Path) -> None:
+    """libvirt's own RelaxNG schema (virt-xml-validate) accepts the network disks, the
+    LUN pass-through and the virtio-scsi controller as rendered."""
+    if not (shutil.which("virt-xml-validate") and shutil.which("xmllint")):
+        pytest.skip("virt-xml-validate/xmllint missing (libvirt-clients, libxml2-utils)")
+    machine = _machine(
+        disks=[{"name": "lun", "bus": "scsi", "device": "lun", "backend": "san"}, {"name": "nas"}]
+    )
+    placed = (
+        domainxml.DiskPlacement(
+            name="lun", path=Path("lun"), bus="scsi", format="raw", device="lun", network=ISCSI
+        ),
+        domainxml.DiskPlacement(name="nas", path=Path("nas"), network=NFS),
+    )
+    xml = domainxml.render(machine, IDENTITY, _placement(disks=placed), FACTS)
+    (tmp_path / "domain.xml").write_text(xml)
+    proc = subprocess.run(
+        ["virt-xml-validate", str(tmp_path / "domain.xml"), "domain"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -178,3 +178,12 @@ def test_renewal_keeps_a_short_lease_duration_for_tests() -> None:
         current={}, node="n", labels={}, capacity=nodes.Capacity(), segments=[], now=now
     )
     assert default["spec"]["leaseDurationSeconds"] == nodes.LEASE_DURATION_S == 30
+
+
+def test_capacity_reports_reached_storage_backends_only_when_any() -> None:
+    plain = nodes.Capacity(cpu=1)
+    assert "storageBackends" not in nodes.capacity_json(plain)
+    reached = nodes.Capacity(cpu=1, storage_backends={"san-1": "iscsi", "nas-1": "nfs"})
+    text = nodes.capacity_json(reached)
+    assert '"storageBackends":{"nas-1":"nfs","san-1":"iscsi"}' in text
+    assert nodes.parse_capacity(text) == reached

@@ -74,6 +74,12 @@ class Heartbeat:
             self.rtts = dict(rtts)
             self._wake.set()
 
+    def set_storage_backends(self, reached: dict[str, str]) -> None:
+        """Publish the StorageBackends this node reaches (name -> type) if they changed."""
+        if dict(self.capacity.storage_backends) != reached:
+            self.capacity = self.capacity.model_copy(update={"storage_backends": dict(reached)})
+            self._wake.set()
+
     async def peers(self) -> list[nodes.NodeLease]:
         """Every other agent's node, as its Lease describes it."""
         leases = await self._coordination.list_namespaced_lease(

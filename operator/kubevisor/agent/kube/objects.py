@@ -42,6 +42,13 @@ def remove_finalizer_ops(finalizers: list[str] | None, finalizer: str) -> list[d
     return [{"op": "test", "path": path, "value": finalizer}, {"op": "remove", "path": path}]
 
 
+async def list_cluster_objects(api: client.ApiClient, plural: str) -> list[dict[str, Any]]:
+    """Every object of a cluster-scoped kubevisor kind (e.g. storagebackends)."""
+    custom: Any = client.CustomObjectsApi(api)
+    listed = await custom.list_cluster_custom_object(groups.GROUP, groups.VERSION, plural)
+    return list(listed.get("items") or [])
+
+
 class CustomObjects:
     """Namespaced objects of one kubevisor kind."""
 

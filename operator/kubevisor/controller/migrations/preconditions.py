@@ -14,8 +14,9 @@ order (the first one is the node's headline reason):
 4. every network the VM's NICs use (and so their VLANs, which the target creates on
    that network on demand);
 5. a migration URI the source can reach;
-6. storage: a shared disk needs the same shared storage on the target, a local disk
-   needs ``policy.allowBlockCopy``;
+6. storage: a disk on a StorageBackend needs the target to reach it (and, on a
+   ``local`` backend, block copy); a shared disk needs the same shared storage on the
+   target, a local disk needs ``policy.allowBlockCopy``;
 7. RTT from the source to the target (as either agent measured it) within
    ``policy.maxRTTMs``;
 8. the VM's CPU model runs on the target.
@@ -109,12 +110,27 @@ def _storage_refusals(
     machine: machines.MachineSpec,
     policy: migrations.MigrationPolicy,
 ) -> list[Refusal]:
-    if policy.allow_block_copy:
-        return []
     out = []
     for disk in machine.disks:
         shared = source.capacity.shared_storage
-        if disk.storage == "local":
+        if disk.backend is not None:
+            kind = target.capacity.storage_backends.get(disk.backend)
+            if kind is None:
+                out.append(
+                    Refusal(
+                        node,
+                        Reason.STORAGE_UNREACHABLE,
+                        f"disk {disk.name} is on StorageBackend {disk.backend}, "
+                        f"which node {node} does not reach.",
+                    )
+                )
+                continue
+            if kind != "local" or policy.allow_block_copy:
+                continue
+            why = f"is on StorageBackend {disk.backend} (type local, node {source.name}'s disk)"
+        elif policy.allow_block_copy:
+            continue
+        elif disk.storage == "local":
             why = f"is on node {source.name}'s local storage"
         elif shared is not None and target.capacity.shared_storage == shared:
             continue

@@ -30,6 +30,8 @@ class Node:
     cordoned: bool = False
     """Its Node object has ``spec.unschedulable: true`` (``kubectl cordon``): no new VM
     and no migration target goes there. The Lease stays the liveness signal."""
+    storage_backends: frozenset[str] = frozenset()
+    """StorageBackends its agent reports reaching (``nodes.Capacity.storage_backends``)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class Request:
     """Nodes the VM may run on at all (a clone of local disks: the source's node)."""
     only_reason: str = ""
     """Why ``only_nodes`` restricts it, e.g. "clone source disks are on node-a"."""
+    storage_backends: frozenset[str] = frozenset()
+    """StorageBackends the VM's disks name: the node must reach each."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ def request_for(
         node_selector=dict(machine.node_selector),
         only_nodes=frozenset(only_nodes) if only_nodes is not None else None,
         only_reason=only_reason,
+        storage_backends=frozenset(d.backend for d in machine.disks if d.backend is not None),
     )
 
 
@@ -121,6 +126,7 @@ def node_from_lease(
         gpus=capacity.gpus,
         networks=frozenset(capacity.networks),
         shared_storage=capacity.shared_storage,
+        storage_backends=frozenset(capacity.storage_backends),
         alive=parsed.alive(now),
         cordoned=parsed.name in cordoned,
     )
@@ -176,6 +182,10 @@ def refusal(node: Node, used: Usage, request: Request, *, cpu_overcommit: float 
     missing = sorted(request.networks - node.networks)
     if missing:
         return f"lacks network{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+    unreached = sorted(request.storage_backends - node.storage_backends)
+    if unreached:
+        plural = "s" if len(unreached) > 1 else ""
+        return f"does not reach StorageBackend{plural} {', '.join(unreached)}"
     free_cpu = room.cpu
     if free_cpu < request.cpu:
         return f"not enough CPU (need {request.cpu}, free {max(free_cpu, 0)})"

@@ -195,3 +195,32 @@ def test_selector_mismatch_lists_the_node_labels() -> None:
     )
     why = placing.place(req, [node], {}).reason
     assert "its labels: kubevisor.io/agent=true, zone=a" in why
+
+
+@pytest.mark.parametrize(
+    ("reached", "asked", "why"),
+    [
+        (frozenset({"nas-1"}), frozenset({"nas-1"}), ""),
+        (frozenset(), frozenset(), ""),
+        (frozenset({"san-1"}), frozenset({"nas-1"}), "does not reach StorageBackend nas-1"),
+        (frozenset(), frozenset({"b", "a"}), "does not reach StorageBackends a, b"),
+    ],
+)
+def test_node_must_reach_every_backend_the_disks_name(
+    reached: frozenset[str], asked: frozenset[str], why: str
+) -> None:
+    node = placing.Node("node-1", cpu=8, memory_bytes=2**34, storage_backends=reached)
+    req = placing.Request(1, 2**30, 0, frozenset(), {}, storage_backends=asked)
+    assert placing.refusal(node, placing.Usage(), req) == why
+
+
+def test_request_names_the_backends_of_its_disks_and_lease_reports_them() -> None:
+    machine = machines.MachineSpec.model_validate(
+        {"memory": "1Gi", "cpu": {}, "disks": [
+            {"name": "a", "backend": "nas-1"}, {"name": "b"}, {"name": "c", "backend": "nas-1"},
+        ]}
+    )  # fmt: skip
+    assert placing.request_for(machine).storage_backends == {"nas-1"}
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+    cap = {"cpu": 2, "memoryBytes": 2**30, "networks": [], "storageBackends": {"nas-1": "nfs"}}
+    assert placing.node_from_lease(_lease(now, cap), now=now).storage_backends == {"nas-1"}

@@ -1,0 +1,2 @@
+"""StorageBackends on the node: ``reaching`` (which ones this node reaches, published in
+its Lease)."""
