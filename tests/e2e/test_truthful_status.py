@@ -194,8 +194,10 @@ def _nudged(value: Any) -> Any:
 def _mutated(example: dict[str, Any], changes: list[tuple[int, Any]]) -> dict[str, Any]:
     """``example`` with leaves of its spec replaced (None: removed; NUDGE: nudged)."""
     obj = copy.deepcopy(example)
-    leaves = _leaves(obj["spec"])
     for index, value in changes:
+        leaves = _leaves(obj["spec"])  # again: an earlier change may have removed one
+        if not leaves or leaves == [()]:
+            break
         *parents, last = leaves[index % len(leaves)]
         holder: Any = obj["spec"]
         for step in parents:
