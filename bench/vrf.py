@@ -62,6 +62,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+import _vrf_routing
 
 # The product's VRF path. When operator/ moves, re-point these four imports; the names used
 # are: vrfrealizing.VRFRealizer, vrfnaming.{ALIAS_SEGMENT, ALIAS_NODE_SIDE}, linking.RULE_PRIORITY,
@@ -548,6 +549,26 @@ def table(results: dict[str, tuple[float, ReadBack]], vrfs: int) -> str:
     return "\n".join(lines)
 
 
+def routing_main(prefixes: int) -> int:
+    """``--routing``: see `_vrf_routing`; a table and one JSON line."""
+    if not 0 < prefixes <= 16384:
+        print("--prefixes must be 1..16384", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("bench/vrf.py needs root (network namespaces, cgroups)", file=sys.stderr)
+        return 2
+    try:
+        with h.sigterm_as_interrupt():
+            result = _vrf_routing.run(f"kvbench{os.getpid()}-", prefixes)
+    except KeyboardInterrupt:
+        log("interrupted; cleaned up")
+        return 130
+    print(_vrf_routing.table(result, prefixes))
+    line = {"bench": "vrf-routing", "prefixes": prefixes, **result}
+    print(json.dumps(line, sort_keys=True))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/vrf.py", description=__doc__.splitlines()[0])
     parser.add_argument("--vrfs", type=int, default=100, help="VRFs per row (<= 4096)")
@@ -555,7 +576,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=",".join(HEADLINE + SECONDARY),
                         help="comma-separated rows to run, in order (default: all); targets "
                         "need ip-batch, ip-per-object and product")  # fmt: skip
+    parser.add_argument(
+        "--routing",
+        action="store_true",
+        help="instead: a VRF's routing daemon learning --prefixes routes from "
+        "a BGP peer, against the same daemon in a bare namespace (issue 18)",
+    )
+    parser.add_argument("--prefixes", type=int, default=10_000,
+                        help="prefixes the peer announces with --routing (<= 16384)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.routing:
+        return routing_main(args.prefixes)
     keys = [k for k in args.rows.split(",") if k]
     unknown = set(keys) - set(LABELS)
     if unknown or not 0 < args.vrfs <= 4096 or not 0 < args.routes <= 1000:
