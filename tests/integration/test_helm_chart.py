@@ -46,6 +46,19 @@ RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Ro
 #: An RBAC denial in a log: an HTTP 403 (not the milliseconds of a timestamp such as
 #: ``05:40:58,403``), or the API server's and kopf's words for it.
 FORBIDDEN = re.compile(r"(?<![\d,.:])403(?!\d)|Forbidden|forbidden|Not enough permissions")
+#: Log records start with a timestamp; a record's continuation lines (kubernetes' "Reason:"
+#: and "HTTP response body:") belong to it.
+RECORD_START = re.compile(r"^\[\d{4}-\d\d-\d\d ", re.M)
+
+
+def _denials(log: str) -> list[str]:
+    """The log records that show an RBAC refusal. A namespace another test is deleting
+    refuses new Events with 403 too ("is being terminated"): that record is not RBAC."""
+    starts = [m.start() for m in RECORD_START.finditer(log)] or [0]
+    if starts[0] != 0:
+        starts.insert(0, 0)
+    records = [log[a:b] for a, b in zip(starts, [*starts[1:], len(log)], strict=True)]
+    return [r.strip() for r in records if FORBIDDEN.search(r) and "is being terminated" not in r]
 
 
 def _wait(predicate: Callable[[], Any], *, timeout: float = 60, what: str) -> Any:
@@ -462,20 +475,9 @@ def test_controller_and_agent_work_under_their_roles(
         with contextlib.suppress(kubernetes.client.ApiException):
             coord.delete_namespaced_lease(NODE, NS)
 
-    log = controller_log.read_text(errors="replace")
-    # a namespace another test is deleting refuses new Events with 403 too: not RBAC
-    denied = [
-        line
-        for line in log.splitlines()
-        if FORBIDDEN.search(line) and "is being terminated" not in line
-    ]
+    denied = _denials(controller_log.read_text(errors="replace"))
     assert not denied, "controller hit RBAC denials:\n" + "\n".join(denied[:20])
-    log = agent_log.read_text(errors="replace")
-    denied = [
-        line
-        for line in log.splitlines()
-        if FORBIDDEN.search(line) and "is being terminated" not in line
-    ]
+    denied = _denials(agent_log.read_text(errors="replace"))
     assert not denied, "agent hit RBAC denials:\n" + "\n".join(denied[:20])
 
 
