@@ -23,6 +23,8 @@ from kubevisor.agent.backups import handling as backuphandling
 from kubevisor.agent.kernel import bridges
 from kubevisor.agent.kube import connecting, leases, objects
 from kubevisor.agent.libvirt import Hypervisor
+from kubevisor.agent.storagebackends import catalog as backendcatalog
+from kubevisor.agent.storagebackends import diskstore, nfsdisks
 from kubevisor.agent.storagebackends import reaching as storagereach
 from kubevisor.agent.vms import realizing
 from kubevisor.agent.vrfs import handling as vrfhandling
@@ -156,8 +158,18 @@ async def run(args: argparse.Namespace) -> None:
             managed=managed,
             heartbeat=heartbeat,
         )
+        backends = backendcatalog.Catalog(
+            functools.partial(objects.list_cluster_objects, api, kinds.STORAGEBACKEND.plural)
+        )
+        nfs = nfsdisks.NFSDisks(args.netns)
         agent = realizing.Agent(
-            api, hv, cfg, segments=adapter, heartbeat=heartbeat, node_segments=node_segments
+            api,
+            hv,
+            cfg,
+            segments=adapter,
+            heartbeat=heartbeat,
+            node_segments=node_segments,
+            store=diskstore.DiskStore(layout, backends, nfs),
         )
         logger.info(
             "agent for node %s: libvirt %s, networks %s (managed: %s)",
@@ -168,7 +180,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         reaching_backends = asyncio.get_running_loop().create_task(
             storagereach.run(
-                functools.partial(objects.list_cluster_objects, api, kinds.STORAGEBACKEND.plural),
+                backends.list,
                 heartbeat.set_storage_backends,
                 shared_dir=args.shared_dir,
                 netns=args.netns,
@@ -204,6 +216,7 @@ async def run(args: argparse.Namespace) -> None:
                 vrfs.cancel()
                 with contextlib.suppress(BaseException):
                     await vrfs
+            nfs.close()
 
 
 def main(argv: list[str] | None = None) -> int:
