@@ -30,8 +30,8 @@ is planned as that ``storage``; one on an ``nfs`` backend is the file
 unambiguous: namespace and disk names are DNS labels without dots), opened by QEMU's own
 NFS client (:class:`NFSFile`). Files in the export's root because QEMU's client takes an
 ``nfs://`` URL's last path part as the file and the rest as the export to mount. A linked
-clone's base is node-local, at the same path on every node. ``iscsi`` (a whole LUN) is not
-opened yet.
+clone's base is node-local, at the same path on every node. A disk on an ``iscsi``
+backend is the whole LUN (:class:`ISCSILun`, raw), never made, never deleted.
 """
 
 from __future__ import annotations
@@ -103,6 +103,37 @@ class NFSFile:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class ISCSILun:
+    """A whole SCSI LUN on an iSCSI target, opened by QEMU's client (libiscsi)."""
+
+    portal: str
+    port: int
+    iqn: str
+    lun: int
+    backend: str
+    """The StorageBackend's name: the libvirt secret holding its CHAP password is named
+    after it (:func:`chap_secret_usage`)."""
+    username: str | None = None
+    """The CHAP user, once read from the backend's Secret (None: no CHAP)."""
+
+    @property
+    def source(self) -> domainxml.NetworkSource:
+        return domainxml.NetworkSource(
+            protocol="iscsi",
+            host=self.portal,
+            port=self.port,
+            name=f"{self.iqn}/{self.lun}",
+            username=self.username,
+            secret_usage=chap_secret_usage(self.backend) if self.username else None,
+        )
+
+
+def chap_secret_usage(backend: str) -> str:
+    """The libvirt secret (usage type iscsi) holding a backend's CHAP password (pure)."""
+    return f"kubevisor-iscsi-{backend}"
+
+
 def nfs_file_name(identity: domainxml.Identity, disk_name: str) -> str:
     """The VM's disk file in an export's root (pure): ``<namespace>.<vm>.<disk>.qcow2``."""
     return f"{identity.namespace}.{identity.name}.{disk_name}.qcow2"
@@ -125,6 +156,10 @@ class DiskPlan:
     nfs: NFSFile | None = None
     """Set for a disk on an NFS backend: the image is there (``path`` only names it in
     logs), made and deleted over the network, never with the node's file calls."""
+    iscsi: ISCSILun | None = None
+    """Set for a disk on an iSCSI backend: the whole LUN, raw; nothing is made or deleted
+    (a LUN is the SAN's, not ours)."""
+    device: machines.DiskDevice = "disk"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,10 +267,10 @@ def block_copy_paths(
 
 def backend_disk(
     disk: machines.Disk, backends: Mapping[str, storagebackends.StorageBackendSpec]
-) -> tuple[machines.Disk, storagebackends.NFSSource | None]:
+) -> tuple[machines.Disk, storagebackends.NFSSource | storagebackends.ISCSISource | None]:
     """The disk as planned on its backend (pure): a ``local`` / ``shared`` backend is that
-    ``storage``; an ``nfs`` one also returns its source. Raises DiskError for a backend
-    this node does not know (deleted since placement) or one it cannot open (iscsi)."""
+    ``storage``; an ``nfs`` or ``iscsi`` one also returns its source. Raises DiskError
+    for a backend this node does not know (deleted since placement)."""
     if disk.backend is None:
         return disk, None
     spec = backends.get(disk.backend)
@@ -248,10 +283,11 @@ def backend_disk(
         return disk.model_copy(update={"storage": spec.type}), None
     if spec.type == "nfs" and spec.nfs is not None:
         return disk, spec.nfs
-    raise DiskError(
-        conditions.Reason.NOT_IMPLEMENTED,
-        f"disk {disk.name!r} names StorageBackend {disk.backend!r} of type {spec.type}: "
-        "this agent does not open iSCSI LUNs yet (docs/storage.md)",
+    if spec.type == "iscsi" and spec.iscsi is not None:
+        return disk, spec.iscsi
+    raise DiskError(  # the API server refuses such a backend; an agent never guesses
+        conditions.Reason.INVALID_SPEC,
+        f"disk {disk.name!r}: StorageBackend {disk.backend!r} has no {spec.type} fields",
     )
 
 
@@ -267,30 +303,14 @@ def plan(
     not there is refused with StorageFailed)."""
     plans = []
     for spec_disk in machine.disks:
-        disk, nfs = backend_disk(spec_disk, backends or {})
-        base = None
-        if nfs is not None:
-            if disk.image is not None and parse_vm_image(disk.image) is not None:
-                raise DiskError(
-                    "InvalidSpec",
-                    f"disk {disk.name!r}: a clone of another VM's disk cannot be made on "
-                    f"StorageBackend {disk.backend!r} (nfs) yet",
-                )
-            remote = NFSFile(nfs.server, str(nfs.export), nfs_file_name(identity, disk.name))
-            if disk.image is not None:
-                base = resolve_image(disk.image, layout.image_dir)
-                if base is None:
-                    raise DiskError(
-                        "ImageNotFound",
-                        f"disk {disk.name!r}: base image {disk.image!r} not found "
-                        f"(looked in {layout.image_dir})",
-                    )
-            elif disk.size is None:
-                raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
-            plans.append(
-                dataclasses.replace(_plan(disk, Path(nfs.export) / remote.name, base), nfs=remote)
-            )
+        disk, on = backend_disk(spec_disk, backends or {})
+        if isinstance(on, storagebackends.ISCSISource):
+            plans.append(_lun_plan(disk, on))
             continue
+        if on is not None:
+            plans.append(_nfs_plan(disk, on, identity, layout))
+            continue
+        base = None
         path = disk_path(layout, identity, disk)
         ref = parse_vm_image(disk.image) if disk.image is not None else None
         if ref is not None:
@@ -323,6 +343,58 @@ def plan(
     return plans
 
 
+def _nfs_plan(
+    disk: machines.Disk,
+    nfs: storagebackends.NFSSource,
+    identity: domainxml.Identity,
+    layout: Layout,
+) -> DiskPlan:
+    """A disk that is an image in an NFS export's root; its base is node-local (pure)."""
+    if disk.image is not None and parse_vm_image(disk.image) is not None:
+        raise DiskError(
+            "InvalidSpec",
+            f"disk {disk.name!r}: a clone of another VM's disk cannot be made on "
+            f"StorageBackend {disk.backend!r} (nfs) yet",
+        )
+    remote = NFSFile(nfs.server, str(nfs.export), nfs_file_name(identity, disk.name))
+    base = None
+    if disk.image is not None:
+        base = resolve_image(disk.image, layout.image_dir)
+        if base is None:
+            raise DiskError(
+                "ImageNotFound",
+                f"disk {disk.name!r}: base image {disk.image!r} not found "
+                f"(looked in {layout.image_dir})",
+            )
+    elif disk.size is None:
+        raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
+    return dataclasses.replace(_plan(disk, Path(nfs.export) / remote.name, base), nfs=remote)
+
+
+def _lun_plan(disk: machines.Disk, source: storagebackends.ISCSISource) -> DiskPlan:
+    """A disk that is a whole LUN: what the LUN holds is the disk, so there is no base to
+    clone and no size to give (pure)."""
+    if disk.image is not None:
+        raise DiskError(
+            "InvalidSpec",
+            f"disk {disk.name!r} is a whole LUN on StorageBackend {disk.backend!r}: a LUN "
+            "has no backing file, so it cannot be a clone of an image; leave image unset",
+        )
+    assert disk.backend is not None
+    lun = ISCSILun(source.portal, source.port, source.iqn, source.lun, backend=disk.backend)
+    return DiskPlan(
+        name=disk.name,
+        path=Path("iscsi") / source.iqn / str(source.lun),
+        base=None,
+        clone=disk.clone,
+        size_bytes=None,
+        retain=disk.retain,
+        bus=disk.bus,
+        iscsi=lun,
+        device=disk.device,
+    )
+
+
 def _plan(
     disk: machines.Disk,
     path: Path,
@@ -353,11 +425,17 @@ def clone_sources(plans: list[DiskPlan]) -> list[domainxml.Identity]:
 
 def placements(plans: list[DiskPlan]) -> tuple[domainxml.DiskPlacement, ...]:
     """What the domain XML needs from the plans."""
-    return tuple(
-        domainxml.DiskPlacement(
-            name=p.name, path=p.path, bus=p.bus, network=p.nfs.source if p.nfs else None
-        )
-        for p in plans
+    return tuple(_placement(p) for p in plans)
+
+
+def _placement(p: DiskPlan) -> domainxml.DiskPlacement:
+    if p.iscsi is not None:
+        return domainxml.DiskPlacement(
+            name=p.name, path=p.path, bus=p.bus, format="raw", device=p.device,
+            network=p.iscsi.source,
+        )  # fmt: skip
+    return domainxml.DiskPlacement(
+        name=p.name, path=p.path, bus=p.bus, network=p.nfs.source if p.nfs else None
     )
 
 
@@ -370,7 +448,7 @@ def deletable(plans: list[DiskPlan], layout: Layout) -> list[Path]:
     bases = {p.base for p in plans if p.base is not None}
     result = []
     for p in plans:
-        if p.retain or p.path in bases or p.nfs is not None:
+        if p.retain or p.path in bases or p.nfs is not None or p.iscsi is not None:
             continue
         if (
             p.source_vm is not None
@@ -461,8 +539,8 @@ async def ensure(disk: DiskPlan) -> bool:
     directory and renamed, so a crash mid-copy never leaves a half disk that a later pass
     would take for the real one. (NFS disks: ``storagebackends.nfsdisks``.)
     """
-    if disk.nfs is not None:
-        raise DiskError("InvalidSpec", f"disk {disk.name!r} is on NFS, not a node file")
+    if disk.nfs is not None or disk.iscsi is not None:
+        raise DiskError("InvalidSpec", f"disk {disk.name!r} is on a backend, not a node file")
     if disk.path.exists():
         return False
     if disk.base is not None and disk.path.resolve() == disk.base.resolve():

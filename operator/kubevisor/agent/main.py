@@ -169,7 +169,12 @@ async def run(args: argparse.Namespace) -> None:
             segments=adapter,
             heartbeat=heartbeat,
             node_segments=node_segments,
-            store=diskstore.DiskStore(layout, backends, nfs),
+            store=diskstore.DiskStore(
+                layout,
+                backends,
+                nfs,
+                diskstore.CHAP(objects.Secrets(api), hv, nodes.LEASE_NAMESPACE),
+            ),
         )
         logger.info(
             "agent for node %s: libvirt %s, networks %s (managed: %s)",

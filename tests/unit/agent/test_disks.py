@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -136,9 +137,8 @@ BACKENDS = {
     ("backend", "reason", "words"),
     [
         ("nas-2", "StorageFailed", "StorageBackend 'nas-2' does not exist"),
-        ("san", "NotImplemented", "does not open iSCSI LUNs yet"),
     ],
-    ids=["unknown-backend", "iscsi-not-yet"],
+    ids=["unknown-backend"],
 )
 def test_disk_on_a_backend_this_node_cannot_open_is_refused(
     tmp_path: Path, backend: str, reason: str, words: str
@@ -171,6 +171,27 @@ def test_nfs_disk_is_a_file_in_the_exports_root_opened_by_qemus_client(
     # deleting the VM: the NFS image that is not retained, and no node file at all
     assert disks.deletable([root, data], layout) == []
     assert disks.deletable_nfs([root, data]) == [root.nfs]
+
+
+def test_iscsi_disk_is_the_whole_lun_never_made_nor_deleted(layout: disks.Layout) -> None:
+    machine = _machine({"name": "lun", "bus": "scsi", "device": "lun", "backend": "san"})
+    (lun,) = disks.plan(machine, IDENTITY, layout, BACKENDS)
+    assert lun.iscsi == disks.ISCSILun("10.77.0.251", 3260, "iqn.2026-12.io.kv:t", 1, "san")
+    assert lun.base is None and lun.nfs is None
+    chap = dataclasses.replace(lun, iscsi=dataclasses.replace(lun.iscsi, username="kv"))
+    (placed,) = disks.placements([chap])
+    assert placed.format == "raw" and placed.device == "lun" and placed.bus == "scsi"
+    assert placed.network == domainxml.NetworkSource(
+        protocol="iscsi", host="10.77.0.251", port=3260, name="iqn.2026-12.io.kv:t/1",
+        username="kv", secret_usage="kubevisor-iscsi-san",
+    )  # fmt: skip
+    assert disks.deletable([chap], layout) == [] and disks.deletable_nfs([chap]) == []
+    assert disks.local_disk_targets(machine) == []  # never block-copied
+    with pytest.raises(disks.DiskError, match="a LUN has no backing file"):
+        disks.plan(
+            _machine({"name": "lun", "image": "tiny", "bus": "scsi", "backend": "san"}),
+            IDENTITY, layout, BACKENDS,
+        )  # fmt: skip
 
 
 def test_nfs_disk_cannot_be_a_clone_of_another_vm(layout: disks.Layout) -> None:
