@@ -190,3 +190,25 @@ def tiny_domain_xml(
   </devices>
 </domain>
 """
+
+
+SCSI_MARKER = "kubevisor-guest: scsi "
+#: Waits (up to 30 s) for the SCSI scan, then prints each sd disk with its size and the
+#: model the device answers to an INQUIRY, and the driver its host adapter is bound to;
+#: then reads sda's first sector (``kubevisor-guest: scsi-read bytes=512``).
+SCSI_SCRIPT = (
+    "i=0; while [ ! -e /sys/block/sda ] && [ $i -lt 300 ]; do usleep 100000; i=$((i+1)); done; "
+    "for b in /sys/block/sd*; do d=$(basename $b); "
+    'echo "kubevisor-guest: scsi $d sectors=$(cat $b/size) '
+    "model=$(cat $b/device/model | tr -d ' ') "
+    'driver=$(basename $(readlink -f $b/device/../../../driver))"; done; '
+    "dd if=/dev/sda bs=512 count=1 2>/dev/null | wc -c | "
+    'sed "s/^/kubevisor-guest: scsi-read bytes=/"'
+)
+
+
+def scsi_disks(console_text: str) -> list[tuple[str, str, str, str]]:
+    """(device, sectors, model, driver) of each SCSI disk :data:`SCSI_SCRIPT` printed."""
+    return re.findall(
+        re.escape(SCSI_MARKER) + r"(\S+) sectors=(\d+) model=(\S+) driver=(\S+)", console_text
+    )
