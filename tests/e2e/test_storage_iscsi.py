@@ -129,8 +129,9 @@ def test_guest_sees_the_lun_through_chap_and_the_lun_outlives_the_vm(
     assert disks == [("sda", str(LUN_BYTES // 512), "VIRTUAL-DISK", "virtio_scsi")], log
     assert "kubevisor-guest: scsi-read bytes=512" in log
     # the password is not in the domain's definition: libvirt holds it as a secret
+    domain = naming.domain_name("default", "on-lun")
     xml = subprocess.run(
-        ["virsh", "-c", cluster.nodes[0].libvirt_uri, "dumpxml", naming.domain_name("default", "on-lun")],
+        ["virsh", "-c", cluster.nodes[0].libvirt_uri, "dumpxml", domain],
         capture_output=True, text=True, check=False,
     ).stdout  # fmt: skip
     assert PASSWORD not in xml
