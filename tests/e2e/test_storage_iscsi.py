@@ -53,6 +53,8 @@ def dev() -> Iterator[tuple[devcluster.DevCluster, devsan.SAN]]:
         )
         for name, password in (("san-1", PASSWORD), ("san-wrong", "not-the-password")):
             dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
+                {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": nodecontract.LEASE_NAMESPACE}},
                 {
                     "apiVersion": "v1",
                     "kind": "Secret",
