@@ -64,7 +64,10 @@ class DiskStore:
         return disks.with_backends(machine, await self.catalog.for_machine(machine))
 
     async def ensure(self, disk: disks.DiskPlan) -> bool:
-        """Make the disk unless it is there; True when it was made now."""
+        """Make the disk unless it is there; True when it was made now (a LUN is the
+        SAN's: never made, so never True)."""
+        if disk.iscsi is not None:
+            return False
         if disk.nfs is None:
             return await disks.ensure(disk)
         if self.nfs is None:
