@@ -14,8 +14,8 @@ fast as the host's own file). On this machine the guest is emulated (TCG): each 
 ``dd`` processes costs far more CPU than the host's, which the random-write figure shows
 most. Prints a table and one JSON line. Exits non-zero when a guest does not report.
 
-Run as root from the repo root: ``.venv/bin/python bench/storage.py [--mib 32]
-[--random 200]``.
+Run as root from the repo root: ``.venv/bin/python bench/storage.py [--mib 128]
+[--random 1000]``.
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def run_guest(dev: cluster.DevCluster, name: str, disk: dict[str, Any], device: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mib", type=int, default=32)
-    p.add_argument("--random", type=int, default=200)
+    p.add_argument("--mib", type=int, default=128)
+    p.add_argument("--random", type=int, default=1000)
     args = p.parse_args(argv)
     guest.ensure_tiny_image()
     dev = cluster.up(CLUSTER, nodes_count=1)
