@@ -297,7 +297,12 @@ class SourceRole:
 
         outcome: sourcing.Report
         try:
-            request = migrating.build(policy, shared_storage=True, local_disks=local)
+            request = migrating.build(
+                policy,
+                shared_storage=True,
+                local_disks=local,
+                management_address=dest.management_address,
+            )
             xml = domainxml.for_destination(
                 await migrating.migratable_xml(self.hv, domain),
                 display_address=dest.address,
