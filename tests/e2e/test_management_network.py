@@ -77,9 +77,12 @@ def test_a_migration_crosses_the_management_network_not_the_vm_lan(
     dev: devcluster.DevCluster,
 ) -> None:
     for node in dev.nodes:
-        lease = _json(dev, "lease", "-n", nodecontract.LEASE_NAMESPACE, node.name)
-        capacity = nodecontract.parse(lease).capacity if lease else None
-        assert capacity is not None and capacity.management_address == node.management_ip
+        capacity = testing.wait_for(
+            lambda n=node: (lease := _json(dev, "lease", "-n", nodecontract.LEASE_NAMESPACE,
+                                           n.name)) and nodecontract.parse(lease).capacity,
+            timeout=60, what=f"{node.name}'s Lease", every=0.5,
+        )  # fmt: skip
+        assert capacity.management_address == node.management_ip
         assert capacity.migration_uri == node.management_uri
     template = yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())
     boot = {k: v for k, v in template["spec"]["boot"].items() if k != "cmdline"}
