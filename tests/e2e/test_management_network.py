@@ -58,6 +58,15 @@ def _status(dev: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any]:
     return _json(dev, kind, name).get("status") or {}
 
 
+def _finished(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The Migration's status once it failed, or succeeded with its final figures."""
+    if status.get("phase") == "Failed":
+        return status
+    if status.get("phase") == "Succeeded" and status.get("bytesTransferred") is not None:
+        return status
+    return None
+
+
 def _counters(node: nodes.SimNode) -> dict[str, int]:
     """rx+tx bytes of the node's management NIC and of its VM LAN uplink."""
     out = {}
@@ -110,8 +119,7 @@ def test_a_migration_crosses_the_management_network_not_the_vm_lan(
         "spec": {"vmName": "over-mgmt", "targetNode": target.name},
     }))  # fmt: skip
     mig = testing.wait_for(
-        lambda: ((s := _status(dev, "migration", "over-mgmt-1")).get("bytesTransferred")
-        is not None and s) or (s.get("phase") == "Failed" and s),
+        lambda: _finished(_status(dev, "migration", "over-mgmt-1")),
         timeout=240, what="Migration finished with its figures", every=0.5,
         show=lambda: _status(dev, "migration", "over-mgmt-1"),
     )  # fmt: skip
