@@ -10,6 +10,9 @@ simulated node, the controller and the agent.
 - The same LUN with a wrong password: Ready=False StorageFailed with the client's words,
   and the LUN's bytes are untouched.
 - Deleting the VM never deletes the LUN.
+- A guest boots its whole system from a LUN: SeaBIOS reads the boot sector through the
+  passed-through LUN, SYSLINUX loads the kernel and initramfs from it; no kernel is
+  given on the host.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ LUN_BYTES = 64 * 2**20
 @pytest.fixture(scope="module")
 def dev() -> Iterator[tuple[devcluster.DevCluster, devsan.SAN]]:
     testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "qemu-img", "tgtd", "tgtadm", "nsenter")
+    testing.require_tools("libvirtd", "qemu-img", "tgtd", "tgtadm", "nsenter", "mkfs.vfat", "mcopy",
+                          "syslinux")  # fmt: skip
     testing.require_tiny_guest(devcluster.GUEST_CACHE)
     try:
         dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0)
@@ -158,3 +162,39 @@ def test_a_wrong_chap_password_says_storage_failed_and_loses_nothing(
     assert "log in" in cond["message"].lower() or "auth" in cond["message"].lower(), cond
     assert backing.read_bytes()[:4096] == before
     cluster.run_kubectl("delete", "virtualmachine", "wrong-pass", "--wait=true", "--timeout=120s")
+
+
+def test_a_guest_boots_its_whole_system_from_the_lun(
+    dev: tuple[devcluster.DevCluster, devsan.SAN],
+) -> None:
+    cluster, target = dev
+    disk = target.state / "boot.img"
+    guest.bootable_disk(disk, cmdline=guest.kernel_cmdline(script=guest.TICKER_SCRIPT))
+    backing = target.state / "lun1.img"
+    with open(backing, "r+b") as lun, open(disk, "rb") as image:
+        lun.write(image.read())  # the LUN's first 32 MiB are now the bootable disk
+    cluster.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "kubevisor.io/v1alpha1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "from-lun"},
+        "spec": {
+            "runStrategy": "Always",
+            "memory": "256Mi",
+            "disks": [{"name": "lun", "bus": "scsi", "device": "lun", "backend": "san-1"}],
+            "boot": {"firmware": "bios"},
+            "display": {"vnc": False},
+        },
+    }))  # fmt: skip
+    status = testing.wait_for(
+        lambda: (s := _status(cluster, "from-lun")).get("phase") == "Running" and s,
+        timeout=180, what="from-lun Running", every=0.5, show=lambda: _status(cluster, "from-lun"),
+    )  # fmt: skip
+    console = Path(status["consoleLog"])
+    testing.wait_for(
+        lambda: console.exists() and guest.console_mark(console).tick >= 2,
+        timeout=240, what="the guest booted from the LUN and ticks", every=0.5,
+        show=lambda: console.read_text(errors="replace")[-2000:] if console.exists() else "",
+    )  # fmt: skip
+    text = console.read_text(errors="replace")
+    assert "SYSLINUX" in text and guest.BOOTED_MARKER in text, text[-2000:]
+    cluster.run_kubectl("delete", "virtualmachine", "from-lun", "--wait=true", "--timeout=120s")

@@ -117,6 +117,31 @@ def create_linked_disk(path: Path, *, base: Path) -> None:
     )
 
 
+def bootable_disk(path: Path, *, cmdline: str, size_mib: int = 32) -> None:
+    """A raw disk image a BIOS boots: a FAT file system holding the tiny kernel and
+    initramfs with SYSLINUX in its boot sector (a "superfloppy": no partition table),
+    booting them with ``cmdline``. Built without mounting anything (mkfs.vfat, mtools'
+    mcopy, ``syslinux --install``), so a guest can boot its whole system from a disk —
+    an iSCSI LUN in the storage tests — instead of a kernel given on the host."""
+    image = ensure_tiny_image()
+    path.unlink(missing_ok=True)
+    config = path.with_suffix(".syslinux.cfg")
+    config.write_text(
+        "SERIAL 0 115200\nDEFAULT tiny\nPROMPT 0\nTIMEOUT 0\nLABEL tiny\n  KERNEL vmlinuz\n"
+        f"  INITRD initrd.img\n  APPEND {cmdline}\n"
+    )
+    try:
+        for argv in (
+            ["mkfs.vfat", "-C", "-n", "KVBOOT", str(path), str(size_mib * 1024)],
+            ["mcopy", "-i", str(path), str(image.kernel), str(image.initrd), "::/"],
+            ["mcopy", "-i", str(path), str(config), "::/syslinux.cfg"],
+            ["syslinux", "--install", str(path)],
+        ):
+            subprocess.run(argv, check=True, capture_output=True, text=True)
+    finally:
+        config.unlink(missing_ok=True)
+
+
 def kernel_cmdline(
     *, ip: str | None = None, gateway: str | None = None, script: str | None = None
 ) -> str:
