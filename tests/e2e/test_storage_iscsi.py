@@ -1,6 +1,6 @@
 """VM disks on an iSCSI StorageBackend, end to end (issue 15): a real iSCSI target (tgt,
 user space, in its own network namespace on the fabric: devenv/san.py) behind CHAP, one
-simulated node, the controller and the agent.
+simulated nodes, the controller and the agents.
 
 - A VM whose disk is the backend's LUN (``bus: scsi``, ``device: lun``) boots; QEMU's own
   iSCSI client logs in with the CHAP user and password from the backend's Secret (the
@@ -12,7 +12,8 @@ simulated node, the controller and the agent.
 - Deleting the VM never deletes the LUN.
 - A guest boots its whole system from a LUN: SeaBIOS reads the boot sector through the
   passed-through LUN, SYSLINUX loads the kernel and initramfs from it; no kernel is
-  given on the host.
+  given on the host. It then live-migrates to the other node without block copy (both
+  nodes log in to the same LUN) and goes on ticking there, never booting again.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def dev() -> Iterator[tuple[devcluster.DevCluster, devsan.SAN]]:
                           "syslinux")  # fmt: skip
     testing.require_tiny_guest(devcluster.GUEST_CACHE)
     try:
-        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0)
+        dev = devcluster.up(CLUSTER, nodes_count=2, stop_timeout=5.0)
     except BaseException:
         devcluster.down(CLUSTER)
         raise
@@ -88,6 +89,15 @@ def _status(dev: devcluster.DevCluster, name: str) -> dict[str, Any]:
     proc = subprocess.run(
         [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", "get", "virtualmachine", name,
          "-o", "json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return (yaml.safe_load(proc.stdout) or {}).get("status") or {} if proc.returncode == 0 else {}
+
+
+def _migration(dev: devcluster.DevCluster, name: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", "get", "migration", name, "-o",
+         "json"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     return (yaml.safe_load(proc.stdout) or {}).get("status") or {} if proc.returncode == 0 else {}
@@ -197,4 +207,30 @@ def test_a_guest_boots_its_whole_system_from_the_lun(
     )  # fmt: skip
     text = console.read_text(errors="replace")
     assert "SYSLINUX" in text and guest.BOOTED_MARKER in text, text[-2000:]
+
+    there = next(n.name for n in cluster.nodes if n.name != status["nodeName"])
+    cluster.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "kubevisor.io/v1alpha1",
+        "kind": "Migration",
+        "metadata": {"name": "from-lun-away", "namespace": "default"},
+        "spec": {"vmName": "from-lun", "targetNode": there, "policy": {"allowBlockCopy": False}},
+    }))  # fmt: skip
+    mig = testing.wait_for(
+        lambda: (m := _migration(cluster, "from-lun-away")).get("phase") in ("Succeeded", "Failed")
+        and m,
+        timeout=240, what="the Migration ends", every=0.5,
+        show=lambda: _migration(cluster, "from-lun-away"),
+    )  # fmt: skip
+    assert mig["phase"] == "Succeeded", mig
+    moved = testing.wait_for(
+        lambda: (s := _status(cluster, "from-lun")).get("nodeName") == there and s,
+        timeout=60, what=f"from-lun runs on {there}", every=0.5,
+    )  # fmt: skip
+    after = Path(moved["consoleLog"])
+    mark = guest.console_mark(after) if after.exists() else None
+    testing.wait_for(
+        lambda: after.exists() and guest.console_mark(after).tick > (mark.tick if mark else 0),
+        timeout=60, what="the guest ticks on the target", every=0.5,
+    )  # fmt: skip
+    assert guest.console_mark(after).boots <= 1, "the guest booted again on the target"
     cluster.run_kubectl("delete", "virtualmachine", "from-lun", "--wait=true", "--timeout=120s")
