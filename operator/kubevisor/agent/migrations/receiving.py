@@ -231,8 +231,8 @@ class TargetRole:
             resolved = await self.store.resolved(machine)
             shared = {d.name for d in resolved.disks if d.storage == "shared"}
             for disk in plans:
-                if disk.nfs is not None:
-                    continue  # the image the source runs from, on the export both reach
+                if disk.nfs is not None or disk.iscsi is not None:
+                    continue  # the image (or LUN) the source runs from: both nodes reach it
                 exists = await asyncio.to_thread(disk.path.exists)
                 if disk.name in shared:
                     if not exists:
