@@ -310,7 +310,6 @@ def plan(
         if on is not None:
             plans.append(_nfs_plan(disk, on, identity, layout))
             continue
-        base = None
         path = disk_path(layout, identity, disk)
         ref = parse_vm_image(disk.image) if disk.image is not None else None
         if ref is not None:
@@ -329,18 +328,25 @@ def plan(
                 )
             plans.append(_plan(disk, path, source, source_vm=ref.identity))
             continue
-        if disk.image is not None:
-            base = resolve_image(disk.image, layout.image_dir)
-            if base is None:
-                raise DiskError(
-                    "ImageNotFound",
-                    f"disk {disk.name!r}: base image {disk.image!r} not found "
-                    f"(looked in {layout.image_dir})",
-                )
-        if base is None and disk.size is None:
-            raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
-        plans.append(_plan(disk, path, base))
+        plans.append(_plan(disk, path, _base_image(disk, layout)))
     return plans
+
+
+def _base_image(disk: machines.Disk, layout: Layout) -> Path | None:
+    """The node-local base image a disk is made from (None: an empty disk of its size).
+    Raises DiskError when the image is not on this node, or neither is given (pure)."""
+    if disk.image is None:
+        if disk.size is None:
+            raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
+        return None
+    base = resolve_image(disk.image, layout.image_dir)
+    if base is None:
+        raise DiskError(
+            "ImageNotFound",
+            f"disk {disk.name!r}: base image {disk.image!r} not found "
+            f"(looked in {layout.image_dir})",
+        )
+    return base
 
 
 def _nfs_plan(
@@ -357,17 +363,7 @@ def _nfs_plan(
             f"StorageBackend {disk.backend!r} (nfs) yet",
         )
     remote = NFSFile(nfs.server, str(nfs.export), nfs_file_name(identity, disk.name))
-    base = None
-    if disk.image is not None:
-        base = resolve_image(disk.image, layout.image_dir)
-        if base is None:
-            raise DiskError(
-                "ImageNotFound",
-                f"disk {disk.name!r}: base image {disk.image!r} not found "
-                f"(looked in {layout.image_dir})",
-            )
-    elif disk.size is None:
-        raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
+    base = _base_image(disk, layout)
     return dataclasses.replace(_plan(disk, Path(nfs.export) / remote.name, base), nfs=remote)
 
 
