@@ -5,7 +5,6 @@ controller + agent on a simulated node, and the guest's own kernel finds that di
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,18 +19,6 @@ from kubevisor.devenv import guest, testing
 pytestmark = pytest.mark.e2e
 
 CLUSTER = "kvsto"
-SCSI_MARKER = "kubevisor-guest: scsi "
-#: Waits (up to 30 s) for the SCSI scan, then prints each sd disk with its size and the
-#: model the device answers to an INQUIRY, and the driver its host adapter is bound to.
-SCSI_SCRIPT = (
-    "i=0; while [ ! -e /sys/block/sda ] && [ $i -lt 300 ]; do usleep 100000; i=$((i+1)); done; "
-    "for b in /sys/block/sd*; do d=$(basename $b); "
-    'echo "kubevisor-guest: scsi $d sectors=$(cat $b/size) '
-    "model=$(cat $b/device/model | tr -d ' ') "
-    'driver=$(basename $(readlink -f $b/device/../../../driver))"; done; '
-    "dd if=/dev/sda bs=512 count=1 2>/dev/null | wc -c | "
-    'sed "s/^/kubevisor-guest: scsi-read bytes=/"'
-)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +62,7 @@ def test_guest_sees_scsi_disk_as_sda(dev: devcluster.DevCluster) -> None:
             "boot": {
                 "kernel": str(image.kernel),
                 "initrd": str(image.initrd),
-                "cmdline": guest.kernel_cmdline(script=SCSI_SCRIPT),
+                "cmdline": guest.kernel_cmdline(script=guest.SCSI_SCRIPT),
             },
             "display": {"vnc": False},
         },
@@ -94,9 +81,7 @@ def test_guest_sees_scsi_disk_as_sda(dev: devcluster.DevCluster) -> None:
         return text if "kubevisor-guest: scsi-read" in text else None
 
     log = testing.wait_for(read_back, timeout=240, what="the guest's SCSI report", every=0.5)
-    disks = re.findall(
-        re.escape(SCSI_MARKER) + r"(\S+) sectors=(\d+) model=(\S+) driver=(\S+)", log
-    )
+    disks = guest.scsi_disks(log)
     # one SCSI disk, 48 MiB, a QEMU SCSI disk on the virtio-scsi host adapter; the
     # virtio root disk stays vda (it is not renumbered by the SCSI one)
     assert disks == [("sda", str(48 * 1024 * 1024 // 512), "QEMUHARDDISK", "virtio_scsi")], log

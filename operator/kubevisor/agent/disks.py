@@ -23,6 +23,15 @@ copy target, and it is never on a clone's deletable list.
 
 Deleting: only files inside our roots, at the layout path of this VM, never a base image,
 never a disk marked ``retain``.
+
+StorageBackends (docs/storage.md): a disk naming a backend of type ``local`` or ``shared``
+is planned as that ``storage``; one on an ``nfs`` backend is the file
+``<namespace>.<vm name>.<disk name>.qcow2`` in the export's root (:func:`nfs_file_name`,
+unambiguous: namespace and disk names are DNS labels without dots), opened by QEMU's own
+NFS client (:class:`NFSFile`). Files in the export's root because QEMU's client takes an
+``nfs://`` URL's last path part as the file and the rest as the export to mount. A linked
+clone's base is node-local, at the same path on every node. A disk on an ``iscsi``
+backend is the whole LUN (:class:`ISCSILun`, raw), never made, never deleted.
 """
 
 from __future__ import annotations
@@ -32,10 +41,11 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from kubevisor.agent import domainxml
-from kubevisor.api import machines, quantities
+from kubevisor.api import conditions, machines, quantities, storagebackends
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +81,65 @@ class Layout:
 
 
 @dataclasses.dataclass(frozen=True)
+class NFSFile:
+    """A disk image in the root of an NFS export, as QEMU's client and libnfs address it."""
+
+    server: str
+    export: str
+    """The export's path on the server (NFSv3: its real directory)."""
+    name: str
+    """File name in the export's root."""
+
+    @property
+    def url(self) -> str:
+        """``nfs://server/export/name``: what ``qemu-img`` opens."""
+        return f"nfs://{self.server}/{self.export.strip('/')}/{self.name}"
+
+    @property
+    def source(self) -> domainxml.NetworkSource:
+        """What the domain XML needs (libvirt builds the same URL from it)."""
+        return domainxml.NetworkSource(
+            protocol="nfs", host=self.server, name=f"/{self.export.strip('/')}/{self.name}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ISCSILun:
+    """A whole SCSI LUN on an iSCSI target, opened by QEMU's client (libiscsi)."""
+
+    portal: str
+    port: int
+    iqn: str
+    lun: int
+    backend: str
+    """The StorageBackend's name: the libvirt secret holding its CHAP password is named
+    after it (:func:`chap_secret_usage`)."""
+    username: str | None = None
+    """The CHAP user, once read from the backend's Secret (None: no CHAP)."""
+
+    @property
+    def source(self) -> domainxml.NetworkSource:
+        return domainxml.NetworkSource(
+            protocol="iscsi",
+            host=self.portal,
+            port=self.port,
+            name=f"{self.iqn}/{self.lun}",
+            username=self.username,
+            secret_usage=chap_secret_usage(self.backend) if self.username else None,
+        )
+
+
+def chap_secret_usage(backend: str) -> str:
+    """The libvirt secret (usage type iscsi) holding a backend's CHAP password (pure)."""
+    return f"kubevisor-iscsi-{backend}"
+
+
+def nfs_file_name(identity: domainxml.Identity, disk_name: str) -> str:
+    """The VM's disk file in an export's root (pure): ``<namespace>.<vm>.<disk>.qcow2``."""
+    return f"{identity.namespace}.{identity.name}.{disk_name}.qcow2"
+
+
+@dataclasses.dataclass(frozen=True)
 class DiskPlan:
     """One disk file to make (or find) for a VM."""
 
@@ -84,6 +153,13 @@ class DiskPlan:
     source_vm: domainxml.Identity | None = None
     """Set for a clone's disk (image ``vm:...``): the VM whose disk ``base`` is. Its uid is
     unknown here (empty); ``source_vm.domain_name`` is what the caller suspends."""
+    nfs: NFSFile | None = None
+    """Set for a disk on an NFS backend: the image is there (``path`` only names it in
+    logs), made and deleted over the network, never with the node's file calls."""
+    iscsi: ISCSILun | None = None
+    """Set for a disk on an iSCSI backend: the whole LUN, raw; nothing is made or deleted
+    (a LUN is the SAN's, not ours)."""
+    device: machines.DiskDevice = "disk"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +222,29 @@ def local_disk_targets(machine: machines.MachineSpec) -> list[str]:
     as the domain XML numbers them (``domainxml.target_devs``, pure): the disks a
     migration must block-copy."""
     devs = domainxml.target_devs([disk.bus for disk in machine.disks])
-    return [dev for disk, dev in zip(machine.disks, devs, strict=True) if disk.storage != "shared"]
+    return [dev for disk, dev in zip(machine.disks, devs, strict=True) if _copied(disk)]
+
+
+def _copied(disk: machines.Disk) -> bool:
+    """A disk a migration block-copies: node-local, not on a StorageBackend (an NFS or
+    shared backend is the same bytes on every node reaching it). Pass the machine through
+    :func:`with_backends` first, so a disk on a ``local`` backend counts as node-local."""
+    return disk.storage != "shared" and disk.backend is None
+
+
+def with_backends(
+    machine: machines.MachineSpec, backends: Mapping[str, storagebackends.StorageBackendSpec]
+) -> machines.MachineSpec:
+    """The machine with each disk on a ``local`` / ``shared`` backend rewritten as that
+    ``storage`` and no backend (pure): what those backends mean on a node. Disks on other
+    or unknown backends stay as they are."""
+    out = []
+    for disk in machine.disks:
+        spec = backends.get(disk.backend) if disk.backend is not None else None
+        if spec is not None and spec.type in ("local", "shared"):
+            disk = disk.model_copy(update={"storage": spec.type, "backend": None})
+        out.append(disk)
+    return machine.model_copy(update={"disks": out})
 
 
 def block_copy_paths(
@@ -163,25 +261,55 @@ def block_copy_paths(
     return {
         str(disk_path(source, identity, disk)): str(disk_path(target, identity, disk))
         for disk in machine.disks
-        if disk.storage != "shared"
+        if _copied(disk)
     }
 
 
+def backend_disk(
+    disk: machines.Disk, backends: Mapping[str, storagebackends.StorageBackendSpec]
+) -> tuple[machines.Disk, storagebackends.NFSSource | storagebackends.ISCSISource | None]:
+    """The disk as planned on its backend (pure): a ``local`` / ``shared`` backend is that
+    ``storage``; an ``nfs`` or ``iscsi`` one also returns its source. Raises DiskError
+    for a backend this node does not know (deleted since placement)."""
+    if disk.backend is None:
+        return disk, None
+    spec = backends.get(disk.backend)
+    if spec is None:
+        raise DiskError(
+            conditions.Reason.STORAGE_FAILED,
+            f"disk {disk.name!r}: StorageBackend {disk.backend!r} does not exist",
+        )
+    if spec.type in ("local", "shared"):
+        return disk.model_copy(update={"storage": spec.type}), None
+    if spec.type == "nfs" and spec.nfs is not None:
+        return disk, spec.nfs
+    if spec.type == "iscsi" and spec.iscsi is not None:
+        return disk, spec.iscsi
+    raise DiskError(  # the API server refuses such a backend; an agent never guesses
+        conditions.Reason.INVALID_SPEC,
+        f"disk {disk.name!r}: StorageBackend {disk.backend!r} has no {spec.type} fields",
+    )
+
+
 def plan(
-    machine: machines.MachineSpec, identity: domainxml.Identity, layout: Layout
+    machine: machines.MachineSpec,
+    identity: domainxml.Identity,
+    layout: Layout,
+    backends: Mapping[str, storagebackends.StorageBackendSpec] | None = None,
 ) -> list[DiskPlan]:
-    """The disk files of a VM, base images resolved. Raises DiskError(ImageNotFound)."""
+    """The disk files of a VM, base images resolved. Raises DiskError(ImageNotFound).
+
+    ``backends``: the StorageBackends this node knows, by name (a disk naming one that is
+    not there is refused with StorageFailed)."""
     plans = []
-    for disk in machine.disks:
-        if disk.backend is not None:
-            # Placement and migration already honour backends (the node reaches it); the
-            # node side that opens a disk on one is not built yet (docs/storage.md).
-            raise DiskError(
-                "NotImplemented",
-                f"disk {disk.name!r} names StorageBackend {disk.backend!r}: this agent does "
-                "not open disks on a StorageBackend yet; use storage: local or shared",
-            )
-        base = None
+    for spec_disk in machine.disks:
+        disk, on = backend_disk(spec_disk, backends or {})
+        if isinstance(on, storagebackends.ISCSISource):
+            plans.append(_lun_plan(disk, on))
+            continue
+        if on is not None:
+            plans.append(_nfs_plan(disk, on, identity, layout))
+            continue
         path = disk_path(layout, identity, disk)
         ref = parse_vm_image(disk.image) if disk.image is not None else None
         if ref is not None:
@@ -200,18 +328,67 @@ def plan(
                 )
             plans.append(_plan(disk, path, source, source_vm=ref.identity))
             continue
-        if disk.image is not None:
-            base = resolve_image(disk.image, layout.image_dir)
-            if base is None:
-                raise DiskError(
-                    "ImageNotFound",
-                    f"disk {disk.name!r}: base image {disk.image!r} not found "
-                    f"(looked in {layout.image_dir})",
-                )
-        if base is None and disk.size is None:
-            raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
-        plans.append(_plan(disk, path, base))
+        plans.append(_plan(disk, path, _base_image(disk, layout)))
     return plans
+
+
+def _base_image(disk: machines.Disk, layout: Layout) -> Path | None:
+    """The node-local base image a disk is made from (None: an empty disk of its size).
+    Raises DiskError when the image is not on this node, or neither is given (pure)."""
+    if disk.image is None:
+        if disk.size is None:
+            raise DiskError("InvalidSpec", f"disk {disk.name!r} has neither image nor size")
+        return None
+    base = resolve_image(disk.image, layout.image_dir)
+    if base is None:
+        raise DiskError(
+            "ImageNotFound",
+            f"disk {disk.name!r}: base image {disk.image!r} not found "
+            f"(looked in {layout.image_dir})",
+        )
+    return base
+
+
+def _nfs_plan(
+    disk: machines.Disk,
+    nfs: storagebackends.NFSSource,
+    identity: domainxml.Identity,
+    layout: Layout,
+) -> DiskPlan:
+    """A disk that is an image in an NFS export's root; its base is node-local (pure)."""
+    if disk.image is not None and parse_vm_image(disk.image) is not None:
+        raise DiskError(
+            "InvalidSpec",
+            f"disk {disk.name!r}: a clone of another VM's disk cannot be made on "
+            f"StorageBackend {disk.backend!r} (nfs) yet",
+        )
+    remote = NFSFile(nfs.server, str(nfs.export), nfs_file_name(identity, disk.name))
+    base = _base_image(disk, layout)
+    return dataclasses.replace(_plan(disk, Path(nfs.export) / remote.name, base), nfs=remote)
+
+
+def _lun_plan(disk: machines.Disk, source: storagebackends.ISCSISource) -> DiskPlan:
+    """A disk that is a whole LUN: what the LUN holds is the disk, so there is no base to
+    clone and no size to give (pure)."""
+    if disk.image is not None:
+        raise DiskError(
+            "InvalidSpec",
+            f"disk {disk.name!r} is a whole LUN on StorageBackend {disk.backend!r}: a LUN "
+            "has no backing file, so it cannot be a clone of an image; leave image unset",
+        )
+    assert disk.backend is not None
+    lun = ISCSILun(source.portal, source.port, source.iqn, source.lun, backend=disk.backend)
+    return DiskPlan(
+        name=disk.name,
+        path=Path("iscsi") / source.iqn / str(source.lun),
+        base=None,
+        clone=disk.clone,
+        size_bytes=None,
+        retain=disk.retain,
+        bus=disk.bus,
+        iscsi=lun,
+        device=disk.device,
+    )
 
 
 def _plan(
@@ -244,18 +421,30 @@ def clone_sources(plans: list[DiskPlan]) -> list[domainxml.Identity]:
 
 def placements(plans: list[DiskPlan]) -> tuple[domainxml.DiskPlacement, ...]:
     """What the domain XML needs from the plans."""
-    return tuple(domainxml.DiskPlacement(name=p.name, path=p.path, bus=p.bus) for p in plans)
+    return tuple(_placement(p) for p in plans)
+
+
+def _placement(p: DiskPlan) -> domainxml.DiskPlacement:
+    if p.iscsi is not None:
+        return domainxml.DiskPlacement(
+            name=p.name, path=p.path, bus=p.bus, format="raw", device=p.device,
+            network=p.iscsi.source,
+        )  # fmt: skip
+    return domainxml.DiskPlacement(
+        name=p.name, path=p.path, bus=p.bus, network=p.nfs.source if p.nfs else None
+    )
 
 
 def deletable(plans: list[DiskPlan], layout: Layout) -> list[Path]:
-    """Files that deleting the VM removes: not retained, inside our roots, not a base."""
+    """Files that deleting the VM removes: not retained, inside our roots, not a base
+    (NFS images are :func:`deletable_nfs`)."""
     roots = [layout.state_dir / "disks"]
     if layout.shared_dir is not None:
         roots.append(layout.shared_dir / "disks")
     bases = {p.base for p in plans if p.base is not None}
     result = []
     for p in plans:
-        if p.retain or p.path in bases:
+        if p.retain or p.path in bases or p.nfs is not None or p.iscsi is not None:
             continue
         if (
             p.source_vm is not None
@@ -271,11 +460,29 @@ def deletable(plans: list[DiskPlan], layout: Layout) -> list[Path]:
     return result
 
 
-async def _run(*args: str) -> str:
+def deletable_nfs(plans: list[DiskPlan]) -> list[NFSFile]:
+    """NFS images that deleting the VM removes: the VM's own, not retained (pure)."""
+    return [p.nfs for p in plans if p.nfs is not None and not p.retain]
+
+
+#: Runs one command (argv), returns its stdout; raises DiskError on failure.
+Runner = Callable[..., Awaitable[str]]
+
+
+async def run_command(*args: str, limit_s: float | None = None) -> str:
+    """Run a command, return its stdout; DiskError with its stderr when it fails, or
+    when it outlives ``limit_s`` seconds (then it is killed: a network disk's server
+    that stopped answering must not hold a VM pass forever)."""
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(limit_s):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise DiskError("Failed", f"{' '.join(args)} gave no answer in {limit_s:.0f} s") from None
     if proc.returncode != 0:
         raise DiskError("Failed", f"{' '.join(args)} failed: {err.decode().strip()}")
     return out.decode()
@@ -283,8 +490,42 @@ async def _run(*args: str) -> str:
 
 async def image_info(path: Path) -> tuple[str, int]:
     """(format, virtual size in bytes) of an image file."""
-    info = json.loads(await _run("qemu-img", "info", "--force-share", "--output=json", str(path)))
+    info = json.loads(
+        await run_command("qemu-img", "info", "--force-share", "--output=json", str(path))
+    )
     return str(info["format"]), int(info["virtual-size"])
+
+
+async def make_image(disk: DiskPlan, target: str, run: Runner = run_command) -> None:
+    """Write the disk's image at ``target`` (a path, or an ``nfs://`` URL), running
+    qemu-img through ``run`` (the node's network namespace for a network target). Bases
+    are node files, read here with :func:`image_info`."""
+    if disk.source_vm is not None and disk.base is not None:
+        # Another VM's disk, possibly open in its QEMU: read-only, shared lock (-U).
+        _, virtual = await image_info(disk.base)
+        await run("qemu-img", "convert", "-q", "-U", "-O", "qcow2", str(disk.base), target)
+        if (disk.size_bytes or 0) > virtual:
+            await run("qemu-img", "resize", "-q", target, str(disk.size_bytes))
+    elif disk.base is None:
+        assert disk.size_bytes is not None
+        await run("qemu-img", "create", "-q", "-f", "qcow2", target, str(disk.size_bytes))
+    else:
+        fmt, virtual = await image_info(disk.base)
+        size = max(virtual, disk.size_bytes or 0)
+        if disk.clone == "linked":
+            await run(
+                "qemu-img", "create", "-q", "-f", "qcow2",
+                "-b", str(disk.base), "-F", fmt, target, str(size),
+            )  # fmt: skip
+        else:
+            await run("qemu-img", "convert", "-q", "-O", "qcow2", str(disk.base), target)
+            if size > virtual:
+                await run("qemu-img", "resize", "-q", target, str(size))
+
+
+def temporary_name(name: str) -> str:
+    """The name an image is written under before it is renamed into place (pure)."""
+    return f".{name}.tmp-{os.getpid()}"
 
 
 async def ensure(disk: DiskPlan) -> bool:
@@ -292,38 +533,18 @@ async def ensure(disk: DiskPlan) -> bool:
 
     The file appears only complete: it is written under a temporary name in the same
     directory and renamed, so a crash mid-copy never leaves a half disk that a later pass
-    would take for the real one.
+    would take for the real one. (NFS disks: ``storagebackends.nfsdisks``.)
     """
+    if disk.nfs is not None or disk.iscsi is not None:
+        raise DiskError("InvalidSpec", f"disk {disk.name!r} is on a backend, not a node file")
     if disk.path.exists():
         return False
     if disk.base is not None and disk.path.resolve() == disk.base.resolve():
         raise DiskError("InvalidSpec", f"disk {disk.name!r}: refusing to overwrite its own source")
     disk.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = disk.path.with_name(f".{disk.path.name}.tmp-{os.getpid()}")
+    tmp = disk.path.with_name(temporary_name(disk.path.name))
     try:
-        if disk.source_vm is not None and disk.base is not None:
-            # Another VM's disk, possibly open in its QEMU: read-only, shared lock (-U).
-            _, virtual = await image_info(disk.base)
-            await _run(
-                "qemu-img", "convert", "-q", "-U", "-O", "qcow2", str(disk.base), str(tmp)
-            )  # fmt: skip
-            if (disk.size_bytes or 0) > virtual:
-                await _run("qemu-img", "resize", "-q", str(tmp), str(disk.size_bytes))
-        elif disk.base is None:
-            assert disk.size_bytes is not None
-            await _run("qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(disk.size_bytes))
-        else:
-            fmt, virtual = await image_info(disk.base)
-            size = max(virtual, disk.size_bytes or 0)
-            if disk.clone == "linked":
-                await _run(
-                    "qemu-img", "create", "-q", "-f", "qcow2",
-                    "-b", str(disk.base), "-F", fmt, str(tmp), str(size),
-                )  # fmt: skip
-            else:
-                await _run("qemu-img", "convert", "-q", "-O", "qcow2", str(disk.base), str(tmp))
-                if size > virtual:
-                    await _run("qemu-img", "resize", "-q", str(tmp), str(size))
+        await make_image(disk, str(tmp))
         tmp.rename(disk.path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,11 +18,13 @@ import signal
 import sys
 from pathlib import Path
 
-from kubevisor.agent import disks, domainxml, segmenting, segments
+from kubevisor.agent import disks, domainxml, management, segmenting, segments
 from kubevisor.agent.backups import handling as backuphandling
-from kubevisor.agent.kernel import bridges
+from kubevisor.agent.kernel import bridges, interfaces
 from kubevisor.agent.kube import connecting, leases, objects
 from kubevisor.agent.libvirt import Hypervisor
+from kubevisor.agent.storagebackends import catalog as backendcatalog
+from kubevisor.agent.storagebackends import diskstore, nfsdisks
 from kubevisor.agent.storagebackends import reaching as storagereach
 from kubevisor.agent.vms import realizing
 from kubevisor.agent.vrfs import handling as vrfhandling
@@ -76,7 +78,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " is a node-local network whose bridge kvn-NAME the agent creates and removes",
     )  # fmt: skip
     p.add_argument("--address", help="node address (VNC listens here; default 127.0.0.1)")
-    p.add_argument("--migration-uri", help="libvirt URI peers use to migrate to this node")
+    p.add_argument(
+        "--migration-uri",
+        help="libvirt URI peers use to migrate to this node (default with "
+        "--management-interface: qemu+tcp://<its address>/system)",
+    )
+    p.add_argument(
+        "--management-interface",
+        help="the node's management NIC: migration streams to this node use its address, "
+        "never a VM network's bridge (docs/storage.md, management network)",
+    )
     p.add_argument("--stop-timeout", type=float, default=30.0, help="ACPI shutdown grace (s)")
     p.add_argument(
         "--vrf-resync-seconds", type=float, default=30.0,
@@ -113,6 +124,14 @@ async def run(args: argparse.Namespace) -> None:
     await connecting.load_config(args.kubeconfig)
     networks, managed = network_mapping(args.network)
     memory = quantities.to_bytes(args.memory) if args.memory else _host_memory()
+    management_address = None
+    if args.management_interface:
+        found = await asyncio.to_thread(interfaces.read, args.netns, args.management_interface)
+        management_address = management.address(args.management_interface, found, networks)
+        logger.info("management interface %s: %s", args.management_interface, management_address)
+    migration_uri = args.migration_uri or (
+        f"qemu+tcp://{management_address}/system" if management_address else None
+    )
     layout = disks.Layout(
         state_dir=args.state_dir, image_dir=args.image_dir, shared_dir=args.shared_dir
     )
@@ -123,8 +142,9 @@ async def run(args: argparse.Namespace) -> None:
         networks=tuple(sorted(networks)),
         shared_storage=str(args.shared_dir) if args.shared_dir else None,
         local_storage=str(args.state_dir),
-        migration_uri=args.migration_uri,
+        migration_uri=migration_uri,
         address=args.address,
+        management_address=management_address,
     )
     cfg = realizing.AgentConfig(
         node=args.node,
@@ -156,8 +176,23 @@ async def run(args: argparse.Namespace) -> None:
             managed=managed,
             heartbeat=heartbeat,
         )
+        backends = backendcatalog.Catalog(
+            functools.partial(objects.list_cluster_objects, api, kinds.STORAGEBACKEND.plural)
+        )
+        nfs = nfsdisks.NFSDisks(args.netns)
         agent = realizing.Agent(
-            api, hv, cfg, segments=adapter, heartbeat=heartbeat, node_segments=node_segments
+            api,
+            hv,
+            cfg,
+            segments=adapter,
+            heartbeat=heartbeat,
+            node_segments=node_segments,
+            store=diskstore.DiskStore(
+                layout,
+                backends,
+                nfs,
+                diskstore.CHAP(objects.Secrets(api), hv, nodes.LEASE_NAMESPACE),
+            ),
         )
         logger.info(
             "agent for node %s: libvirt %s, networks %s (managed: %s)",
@@ -168,7 +203,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         reaching_backends = asyncio.get_running_loop().create_task(
             storagereach.run(
-                functools.partial(objects.list_cluster_objects, api, kinds.STORAGEBACKEND.plural),
+                backends.list,
                 heartbeat.set_storage_backends,
                 shared_dir=args.shared_dir,
                 netns=args.netns,
@@ -204,6 +239,7 @@ async def run(args: argparse.Namespace) -> None:
                 vrfs.cancel()
                 with contextlib.suppress(BaseException):
                     await vrfs
+            nfs.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         except asyncio.CancelledError:
             logger.info("stopping")
 
-    asyncio.run(guarded())
+    try:
+        asyncio.run(guarded())
+    except management.ManagementError as exc:
+        logger.error("%s", exc)
+        return 2
     return 0
 
 

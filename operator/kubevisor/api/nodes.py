@@ -44,7 +44,13 @@ ANNOTATION_SEGMENTS: Final = "kubevisor.io/segments"
 ANNOTATION_RTTS: Final = "kubevisor.io/rtts"
 #: Capacity keys written only when set, so agents that do not report them keep writing
 #: the same annotation as before these fields existed.
-_OPTIONAL_CAPACITY_KEYS: Final = ("cpuModels", "hostCPUModel", "localStorage", "storageBackends")
+_OPTIONAL_CAPACITY_KEYS: Final = (
+    "cpuModels",
+    "hostCPUModel",
+    "localStorage",
+    "storageBackends",
+    "managementAddress",
+)
 
 
 class Capacity(common.Model):
@@ -69,6 +75,10 @@ class Capacity(common.Model):
     directory for block copy (nodes may keep their state in different places)."""
     migration_uri: str | None = Field(default=None, alias="migrationURI")
     address: str | None = None
+    management_address: str | None = None
+    """The address of the node's management interface (``--management-interface``), when
+    it has one: migration streams to this node are sent there (and its libvirtd is
+    reached there), never over the VMs' LANs."""
     cpu_models: tuple[str, ...] = ()
     """CPU models libvirt can run on this host (domain capabilities, ``usable='yes'``);
     empty when the agent does not report them (migration then does not check)."""

@@ -79,9 +79,18 @@ def agent_argv(
     kubeconfig: Path,
     stop_timeout: float = 10.0,
     extra_args: Sequence[str] = (),
+    management: bool = False,
 ) -> list[str]:
     """The agent command line for a simulated node (pure). ``extra_args`` are appended,
-    e.g. ``--network=red`` (a managed, node-local network) or ``--vrf-resync-seconds=5``."""
+    e.g. ``--network=red`` (a managed, node-local network) or ``--vrf-resync-seconds=5``.
+    ``management``: the node's ``mgmt0`` is its management interface (migrations to it
+    travel there, and its libvirtd is reached there)."""
+    uplink = (
+        [f"--management-interface={nodes.NODE_MANAGEMENT}",
+         f"--migration-uri={node.management_uri}"]
+        if management
+        else [f"--migration-uri={node.tcp_uri}"]
+    )  # fmt: skip
     return [
         *nodes.node_mount_exec_prefix(node),
         str(VENV_BIN / "kubevisor-agent"),
@@ -93,7 +102,7 @@ def agent_argv(
         f"--image-dir={IMAGE_DIR}",
         f"--shared-dir={node.shared_dir}",
         f"--address={node.fabric_ip}",
-        f"--migration-uri={node.tcp_uri}",
+        *uplink,
         f"--label=kubevisor.io/hostname={node.name}",
         "--network=default=kvbr0",
         "--cpu=2",
@@ -131,9 +140,11 @@ def up(
     controller: bool = True,
     stop_timeout: float = 10.0,
     agent_args: Sequence[str] = (),
+    management: bool = False,
 ) -> DevCluster:
     """Create and start everything (any leftover of the same cluster is removed first).
-    ``agent_args``: extra flags for every agent (see :func:`agent_argv`)."""
+    ``agent_args``: extra flags for every agent (see :func:`agent_argv`); ``management``:
+    agents use the nodes' management network for migrations."""
     down(name, base_dir=base_dir)
     ensure_images()
     sim_nodes = nodes.create_cluster_nodes(name, nodes_count, base_dir=base_dir)
@@ -151,7 +162,11 @@ def up(
             )
         for node in sim_nodes:
             argv = agent_argv(
-                node, kubeconfig=cp.kubeconfig, stop_timeout=stop_timeout, extra_args=agent_args
+                node,
+                kubeconfig=cp.kubeconfig,
+                stop_timeout=stop_timeout,
+                extra_args=agent_args,
+                management=management,
             )
             pids[f"agent-{node.name}"] = _spawn(argv, logs / f"agent-{node.name}.log")
         (base_dir / name / "procs.json").write_text(json.dumps(pids, indent=2) + "\n")

@@ -117,6 +117,31 @@ def create_linked_disk(path: Path, *, base: Path) -> None:
     )
 
 
+def bootable_disk(path: Path, *, cmdline: str, size_mib: int = 32) -> None:
+    """A raw disk image a BIOS boots: a FAT file system holding the tiny kernel and
+    initramfs with SYSLINUX in its boot sector (a "superfloppy": no partition table),
+    booting them with ``cmdline``. Built without mounting anything (mkfs.vfat, mtools'
+    mcopy, ``syslinux --install``), so a guest can boot its whole system from a disk —
+    an iSCSI LUN in the storage tests — instead of a kernel given on the host."""
+    image = ensure_tiny_image()
+    path.unlink(missing_ok=True)
+    config = path.with_suffix(".syslinux.cfg")
+    config.write_text(
+        "SERIAL 0 115200\nDEFAULT tiny\nPROMPT 0\nTIMEOUT 0\nLABEL tiny\n  KERNEL vmlinuz\n"
+        f"  INITRD initrd.img\n  APPEND {cmdline}\n"
+    )
+    try:
+        for argv in (
+            ["mkfs.vfat", "-C", "-n", "KVBOOT", str(path), str(size_mib * 1024)],
+            ["mcopy", "-i", str(path), str(image.kernel), str(image.initrd), "::/"],
+            ["mcopy", "-i", str(path), str(config), "::/syslinux.cfg"],
+            ["syslinux", "--install", str(path)],
+        ):
+            subprocess.run(argv, check=True, capture_output=True, text=True)
+    finally:
+        config.unlink(missing_ok=True)
+
+
 def kernel_cmdline(
     *, ip: str | None = None, gateway: str | None = None, script: str | None = None
 ) -> str:
@@ -190,3 +215,25 @@ def tiny_domain_xml(
   </devices>
 </domain>
 """
+
+
+SCSI_MARKER = "kubevisor-guest: scsi "
+#: Waits (up to 30 s) for the SCSI scan, then prints each sd disk with its size and the
+#: model the device answers to an INQUIRY, and the driver its host adapter is bound to;
+#: then reads sda's first sector (``kubevisor-guest: scsi-read bytes=512``).
+SCSI_SCRIPT = (
+    "i=0; while [ ! -e /sys/block/sda ] && [ $i -lt 300 ]; do usleep 100000; i=$((i+1)); done; "
+    "for b in /sys/block/sd*; do d=$(basename $b); "
+    'echo "kubevisor-guest: scsi $d sectors=$(cat $b/size) '
+    "model=$(cat $b/device/model | tr -d ' ') "
+    'driver=$(basename $(readlink -f $b/device/../../../driver))"; done; '
+    "dd if=/dev/sda bs=512 count=1 2>/dev/null | wc -c | "
+    'sed "s/^/kubevisor-guest: scsi-read bytes=/"'
+)
+
+
+def scsi_disks(console_text: str) -> list[tuple[str, str, str, str]]:
+    """(device, sectors, model, driver) of each SCSI disk :data:`SCSI_SCRIPT` printed."""
+    return re.findall(
+        re.escape(SCSI_MARKER) + r"(\S+) sectors=(\d+) model=(\S+) driver=(\S+)", console_text
+    )

@@ -14,15 +14,11 @@ only the network to it goes — an unreachable NAS without losing its files.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Final
 
-from kubevisor.devenv import nodeplans
+from kubevisor.devenv import fabricservers, nodeplans
 
 #: The NAS address on the fabric (.100-.254 are for static guests; .250 is the NAS).
 ADDRESS: Final = str(nodeplans.FABRIC_NETWORK.network_address + 250)
@@ -64,10 +60,6 @@ def netns_name(cluster: str) -> str:
     return f"kv-{cluster}-nas"
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
 def start(cluster: str, state: Path, *, timeout: float = 30.0) -> NAS:
     """Start the server for ``cluster`` (its fabric must exist), exporting
     ``<state>/export``; returns once it listens on the NFS port."""
@@ -81,78 +73,37 @@ def start(cluster: str, state: Path, *, timeout: float = 30.0) -> NAS:
     script = state / "start.sh"
     script.write_text(_START.format(state=state))
     script.chmod(0o755)
-    ns, fabric = netns_name(cluster), nodeplans.fabric_netns_name(cluster)
-    _ip("netns", "add", ns)
-    _ip("-n", ns, "link", "set", "lo", "up")
-    _ip("-n", fabric, "link", "add", "kvnas-f", "type", "veth", "peer", "kvnas0", "netns", ns)
-    _ip("-n", fabric, "link", "set", "kvnas-f", "master", nodeplans.FABRIC_BRIDGE, "up")
-    prefix = nodeplans.FABRIC_NETWORK.prefixlen
-    _ip("-n", ns, "addr", "add", f"{ADDRESS}/{prefix}", "dev", "kvnas0")
-    _ip("-n", ns, "link", "set", "kvnas0", "up")
-    with open(state / "start.out", "ab") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private", str(script)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+    ns = netns_name(cluster)
+    fabricservers.attach(cluster, ns, ADDRESS, inner="kvnas0", outer="kvnas-f")
+    proc = fabricservers.spawn(ns, script, state / "start.out")
     (state / "pid").write_text(f"{proc.pid}\n")
     nas = NAS(netns=ns, address=ADDRESS, export=export, state=state, pid=proc.pid)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ganesha.nfsd exited: see {state / 'ganesha.log'}")
-        listening = subprocess.run(
-            ["ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{NFS_PORT}"],
-            capture_output=True, text=True, check=False,
-        ).stdout  # fmt: skip
-        if listening.strip():
-            return nas
-        time.sleep(0.2)
-    stop(nas)
-    raise TimeoutError(f"ganesha.nfsd did not listen on {NFS_PORT} within {timeout} s")
+    try:
+        fabricservers.wait_listening(
+            ns, NFS_PORT, proc, timeout=timeout, what=f"ganesha.nfsd (see {state / 'ganesha.log'})"
+        )
+    except BaseException:
+        stop(nas)
+        raise
+    return nas
 
 
 def cut(nas: NAS) -> None:
     """Make the server unreachable from the fabric (its link down); files stay."""
-    _ip("-n", nas.netns, "link", "set", nas.veth, "down")
+    fabricservers.ip("-n", nas.netns, "link", "set", nas.veth, "down")
 
 
 def restore(nas: NAS) -> None:
     """Bring the server's link back up."""
-    _ip("-n", nas.netns, "link", "set", nas.veth, "up")
+    fabricservers.ip("-n", nas.netns, "link", "set", nas.veth, "up")
 
 
 def stop(nas: NAS) -> None:
     """Stop the server and remove its namespace (the exported files stay)."""
-    try:
-        os.killpg(nas.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(nas.pid, os.WNOHANG)[0]:
-                break
-        except ChildProcessError:
-            break
-        time.sleep(0.1)
-    else:
-        try:
-            os.killpg(nas.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    subprocess.run(["ip", "netns", "del", nas.netns], capture_output=True, check=False)
-    (nas.state / "pid").unlink(missing_ok=True)
+    fabricservers.stop(nas.pid, nas.netns, nas.state / "pid")
 
 
 def stop_leftovers(cluster: str, state: Path) -> None:
     """Stop the server an earlier run left (its pid file in ``state``) and remove its
     namespace (its veth goes with it)."""
-    pidfile = state / "pid"
-    if pidfile.exists():
-        try:
-            os.killpg(int(pidfile.read_text().strip()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
-        pidfile.unlink()
-    subprocess.run(["ip", "netns", "del", netns_name(cluster)], capture_output=True, check=False)
+    fabricservers.stop_leftovers(netns_name(cluster), state / "pid")

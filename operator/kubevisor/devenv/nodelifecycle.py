@@ -89,6 +89,11 @@ def _create_fabric(plan: nodeplans.ClusterPlan) -> None:
     _create_bridge(
         plan.fabric_netns, nodeplans.FABRIC_BRIDGE, f"{nodeplans.FABRIC_GATEWAY}/{prefixlen}"
     )
+    _create_bridge(
+        plan.fabric_netns,
+        nodeplans.MANAGEMENT_BRIDGE,
+        f"{nodeplans.MANAGEMENT_GATEWAY}/{nodeplans.MANAGEMENT_NETWORK.prefixlen}",
+    )
 
 
 def _create_node_network(plan: nodeplans.ClusterPlan, node: nodeplans.NodePlan) -> None:
@@ -119,6 +124,15 @@ def _create_node_network(plan: nodeplans.ClusterPlan, node: nodeplans.NodePlan) 
     )
     address = f"{node.fabric_ip}/{nodeplans.FABRIC_NETWORK.prefixlen}"
     _create_bridge(ns, nodeplans.NODE_BRIDGE, address, ports=(nodeplans.NODE_UPLINK,))
+    # The management NIC: a plain veth with its own address, on its own bridge in the
+    # fabric namespace; nothing of a guest is ever attached to it.
+    port = f"m{node.index}"
+    _ip("link", "add", port, "type", "veth", "peer", "name", nodeplans.NODE_MANAGEMENT,
+        "netns", ns, netns=plan.fabric_netns)  # fmt: skip
+    _ip("link", "set", port, "master", nodeplans.MANAGEMENT_BRIDGE, "up", netns=plan.fabric_netns)
+    mgmt = f"{nodeplans.management_ip(node.index)}/{nodeplans.MANAGEMENT_NETWORK.prefixlen}"
+    _ip("addr", "add", mgmt, "dev", nodeplans.NODE_MANAGEMENT, netns=ns)
+    _ip("link", "set", nodeplans.NODE_MANAGEMENT, "up", netns=ns)
 
 
 def _prepare_state_dir(

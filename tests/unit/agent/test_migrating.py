@@ -58,6 +58,13 @@ def _policy(**kw: Any) -> migrations.MigrationPolicy:
             {"bandwidth": 100, "migrate_uri": "tcp://10.77.0.12"},
         ),
         (
+            "the target's management interface carries the stream",
+            _policy(),
+            {"shared_storage": False, "management_address": "10.78.0.12"},
+            BASE,
+            {"migrate_uri": "tcp://10.78.0.12", "listen_address": "10.78.0.12"},
+        ),
+        (
             "block copy of local disks",
             _policy(allow_block_copy=True),
             {"shared_storage": False, "local_disks": ["vda", "vdb"]},

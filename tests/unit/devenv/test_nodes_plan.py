@@ -58,7 +58,7 @@ def test_plan_rejects(cluster: str, count: int, base_dir: Path, message: str) ->
 def test_configs_bind_tcp_to_the_node_address_only() -> None:
     node = nodes.plan_cluster("dev", 2, base_dir=BASE).nodes[1]
     libvirtd = nodes.render_libvirtd_conf(node, host_uuid="00000000-0000-4000-8000-000000000002")
-    assert 'listen_addr = "10.77.0.12"' in libvirtd
+    assert 'listen_addr = "0.0.0.0"' in libvirtd
     assert "listen_tcp = 1" in libvirtd and "listen_tls = 0" in libvirtd
     assert 'host_uuid = "00000000-0000-4000-8000-000000000002"' in libvirtd
     qemu = nodes.render_qemu_conf(node)

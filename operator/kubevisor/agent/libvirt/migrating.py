@@ -71,6 +71,7 @@ def build(
     shared_storage: bool,
     local_disks: Sequence[str] = (),
     migrate_uri: str | None = None,
+    management_address: str | None = None,
 ) -> MigrationRequest:
     """Flags and parameters for ``policy`` (pure).
 
@@ -80,7 +81,10 @@ def build(
     names (``vda``) of node-local disks; they are block-copied incrementally
     (NON_SHARED_INC: only the overlay moves, the target agent has put the base image in
     place), which the policy must allow. ``migrate_uri``: the address the memory stream
-    uses when it is not the one the target's libvirtd advertises.
+    uses when it is not the one the target's libvirtd advertises. ``management_address``:
+    the target's management interface: the memory stream (and a block copy's NBD) goes
+    there, and the target's QEMU listens there, whatever its qemu.conf says — so a
+    migration never crosses the VMs' LANs.
     """
     if local_disks and not policy.allow_block_copy:
         raise ValueError(
@@ -99,6 +103,9 @@ def build(
         params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(local_disks)
     if policy.bandwidth_mi_bps is not None:
         params[_BANDWIDTH] = policy.bandwidth_mi_bps
+    if management_address:
+        migrate_uri = migrate_uri or f"tcp://{_uri_host(management_address)}"
+        params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = management_address
     if migrate_uri:
         params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
     return MigrationRequest(
@@ -107,6 +114,11 @@ def build(
         max_downtime_ms=policy.max_downtime_ms,
         post_copy=policy.post_copy,
     )
+
+
+def _uri_host(address: str) -> str:
+    """An address as a URI's host part (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address else address
 
 
 #: libvirt's reasons for a domain a migration paused (the final copy round, post-copy).

@@ -26,6 +26,7 @@ from kubevisor.agent.kube import statuses as kubestatuses
 from kubevisor.agent.libvirt import Hypervisor, HypervisorError, migrating
 from kubevisor.agent.migrations import reading, reporting, sourcing
 from kubevisor.agent.runtime import looping
+from kubevisor.agent.storagebackends import diskstore
 from kubevisor.api import machines, migrations, naming, nodes
 
 logger = logging.getLogger(__name__)
@@ -81,10 +82,12 @@ class SourceRole:
         peers: Callable[[], Awaitable[list[nodes.NodeLease]]],
         writer: kubestatuses.StatusWriter,
         loop: looping.WorkLoop,
+        store: diskstore.DiskStore | None = None,
     ) -> None:
         self.hv = hypervisor
         self.node = node
         self.layout = layout
+        self.store = store or diskstore.DiskStore(layout)
         self.vm = vm
         self.peers = peers
         self.writer = writer
@@ -181,7 +184,7 @@ class SourceRole:
                 return
             own.started_at = reading.now()
             await self._report(key, mig, plan.report or sourcing.Report(sourcing.State.MIGRATING))
-            self._start_drive(key, mig, domain, target)
+            await self._start_drive(key, mig, domain, target)
             return
         if plan.report is not None:
             await self._report(key, mig, plan.report)
@@ -227,11 +230,17 @@ class SourceRole:
         holder["drive"] = drive
         self._drives[key] = drive
 
-    def _start_drive(
+    async def _machine(self, vm_obj: dict[str, Any] | None) -> machines.MachineSpec | None:
+        """The VM's recorded machine, disks on local/shared backends read as that storage
+        (so block copy takes exactly the node-local disks)."""
+        machine = reading.machine(vm_obj)
+        return await self.store.resolved(machine) if machine is not None else None
+
+    async def _start_drive(
         self, key: Key, mig: migrations.Migration, domain: str, dest: nodes.Capacity
     ) -> None:
         vm_obj = self.vm((key[0], mig.spec.vm_name))
-        machine = reading.machine(vm_obj)
+        machine = await self._machine(vm_obj)
         local = disks.local_disk_targets(machine) if machine is not None else []
         paths = self._block_copy_paths(vm_obj, machine, dest) if local else {}
 
@@ -288,7 +297,12 @@ class SourceRole:
 
         outcome: sourcing.Report
         try:
-            request = migrating.build(policy, shared_storage=True, local_disks=local)
+            request = migrating.build(
+                policy,
+                shared_storage=True,
+                local_disks=local,
+                management_address=dest.management_address,
+            )
             xml = domainxml.for_destination(
                 await migrating.migratable_xml(self.hv, domain),
                 display_address=dest.address,
@@ -334,7 +348,7 @@ class SourceRole:
         self, key: Key, mig: migrations.Migration, target: str | None
     ) -> None:
         vm_obj = self.vm((key[0], mig.spec.vm_name))
-        machine = reading.machine(vm_obj)
+        machine = await self._machine(vm_obj)
         if machine is None or not disks.local_disk_targets(machine):
             return
         dest = await self._target(target)

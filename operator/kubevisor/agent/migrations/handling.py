@@ -26,6 +26,7 @@ from kubevisor.agent.kube import ApiClient
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.migrations import driving, receiving, sourcing, targeting, watching
 from kubevisor.agent.runtime import informing, looping
+from kubevisor.agent.storagebackends import diskstore
 from kubevisor.api import nodes
 
 Key = informing.Key
@@ -75,6 +76,7 @@ class MigrationHandler:
         peers: Callable[[], Awaitable[list[nodes.NodeLease]]],
         sync_segments: Callable[[], Awaitable[None]],
         workers: int = 2,
+        store: diskstore.DiskStore | None = None,
     ) -> None:
         self.node = node
         self.loop = looping.WorkLoop(self._pass, workers=workers)
@@ -92,6 +94,7 @@ class MigrationHandler:
             peers=peers,
             writer=watching.writer(api, watching.Role.SOURCE),
             loop=self.loop,
+            store=store,
         )
         self.target = receiving.TargetRole(
             hypervisor,
@@ -104,6 +107,7 @@ class MigrationHandler:
             sync_segments=sync_segments,
             writer=watching.writer(api, watching.Role.TARGET),
             loop=self.loop,
+            store=store,
         )
 
     def _ticked(self) -> Iterable[Key]:

@@ -26,6 +26,7 @@ from kubevisor.agent.libvirt import Hypervisor, HypervisorError, migrating
 from kubevisor.agent.libvirt.hypervisor import DomainState
 from kubevisor.agent.migrations import reading, reporting, targeting
 from kubevisor.agent.runtime import looping
+from kubevisor.agent.storagebackends import diskstore
 from kubevisor.agent.vms import placing
 from kubevisor.api import groups, migrations, naming
 
@@ -66,10 +67,12 @@ class TargetRole:
         sync_segments: Callable[[], Awaitable[None]],
         writer: kubestatuses.StatusWriter,
         loop: looping.WorkLoop,
+        store: diskstore.DiskStore | None = None,
     ) -> None:
         self.hv = hypervisor
         self.node = node
         self.layout = layout
+        self.store = store or diskstore.DiskStore(layout)
         self.networks = networks
         self.managed = managed_networks
         self.node_segments = node_segments
@@ -223,10 +226,13 @@ class TargetRole:
         except segments.SegmentError as exc:
             return Reason.NETWORK_UNAVAILABLE.value, str(exc)
         try:
-            plans = disks.plan(machine, identity, self.layout)
+            plans = await self.store.plan(machine, identity)
             created = self._created.setdefault(key, [])
-            shared = {d.name for d in machine.disks if d.storage == "shared"}
+            resolved = await self.store.resolved(machine)
+            shared = {d.name for d in resolved.disks if d.storage == "shared"}
             for disk in plans:
+                if disk.nfs is not None or disk.iscsi is not None:
+                    continue  # the image (or LUN) the source runs from: both nodes reach it
                 exists = await asyncio.to_thread(disk.path.exists)
                 if disk.name in shared:
                     if not exists:

@@ -23,10 +23,8 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import ValidationError
-
 from kubevisor.agent.kernel import netnsthreads
-from kubevisor.api import storagebackends
+from kubevisor.agent.storagebackends import catalog
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +47,9 @@ class Probe:
 
 def probes(objects: Iterable[Mapping[str, Any]], *, shared_dir: Path | None) -> list[Probe]:
     """The probe of each StorageBackend object (pure); unreadable objects are skipped
-    (the API server validated them; an agent one version behind may not parse a newer
-    type, and must not fail for it)."""
+    (:func:`catalog.specs_of`)."""
     out = []
-    for obj in objects:
-        name = str((obj.get("metadata") or {}).get("name") or "")
-        try:
-            spec = storagebackends.StorageBackendSpec.model_validate(obj.get("spec") or {})
-        except ValidationError:
-            continue
-        if not name:
-            continue
+    for name, spec in catalog.specs_of(objects).items():
         if spec.type == "local":
             out.append(Probe(name, spec.type))
         elif spec.type == "shared":

@@ -22,6 +22,7 @@ from kubevisor.agent import disks, domainxml, reconciling, segmenting, segments
 from kubevisor.agent.kube import objects
 from kubevisor.agent.libvirt import DomainInfo, Hypervisor, HypervisorError, migrating
 from kubevisor.agent.runtime.informing import Key
+from kubevisor.agent.storagebackends import diskstore
 from kubevisor.agent.vms import cloning, placing, reporting, statuses
 from kubevisor.api import conditions, groups, machines, migrations, naming
 
@@ -90,10 +91,20 @@ def console_log_path(console_dir: Path, domain_name: str) -> Path:
     return console_dir / f"{domain_name}.log"
 
 
+def _without_backends(machine: machines.MachineSpec) -> machines.MachineSpec:
+    """The machine with every backend disk dropped: what can still be cleaned up when a
+    disk's StorageBackend is gone (its images stay on the server, never guessed at)."""
+    return machine.model_copy(update={"disks": [d for d in machine.disks if d.backend is None]})
+
+
 def refusal_reason(message: str) -> conditions.Reason:
     """The reason for a hypervisor's refusal, from libvirt's own words (pure)."""
     if "firmware" in message.lower():
         return conditions.Reason.FIRMWARE_UNAVAILABLE
+    if "nfs" in message.lower() or "iscsi" in message.lower():
+        # QEMU's own storage client could not open a disk on a backend (libnfs/libiscsi
+        # say so in their words, which the message keeps).
+        return conditions.Reason.STORAGE_FAILED
     return conditions.Reason.HYPERVISOR_REFUSED
 
 
@@ -119,9 +130,12 @@ class VMHandler:
         failed: Callable[[Key], float] | None = None,
         succeeded: Callable[[Key], None] = lambda _key: None,
         record: Callable[[dict[str, Any], str, str], Awaitable[None]] | None = None,
+        store: diskstore.DiskStore | None = None,
     ) -> None:
         self.hv = hypervisor
         self.config = config
+        self.store = store or diskstore.DiskStore(config.layout)
+        """Where the VM's disks are made and deleted (node files, NFS backends)."""
         self.cache = cache
         self.vms = vms
         self.secrets = secrets
@@ -288,11 +302,11 @@ class VMHandler:
         assert scope.machine is not None
         await self.vms.add_finalizer(scope.obj, groups.AGENT_FINALIZER)
         try:
-            plans = disks.plan(scope.machine, scope.identity, self.config.layout)
+            plans = await self.store.plan(scope.machine, scope.identity)
             if disks.clone_sources(plans):
                 await self.clones.copy(scope.key, plans)
             for disk in plans:
-                await disks.ensure(disk)
+                await self.store.ensure(disk)
         except disks.DiskError as exc:
             scope.ready_reason, scope.message = exc.reason, str(exc)
             return False
@@ -375,7 +389,7 @@ class VMHandler:
         release the VM by removing our finalizer."""
         if scope.machine is not None:
             try:
-                plans = disks.plan(scope.machine, scope.identity, self.config.layout)
+                plans = await self.store.plan(scope.machine, scope.identity)
             except disks.DiskError:
                 # A base image vanished: plan without bases (the files are still ours).
                 bare = scope.machine.model_copy(
@@ -386,11 +400,19 @@ class VMHandler:
                         ]
                     }
                 )
-                plans = disks.plan(bare, scope.identity, self.config.layout)
-            removed = await asyncio.to_thread(
-                disks.remove, disks.deletable(plans, self.config.layout)
-            )
-            logger.info("%s/%s: removed disks %s", *scope.key, [str(p) for p in removed])
+                try:
+                    plans = await self.store.plan(bare, scope.identity)
+                except disks.DiskError as exc:
+                    # A backend gone too: its images cannot be found now; node files can.
+                    logger.warning("%s/%s: disks not all removed: %s", *scope.key, exc)
+                    plans = disks.plan(_without_backends(bare), scope.identity,
+                                       self.config.layout)  # fmt: skip
+            try:
+                removed = await self.store.remove(plans)
+            except disks.DiskError as exc:
+                logger.warning("%s/%s: disks not all removed: %s", *scope.key, exc)
+                removed = []
+            logger.info("%s/%s: removed disks %s", *scope.key, removed)
         console_log = console_log_path(self.config.console_dir, scope.identity.domain_name)
         try:
             await asyncio.to_thread(console_log.unlink, True)

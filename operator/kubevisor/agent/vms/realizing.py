@@ -27,6 +27,7 @@ from kubevisor.agent.kube import statuses as kubestatuses
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.migrations import handling as migrationhandling
 from kubevisor.agent.runtime import informing, looping
+from kubevisor.agent.storagebackends import diskstore
 from kubevisor.agent.vms import cloning, handling, orphans, placing, reporting, statuses, watching
 from kubevisor.api import naming, virtualmachines
 
@@ -70,8 +71,10 @@ class Agent:
         segments: bridges.Segments,
         heartbeat: leases.Heartbeat | None = None,
         node_segments: segmenting.NodeSegments | None = None,
+        store: diskstore.DiskStore | None = None,
     ) -> None:
         self.hv = hypervisor
+        store = store or diskstore.DiskStore(config.layout)
         self.config = config
         self.heartbeat = heartbeat
         self.status = kubestatuses.StatusWriter(
@@ -108,6 +111,7 @@ class Agent:
                 vm=self._known,
                 peers=heartbeat.peers,
                 sync_segments=self._sync_segments,
+                store=store,
             )
         vms = objects.CustomObjects(api, watching.PLURAL)
         self.clones = cloning.Clones(hypervisor, enqueue=self.loop.enqueue)
@@ -141,6 +145,7 @@ class Agent:
             failed=self.loop.failed,
             succeeded=self.loop.succeeded,
             record=events.Recorder(api, kind="VirtualMachine", node=config.node).warning,
+            store=store,
         )
 
     @property
