@@ -50,6 +50,7 @@ class Gateway:
         app.router.add_get("/vnc.html", self._page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/websockify", self._websocket)
+        app.router.add_get("/admission", self._admission)
         for part in ("core", "vendor"):
             app.router.add_static(f"/{part}/", self.novnc_dir / part)
         return app
@@ -59,6 +60,17 @@ class Gateway:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def _admission(self, request: web.Request) -> web.Response:
+        """Whether the token would be admitted now, without using it: the page asks this
+        after its websocket was refused, because a browser never shows a script the body
+        of a refused websocket handshake. Says no more than that 403 body does."""
+        _, decision = await self.admitter.admit(
+            request.query.get(displaytokens.TOKEN_QUERY), consume=False
+        )
+        if isinstance(decision, admitting.Refused):
+            return web.Response(status=403, text=f"{decision.reason}: {decision.message}\n")
+        return web.Response(text="Admissible: the token would open the desktop\n")
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         grant, decision = await self.admitter.admit(request.query.get(displaytokens.TOKEN_QUERY))
