@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
-from kubevisor.api import displaytokens
-from kubevisor.gateway import admission, admitting, dialing, rfbfilter
+from kubevisor.api import desktopclaims, displaytokens
+from kubevisor.gateway import admission, admitting, dialing, rfbfilter, sessions
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,12 @@ STATIC_DIR = Path(__file__).parent / "static"
 #: websocket close code for "policy violation" (RFC 6455 §7.4.1).
 CLOSE_POLICY = 1008
 _READ_SIZE = 64 * 1024
+
+
+class Reports(Protocol):
+    """Where session reports go (``gateway.kube.reporting.Reporter``)."""
+
+    def report(self, key: sessions.Key, session: desktopclaims.SessionStatus) -> None: ...
 
 
 class Gateway:
@@ -37,13 +46,33 @@ class Gateway:
         dialer: dialing.Dialer,
         novnc_dir: Path,
         recheck_seconds: float = 5.0,
+        reports: Reports | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.admitter = admitter
         self.dialer = dialer
         self.novnc_dir = novnc_dir
         self.recheck_seconds = recheck_seconds
+        self.reports = reports
+        self.book = sessions.SessionBook()
+        self._clock = clock
         self.sessions = 0
         """Sessions open now."""
+
+    def _report(self, target: admitting.Target, event: str) -> None:
+        """Book a full viewer's ``event`` (connected, disconnected, input) and queue the
+        session report it calls for; view-only viewers are not reported."""
+        if self.reports is None or target.view_only:
+            return
+        key, now = (target.namespace, target.claim), self._clock()
+        if event == "connected":
+            session: desktopclaims.SessionStatus | None = self.book.connected(key, now=now)
+        elif event == "disconnected":
+            session = self.book.disconnected(key, now=now)
+        else:
+            session = self.book.input(key, now=now)
+        if session is not None:
+            self.reports.report(key, session)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -94,7 +123,11 @@ class Gateway:
                 decision.vm_name, decision.view_only,
             )  # fmt: skip
             self.sessions += 1
-            await self._proxy(ws, reader, writer, grant, decision)
+            self._report(decision, "connected")
+            try:
+                await self._proxy(ws, reader, writer, grant, decision)
+            finally:
+                self._report(decision, "disconnected")
         finally:
             dialing.close_quietly(writer)
             await ws.close()
@@ -109,7 +142,7 @@ class Gateway:
         target: admitting.Target,
     ) -> None:
         """Pump both ways until either side ends or the claim stops admitting."""
-        upstream = asyncio.create_task(self._browser_to_vnc(ws, writer, target.view_only))
+        upstream = asyncio.create_task(self._browser_to_vnc(ws, writer, target))
         downstream = asyncio.create_task(self._vnc_to_browser(reader, ws))
         watch = asyncio.create_task(self._watch_claim(ws, grant, target))
         tasks = {upstream, downstream, watch}
@@ -127,9 +160,10 @@ class Gateway:
             self.sessions -= 1
 
     async def _browser_to_vnc(
-        self, ws: web.WebSocketResponse, writer: asyncio.StreamWriter, view_only: bool
+        self, ws: web.WebSocketResponse, writer: asyncio.StreamWriter, target: admitting.Target
     ) -> None:
-        stream = rfbfilter.ClientStreamFilter(view_only=view_only)
+        stream = rfbfilter.ClientStreamFilter(view_only=target.view_only)
+        inputs = 0
         async for msg in ws:
             if msg.type is not WSMsgType.BINARY:
                 if msg.type is WSMsgType.TEXT:
@@ -143,6 +177,9 @@ class Gateway:
             if data:
                 writer.write(data)
                 await writer.drain()
+            if stream.inputs != inputs:
+                inputs = stream.inputs
+                self._report(target, "input")
 
     async def _vnc_to_browser(
         self, reader: asyncio.StreamReader, ws: web.WebSocketResponse
