@@ -110,6 +110,7 @@ def running_process(
     Stopped with SIGTERM (SIGKILL after 30 s), as an orchestrator stops a pod; the tail of
     its log is printed so a failing test shows what the process did.
     """
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             list(argv),
