@@ -213,8 +213,9 @@ async def chromium(env: Env) -> AsyncIterator[browser.Browser]:
 
 async def _state(page: browser.Page) -> dict[str, str]:
     out = await page.evaluate(
-        "({state: document.body.dataset.state || '', refusal: document.body.dataset.refusal"
-        " || '', status: (document.getElementById('status') || {}).textContent || ''})"
+        "(() => { const b = document.body; if (!b) return {};"  # not loaded yet
+        " return {state: b.dataset.state || '', refusal: b.dataset.refusal || '',"
+        " status: (document.getElementById('status') || {}).textContent || ''}; })()"
     )
     return dict(out or {})
 
@@ -249,7 +250,8 @@ async def _canvas(page: browser.Page) -> Any:
 
     rect = await page.evaluate(
         "(() => { const r = document.querySelector('#screen canvas').getBoundingClientRect();"
-        " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
+        " return {x: Math.round(r.x), y: Math.round(r.y), width: Math.round(r.width),"
+        " height: Math.round(r.height)}; })()"
     )
     png = await page.screenshot(clip=rect)
     with Image.open(io.BytesIO(png)) as img:
@@ -331,8 +333,9 @@ async def test_expired_and_replayed_tokens_are_refused_in_the_browser(
     assert state["refusal"] == "Expired", state
     assert "expired" in state["status"]
 
-    # The claim's own URL: the first tab opens the desktop, the same URL again is a replay.
-    url = _get(env.dev, "desktopclaim", desktop.claim)["status"]["url"]
+    # A URL as the controller mints it (the claim's own was used by the first test): the
+    # first tab opens the desktop, the same URL again is a replay.
+    url = _fresh_url(env, desktop)
     first = await _open(chromium, url, expect="connected")
     again = await _open(chromium, url, expect="disconnected")
     state = await testing.wait_for_async(
@@ -350,6 +353,15 @@ async def _refusal(page: browser.Page) -> dict[str, str] | None:
     return state if state.get("refusal") else None
 
 
+def _fresh_url(env: Env, desktop: Desktop, *, ttl: int = 300) -> str:
+    """A claim URL with a token not used yet, minted as the controller mints them."""
+    token = displaytokens.mint(_display_key(env), displaytokens.Grant(
+        namespace=NS, claim=desktop.claim, claim_uid=desktop.claim_uid,
+        expires_at=int(time.time()) + ttl, nonce=uuid.uuid4().hex,
+    ))  # fmt: skip
+    return displaytokens.desktop_url(env.gateway, token)
+
+
 def _display_key(env: Env) -> bytes:
     secret = _get(env.dev, "secret", displaytokens.KEY_SECRET_NAME, ns=KEY_NS)
     return base64.b64decode(secret["data"][displaytokens.KEY_SECRET_FIELD])
@@ -358,9 +370,9 @@ def _display_key(env: Env) -> bytes:
 async def test_a_view_only_viewer_cannot_type_and_the_user_can(
     env: Env, desktop: Desktop, chromium: browser.Browser, tmp_path: Path
 ) -> None:
-    status = _get(env.dev, "desktopclaim", desktop.claim)["status"]
-    user = await _open(chromium, status["url"], expect="connected")
-    viewer = await _open(chromium, status["viewUrl"], expect="connected")
+    # The claim's own viewUrl for the viewer; the user's own URL was used by the first test.
+    user = await _open(chromium, _fresh_url(env, desktop), expect="connected")
+    viewer = await _open(chromium, desktop.view_url, expect="connected")
     # The page does not restrict a view-only viewer itself: the gateway must.
     assert await viewer.evaluate("window.rfb.viewOnly") is False
     before = desktop.console.read_text(errors="replace").count(TYPED)
@@ -400,3 +412,9 @@ def test_vnc_is_not_reachable_on_the_nodes_fabric_address(env: Env, desktop: Des
         capture_output=True, check=False, timeout=30,
     )  # fmt: skip
     assert probe.returncode != 0, "the desktop's VNC answers on the fabric"
+    inside = subprocess.run(
+        ["ip", "netns", "exec", node.netns, "bash", "-c",
+         f"exec 3<>/dev/tcp/127.0.0.1/{display['port']}"],
+        capture_output=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert inside.returncode == 0, "... while it listens on the node's loopback"
