@@ -179,7 +179,7 @@ def desktop(env: Env) -> Desktop:
     its banner."""
     _apply(env.dev, "DesktopPool", POOL,
            {"templateRef": {"name": "gwdesk"}, "min": 1, "max": 1, "spare": 0,
-            "tokenTTLSeconds": 600})  # fmt: skip
+            "tokenTtlSeconds": 600})  # fmt: skip
     claim = f"claim-{uuid.uuid4().hex[:6]}"
     _apply(env.dev, "DesktopClaim", claim,
            {"poolRef": {"name": POOL}, "user": "alice", "allowShadowing": True})  # fmt: skip
@@ -286,12 +286,9 @@ async def test_the_browser_shows_the_guests_console(
     assert _lit(dump, text_row) > 500, "the guest's banner is on its screen"
     assert _lit(dump, blank) == 0, "below the banner the screen is blank"
 
-    async def matches() -> float | None:
+    async def matches() -> bool:
         shot = await _canvas(page)
-        if shot.size != dump.size:
-            return None
-        share = _differing_share(shot, dump)
-        return share if share <= DIFFERING_SHARE else None
+        return bool(shot.size == dump.size and _differing_share(shot, dump) <= DIFFERING_SHARE)
 
     async def seen() -> Any:
         shot = await _canvas(page)
