@@ -81,7 +81,9 @@ async def run(args: argparse.Namespace) -> None:
             recheck_seconds=args.recheck_seconds,
             reports=reporter,
         )
-        runner = web.AppRunner(gateway.app(), handle_signals=False)
+        runner = web.AppRunner(
+            gateway.app(), handle_signals=False, access_log_class=serving.AccessLogger
+        )
         await runner.setup()
         site = web.TCPSite(
             runner, args.host, args.port, ssl_context=tls_context(args.tls_cert, args.tls_key)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractAccessLogger
 
 from kubevisor.api import desktopclaims, displaytokens
 from kubevisor.gateway import admission, admitting, dialing, rfbfilter, sessions
@@ -28,6 +29,17 @@ STATIC_DIR = Path(__file__).parent / "static"
 #: websocket close code for "policy violation" (RFC 6455 §7.4.1).
 CLOSE_POLICY = 1008
 _READ_SIZE = 64 * 1024
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log without the query string: the token travels in the query
+    (``/websockify?token=...``, noVNC's ``path``), and a token must never be logged."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.3fs',
+            request.remote, request.method, request.path, response.status, time,
+        )  # fmt: skip
 
 
 class Reports(Protocol):
