@@ -188,10 +188,7 @@ def measure(sampler: Sampler, *, template: str, samples: int) -> dict[str, Any]:
         vm = sampler._wait("a spare desktop", spare_ready)
         direct_s.append(sampler.direct_sample(vm))
         with_spare.append(sampler.claim_sample("spare"))
-    sampler.custom.delete_namespaced_custom_object(
-        G, V, sampler.ns, kinds.DESKTOPPOOL.plural, "spare"
-    )
-    sampler._wait("the spare pool's desktops gone", lambda: not _pool_vms(sampler, "spare"))
+    _delete_pool(sampler, "spare")
     out["with_spare"] = _stages(with_spare)
     out["direct_to_running_desktop_first_frame_s"] = h.Stats.of(direct_s).json()
 
@@ -204,12 +201,20 @@ def measure(sampler: Sampler, *, template: str, samples: int) -> dict[str, Any]:
         plain.append(sampler.plain_vm_sample(template))
         without.append(sampler.claim_sample("cold"))
         sampler._wait("the cold pool's desktop gone", lambda: not _pool_vms(sampler, "cold"))
-    sampler.custom.delete_namespaced_custom_object(
-        G, V, sampler.ns, kinds.DESKTOPPOOL.plural, "cold"
-    )
+    _delete_pool(sampler, "cold")
     out["without_spare"] = _stages(without)
     out["plain_vm_first_frame_s"] = h.Stats.of(plain).json()
     return out
+
+
+def _delete_pool(sampler: Sampler, pool: str) -> None:
+    """The pool, then its desktops, waited for: the dev cluster runs no garbage collector,
+    so the owner references alone would leave the VMs running."""
+    sampler.custom.delete_namespaced_custom_object(G, V, sampler.ns, kinds.DESKTOPPOOL.plural, pool)
+    sampler.custom.delete_collection_namespaced_custom_object(
+        G, V, sampler.ns, kinds.VIRTUALMACHINE.plural, label_selector=f"{groups.LABEL_POOL}={pool}"
+    )
+    sampler._wait(f"the {pool} pool's desktops gone", lambda: not _pool_vms(sampler, pool))
 
 
 def _pool_vms(sampler: Sampler, pool: str) -> list[str]:
