@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import libvirt  # baseline only; the product imports it in agent/libvirt
 
 import _harness as h
+import _stack as stack
 from kubevisor.agent import domainxml
 from kubevisor.api import groups, kinds, machines
 from kubevisor.devenv import controlplane, nodes
@@ -354,19 +355,11 @@ def run_test_driver(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         subprocess.run(["ip", "-n", netns, "link", "add", "kvbr0", "type", "bridge"], check=True)
         cp.start()
         cp.install_crds()
-        procs.spawn("controller", [str(VENV_BIN / "kubevisor-controller"),
-                                   f"--kubeconfig={cp.kubeconfig}"])  # fmt: skip
         node_names = [f"tnode-{i}" for i in range(1, args.nodes_test + 1)]
-        for node in node_names:
-            procs.spawn(f"agent-{node}", [
-                str(VENV_BIN / "kubevisor-agent"), f"--node={node}",
-                f"--kubeconfig={cp.kubeconfig}", "--libvirt-uri=test:///default",
-                f"--netns={netns}", f"--state-dir={work / node / 'state'}",
-                f"--image-dir={work / node / 'images'}", "--cpu=4096", "--memory=4Ti",
-                "--network=default=kvbr0", "--stop-timeout=5",
-            ])  # fmt: skip
+        stack.spawn_test_driver(procs, cp.kubeconfig, work, netns=netns, node_names=node_names,
+                                agent_args=["--network=default=kvbr0"])  # fmt: skip
         api = h.api_client(cp.kubeconfig, pool=args.concurrency + 4)
-        h.wait_for("agent Leases", lambda: _leases_or_dead(api, node_names, procs), timeout=60)
+        h.wait_for("agent Leases", lambda: stack.leases_or_dead(api, node_names, procs), timeout=60)
         log(f"test driver: control plane, controller, {len(node_names)} agents up")
         xmls: list[str] = []
 
@@ -405,12 +398,6 @@ def run_test_driver(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
-def _leases_or_dead(api: Any, names: list[str], procs: h.Processes) -> bool:
-    if procs.dead():
-        raise RuntimeError(f"processes exited early: {procs.dead()} (logs in {procs.log_dir})")
-    return h.nodes_with_leases(api, names)
-
-
 def run_qemu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if not (TINY / "vmlinuz").exists():
         raise RuntimeError(f"{TINY}/vmlinuz missing: run hack/build-guest.sh first")
@@ -434,7 +421,7 @@ def run_qemu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "--network=default=kvbr0", "--cpu=64", "--memory=16Gi", "--stop-timeout=5",
             ])  # fmt: skip
         api = h.api_client(cp.kubeconfig, pool=args.concurrency + 4)
-        h.wait_for("agent Leases", lambda: _leases_or_dead(api, [n.name for n in sim], procs),
+        h.wait_for("agent Leases", lambda: stack.leases_or_dead(api, [n.name for n in sim], procs),
                    timeout=60)  # fmt: skip
         log(f"qemu: control plane, controller, {len(sim)} agents up")
         uri_of = {n.name: n.libvirt_uri for n in sim}

@@ -171,14 +171,31 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
         try:
             yield e
         finally:
-            for plural in ("desktopclaims", "virtualmachines", "desktoppools"):
-                for obj in e.custom.list_namespaced_custom_object(G, V, NS, plural)["items"]:
-                    name = obj["metadata"]["name"]
-                    with contextlib.suppress(e.k.client.ApiException):  # gone meanwhile
-                        e.patch(plural, name, {"metadata": {"finalizers": None}})
-                        e.delete(plural, name)
-            for name in NODES:
-                e.coord.delete_namespaced_lease(name, LEASE_NS)
+            _teardown(e)
+
+
+def _teardown(e: Env) -> None:
+    """Remove every pool, claim and VM of the module and WAIT until they are gone, with
+    the controller still running: the pools go first (so the controller stops creating
+    desktops), then the claims, then the VMs. There is no agent to clear a VM's
+    finalizer, so the test clears it. Leftover VMs would be placed against the next
+    modules' nodes (the helm test once timed out behind them)."""
+
+    def sweep() -> list[str]:
+        left = []
+        for plural in ("desktoppools", "desktopclaims", "virtualmachines"):
+            for obj in e.custom.list_namespaced_custom_object(G, V, NS, plural)["items"]:
+                name = obj["metadata"]["name"]
+                left.append(f"{plural}/{name}")
+                with contextlib.suppress(e.k.client.ApiException):  # gone meanwhile
+                    e.patch(plural, name, {"metadata": {"finalizers": None}})
+                    e.delete(plural, name)
+        return left
+
+    testing.wait_for(lambda: not sweep(), timeout=60, what="the module's pools, claims and "
+                     "VMs gone", every=0.5, show=sweep)  # fmt: skip
+    for name in NODES:
+        e.coord.delete_namespaced_lease(name, LEASE_NS)
 
 
 @pytest.fixture(scope="module")

@@ -335,3 +335,48 @@ async def test_tls(tls_gw: Gateway, desk: Desk, vnc: int) -> None:
         token = desk.token("alice", uid)
         async with http.ws_connect(tls_gw.ws_url(token), ssl=tls_gw.ssl) as ws:
             assert (await RFBClient(ws).read(12)) == b"RFB 003.008\n"
+
+
+async def test_the_session_is_reported_in_the_claims_status(
+    gw: Gateway, desk: Desk, vnc: int
+) -> None:
+    """A full viewer's connect, input and disconnect land in status.session (what the
+    controller's idle and disconnected timeouts read); a view-only viewer's do not."""
+    uid = await desk.claim("alice")
+    await desk.vm("desk-1", port=vnc)
+
+    async def session() -> dict[str, Any]:
+        obj = await desk.custom.get_namespaced_custom_object(
+            G, V, desk.ns, "desktopclaims", "alice"
+        )
+        return dict((obj.get("status") or {}).get("session") or {})
+
+    async def until(what: str, check: Any) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            s = await session()
+            return s if check(s) else None
+
+        return await testing.wait_for_async(probe, timeout=20, what=what, show=session)
+
+    async with aiohttp.ClientSession() as http:
+        viewer_url = gw.ws_url(desk.token("alice", uid, view_only=True))
+        async with http.ws_connect(viewer_url) as viewer_ws:
+            viewer = RFBClient(viewer_ws)
+            await viewer.handshake()
+            await viewer.type_text("x")
+            await viewer.request_update()
+            await viewer.framebuffer_update()
+        assert await session() == {}, "a view-only viewer is not reported"
+        async with http.ws_connect(gw.ws_url(desk.token("alice", uid))) as ws:
+            rfb = RFBClient(ws)
+            await rfb.handshake()
+            s = await until("connected", lambda s: s.get("connected") is True)
+            assert s.get("lastConnectedAt") and "lastInputAt" not in s
+            await rfb.type_text("a")
+            s = await until("input", lambda s: s.get("lastInputAt"))
+            assert s["connected"] is True
+    s = await until("disconnected", lambda s: s.get("connected") is False)
+    assert s.get("lastDisconnectedAt") and s.get("lastInputAt") and s.get("lastConnectedAt")
+    obj = await desk.custom.get_namespaced_custom_object(G, V, desk.ns, "desktopclaims", "alice")
+    managers = {f["manager"] for f in obj["metadata"]["managedFields"]}
+    assert "kubevisor-gateway" in managers, managers

@@ -552,11 +552,14 @@ GATEWAY_CHECKS: list[Check] = [
     ("get", "desktopclaims.kubevisor.io", "default", (), True),
     ("get", "virtualmachines.kubevisor.io", "default", (), True),
     ("get", "secrets/kubevisor-display-key", NS, (), True),
-    # and not more: it only reads, and only the one Secret
+    # its one write: a claim's status.session
+    ("patch", "desktopclaims.kubevisor.io", "default", ("--subresource=status",), True),
+    # and not more: only the one Secret, no claim's spec or metadata
     ("get", "secrets", NS, (), False),
     ("get", "secrets/kubevisor-display-key", "default", (), False),
     ("list", "desktopclaims.kubevisor.io", "default", (), False),
-    ("patch", "desktopclaims.kubevisor.io", "default", ("--subresource=status",), False),
+    ("patch", "desktopclaims.kubevisor.io", "default", (), False),
+    ("update", "desktopclaims.kubevisor.io", "default", ("--subresource=status",), False),
     ("patch", "virtualmachines.kubevisor.io", "default", (), False),
     ("create", "events", "default", (), False),
 ]

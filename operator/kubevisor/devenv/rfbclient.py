@@ -103,3 +103,28 @@ class RFBClient:
         """Type ``text`` (ASCII; ``\\n`` is Return)."""
         for ch in text:
             await self.key(0xFF0D if ch == "\n" else ord(ch))
+
+
+@dataclass(frozen=True)
+class _Received:
+    data: bytes | None
+    type: str = "stream"
+    extra: Any = None
+
+
+class StreamTransport:
+    """A TCP stream (asyncio) shaped like the websocket ``RFBClient`` reads, so the same
+    client speaks RFB to a VNC server directly: the baseline a proxied session is
+    measured against."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def receive(self) -> _Received:
+        data = await self.reader.read(64 * 1024)
+        return _Received(data if data else None, type="closed" if not data else "stream")
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()

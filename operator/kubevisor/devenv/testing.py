@@ -12,6 +12,7 @@ setup cannot provide (a kernel feature, root) stays a skip with its reason.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -20,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -78,6 +79,28 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (saw: {seen!r})")
 
 
+async def wait_for_async(
+    predicate: Callable[[], Awaitable[T]],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the same signature as wait_for
+    what: str,
+    every: float = 0.2,
+    show: Callable[[], Awaitable[Any]] | None = None,
+) -> T:
+    """`wait_for` for a coroutine predicate (a browser's page, a websocket): the event
+    loop keeps running between polls."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        last = value
+        await asyncio.sleep(every)
+    seen = await show() if show is not None else last
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (saw: {seen!r})")
+
+
 @contextlib.contextmanager
 def running_process(
     argv: Sequence[str], *, log: Path, what: str, env: dict[str, str] | None = None
@@ -87,6 +110,7 @@ def running_process(
     Stopped with SIGTERM (SIGKILL after 30 s), as an orchestrator stops a pod; the tail of
     its log is printed so a failing test shows what the process did.
     """
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             list(argv),

@@ -29,9 +29,10 @@ class Admitter:
         self.ledger = replays.NonceLedger()
 
     async def admit(
-        self, token: str | None
+        self, token: str | None, *, consume: bool = True
     ) -> tuple[displaytokens.Grant | None, admitting.Target | admitting.Refused]:
-        """The grant (when the token verified) and the decision."""
+        """The grant (when the token verified) and the decision. ``consume=False`` only
+        asks: the nonce is checked but not recorded (``/admission``, the page's "why")."""
         if not token:
             return None, admitting.Refused(
                 admitting.Refusal.MISSING_TOKEN,
@@ -49,7 +50,12 @@ class Admitter:
         decision = admitting.decide(grant, claim, display)
         if isinstance(decision, admitting.Refused):
             return grant, decision
-        if not self.ledger.use(grant.nonce, expires_at=grant.expires_at, now=self._clock()):
+        now = self._clock()
+        if consume:
+            fresh = self.ledger.use(grant.nonce, expires_at=grant.expires_at, now=now)
+        else:
+            fresh = not self.ledger.seen(grant.nonce, now=now)
+        if not fresh:
             return grant, admitting.Refused(
                 admitting.Refusal.REPLAYED, "the token was already used (each admits one session)"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from kubevisor.gateway import admission, dialing, serving
-from kubevisor.gateway.kube import reading
+from kubevisor.gateway.kube import reading, reporting
 
 log = logging.getLogger("kubevisor.gateway")
 
@@ -72,13 +73,17 @@ async def run(args: argparse.Namespace) -> None:
     await reading.load_config(args.kubeconfig)
     async with reading.api_client() as api:
         reader = reading.Reader(api, key_namespace=args.key_namespace)
+        reporter = reporting.Reporter(api)
         gateway = serving.Gateway(
             admission.Admitter(reader),
             dialer=dialing.Dialer(netns_template=args.display_netns),
             novnc_dir=args.novnc_dir,
             recheck_seconds=args.recheck_seconds,
+            reports=reporter,
         )
-        runner = web.AppRunner(gateway.app(), handle_signals=False)
+        runner = web.AppRunner(
+            gateway.app(), handle_signals=False, access_log_class=serving.AccessLogger
+        )
         await runner.setup()
         site = web.TCPSite(
             runner, args.host, args.port, ssl_context=tls_context(args.tls_cert, args.tls_key)
@@ -92,7 +97,11 @@ async def run(args: argparse.Namespace) -> None:
         try:
             await stop.wait()
         finally:
-            await runner.cleanup()
+            await runner.cleanup()  # sessions end: their disconnects are queued
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await reporter.drain()
+            await reporter.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:

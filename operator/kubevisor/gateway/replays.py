@@ -33,6 +33,12 @@ class NonceLedger:
         heapq.heappush(self._expiries, (expires_at, nonce))
         return True
 
+    def seen(self, nonce: str, *, now: float) -> bool:
+        """Whether ``nonce`` was used (a peek that records nothing: the page asking why
+        its websocket was refused must not burn a token)."""
+        self._forget(now)
+        return nonce in self._used
+
     def _forget(self, now: float) -> None:
         while self._expiries and self._expiries[0][0] <= now:
             _, nonce = heapq.heappop(self._expiries)

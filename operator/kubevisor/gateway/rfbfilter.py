@@ -121,6 +121,8 @@ class ClientStreamFilter:
         self._buf = bytearray()
         self.dropped = 0
         """How many input messages were dropped (view-only)."""
+        self.inputs = 0
+        """How many input messages were forwarded (a full viewer typing or pointing)."""
 
     def feed(self, data: bytes) -> bytes:
         """The bytes of ``data`` (plus what was held back) to forward to the VNC server.
@@ -177,7 +179,9 @@ class ClientStreamFilter:
         length = _message_length(buf)
         if length is None or len(buf) < length:
             return None
-        if self.view_only and buf[0] in INPUT_MESSAGES:
-            self.dropped += 1
-            return length, False
+        if buf[0] in INPUT_MESSAGES:
+            if self.view_only:
+                self.dropped += 1
+                return length, False
+            self.inputs += 1
         return length, True

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractAccessLogger
 
-from kubevisor.api import displaytokens
-from kubevisor.gateway import admission, admitting, dialing, rfbfilter
+from kubevisor.api import desktopclaims, displaytokens
+from kubevisor.gateway import admission, admitting, dialing, rfbfilter, sessions
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,23 @@ STATIC_DIR = Path(__file__).parent / "static"
 #: websocket close code for "policy violation" (RFC 6455 §7.4.1).
 CLOSE_POLICY = 1008
 _READ_SIZE = 64 * 1024
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log without the query string: the token travels in the query
+    (``/websockify?token=...``, noVNC's ``path``), and a token must never be logged."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.3fs',
+            request.remote, request.method, request.path, response.status, time,
+        )  # fmt: skip
+
+
+class Reports(Protocol):
+    """Where session reports go (``gateway.kube.reporting.Reporter``)."""
+
+    def report(self, key: sessions.Key, session: desktopclaims.SessionStatus) -> None: ...
 
 
 class Gateway:
@@ -37,19 +58,40 @@ class Gateway:
         dialer: dialing.Dialer,
         novnc_dir: Path,
         recheck_seconds: float = 5.0,
+        reports: Reports | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.admitter = admitter
         self.dialer = dialer
         self.novnc_dir = novnc_dir
         self.recheck_seconds = recheck_seconds
+        self.reports = reports
+        self.book = sessions.SessionBook()
+        self._clock = clock
         self.sessions = 0
         """Sessions open now."""
+
+    def _report(self, target: admitting.Target, event: str) -> None:
+        """Book a full viewer's ``event`` (connected, disconnected, input) and queue the
+        session report it calls for; view-only viewers are not reported."""
+        if self.reports is None or target.view_only:
+            return
+        key, now = (target.namespace, target.claim), self._clock()
+        if event == "connected":
+            session: desktopclaims.SessionStatus | None = self.book.connected(key, now=now)
+        elif event == "disconnected":
+            session = self.book.disconnected(key, now=now)
+        else:
+            session = self.book.input(key, now=now)
+        if session is not None:
+            self.reports.report(key, session)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/vnc.html", self._page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/websockify", self._websocket)
+        app.router.add_get("/admission", self._admission)
         for part in ("core", "vendor"):
             app.router.add_static(f"/{part}/", self.novnc_dir / part)
         return app
@@ -59,6 +101,17 @@ class Gateway:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def _admission(self, request: web.Request) -> web.Response:
+        """Whether the token would be admitted now, without using it: the page asks this
+        after its websocket was refused, because a browser never shows a script the body
+        of a refused websocket handshake. Says no more than that 403 body does."""
+        _, decision = await self.admitter.admit(
+            request.query.get(displaytokens.TOKEN_QUERY), consume=False
+        )
+        if isinstance(decision, admitting.Refused):
+            return web.Response(status=403, text=f"{decision.reason}: {decision.message}\n")
+        return web.Response(text="Admissible: the token would open the desktop\n")
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         grant, decision = await self.admitter.admit(request.query.get(displaytokens.TOKEN_QUERY))
@@ -82,7 +135,11 @@ class Gateway:
                 decision.vm_name, decision.view_only,
             )  # fmt: skip
             self.sessions += 1
-            await self._proxy(ws, reader, writer, grant, decision)
+            self._report(decision, "connected")
+            try:
+                await self._proxy(ws, reader, writer, grant, decision)
+            finally:
+                self._report(decision, "disconnected")
         finally:
             dialing.close_quietly(writer)
             await ws.close()
@@ -97,7 +154,7 @@ class Gateway:
         target: admitting.Target,
     ) -> None:
         """Pump both ways until either side ends or the claim stops admitting."""
-        upstream = asyncio.create_task(self._browser_to_vnc(ws, writer, target.view_only))
+        upstream = asyncio.create_task(self._browser_to_vnc(ws, writer, target))
         downstream = asyncio.create_task(self._vnc_to_browser(reader, ws))
         watch = asyncio.create_task(self._watch_claim(ws, grant, target))
         tasks = {upstream, downstream, watch}
@@ -115,9 +172,10 @@ class Gateway:
             self.sessions -= 1
 
     async def _browser_to_vnc(
-        self, ws: web.WebSocketResponse, writer: asyncio.StreamWriter, view_only: bool
+        self, ws: web.WebSocketResponse, writer: asyncio.StreamWriter, target: admitting.Target
     ) -> None:
-        stream = rfbfilter.ClientStreamFilter(view_only=view_only)
+        stream = rfbfilter.ClientStreamFilter(view_only=target.view_only)
+        inputs = 0
         async for msg in ws:
             if msg.type is not WSMsgType.BINARY:
                 if msg.type is WSMsgType.TEXT:
@@ -131,6 +189,9 @@ class Gateway:
             if data:
                 writer.write(data)
                 await writer.drain()
+            if stream.inputs != inputs:
+                inputs = stream.inputs
+                self._report(target, "input")
 
     async def _vnc_to_browser(
         self, reader: asyncio.StreamReader, ws: web.WebSocketResponse

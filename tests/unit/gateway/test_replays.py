@@ -37,3 +37,13 @@ def test_the_ledger_holds_only_live_nonces() -> None:
     assert len(ledger) == 50
     ledger.use("late", expires_at=1000, now=125)
     assert len(ledger) == 25  # n26..n49 and "late"
+
+
+def test_seen_asks_without_using() -> None:
+    """The page's "why was I refused" (``/admission``) must not burn the token."""
+    ledger = NonceLedger()
+    assert not ledger.seen("a", now=10)
+    assert not ledger.seen("a", now=11)  # asking twice records nothing
+    assert ledger.use("a", expires_at=100, now=12)
+    assert ledger.seen("a", now=13)
+    assert not ledger.seen("a", now=100)  # forgotten at expiry, as use() forgets it

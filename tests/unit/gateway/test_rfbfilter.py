@@ -66,6 +66,15 @@ def test_messages_split_anywhere_come_out_whole_and_filtered(chunk: int) -> None
     assert _run(False, mixed, chunk=chunk) == SHARED_HANDSHAKE + b"".join(mixed)
 
 
+@pytest.mark.parametrize(("view_only", "inputs", "dropped"), [(False, 2, 0), (True, 0, 2)])
+def test_input_is_counted(view_only: bool, inputs: int, dropped: int) -> None:
+    """The gateway reports a full viewer's input (status.session.lastInputAt) from
+    ``inputs``; a view-only viewer's dropped input is not activity."""
+    f = ClientStreamFilter(view_only=view_only)
+    f.feed(VERSION + b"\x01\x00" + SET_ENCODINGS + KEY_EVENT + FB_UPDATE_REQUEST + POINTER_EVENT)
+    assert (f.inputs, f.dropped) == (inputs, dropped)
+
+
 def test_vnc_authentication_response_is_forwarded() -> None:
     f = ClientStreamFilter(view_only=True)
     response = bytes(range(16))

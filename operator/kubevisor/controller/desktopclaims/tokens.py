@@ -2,7 +2,7 @@
 itself is :mod:`kubevisor.api.displaytokens`).
 
 A token admits new connections until it expires, so the controller mints a fresh one when
-half of the pool's ``tokenTTLSeconds`` has passed (a URL shown to a user is always good
+half of the pool's ``tokenTtlSeconds`` has passed (a URL shown to a user is always good
 for at least half the TTL), when the claim was bound to another desktop, and when
 shadowing was switched on or off.
 """
