@@ -1,0 +1,79 @@
+"""Run the Argo CD health checks in a real Lua runtime, and capture live objects as their
+test data.
+
+``evaluate`` runs a kind's generated ``health.lua`` the way Argo CD does (the object as a
+global ``obj``, the script returns ``{status, message}``) in Lua 5.1 through ``lupa``
+(Argo CD's gopher-lua is 5.1 too). ``capture`` records an object as it stands on a running
+cluster into the kind's ``testdata/`` with a header saying which run produced it, so the
+samples the tests judge are what the controller and agents really wrote. It writes only
+when ``KUBEVISOR_CAPTURE_HEALTH`` is set (to anything): a normal test run never touches the
+tree.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubevisor.api import groups
+
+REPO = Path(__file__).resolve().parents[3]
+CUSTOMIZATIONS = REPO / "charts" / "kubevisor" / "argocd" / "resource_customizations"
+CAPTURE_ENV = "KUBEVISOR_CAPTURE_HEALTH"
+
+
+def kind_dir(kind: str) -> Path:
+    """``resource_customizations/kubevisor.io/<Kind>``."""
+    return CUSTOMIZATIONS / groups.GROUP / kind
+
+
+def evaluate(kind: str, obj: dict[str, Any]) -> dict[str, str]:
+    """``{"status": ..., "message": ...}`` as the kind's health.lua returns it for ``obj``."""
+    from lupa import lua51  # imported here: only the tests that run Lua need lupa
+
+    runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
+    runtime.globals().obj = runtime.table_from(obj, recursive=True)
+    script = (kind_dir(kind) / "health.lua").read_text()
+    result = runtime.execute(script)
+    if result is None:
+        raise AssertionError(f"{kind}/health.lua returned nothing")
+    return {str(k): str(v) for k, v in dict(result).items()}
+
+
+def trimmed(obj: dict[str, Any]) -> dict[str, Any]:
+    """What a health check may read, without what changes on every run (uid,
+    resourceVersion, managedFields): apiVersion, kind, a short metadata, spec, status."""
+    meta = obj.get("metadata") or {}
+    keep = {
+        k: meta[k]
+        for k in ("name", "namespace", "generation", "deletionTimestamp", "finalizers")
+        if k in meta
+    }
+    out: dict[str, Any] = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind")}
+    out["metadata"] = keep
+    for key in ("spec", "status"):
+        if key in obj:
+            out[key] = obj[key]
+    return out
+
+
+def capture(obj: dict[str, Any], name: str, *, run: str) -> Path | None:
+    """Write ``obj`` (trimmed) to ``<Kind>/testdata/<name>.yaml`` if capturing is on.
+
+    ``run`` says what produced it (the test and the cluster), and goes into the file's
+    header with the date. Returns the path written, or None when not capturing.
+    """
+    if not os.environ.get(CAPTURE_ENV):
+        return None
+    path = kind_dir(str(obj["kind"])) / "testdata" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# Captured from a live cluster by {run}\n"
+        f"# on {datetime.now(UTC).strftime('%Y-%m-%d')} ({CAPTURE_ENV}=1); do not edit by hand.\n"
+    )
+    path.write_text(header + yaml.safe_dump(trimmed(obj), sort_keys=False))
+    return path
