@@ -34,7 +34,10 @@ LEASE_NS = nodes.LEASE_NAMESPACE
 G, V = groups.GROUP, groups.VERSION
 MANAGER = "argocd-controller"
 NODE = "gitops-node-1"
-RUN = "tests/integration/test_gitops_apply.py (real kube-apiserver + kubevisor-controller, fake node Lease, no agent)"
+RUN = (
+    "tests/integration/test_gitops_apply.py"
+    " (real kube-apiserver + kubevisor-controller, fake node Lease, no agent)"
+)
 
 
 def _manifest(path: Path) -> dict[str, Any]:
@@ -146,9 +149,9 @@ class Env:
                 raise
 
     def list_ns(self, plural: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.custom.list_namespaced_custom_object(
-            G, V, NS, plural
-        )["items"]
+        items: list[dict[str, Any]] = self.custom.list_namespaced_custom_object(G, V, NS, plural)[
+            "items"
+        ]
         return items
 
 
@@ -166,8 +169,10 @@ def _cleanup(env: Env) -> None:
         for obj in env.list_ns(plural):
             env.delete(obj["kind"], obj["metadata"]["name"])
     testing.wait_for(
-        lambda: all(env.get(m["kind"], m["metadata"]["name"]) is None for m in MANIFESTS)
-        and not env.list_ns("virtualmachines"),
+        lambda: (
+            all(env.get(m["kind"], m["metadata"]["name"]) is None for m in MANIFESTS)
+            and not env.list_ns("virtualmachines")
+        ),
         timeout=60,
         what="every applied object (and the pool's desktops) gone",
     )
@@ -227,13 +232,19 @@ def _describe(env: Env) -> dict[str, Any]:
     return out
 
 
-def _verdicts(env: Env) -> dict[str, dict[str, str]]:
+Judged = tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]
+
+
+def _judged(env: Env) -> Judged | None:
+    """The settled objects and their health checks' verdicts, once every verdict is the
+    expected one; None before."""
     objs = _settled(env)
     if not objs:
-        return {}
+        return None
     verdicts = {key: argocdhealth.evaluate(obj["kind"], obj) for key, obj in objs.items()}
-    return verdicts if all(v["status"] == EXPECTED[k][0] for k, v in verdicts.items()) else {}
-
+    if any(v["status"] != EXPECTED[k][0] for k, v in verdicts.items()):
+        return None
+    return objs, verdicts
 
 
 def _contains(live: Any, applied: Any) -> bool:
@@ -253,20 +264,19 @@ def _contains(live: Any, applied: Any) -> bool:
 
 
 def test_apply_settle_reapply_no_conflict_no_drift(env: Env) -> None:
-    # The template first, as an Argo CD sync wave would; the rest at once.
+    # All at once, as one Argo CD sync without waves applies them.
     first = {_key(m): env.apply(m) for m in MANIFESTS}
     assert set(first) == set(EXPECTED)
 
-    verdicts = testing.wait_for(
-        lambda: _verdicts(env),
+    settled, verdicts = testing.wait_for(
+        lambda: _judged(env),
         timeout=60,
         what="every object settled at its expected health",
         every=0.5,
         show=lambda: _describe(env),
     )
-    settled = _settled(env)
     for key, obj in settled.items():
-        argocdhealth.capture(obj, EXPECTED[key][1], run=RUN)
+        argocdhealth.capture(obj, EXPECTED[key][1], run=RUN, expected=verdicts[key])
 
     # Applied again, unchanged, without force: a field another manager took would be a
     # 409 conflict here; a spec the controller rewrote would bump the generation.
@@ -284,6 +294,4 @@ def test_apply_settle_reapply_no_conflict_no_drift(env: Env) -> None:
                     f"{key}: manager {entry.get('manager')} owns spec fields "
                     f"{sorted(fields['f:spec'])}"
                 )
-    assert {k: v["status"] for k, v in verdicts.items()} == {
-        k: e[0] for k, e in EXPECTED.items()
-    }
+    assert {k: v["status"] for k, v in verdicts.items()} == {k: e[0] for k, e in EXPECTED.items()}

@@ -61,8 +61,10 @@ def trimmed(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def capture(obj: dict[str, Any], name: str, *, run: str) -> Path | None:
-    """Write ``obj`` (trimmed) to ``<Kind>/testdata/<name>.yaml`` if capturing is on.
+def capture(obj: dict[str, Any], name: str, *, run: str, expected: dict[str, str]) -> Path | None:
+    """Write ``obj`` (trimmed) to ``<Kind>/testdata/<name>.yaml`` and its case
+    (``expected``: the status the capturing test asserted live, with the message) into
+    ``health_test.yaml``, if capturing is on.
 
     ``run`` says what produced it (the test and the cluster), and goes into the file's
     header with the date. Returns the path written, or None when not capturing.
@@ -76,4 +78,15 @@ def capture(obj: dict[str, Any], name: str, *, run: str) -> Path | None:
         f"# on {datetime.now(UTC).strftime('%Y-%m-%d')} ({CAPTURE_ENV}=1); do not edit by hand.\n"
     )
     path.write_text(header + yaml.safe_dump(trimmed(obj), sort_keys=False))
+    _record_case(str(obj["kind"]), f"testdata/{path.name}", expected)
     return path
+
+
+def _record_case(kind: str, input_path: str, expected: dict[str, str]) -> None:
+    """Add or replace the case of ``input_path`` in the kind's health_test.yaml."""
+    tests_file = kind_dir(kind) / "health_test.yaml"
+    data = yaml.safe_load(tests_file.read_text()) if tests_file.exists() else None
+    cases = [c for c in (data or {}).get("tests") or [] if c.get("inputPath") != input_path]
+    cases.append({"healthStatus": dict(expected), "inputPath": input_path})
+    cases.sort(key=lambda c: str(c["inputPath"]))
+    tests_file.write_text(yaml.safe_dump({"tests": cases}, sort_keys=False, width=1000))
