@@ -90,3 +90,46 @@ def _record_case(kind: str, input_path: str, expected: dict[str, str]) -> None:
     cases.append({"healthStatus": dict(expected), "inputPath": input_path})
     cases.sort(key=lambda c: str(c["inputPath"]))
     tests_file.write_text(yaml.safe_dump({"tests": cases}, sort_keys=False, width=1000))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Capture one object from a running dev cluster (``devenv/cluster``, e.g. one an e2e
+    test brought up) as a health sample, after checking its health is the one asked for:
+
+        KUBEVISOR_CAPTURE_HEALTH=1 python -m kubevisor.devenv.argocdhealth \\
+            --cluster kve2e --kind VirtualMachine --name default/tiny-1 \\
+            --expect Healthy --as healthy_running --run "tests/e2e/test_vm_lifecycle.py"
+    """
+    import argparse
+    import subprocess
+
+    from kubevisor.api import kinds
+
+    parser = argparse.ArgumentParser(prog="python -m kubevisor.devenv.argocdhealth")
+    parser.add_argument("--cluster", required=True, help="dev cluster name")
+    parser.add_argument("--base-dir", type=Path, default=Path("/var/lib/kubevisor-dev"))
+    parser.add_argument("--kind", required=True)
+    parser.add_argument("--name", required=True, help="[namespace/]name")
+    parser.add_argument("--expect", required=True, help="the health it must have now")
+    parser.add_argument("--as", dest="sample", required=True, help="testdata file name")
+    parser.add_argument("--run", required=True, help="what brought the cluster up")
+    args = parser.parse_args(argv)
+    kind = kinds.by_kind(args.kind)
+    namespace, _, name = args.name.rpartition("/")
+    kubeconfig = args.base_dir / args.cluster / "controlplane" / "kubeconfig"
+    argv_ = ["kubectl", f"--kubeconfig={kubeconfig}", "get", f"{kind.plural}.{groups.GROUP}"]
+    argv_ += [name, "-o", "yaml", *(["-n", namespace] if namespace else [])]
+    obj = yaml.safe_load(subprocess.run(argv_, capture_output=True, text=True, check=True).stdout)
+    verdict = evaluate(args.kind, obj)
+    print(f"{args.kind}/{args.name}: {verdict}")
+    if verdict["status"] != args.expect:
+        print(f"expected {args.expect}: not captured")
+        return 1
+    run = f"{args.run} (dev cluster {args.cluster}, real QEMU guests and agents)"
+    path = capture(obj, args.sample, run=run, expected=verdict)
+    print(f"wrote {path}" if path else f"not captured: set {CAPTURE_ENV}=1")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

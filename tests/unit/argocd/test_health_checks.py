@@ -49,8 +49,11 @@ def _phase_enum(kind: kinds.Kind) -> type[StrEnum]:
 
 
 def _cases(kind: str) -> list[dict[str, Any]]:
-    data = yaml.safe_load((argocdhealth.kind_dir(kind) / "health_test.yaml").read_text())
-    cases: list[dict[str, Any]] = data["tests"]
+    """The kind's cases; none while nothing was captured (the coverage test says so)."""
+    path = argocdhealth.kind_dir(kind) / "health_test.yaml"
+    if not path.exists():
+        return []
+    cases: list[dict[str, Any]] = yaml.safe_load(path.read_text())["tests"]
     return cases
 
 
