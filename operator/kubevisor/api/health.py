@@ -289,9 +289,19 @@ DESKTOPCLAIM = Rules(
             CR.NOT_ALLOWED,
             CR.USER_LIMIT_REACHED,
             CR.KEY_UNAVAILABLE,
+            CR.DESKTOP_LOST,
         }
     ),
-    waiting=frozenset({CR.BOUND, CR.WAITING_FOR_DESKTOP}),
+    # logoffs end in phase Released (Suspended): the policy did what it says
+    waiting=frozenset(
+        {
+            CR.BOUND,
+            CR.WAITING_FOR_DESKTOP,
+            CR.IDLE_TIMEOUT,
+            CR.DISCONNECTED_TIMEOUT,
+            CR.SESSION_TIMEOUT,
+        }
+    ),
 )
 
 REBALANCEPOLICY = Rules(

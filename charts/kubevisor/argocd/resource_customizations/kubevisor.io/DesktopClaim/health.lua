@@ -9,6 +9,7 @@ local PHASES = {
   ["Failed"] = "Degraded",
 }
 local DEGRADED = {
+  ["DesktopLost"] = true,
   ["KeyUnavailable"] = true,
   ["NotAllowed"] = true,
   ["PoolExhausted"] = true,
