@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m kubevisor.devenv.argocdhealth")
     parser.add_argument("--cluster", required=True, help="dev cluster name")
+    parser.add_argument("--file", type=Path, help="the object as JSON/YAML saved from it")
     parser.add_argument("--base-dir", type=Path, default=Path("/var/lib/kubevisor-dev"))
     parser.add_argument("--kind", required=True)
     parser.add_argument("--name", required=True, help="[namespace/]name")
@@ -119,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     kubeconfig = args.base_dir / args.cluster / "controlplane" / "kubeconfig"
     argv_ = ["kubectl", f"--kubeconfig={kubeconfig}", "get", f"{kind.plural}.{groups.GROUP}"]
     argv_ += [name, "-o", "yaml", *(["-n", namespace] if namespace else [])]
-    obj = yaml.safe_load(subprocess.run(argv_, capture_output=True, text=True, check=True).stdout)
+    if args.file is not None:
+        obj = yaml.safe_load(args.file.read_text())
+    else:
+        proc = subprocess.run(argv_, capture_output=True, text=True, check=True)
+        obj = yaml.safe_load(proc.stdout)
     verdict = evaluate(args.kind, obj)
     print(f"{args.kind}/{args.name}: {verdict}")
     if verdict["status"] != args.expect:
