@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from kubevisor.api import conditions, groups, kinds, vmbackups
+from kubevisor.cli import following
 
 BACKUP = kinds.VMBACKUP
 VM = kinds.VIRTUALMACHINE
@@ -57,9 +58,7 @@ def restore_body(backup: str, name: str, namespace: str) -> dict[str, Any]:
 def progress_line(progress: Mapping[str, Any], *, width: int = 30) -> str:
     """``[#####.....]  42%  37/88 MiB`` from ``status.progress`` (pure)."""
     p = vmbackups.BackupProgress.model_validate(progress)
-    percent = p.percent or 0
-    filled = round(width * percent / 100)
-    line = f"[{'#' * filled}{'.' * (width - filled)}] {percent:3d}%"
+    line = following.bar(p.percent, width=width)
     if p.total_bytes:
         line += f"  {p.done_bytes / 1024**2:.0f}/{p.total_bytes / 1024**2:.0f} MiB"
     return line
@@ -88,37 +87,9 @@ def why(status: Mapping[str, Any]) -> str:
     return f"{cond.get('reason')}: {cond.get('message') or ''}".rstrip(": ")
 
 
-class Follower:
-    """Prints what changed between two looks (phase, reason while waiting, progress)."""
-
-    def __init__(self, out: TextIO, *, tty: bool) -> None:
-        self.out = out
-        self.tty = tty
-        self.phase: str | None = None
-        self.reason: str | None = None
-        self.progress: str | None = None
-
-    def show(self, status: Mapping[str, Any]) -> None:
-        phase = status.get("phase") or "Pending"
-        if phase != self.phase:
-            self.end_line()
-            print(f"phase {phase}", file=self.out)
-            self.phase = phase
-        waiting = phase == "Pending" and status.get("conditions")
-        if waiting and (reason := why(status)) != self.reason:
-            print(f"  waiting: {reason}", file=self.out)
-            self.reason = reason
-        if status.get("progress") and phase == "Running":
-            line = progress_line(status["progress"])
-            if line != self.progress:
-                end = "" if self.tty else "\n"
-                print(f"\r{line}" if self.tty else line, end=end, file=self.out, flush=True)
-                self.progress = line
-
-    def end_line(self) -> None:
-        if self.tty and self.progress is not None:
-            print(file=self.out)
-            self.progress = None
+def _waiting(status: Mapping[str, Any]) -> str | None:
+    """Why a Pending backup waits, once the controller has said (its Ready condition)."""
+    return why(status) if status.get("conditions") else None
 
 
 def follow(
@@ -129,7 +100,7 @@ def follow(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Mapping[str, Any]:
     """Poll the VMBackup until it ends; its final status."""
-    shown = Follower(out, tty=tty)
+    shown = following.Follower(out, tty=tty, why=_waiting, progress_line=progress_line)
     while True:
         obj = get()
         if obj is None:
