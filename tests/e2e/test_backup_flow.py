@@ -16,6 +16,7 @@ while they run and restore them into new VMs (issue 11).
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -335,3 +336,124 @@ def test_cli_backup_and_restore_show_progress_and_the_result(dev: devcluster.Dev
     out = _cli(dev, "restore", "bk-cli-2", "--as", "bk-cli-back")
     print(out)
     assert out.strip().splitlines()[-1].startswith("Running: virtualmachine/bk-cli-back on "), out
+
+
+def test_restore_in_place_needs_the_vm_stopped_then_brings_back_the_backup(
+    dev: devcluster.DevCluster, tmp_path: Path
+) -> None:
+    """``kubevisor.io/restore-from`` on a running VM is refused (Restored=False
+    VMNotStopped) and changes nothing; once stopped, the disks are replaced from the
+    backup before the next start: the guest reads the backup's marker."""
+    _boot_writer(dev, "bk-inplace")
+    _backup(dev, "ip-1", "bk-inplace")
+    st = _succeeded(dev, "ip-1")
+    held = _marker(_guest_bytes(Path(_disk(st, "data")["path"]), tmp_path))
+    source_data = dev.nodes[0].shared_dir / "disks" / NS / "bk-inplace/data.qcow2"
+    _poll("the guest overwrote the marker",
+          lambda: _marker(_guest_bytes(source_data, tmp_path)) > held + 1, limit=60)  # fmt: skip
+    dev.run_kubectl("annotate", "virtualmachine", "bk-inplace", "kubevisor.io/restore-from=ip-1")
+
+    def restored() -> dict[str, Any]:
+        conds = _status(dev, "virtualmachine", "bk-inplace").get("conditions") or []
+        return next((c for c in conds if c["type"] == "Restored"), {})
+
+    refused = _poll("Restored=False VMNotStopped", lambda: (c := restored()).get("reason")
+                    == "VMNotStopped" and c, limit=60)  # fmt: skip
+    print(f"\nrunning VM: Restored={refused['status']} {refused['reason']}: {refused['message']}")
+    assert refused["status"] == "False" and "stopped" in refused["message"]
+    assert "restore" not in _status(dev, "virtualmachine", "bk-inplace")
+    assert _status(dev, "virtualmachine", "bk-inplace")["phase"] == "Running"
+
+    dev.run_kubectl("patch", "virtualmachine", "bk-inplace", "--type=merge",
+                    "-p", '{"spec": {"runStrategy": "Halted"}}')  # fmt: skip
+    _poll("the VM stopped", lambda: _status(dev, "virtualmachine", "bk-inplace").get("phase")
+          == "Stopped", limit=BOOT_S)  # fmt: skip
+    pending = _poll("Restored=False RestorePending", lambda: (c := restored()).get("reason")
+                    == "RestorePending" and c, limit=60)  # fmt: skip
+    print(f"stopped VM: {pending['reason']}: {pending['message']}")
+    before = _marker(_guest_bytes(source_data, tmp_path))
+    assert before > held, (before, held)
+    # start it again with a guest that only reads its data disk
+    template = yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())
+    boot = {k: v for k, v in template["spec"]["boot"].items() if k != "cmdline"}
+    patch = {
+        "spec": {
+            "runStrategy": "Always",
+            "boot": {**boot, "cmdline": guest.kernel_cmdline(script=READER_SCRIPT)},
+        }
+    }
+    dev.run_kubectl("patch", "virtualmachine", "bk-inplace", "--type=merge", "-p",
+                    yaml.safe_dump(patch, default_flow_style=True))  # fmt: skip
+    def back() -> dict[str, Any] | None:
+        st = _status(dev, "virtualmachine", "bk-inplace")
+        ok = st.get("phase") == "Running" and restored().get("status") == "True"
+        return st if ok else None
+
+    vm = _poll("Restored=True and Running", back, limit=BOOT_S,
+               show=lambda: _status(dev, "virtualmachine", "bk-inplace"))  # fmt: skip
+    assert vm["appliedRestore"] == "ip-1"
+    console = Path(vm["consoleLog"])
+    line = _poll(
+        "the guest prints its data disk's first line",
+        lambda: next((ln for ln in console.read_text(errors="replace").splitlines()
+                      if ln.startswith(READ_MARKER)), None) if console.exists() else None,
+        limit=BOOT_S,
+    )  # fmt: skip
+    print(f"restored in place: {line!r} (the backup held marker-{held}, the disk had"
+          f" marker-{before})")  # fmt: skip
+    assert line.split()[-1] == f"marker-{held}", line
+    for d in st["disks"]:
+        assert _sha(Path(d["path"])) == d["sha256"], d  # the backup itself is untouched
+
+
+def _job_running(dev: devcluster.DevCluster, domain: str) -> bool:
+    proc = subprocess.run(
+        ["virsh", "-c", dev.nodes[0].libvirt_uri, "domjobinfo", domain],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return "Unbounded" in proc.stdout or "Bounded" in proc.stdout
+
+
+def test_killing_the_agent_mid_backup_keeps_the_previous_backup_and_the_vm(
+    dev: devcluster.DevCluster, tmp_path: Path
+) -> None:
+    """A 1 GiB random data disk makes the live backup last long enough to kill the
+    node's agent (kill -9) while libvirt's job runs. The restarted agent adopts the job
+    (Succeeded, files checksummed) or reports it Failed with a reason and no staging
+    left; either way the earlier backup's files are byte for byte the same and the guest
+    kept running (its tick counter continues, no reboot)."""
+    image = dev.nodes[0].shared_dir / "e2e-kill-data.raw"
+    with image.open("wb") as f:
+        for _ in range(1024):
+            f.write(os.urandom(1 << 20))
+    try:
+        disks = [DISKS[0], {"name": "data", "image": str(image), "size": "1Gi",
+                            "clone": "full", "storage": "shared"}]  # fmt: skip
+        st = _vm(dev, "bk-kill", {"templateRef": {"name": "tiny"}, "disks": disks},
+                 guest.TICKER_SCRIPT)  # fmt: skip
+        console = Path(st["consoleLog"])
+        _backup(dev, "kill-good", "bk-kill")
+        good = _succeeded(dev, "kill-good")
+        sums = {d["path"]: _sha(Path(d["path"])) for d in good["disks"]}
+        _backup(dev, "kill-mid", "bk-kill")
+        _poll("libvirt's backup job runs", lambda: _job_running(dev, f"{NS}_bk-kill"),
+              limit=BACKUP_S, show=lambda: _status(dev, "vmbackup", "kill-mid"))  # fmt: skip
+        mark = guest.console_mark(console)
+        devcluster.restart_agent(dev, dev.nodes[0].name)
+        print(f"\nagent killed while the job ran (progress"
+              f" {_status(dev, 'vmbackup', 'kill-mid').get('progress')})")  # fmt: skip
+        end = _final(dev, "kill-mid")
+        ready = _ready(end)
+        print(f"after the restart: {end['phase']}: {ready.get('reason')}: {ready.get('message')}")
+        if end["phase"] == "Succeeded":
+            for d in end["disks"]:
+                assert _sha(Path(d["path"])) == d["sha256"], d
+        else:
+            assert ready.get("reason") and ready.get("message"), ready
+            target = Path(good["directory"]).parent
+            assert not (target / ".kill-mid.partial").exists()
+        assert {d["path"]: _sha(Path(d["path"])) for d in good["disks"]} == sums
+        _poll("the VM keeps running", lambda: guest.kept_running(console, mark), limit=60)
+        assert _status(dev, "virtualmachine", "bk-kill")["phase"] == "Running"
+    finally:
+        image.unlink(missing_ok=True)
