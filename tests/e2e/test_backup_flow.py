@@ -16,6 +16,7 @@ while they run and restore them into new VMs (issue 11).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -383,7 +384,8 @@ def test_restore_in_place_needs_the_vm_stopped_then_brings_back_the_backup(
         }
     }
     dev.run_kubectl("patch", "virtualmachine", "bk-inplace", "--type=merge", "-p",
-                    yaml.safe_dump(patch, default_flow_style=True))  # fmt: skip
+                    json.dumps(patch))  # fmt: skip
+
     def back() -> dict[str, Any] | None:
         st = _status(dev, "virtualmachine", "bk-inplace")
         ok = st.get("phase") == "Running" and restored().get("status") == "True"
