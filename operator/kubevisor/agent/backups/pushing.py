@@ -98,6 +98,7 @@ class LiveRole:
             logger.info(
                 "%s/%s: live backup of %s started (%s)", *key, domain, incremental or "full"
             )
+        job_began = time.monotonic()
         last = 0.0
         while True:
             sample = await backingup.active(self.hv, domain)
@@ -108,6 +109,8 @@ class LiveRole:
                 own.progress = reporting.progress(sample.done_bytes, sample.total_bytes)
                 await self.apply(key, own)
             await asyncio.sleep(JOB_POLL_SECONDS)
+        logger.info("%s/%s: backup job ended; timings job=%.0fms", *key,
+                    (time.monotonic() - job_began) * 1000)  # fmt: skip
         result = await backingup.finished(self.hv, domain)
         if result is None or not result.succeeded:
             await backingup.delete_checkpoint(self.hv, domain, checkpoint)
