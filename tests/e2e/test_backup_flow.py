@@ -538,3 +538,53 @@ def test_a_backup_taken_while_the_guest_writes_has_a_clean_file_system(
     finally:
         fs.unlink(missing_ok=True)
         mods.unlink(missing_ok=True)
+
+
+def test_a_schedule_creates_backups_on_time_and_keeps_the_last_one(
+    dev: devcluster.DevCluster,
+) -> None:
+    """``* * * * *`` with keep 1: a backup per minute, named for its instant; once the
+    second Succeeded the first is pruned — its VMBackup and its files go, the kept one's
+    stay."""
+    _boot_writer(dev, "bk-sched")
+    body = {
+        "apiVersion": "kubevisor.io/v1alpha1",
+        "kind": "VMBackupSchedule",
+        "metadata": {"name": "every-minute", "namespace": NS},
+        "spec": {"vmName": "bk-sched", "schedule": "* * * * *", "keep": 1,
+                 "target": {"path": "e2e/scheduled"}},
+    }  # fmt: skip
+    dev.run_kubectl("create", "-f", "-", stdin=yaml.safe_dump(body))
+    try:
+
+        def ours() -> list[dict[str, Any]]:
+            label = "kubevisor.io/backup-schedule=every-minute"
+            out = dev.run_kubectl("get", "vmbackups", "-l", label, "-o", "yaml")
+            items = (yaml.safe_load(out) or {}).get("items") or []
+            return sorted(items, key=lambda o: o["metadata"]["name"])
+
+        first = _poll("the first scheduled backup", lambda: ours() or None, limit=90)[0]
+        name1 = first["metadata"]["name"]
+        assert name1.startswith("every-minute-") and len(name1) == len("every-minute-") + 12
+        st1 = _succeeded(dev, name1)
+        sched = _status(dev, "vmbackupschedule", "every-minute")
+        print(f"\nschedule: {sched.get('phase')}, last {sched.get('lastBackup')},"
+              f" next {sched.get('nextRunAt')}: {_ready(sched).get('message')}")  # fmt: skip
+        assert sched["phase"] == "Active" and _ready(sched)["reason"] == "Scheduled"
+        second = _poll("the second scheduled backup", lambda: (o := ours()) and
+                       o[-1]["metadata"]["name"] != name1 and o[-1], limit=90)  # fmt: skip
+        name2 = second["metadata"]["name"]
+        st2 = _succeeded(dev, name2)
+        _poll(f"{name1} pruned", lambda: _get(dev, "vmbackup", name1) is None, limit=90)
+        assert not Path(st1["directory"]).exists(), st1["directory"]
+        for d in st2["disks"]:
+            assert _sha(Path(d["path"])) == d["sha256"], d
+
+        def kept() -> list[str] | None:
+            k = _status(dev, "vmbackupschedule", "every-minute").get("kept")
+            return k if k == [name2] else None
+
+        _poll("status.kept names the second only", kept, limit=30)
+        print(f"pruned {name1}, kept {name2}")
+    finally:
+        dev.run_kubectl("delete", "vmbackupschedule", "every-minute", "--wait=true")
