@@ -11,6 +11,15 @@ while they run and restore them into new VMs (issue 11).
   kept is refused with a reason and removes nothing; deleting all removes only their files.
 - A missing target fails with TargetUnavailable, the VM keeps running and the earlier
   backup's files are untouched.
+- Restore in place (``kubevisor.io/restore-from``) is refused while the VM runs
+  (VMNotStopped, nothing changed) and, once it is stopped, brings back the backup's disks
+  before the next start (read from inside the guest).
+- Killing the agent (kill -9) while libvirt's backup job runs leaves the earlier backup
+  byte for byte and the guest running; the backup ends Succeeded (adopted) or Failed with
+  a reason.
+- A live backup of an ext4 disk the guest keeps rewriting checks clean (e2fsck -fn after
+  the journal replay).
+- A VMBackupSchedule creates a backup per due minute and prunes beyond ``keep``.
 """
 
 from __future__ import annotations
