@@ -74,8 +74,9 @@ def status_of(obj: Mapping[str, Any], d: deciding.Decision, *, now: datetime) ->
     out: dict[str, Any] = {
         "phase": d.phase.value,
         "conditions": [c for c in listed if c.get("type") == deciding.READY],
-        "kept": list(d.kept),
     }
+    if d.kept:
+        out["kept"] = list(d.kept)
     if generation is not None:
         out["observedGeneration"] = generation
     for key, value in (
