@@ -196,3 +196,31 @@ def test_the_model_accepts_what_the_schema_accepts(spec: dict[str, object], ok: 
     else:
         with pytest.raises(pydantic.ValidationError):
             vmbackupschedules.VMBackupScheduleSpec.model_validate(body)
+
+
+def test_item_of_reads_a_vmbackup_as_pruning_sees_it() -> None:
+    from kubevisor.controller.vmbackupschedules import handlers
+
+    obj = {
+        "metadata": {"name": "n-1", "creationTimestamp": "2026-01-01T00:01:00Z",
+                     "deletionTimestamp": "2026-01-01T00:05:00Z"},
+        "spec": {"vmName": "web", "mode": "Incremental"},
+        "status": {"phase": "Succeeded", "checkpoint": "kubevisor-n-1",
+                   "chain": {"full": "n-0", "previous": "n-0", "length": 2}},
+    }  # fmt: skip
+    assert handlers.item_of(obj) == planning.Item(
+        name="n-1", created=datetime(2026, 1, 1, 0, 1, tzinfo=UTC), phase=P.SUCCEEDED,
+        previous="n-0", chain_length=2, live=True, deleting=True,
+    )  # fmt: skip
+    assert handlers.item_of({"metadata": {"name": "x"}, "spec": {}}) is None
+
+
+def test_status_of_writes_the_decision() -> None:
+    from kubevisor.controller.vmbackupschedules import handlers
+
+    d = decide(schedule(), now="2026-01-01T00:20:10")
+    st = handlers.status_of({"metadata": {"generation": 3}}, d, now=T0)
+    assert st["phase"] == "Active" and st["observedGeneration"] == 3
+    assert (st["lastRunAt"], st["nextRunAt"]) == ("2026-01-01T00:15:00Z", "2026-01-01T00:30:00Z")
+    assert st["lastBackup"] == "nightly-202601010015" and "kept" not in st
+    assert [c["reason"] for c in st["conditions"]] == ["Scheduled"]
