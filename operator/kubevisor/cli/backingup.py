@@ -4,7 +4,9 @@
 phase changes, the reason while it waits, a progress line from ``status.progress``
 (redrawn in place on a terminal), then the figures (size, time, chain). ``restore``
 creates a VirtualMachine whose ``spec.source.backup`` names the backup and follows it
-until it runs (or says why not). The rendering is pure (table-tested).
+until it runs (or says why not); ``restore BACKUP --in-place VM`` sets the VM's
+``kubevisor.io/restore-from`` annotation and prints the controller's verdict (its
+Restored condition: refused while the VM is not stopped). The rendering is pure (table-tested).
 """
 
 from __future__ import annotations
@@ -179,4 +181,44 @@ def restore(
             raise BackupFailed(why(st))
         if time.monotonic() > deadline:
             raise BackupFailed(f"not Running after {timeout:.0f} s: {why(st)}")
+        time.sleep(POLL_SECONDS)
+
+
+#: Restored reasons that refuse a restore in place (the annotation is removed again).
+REFUSED = frozenset({"VMNotStopped", "SourceNotFound", "InvalidSpec"})
+
+
+def restored_verdict(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, sentence) of a VM's Restored condition once the controller wrote one (pure)."""
+    cond = conditions.get_condition(list(status.get("conditions") or []), "Restored")
+    if cond is None or not cond.get("reason"):
+        return None
+    return str(cond["reason"]), str(cond.get("message") or "")
+
+
+def restore_in_place(api: Any, backup_name: str, vm: str, namespace: str, *, timeout: float) -> str:
+    """Ask for ``vm``'s disks to be restored from ``backup_name`` and wait for the
+    controller's verdict; BackupFailed (annotation removed) when it refuses."""
+
+    def annotate(value: str | None) -> None:
+        api.patch_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, namespace, VM.plural, vm,
+            {"metadata": {"annotations": {groups.ANNOTATION_RESTORE: value}}},
+        )  # fmt: skip
+
+    annotate(backup_name)
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = api.get_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, namespace, VM.plural, vm
+        )
+        verdict = restored_verdict(obj.get("status") or {})
+        if verdict is not None:
+            reason, message = verdict
+            if reason in REFUSED:
+                annotate(None)
+                raise BackupFailed(f"{reason}: {message}")
+            return f"virtualmachine/{vm}: {reason}: {message}"
+        if time.monotonic() > deadline:
+            raise BackupFailed(f"no verdict on the restore after {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
