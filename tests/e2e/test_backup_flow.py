@@ -386,14 +386,19 @@ def test_restore_in_place_needs_the_vm_stopped_then_brings_back_the_backup(
     # start it again with a guest that only reads its data disk
     template = yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())
     boot = {k: v for k, v in template["spec"]["boot"].items() if k != "cmdline"}
-    patch = {
-        "spec": {
-            "runStrategy": "Always",
-            "boot": {**boot, "cmdline": guest.kernel_cmdline(script=READER_SCRIPT)},
-        }
-    }
+    # (a stopped VM takes a new machine; one asked to run keeps the recorded one)
+    cmdline = guest.kernel_cmdline(script=READER_SCRIPT)
+    patch = {"spec": {"boot": {**boot, "cmdline": cmdline}}}
     dev.run_kubectl("patch", "virtualmachine", "bk-inplace", "--type=merge", "-p",
                     json.dumps(patch))  # fmt: skip
+
+    def recorded() -> bool:
+        machine = _status(dev, "virtualmachine", "bk-inplace").get("machine") or {}
+        return bool((machine.get("boot") or {}).get("cmdline") == cmdline)
+
+    _poll("the stopped VM records the reader's cmdline", recorded, limit=60)
+    dev.run_kubectl("patch", "virtualmachine", "bk-inplace", "--type=merge",
+                    "-p", '{"spec": {"runStrategy": "Always"}}')  # fmt: skip
 
     def back() -> dict[str, Any] | None:
         st = _status(dev, "virtualmachine", "bk-inplace")
@@ -443,6 +448,8 @@ def test_killing_the_agent_mid_backup_keeps_the_previous_backup_and_the_vm(
         st = _vm(dev, "bk-kill", {"templateRef": {"name": "tiny"}, "disks": disks},
                  guest.TICKER_SCRIPT)  # fmt: skip
         console = Path(st["consoleLog"])
+        _poll("bk-kill ticking", lambda: console.exists() and guest.console_mark(console).tick
+              >= 2, limit=BOOT_S)  # fmt: skip
         _backup(dev, "kill-good", "bk-kill")
         good = _succeeded(dev, "kill-good")
         sums = {d["path"]: _sha(Path(d["path"])) for d in good["disks"]}
@@ -485,7 +492,11 @@ tiny initramfs has no ext4) and rewrites files on it without pause."""
 
 def _ext4_modules_tar(dest: Path, staging: Path) -> None:
     """The host kernel's ext4 modules (and their dependencies) as a raw tar image."""
-    kver = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout
+    # the guest's kernel, by hack/build-guest.sh's rule (not the host's: uname -r)
+    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*-amd64"))
+    if not kernels:
+        pytest.skip("no Debian kernel in /boot (the tiny guest's kernel and modules)")
+    kver = kernels[-1]
     shown = subprocess.run(
         ["modprobe", "-C", "/dev/null", "-S", kver.strip(), "--show-depends", "ext4"],
         capture_output=True, text=True, check=True,
