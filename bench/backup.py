@@ -10,7 +10,12 @@ Succeeded, its own ``status.durationMs`` and the wall time. Then, for each write
 ``--writes-mib``, QEMU writes that many MiB into the running guest's data disk (HMP
 ``qemu-io``: through the guest's block layer, so the dirty bitmap sees it) and an
 Incremental VMBackup copies what changed: its file sizes and time are what the issue's
-"cost proportional to the data changed" is about. Prints a table and one JSON line;
+"cost proportional to the data changed" is about. The guest-visible pause: the guest
+prints a tick every second; a host thread notes when each tick line reaches the console
+log (every 10 ms), and the longest gap between two ticks during a live full backup, less
+the longest gap over an idle window of the same length in the same run, is the pause the
+guest saw. The agent's own timings (copy = libvirt's job plus set-up, checksum, commit)
+come from its log line. Prints a table and one JSON line;
 the target (live full >= 0.8x convert throughput) is reported, never asserted. Exits
 non-zero when a result is wrong (a backup failed).
 
@@ -22,12 +27,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +57,56 @@ REPO = Path(__file__).resolve().parent.parent
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+TICK = re.compile(r"kubevisor-guest: tick (\d+)\s*$", re.M)
+TIMINGS = re.compile(r"(\w+)=(\d+)ms")
+
+
+def max_gap_ms(arrivals: list[float]) -> float | None:
+    """The longest interval between consecutive tick arrivals (host seconds -> ms; pure)."""
+    if len(arrivals) < 2:
+        return None
+    return max(b - a for a, b in itertools.pairwise(arrivals)) * 1000
+
+
+def agent_timings(text: str, name: str) -> dict[str, float]:
+    """``copy``/``checksum``/``commit``/``job`` ms of backup ``name`` from the agent's log
+    lines (pure)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if f"/{name}: " in line and "timings" in line:
+            out.update({k: float(v) for k, v in TIMINGS.findall(line.split("timings", 1)[1])})
+    return out
+
+
+class TickWatcher:
+    """Notes the host time each new guest tick line appears in the console log."""
+
+    def __init__(self, console: Path) -> None:
+        self.console = console
+        self.arrivals: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        seen = 0
+        while not self._stop.is_set():
+            ticks = [int(t) for t in TICK.findall(self.console.read_text(errors="replace"))]
+            if ticks and ticks[-1] > seen:
+                if seen:
+                    self.arrivals.append(time.monotonic())
+                seen = ticks[-1]
+            time.sleep(0.01)
+
+    def __enter__(self) -> TickWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        time.sleep(1.5)  # the tick after the window shows a pause at its end
+        self._stop.set()
+        self._thread.join()
 
 
 class Bench:
@@ -97,6 +155,9 @@ class Bench:
             return st.get("phase") == "Running"
 
         h.wait_for(f"{VM} Running", running, timeout=BOOT_DEADLINE_S)
+        self.console = Path(self.get(kinds.VIRTUALMACHINE.plural, VM)["status"]["consoleLog"])
+        h.wait_for("guest ticking", lambda: len(TICK.findall(self.console.read_text(
+            errors="replace"))) >= 3, timeout=BOOT_DEADLINE_S)  # fmt: skip
 
     def disk_files(self) -> list[Path]:
         return [self.shared / "disks" / NAMESPACE / VM / f"{d}.qcow2" for d in ("root", "data")]
@@ -131,7 +192,22 @@ class Bench:
         wall = (time.perf_counter() - started) * 1000
         if st["phase"] != "Succeeded":
             raise RuntimeError(f"{name} Failed: {st.get('conditions')}")
-        return {"ms": float(st["durationMs"]), "wall_ms": wall, "bytes": float(st["sizeBytes"])}
+        timings = agent_timings(self.dev.log(f"agent-{self.dev.nodes[0].name}").read_text(), name)
+        return {"ms": float(st["durationMs"]), "wall_ms": wall, "bytes": float(st["sizeBytes"]),
+                **{f"{k}_ms": v for k, v in timings.items()}}  # fmt: skip
+
+    def pause(self, name: str) -> dict[str, float | None]:
+        """The longest tick gap during a live full backup and over an idle window as
+        long (the baseline, same run)."""
+        with TickWatcher(self.console) as during:
+            started = time.monotonic()
+            self.backup(name, "Full")
+            took = time.monotonic() - started
+        with TickWatcher(self.console) as idle:
+            time.sleep(max(took, 3.0))
+        gap, base = max_gap_ms(during.arrivals), max_gap_ms(idle.arrivals)
+        pause = None if gap is None or base is None else max(gap - base, 0.0)
+        return {"gap_ms": gap, "idle_gap_ms": base, "pause_ms": pause}
 
     def convert_checked(self, i: int) -> dict[str, float]:
         """The baseline plus what a backup also does before it says Succeeded: fsync the
@@ -196,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     conv: list[dict[str, float]] = []
     checked: list[dict[str, float]] = []
     incs: list[dict[str, Any]] = []
+    pauses: list[dict[str, float | None]] = []
     try:
         b = Bench(dev)
         image = dev.nodes[0].shared_dir / "bench-data.raw"
@@ -210,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"round {i} convert+fsync+sha256: {checked[-1]}")
             full.append(b.backup(f"bb-full-{i}", "Full"))
             log(f"round {i} live full: {full[-1]}")
+        for i in range(args.rounds):
+            pauses.append(b.pause(f"bb-pause-{i}"))
+            log(f"round {i} guest ticks: {pauses[-1]}")
         offset = 0
         for n, mib in enumerate(int(w) for w in args.writes_mib.split(",")):
             b.guest_write(mib, offset)
@@ -251,6 +331,19 @@ def main(argv: list[str] | None = None) -> int:
             ratio=ratio, ratio_checked=ratio_checked, target_ratio=TARGET_RATIO,
             rounds=len(full),
         )  # fmt: skip
+    if full and all(f"{k}_ms" in full[0] for k in ("job", "copy", "checksum", "commit")):
+        parts = {k: med(full, f"{k}_ms") for k in ("job", "copy", "checksum", "commit")}
+        lines.append("live full, agent timings (median ms): " + ", ".join(
+            f"{k} {v:.0f}" for k, v in parts.items()))  # fmt: skip
+        result["full_timings_ms"] = parts
+    gaps = [p for p in pauses if p["pause_ms"] is not None]
+    if gaps:
+        worst = max(float(p["pause_ms"] or 0) for p in gaps)
+        during = max(float(p["gap_ms"] or 0) for p in gaps)
+        idle = max(float(p["idle_gap_ms"] or 0) for p in gaps)
+        lines.append(f"guest tick gap during live full: max {during:.0f} ms vs idle {idle:.0f}"
+                     f" ms -> guest-visible pause <= {worst:.0f} ms")  # fmt: skip
+        result["pause"] = {"rounds": gaps, "max_pause_ms": worst}
     for r in incs:
         label = f"incremental after {r['written_mib']} MiB"
         lines.append(f"{label:<36}{r['ms']:>10.0f}{r['bytes'] / 2**20:>13.1f}")

@@ -5,7 +5,8 @@ controller left to settle, then applied again: no conflict, no drift, and no man
 
 Real API server and the real controller; nodes are fake (one Lease this test writes, no
 agent), so VMs are placed but never run here (running states are captured from e2e dev
-clusters with ``python -m kubevisor.devenv.argocdhealth``, docs/argocd.md). Each settled object is also judged by its Argo CD health
+clusters with ``python -m kubevisor.devenv.argocdhealth``, docs/argocd.md). Each settled
+object is also judged by its Argo CD health
 check in a real Lua runtime, and with ``KUBEVISOR_CAPTURE_HEALTH=1`` recorded into the
 check's testdata/ (``devenv/argocdhealth.capture``).
 """

@@ -535,6 +535,11 @@ CONTROLLER_CHECKS: list[Check] = [
     # desktop pools: desktops are VMs it creates and removes; the display key Secret
     ("delete", "virtualmachines.kubevisor.io", "default", (), True),
     ("create", "virtualmachines.kubevisor.io", "default", (), True),
+    # backup schedules: each due instant is a VMBackup; pruning deletes old ones
+    ("watch", "vmbackupschedules.kubevisor.io", "*", (), True),
+    ("patch", "vmbackupschedules.kubevisor.io", "default", ("--subresource=status",), True),
+    ("create", "vmbackups.kubevisor.io", "default", (), True),
+    ("delete", "vmbackups.kubevisor.io", "default", (), True),
     ("get", "secrets/kubevisor-display-key", NS, (), True),
     ("create", "secrets", NS, (), True),
     # and not more:

@@ -528,6 +528,24 @@ def temporary_name(name: str) -> str:
     return f".{name}.tmp-{os.getpid()}"
 
 
+async def replace_from(path: Path, source: Path) -> None:
+    """Make ``path`` a standalone copy of ``source`` (a backup's copy, read through its
+    chain), for a restore in place. Written under a temporary name and renamed, so a
+    crash leaves the old disk or the new one, never half of one. No ``-U``: the image
+    lock refuses a disk some QEMU still has open."""
+    if not await asyncio.to_thread(source.is_file):
+        raise DiskError("ImageNotFound", f"the backup's copy {source} is not on this node")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.restore-{os.getpid()}")
+    try:
+        await run_command("qemu-img", "convert", "-q", "-O", "qcow2", str(source), str(tmp))
+        if await asyncio.to_thread(path.exists):
+            await run_command("qemu-img", "info", str(path))  # fails on a locked (open) image
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 async def ensure(disk: DiskPlan) -> bool:
     """Create the file unless it exists; True when it was created now.
 

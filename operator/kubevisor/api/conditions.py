@@ -53,11 +53,19 @@ class ConditionType(StrEnum):
     """A long operation (backup, migration, pool scaling) is under way."""
     COMPLETED = "Completed"
     """A one-shot operation (backup, migration) finished; see the reason for how."""
+    RESTORED = "Restored"
+    """Only while the kubevisor.io/restore-from annotation is set: whether the VM's disks
+    were restored in place from that VMBackup (False says why not yet)."""
 
 
 class Reason(StrEnum):
     """Reasons: CamelCase words explaining a condition's status."""
 
+    VM_NOT_STOPPED = "VMNotStopped"
+    """Restored=False: a restore in place needs the VM stopped; nothing was changed."""
+    RESTORE_PENDING = "RestorePending"
+    """Restored=False: the VM is stopped; its node's agent replaces the disks from the
+    backup before the domain next starts."""
     NOT_IMPLEMENTED = "NotImplemented"
     """The spec asks for a feature this version does not implement yet."""
     INVALID_SPEC = "InvalidSpec"

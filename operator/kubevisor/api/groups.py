@@ -56,6 +56,10 @@ def annotation_token_error(value: str) -> str | None:
     return None
 
 
+#: Annotation asking to restore a VM's own disks in place from a VMBackup of it (value:
+#: the VMBackup's name). Needs the VM stopped; docs/backup.md, "Restore in place".
+ANNOTATION_RESTORE: Final = "kubevisor.io/restore-from"
+
 #: Finalizer that keeps an object until the agent has released node resources.
 FINALIZER: Final = "kubevisor.io/finalizer"
 

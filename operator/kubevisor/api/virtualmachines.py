@@ -173,6 +173,24 @@ class DisplayStatus(common.Model):
     """TCP port."""
 
 
+class RestoreDisk(common.Model):
+    """One disk of a restore in place: the VM's disk ``name`` becomes a copy of ``path``."""
+
+    name: common.ShortString
+    """Disk name in the VM's machine."""
+    path: common.PathString
+    """The backup's copy (an incremental reads through its chain)."""
+
+
+class VMRestoreState(common.Model):
+    """Which backup's disks replace the VM's own (status.restore)."""
+
+    backup: common.ObjectName
+    """The VMBackup (same namespace, of this VM)."""
+    disks: list[RestoreDisk] = Field(default_factory=list, max_length=16)
+    """The disks replaced; a VM disk the backup has no copy of is left as it is."""
+
+
 class VirtualMachineStatus(conditions.Status):
     """Observed state of a VirtualMachine."""
 
@@ -207,6 +225,12 @@ class VirtualMachineStatus(conditions.Status):
     migration: migrations.VMMigrationState | None = None
     """The Migration that moves (or last moved) this VM, written by the Migration
     reconciler; the source agent's guard against starting a second copy."""
+    restore: VMRestoreState | None = None
+    """A restore in place the controller judged safe (the VM was stopped), written by
+    the controller from the kubevisor.io/restore-from annotation; the agent acts on it
+    before the domain next starts."""
+    applied_restore: common.ObjectName | None = None
+    """The VMBackup whose disks the agent last restored in place (its field)."""
     recovery: nodeloss.VMRecoveryState | None = None
     """Where the VM restarts after its node was lost and fenced (or last restarted),
     written by the controller's node-loss pass (docs/node-loss.md)."""

@@ -4,7 +4,9 @@
 phase changes, the reason while it waits, a progress line from ``status.progress``
 (redrawn in place on a terminal), then the figures (size, time, chain). ``restore``
 creates a VirtualMachine whose ``spec.source.backup`` names the backup and follows it
-until it runs (or says why not). The rendering is pure (table-tested).
+until it runs (or says why not); ``restore BACKUP --in-place VM`` sets the VM's
+``kubevisor.io/restore-from`` annotation and prints the controller's verdict (its
+Restored condition: refused while the VM is not stopped). The rendering is pure (table-tested).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from kubevisor.api import conditions, groups, kinds, vmbackups
+from kubevisor.cli import following
 
 BACKUP = kinds.VMBACKUP
 VM = kinds.VIRTUALMACHINE
@@ -57,9 +60,7 @@ def restore_body(backup: str, name: str, namespace: str) -> dict[str, Any]:
 def progress_line(progress: Mapping[str, Any], *, width: int = 30) -> str:
     """``[#####.....]  42%  37/88 MiB`` from ``status.progress`` (pure)."""
     p = vmbackups.BackupProgress.model_validate(progress)
-    percent = p.percent or 0
-    filled = round(width * percent / 100)
-    line = f"[{'#' * filled}{'.' * (width - filled)}] {percent:3d}%"
+    line = following.bar(p.percent, width=width)
     if p.total_bytes:
         line += f"  {p.done_bytes / 1024**2:.0f}/{p.total_bytes / 1024**2:.0f} MiB"
     return line
@@ -88,37 +89,9 @@ def why(status: Mapping[str, Any]) -> str:
     return f"{cond.get('reason')}: {cond.get('message') or ''}".rstrip(": ")
 
 
-class Follower:
-    """Prints what changed between two looks (phase, reason while waiting, progress)."""
-
-    def __init__(self, out: TextIO, *, tty: bool) -> None:
-        self.out = out
-        self.tty = tty
-        self.phase: str | None = None
-        self.reason: str | None = None
-        self.progress: str | None = None
-
-    def show(self, status: Mapping[str, Any]) -> None:
-        phase = status.get("phase") or "Pending"
-        if phase != self.phase:
-            self.end_line()
-            print(f"phase {phase}", file=self.out)
-            self.phase = phase
-        waiting = phase == "Pending" and status.get("conditions")
-        if waiting and (reason := why(status)) != self.reason:
-            print(f"  waiting: {reason}", file=self.out)
-            self.reason = reason
-        if status.get("progress") and phase == "Running":
-            line = progress_line(status["progress"])
-            if line != self.progress:
-                end = "" if self.tty else "\n"
-                print(f"\r{line}" if self.tty else line, end=end, file=self.out, flush=True)
-                self.progress = line
-
-    def end_line(self) -> None:
-        if self.tty and self.progress is not None:
-            print(file=self.out)
-            self.progress = None
+def _waiting(status: Mapping[str, Any]) -> str | None:
+    """Why a Pending backup waits, once the controller has said (its Ready condition)."""
+    return why(status) if status.get("conditions") else None
 
 
 def follow(
@@ -129,7 +102,7 @@ def follow(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Mapping[str, Any]:
     """Poll the VMBackup until it ends; its final status."""
-    shown = Follower(out, tty=tty)
+    shown = following.Follower(out, tty=tty, why=_waiting, progress_line=progress_line)
     while True:
         obj = get()
         if obj is None:
@@ -208,4 +181,44 @@ def restore(
             raise BackupFailed(why(st))
         if time.monotonic() > deadline:
             raise BackupFailed(f"not Running after {timeout:.0f} s: {why(st)}")
+        time.sleep(POLL_SECONDS)
+
+
+#: Restored reasons that refuse a restore in place (the annotation is removed again).
+REFUSED = frozenset({"VMNotStopped", "SourceNotFound", "InvalidSpec"})
+
+
+def restored_verdict(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, sentence) of a VM's Restored condition once the controller wrote one (pure)."""
+    cond = conditions.get_condition(list(status.get("conditions") or []), "Restored")
+    if cond is None or not cond.get("reason"):
+        return None
+    return str(cond["reason"]), str(cond.get("message") or "")
+
+
+def restore_in_place(api: Any, backup_name: str, vm: str, namespace: str, *, timeout: float) -> str:
+    """Ask for ``vm``'s disks to be restored from ``backup_name`` and wait for the
+    controller's verdict; BackupFailed (annotation removed) when it refuses."""
+
+    def annotate(value: str | None) -> None:
+        api.patch_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, namespace, VM.plural, vm,
+            {"metadata": {"annotations": {groups.ANNOTATION_RESTORE: value}}},
+        )  # fmt: skip
+
+    annotate(backup_name)
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = api.get_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, namespace, VM.plural, vm
+        )
+        verdict = restored_verdict(obj.get("status") or {})
+        if verdict is not None:
+            reason, message = verdict
+            if reason in REFUSED:
+                annotate(None)
+                raise BackupFailed(f"{reason}: {message}")
+            return f"virtualmachine/{vm}: {reason}: {message}"
+        if time.monotonic() > deadline:
+            raise BackupFailed(f"no verdict on the restore after {timeout:.0f} s")
         time.sleep(POLL_SECONDS)

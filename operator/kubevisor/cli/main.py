@@ -15,6 +15,7 @@ Examples::
     kubevisor uncordon node-1
     kubevisor backup web                   # live backup, with a progress bar
     kubevisor restore web-3f2a1c --as web-restored
+    kubevisor restore web-3f2a1c --in-place web
     kubevisor desktop claim office --user alice   # prints the desktop's browser URL
 
 ``migrate``, ``drain`` and ``uncordon`` are in :mod:`kubevisor.cli.migrating`; ``backup``
@@ -184,6 +185,10 @@ def run(args: argparse.Namespace) -> str:
                 raise CLIError(f"backup of {args.name} did not succeed: {exc}") from exc
         if args.verb == "restore":
             try:
+                if args.in_place:
+                    return backingup.restore_in_place(
+                        api, args.name, args.in_place, ns, timeout=args.timeout
+                    )
                 return backingup.restore(
                     api, args.name, args.as_name, ns, wait=not args.no_wait, timeout=args.timeout
                 )
@@ -251,7 +256,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-wait", action="store_true", help="create the VMBackup and return")
     s = sub.add_parser("restore", help="create a new VirtualMachine from a VMBackup")
     s.add_argument("name", help="the VMBackup")
-    s.add_argument("--as", dest="as_name", required=True, help="name of the new VM")
+    into = s.add_mutually_exclusive_group(required=True)
+    into.add_argument("--as", dest="as_name", help="name of the new VM")
+    into.add_argument(
+        "--in-place", metavar="VM", help="restore this stopped VM's own disks (its backup)"
+    )
     s.add_argument("-n", "--namespace", default="default")
     s.add_argument("--no-wait", action="store_true", help="create the VM and return")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")

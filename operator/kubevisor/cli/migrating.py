@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from kubevisor.api import conditions, groups, kinds, migrations
+from kubevisor.cli import following
 
 MIGRATION = kinds.MIGRATION
 VM = kinds.VIRTUALMACHINE
@@ -50,9 +51,7 @@ def _mib(value: int | None) -> str:
 def progress_line(progress: Mapping[str, Any], *, width: int = 30) -> str:
     """``[#####.....]  42%  37/88 MiB  12 MiB/s  ETA 4 s`` from ``status.progress`` (pure)."""
     p = migrations.MigrationProgress.model_validate(progress)
-    percent = p.percent or 0
-    filled = round(width * percent / 100)
-    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {percent:3d}%"]
+    parts = [following.bar(p.percent, width=width)]
     if p.data_processed_bytes is not None and p.data_total_bytes:
         done, total = p.data_processed_bytes / 1024**2, p.data_total_bytes / 1024**2
         parts.append(f"{done:.0f}/{total:.0f} MiB")
@@ -91,43 +90,6 @@ def why(status: Mapping[str, Any]) -> str:
     return str(phase)
 
 
-class Follower:
-    """Prints what changed between two looks at a Migration (phase, wait reason,
-    progress); ``tty``: redraw the progress line in place."""
-
-    def __init__(self, out: TextIO, *, tty: bool) -> None:
-        self.out = out
-        self.tty = tty
-        self.phase: str | None = None
-        self.reason: str | None = None
-        self.progress: str | None = None
-
-    def show(self, status: Mapping[str, Any]) -> None:
-        phase = status.get("phase") or "Pending"
-        if phase != self.phase:
-            self._end_line()
-            print(f"phase {phase}", file=self.out)
-            self.phase = phase
-        if phase == "Pending":
-            reason = why(status)
-            if reason != self.reason:
-                print(f"  waiting: {reason}", file=self.out)
-                self.reason = reason
-        if status.get("progress") and phase == "Running":
-            line = progress_line(status["progress"])
-            if line != self.progress:
-                if self.tty:
-                    print(f"\r{line}", end="", file=self.out, flush=True)
-                else:
-                    print(line, file=self.out)
-                self.progress = line
-
-    def _end_line(self) -> None:
-        if self.tty and self.progress is not None:
-            print(file=self.out)
-            self.progress = None
-
-
 def follow(
     get: Callable[[], Mapping[str, Any] | None],
     *,
@@ -138,7 +100,7 @@ def follow(
 ) -> Mapping[str, Any]:
     """Poll the Migration until it ends; the final status. Ctrl-C cancels it once and
     keeps following (the VM stays on its source)."""
-    shown = Follower(out, tty=tty)
+    shown = following.Follower(out, tty=tty, why=why, progress_line=progress_line)
     cancelled = False
     while True:
         try:
@@ -148,7 +110,7 @@ def follow(
             status = obj.get("status") or {}
             shown.show(status)
             if status.get("phase") in {p.value for p in migrations.FINAL_PHASES}:
-                shown._end_line()
+                shown.end_line()
                 return status
             sleep(POLL_SECONDS)
         except KeyboardInterrupt:

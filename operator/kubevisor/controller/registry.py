@@ -21,6 +21,7 @@ from kubevisor.controller.rebalancing import handlers as rebalancing
 from kubevisor.controller.runtime import running
 from kubevisor.controller.storagebackends import handlers as storagebackends
 from kubevisor.controller.vmbackups import handlers as vmbackups
+from kubevisor.controller.vmbackupschedules import handlers as vmbackupschedules
 from kubevisor.controller.vms import handlers as vms
 from kubevisor.controller.vmtemplates import handlers as vmtemplates
 from kubevisor.controller.vrfs import handlers as vrfs
@@ -33,6 +34,7 @@ IMPLEMENTED = frozenset(
         kinds.VRF.kind,
         kinds.MIGRATION.kind,
         kinds.VMBACKUP.kind,
+        kinds.VMBACKUPSCHEDULE.kind,
         kinds.REBALANCEPOLICY.kind,
         kinds.DESKTOPPOOL.kind,
         kinds.DESKTOPCLAIM.kind,
@@ -65,6 +67,7 @@ def handlers(rt: running.Runtime) -> list[operating.Handler]:
         *nodeloss.NodeLoss(rt, placer=placer).handlers(),
         *migrations.Migrations(rt).handlers(),
         *vmbackups.VMBackups(rt).handlers(),
+        *vmbackupschedules.Schedules(rt).handlers(),
         *rebalancing.Rebalancing(rt).handlers(),
         *pools.handlers(),
         *claims.handlers(),

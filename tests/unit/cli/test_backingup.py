@@ -74,3 +74,20 @@ def test_follow_prints_phases_wait_reason_progress_and_returns_the_end() -> None
     assert lines[2] == "phase Running"
     assert lines[3].endswith(" 50%  0/0 MiB")
     assert lines[4] == "phase Succeeded"
+
+
+@pytest.mark.parametrize(
+    ("conds", "verdict"),
+    [
+        ([], None),
+        ([{"type": "Ready", "status": "False", "reason": "Stopped"}], None),
+        ([{"type": "Restored", "status": "False", "reason": "VMNotStopped", "message": "stop"}],
+         ("VMNotStopped", "stop")),
+        ([{"type": "Restored", "status": "True", "reason": "Succeeded", "message": "done"}],
+         ("Succeeded", "done")),
+    ],
+)  # fmt: skip
+def test_restored_verdict(conds: list[dict[str, str]], verdict: tuple[str, str] | None) -> None:
+    assert backingup.restored_verdict({"conditions": conds}) == verdict
+    if verdict is not None:
+        assert (verdict[0] in backingup.REFUSED) is (verdict[0] == "VMNotStopped")

@@ -76,3 +76,23 @@ def test_table_and_describe() -> None:
 def test_parser_accepts_kubectl_style() -> None:
     args = main.parser().parse_args(["restart", "web", "-n", "prod"])
     assert (args.verb, args.name, args.namespace) == ("restart", "web", "prod")
+
+
+@pytest.mark.parametrize(
+    ("argv", "as_name", "in_place"),
+    [(["restore", "b1", "--as", "new"], "new", None),
+     (["restore", "b1", "--in-place", "web"], None, "web")],
+)  # fmt: skip
+def test_restore_as_a_new_vm_or_in_place(
+    argv: list[str], as_name: str | None, in_place: str | None
+) -> None:
+    args = main.parser().parse_args(argv)
+    assert (args.as_name, args.in_place) == (as_name, in_place)
+
+
+@pytest.mark.parametrize(
+    "argv", [["restore", "b1"], ["restore", "b1", "--as", "x", "--in-place", "y"]]
+)
+def test_restore_needs_exactly_one_of_as_or_in_place(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        main.parser().parse_args(argv)

@@ -44,6 +44,7 @@ class Scope:
     domain: DomainInfo | None
     started_at: str | None = None
     applied_restart_token: str | None = None
+    applied_restore: str | None = None
     ready_reason: str | None = None
     message: str = ""
     network_states: list[segments.SegmentState] = dataclasses.field(default_factory=list)
@@ -69,6 +70,7 @@ def scope_of(key: Key, obj: dict[str, Any], domain: DomainInfo | None) -> Scope:
         domain=domain,
         started_at=st.get("startedAt"),
         applied_restart_token=st.get("appliedRestartToken"),
+        applied_restore=st.get("appliedRestore"),
     )
 
 
@@ -305,6 +307,7 @@ class VMHandler:
             plans = await self.store.plan(scope.machine, scope.identity)
             if disks.clone_sources(plans):
                 await self.clones.copy(scope.key, plans)
+            await self._restore_in_place(scope, plans)
             for disk in plans:
                 await self.store.ensure(disk)
         except disks.DiskError as exc:
@@ -349,6 +352,30 @@ class VMHandler:
                 scope.ready_reason, scope.message = refusal_reason(str(exc)), str(exc)
                 return False
         return True
+
+    async def _restore_in_place(self, scope: Scope, plans: list[disks.DiskPlan]) -> None:
+        """``status.restore`` (the controller judged the VM stopped): replace the disks
+        from the backup's copies, before the domain is (re)defined and started — never
+        under a running domain. Done once per backup (``appliedRestore``)."""
+        raw = scope.status.get("restore") or {}
+        backup = raw.get("backup")
+        if backup is None or backup == scope.applied_restore:
+            return
+        if scope.domain is not None and reconciling.DomainView(scope.domain.state).active:
+            return
+        copies = {d.get("name"): d.get("path") for d in raw.get("disks") or []}
+        for disk in plans:
+            source = copies.get(disk.name)
+            if source is not None and (disk.nfs is not None or disk.iscsi is not None):
+                raise disks.DiskError(
+                    conditions.Reason.INVALID_SPEC,
+                    f"disk {disk.name!r} is on a StorageBackend: restoring in place writes "
+                    "node files only; restore into a new VM instead",
+                )
+            if source is not None:
+                logger.info("%s/%s: restoring disk %s from %s", *scope.key, disk.name, source)
+                await disks.replace_from(disk.path, Path(source))
+        scope.applied_restore = str(backup)
 
     async def _ensure_segments(self, scope: Scope) -> bool:
         """Set up the segment of every NIC; False (reason and message set) when one is

@@ -99,6 +99,7 @@ def assemble(
         started_at=scope.started_at,
         running_at=running_at,
         applied_restart_token=scope.applied_restart_token,
+        applied_restore=scope.applied_restore,
         ready_reason=scope.ready_reason,
         message=scope.message,
         network_ready=network_ready,

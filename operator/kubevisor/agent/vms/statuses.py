@@ -28,6 +28,7 @@ OWN_FIELDS = (
     "startedAt",
     "runningAt",
     "appliedRestartToken",
+    "appliedRestore",
 )
 
 Phase = virtualmachines.VirtualMachinePhase
@@ -58,6 +59,8 @@ class Report:
     started_at: str | None = None
     running_at: str | None = None
     applied_restart_token: str | None = None
+    applied_restore: str | None = None
+    """The VMBackup last restored in place (status.restore acted on)."""
     ready_reason: str | None = None
     """Overrides the reason derived from the phase (e.g. ImageNotFound)."""
     message: str = ""
@@ -86,6 +89,7 @@ def desired_status(
         ("startedAt", report.started_at),
         ("runningAt", report.running_at),
         ("appliedRestartToken", report.applied_restart_token),
+        ("appliedRestore", report.applied_restore),
     ):
         if value is not None:
             own[key] = value

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 VM = kinds.VIRTUALMACHINE
 RESYNC_SECONDS = 5.0
 #: Reasons of a False condition that are not a problem worth a Warning.
-QUIET_REASONS = frozenset({Reason.AS_EXPECTED, Reason.STOPPED, Reason.SCHEDULED})
+QUIET_REASONS = frozenset(
+    {Reason.AS_EXPECTED, Reason.STOPPED, Reason.SCHEDULED, Reason.RESTORE_PENDING}
+)
 
 
 class VMs:
@@ -76,6 +78,7 @@ class VMs:
             restart_token=scope.power.restart_token,
             phase=scope.phase if scope.node is None else None,
             conds=scope.conds,
+            restore=scope.restore,
         )
         if not status.same(old, wanted):
             # guarded by the version read: a stale read (say, from before a migration
@@ -217,6 +220,7 @@ class VMs:
         await phases.resolve(scope, client)
         phases.power(scope)
         phases.record_machine(scope)
+        await phases.restore_in_place(scope, client)
         if not scope.status.get("nodeName"):
             me = macs.seen(obj)
             me = macs.Seen(me.key, me.created, macs.ports(scope.machine))

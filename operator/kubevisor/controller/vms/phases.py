@@ -19,7 +19,7 @@ from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.api.virtualmachines import DesiredState
 from kubevisor.controller.kube import client as kube
 from kubevisor.controller.placement import placing, reserving
-from kubevisor.controller.vms import moving, powering, resolving
+from kubevisor.controller.vms import moving, powering, resolving, restoring
 from kubevisor.controller.vms.status import Cond
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
@@ -60,6 +60,8 @@ class Scope:
     """Our phase while unplaced; None once placed (the agent's then)."""
     mac_conflict: str | None = None
     """Set when another, earlier VM uses one of this VM's MACs on a segment (`macs`)."""
+    restore: virtualmachines.VMRestoreState | None = None
+    """status.restore (``restoring.judge``)."""
     conds: dict[str, Cond] = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)
     """Normal Events to post, (reason, message); warnings follow from conditions."""
@@ -259,6 +261,37 @@ async def _resolve_restore(
         scope.only_nodes = frozenset({st.node_name})
         scope.only_reason = f"VMBackup {name} is on node-local storage of {st.node_name}"
     scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"restoring VMBackup {name}")
+
+
+async def restore_in_place(scope: Scope, api: kube.Kube) -> None:
+    """The kubevisor.io/restore-from annotation, judged by ``restoring.judge``."""
+    assert scope.power is not None
+    name = scope.annotations.get(groups.ANNOTATION_RESTORE)
+    backup = None
+    if name is not None and groups.annotation_token_error(name) is None:
+        raw = await api.get(kinds.VMBACKUP.plural, scope.namespace, name)
+        if raw is not None:
+            try:
+                backup = vmbackups.VMBackup.model_validate(raw)
+            except pydantic.ValidationError:
+                backup = None
+    current = None
+    if scope.status.get("restore") is not None:
+        try:
+            current = virtualmachines.VMRestoreState.model_validate(scope.status["restore"])
+        except pydantic.ValidationError:
+            current = None
+    stopped = scope.power.desired == DesiredState.STOPPED and scope.status.get("phase") in AT_REST
+    cond, scope.restore = restoring.judge(
+        vm_name=scope.name,
+        annotation=name,
+        backup=backup,
+        stopped=stopped,
+        current=current,
+        applied=scope.status.get("appliedRestore"),
+    )
+    if cond is not None:
+        scope.conds[ConditionType.RESTORED] = cond
 
 
 def power(scope: Scope) -> None:

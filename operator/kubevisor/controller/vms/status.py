@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubevisor.api import conditions, machines
+from kubevisor.api import conditions, machines, virtualmachines
 from kubevisor.api.conditions import ConditionStatus, ConditionType, Reason
 
 #: The condition types the controller owns on a VirtualMachine.
 OWNED_CONDITIONS = (
     ConditionType.ANNOTATIONS_VALID,
     ConditionType.RESTART_REQUIRED,
+    ConditionType.RESTORED,
     ConditionType.SCHEDULED,
     ConditionType.TEMPLATE_RESOLVED,
 )
@@ -28,6 +29,7 @@ OWNED_FIELDS = (
     "desiredState",
     "restartToken",
     "restartRequired",
+    "restore",
     "observedGeneration",
 )
 
@@ -58,6 +60,7 @@ def build(
     restart_token: str | None,
     phase: str | None,
     conds: dict[str, Cond],
+    restore: virtualmachines.VMRestoreState | None = None,
 ) -> dict[str, Any]:
     """The controller's status: ``current`` is the object's status (for transition
     times); ``conds`` maps our condition types to their values; ``phase`` only while
@@ -87,6 +90,8 @@ def build(
         out["machine"] = machine_wire(machine)
     if restart_token is not None:
         out["restartToken"] = restart_token
+    if restore is not None:
+        out["restore"] = restore.model_dump(mode="json", by_alias=True, exclude_none=True)
     if phase is not None:
         out["phase"] = phase
     return out

@@ -1,0 +1,1 @@
+"""The VMBackupSchedule reconciler: due instants become VMBackups; old ones are pruned."""
