@@ -91,6 +91,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "DesktopPool/office": ("Progressing", "progressing_scaling"),
     "DesktopClaim/alice": ("Progressing", "progressing_waiting_for_desktop"),
     "StorageBackend/nas-1": ("Healthy", "healthy_accepted"),
+    "VMBackupSchedule/tiny-1-nightly": ("Healthy", "healthy_active"),
     "RebalancePolicy/cluster": ("Healthy", "healthy_consolidated"),
 }
 

@@ -36,6 +36,7 @@ from kubevisor.api import (
     storagebackends,
     virtualmachines,
     vmbackups,
+    vmbackupschedules,
     vmtemplates,
     vrfs,
 )
@@ -323,10 +324,25 @@ STORAGEBACKEND = Rules(
     degraded=frozenset({Reason.INVALID_SPEC}),
 )
 
+SR = vmbackupschedules.ScheduleReason
+
+VMBACKUPSCHEDULE = Rules(
+    kind="VMBackupSchedule",
+    phases={
+        vmbackupschedules.SchedulePhase.ACTIVE: H,
+        # spec.suspend, as asked
+        vmbackupschedules.SchedulePhase.SUSPENDED: S,
+        vmbackupschedules.SchedulePhase.INVALID: D,
+    },
+    degraded=frozenset({SR.INVALID_SCHEDULE}),
+    waiting=frozenset({SR.SCHEDULED, SR.SUSPENDED, SR.BACKUP_CREATED, SR.SKIPPED_BUSY, SR.PRUNED}),
+)
+
 RULES: Final[tuple[Rules, ...]] = (
     VMTEMPLATE,
     VIRTUALMACHINE,
     VMBACKUP,
+    VMBACKUPSCHEDULE,
     MIGRATION,
     VRF,
     DESKTOPPOOL,

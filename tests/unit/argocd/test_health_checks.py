@@ -22,6 +22,7 @@ from kubevisor.api import (
     migrations,
     rebalancepolicies,
     vmbackups,
+    vmbackupschedules,
 )
 from kubevisor.devenv import argocdhealth, testing
 
@@ -38,6 +39,7 @@ KIND_REASONS: dict[str, type[StrEnum]] = {
     "VMBackup": vmbackups.BackupReason,
     "DesktopClaim": desktopclaims.ClaimReason,
     "RebalancePolicy": rebalancepolicies.RebalanceReason,
+    "VMBackupSchedule": vmbackupschedules.ScheduleReason,
 }
 
 
