@@ -68,4 +68,6 @@ echo "build-image: OCI archive $NAME" >&2
   --env PATH=/opt/kubevisor/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --out "$tmp/image.tar"
 mv "$tmp/image.tar" "$OUT"
+# keep the newest few (other checkouts may be building other sources)
+ls -t "$CACHE"/image/kubevisor-*.oci.tar | tail -n +4 | xargs -r rm -f
 echo "$OUT"
