@@ -182,7 +182,6 @@ def up(
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={controlplane.free_port()}",
-                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
                 "--v=1",
             ],
             logs / "kube-controller-manager.log",

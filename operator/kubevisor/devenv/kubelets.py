@@ -5,7 +5,7 @@ DaemonSet with hostPath mounts), which needs a real kubelet and container runtim
 container engine or kind here. ``hack/build-node.sh`` builds kubelet (same pinned release
 as the API server) and a pause image; containerd, runc and the CNI plugins are Debian's.
 
-What was needed on these machines (docs/dev/kubelet-here.md has the findings):
+What was needed on these machines (docs/dev/kubelet-node.md has the findings):
 containerd's CRI ``restrict_oom_score_adj = true`` (a negative ``oom_score_adj`` is
 refused here, and every sandbox fails without it) and kubelet's ``failCgroupV1: false``.
 
