@@ -7,8 +7,9 @@
 # Why this way: there is no Docker/Podman here and no registry to push to; containerd
 # imports an OCI archive directly and pods use it with imagePullPolicy: Never.
 #
-# Cached by content: the key hashes the package sources, pyproject.toml, this script and
-# the pinned noVNC, so a rebuild happens only when one of them changes. The image name is
+# Cached by content: the key hashes the package sources (without kubevisor.devenv, the
+# development tooling, which the image leaves out), pyproject.toml, this script, the OCI
+# packer and the pinned noVNC, so a rebuild happens only when one of them changes. The image name is
 # kubevisor.local/kubevisor:<key> (printed by `hack/build-image.sh --name`).
 #
 # libvirt: Debian's python3-libvirt (the venv sees system site-packages), so nothing is
@@ -24,8 +25,8 @@ PACKAGES=python3,python3-venv,python3-libvirt,qemu-utils,iproute2,ca-certificate
 
 key="$(
   {
-    find operator -type f \( -name '*.py' -o -name '*.html' -o -name '*.typed' \) -print0 \
-      | sort -z | xargs -0 sha256sum
+    find operator -path operator/kubevisor/devenv -prune -o -type f \
+      \( -name '*.py' -o -name '*.html' -o -name '*.typed' \) -print0 | sort -z | xargs -0 sha256sum
     sha256sum pyproject.toml hack/build-image.sh operator/kubevisor/devenv/ociimages.py
     cat "$NOVNC_DIR/.version" 2>/dev/null || true
     echo "$SUITE $PACKAGES"
@@ -59,6 +60,7 @@ mmdebstrap --quiet --variant=apt --include="$PACKAGES" \
   --customize-hook="sync-in $tmp/extra /" \
   --customize-hook='chroot "$1" python3 -m venv --system-site-packages /opt/kubevisor' \
   --customize-hook='chroot "$1" /opt/kubevisor/bin/pip install -q --no-index --no-compile --find-links /tmp/wheels kubevisor' \
+  --customize-hook='rm -rf "$1"/opt/kubevisor/lib/python3*/site-packages/kubevisor/devenv' \
   --customize-hook='rm -rf "$1"/tmp/wheels "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
   --customize-hook='for b in "$1"/opt/kubevisor/bin/kubevisor* "$1"/opt/kubevisor/bin/kubectl-kubevisor; do ln -s "${b#"$1"}" "$1/usr/local/bin/"; done' \
   "$SUITE" "$tmp/rootfs.tar" "$MIRROR"

@@ -72,6 +72,7 @@ def index(*, name: str, manifest: dict[str, object]) -> dict[str, object]:
         "manifests": [
             {
                 **manifest,
+                "platform": {"architecture": "amd64", "os": "linux"},
                 "annotations": {
                     "io.containerd.image.name": name,
                     "org.opencontainers.image.ref.name": tag,
