@@ -45,7 +45,7 @@ app.kubernetes.io/component: {{ .component }}
      KUBERNETES_SERVICE_* variables the kubelet injects, for clusters where pods cannot
      reach the kubernetes Service (no kube-proxy; API server on the node's loopback). */}}
 {{- define "kubevisor.apiServerEnv" -}}
-{{- if .Values.apiServer.host }}
+{{- if .Values.apiServer.host -}}
 - name: KUBERNETES_SERVICE_HOST
   value: {{ .Values.apiServer.host | quote }}
 - name: KUBERNETES_SERVICE_PORT
