@@ -39,6 +39,7 @@ def dev() -> Iterator[addon.AddonCluster]:
     if not (kubelets.CNI_BIN_DIR / "bridge").exists():
         testing.absent(f"no CNI plugins in {kubelets.CNI_BIN_DIR} (containernetworking-plugins)")
     testing.require_tiny_guest(devcluster.GUEST_CACHE)
+    host_before = _host_state()
     try:
         dev = addon.up(CLUSTER)
     except BaseException:  # a cluster that cannot start is a failure, not a skip
@@ -49,6 +50,17 @@ def dev() -> Iterator[addon.AddonCluster]:
     finally:
         leftovers = addon.down(CLUSTER)
         print(f"addon down: cleaned {leftovers}")
+        # the rest of the suite runs on this host: what the kubelet changed is undone
+        assert _host_state() == host_before
+
+
+def _host_state() -> dict[str, object]:
+    """What the kubelet changes on a host: sysctls, iptables chains, kubepods cgroups."""
+    return {
+        "sysctls": kubelets.read_sysctls(),
+        "chains": {t: kubelets.iptables_chains(t) for t in ("iptables", "ip6tables")},
+        "kubepods": sorted(str(p) for p in kubelets.CGROUP_ROOT.glob("*/kubepods")),
+    }
 
 
 def _json(dev: addon.AddonCluster, *args: str) -> Any:
@@ -105,9 +117,9 @@ def test_chart_runs_a_vm_and_uninstalls_clean(dev: addon.AddonCluster) -> None:
         vm = _vm(dev)
         return vm if vm and (vm.get("status") or {}).get("phase") == "Running" else None
 
-    st = testing.wait_for(running, timeout=240, what=f"VM {VM} Running", show=lambda: _vm(dev))[
-        "status"
-    ]
+    vm = testing.wait_for(running, timeout=240, what=f"VM {VM} Running", show=lambda: _vm(dev))
+    assert vm is not None
+    st = vm["status"]
     assert st["nodeName"] == addon.NODE
     domain = f"default_{VM}"
     assert domain in _virsh(dev, "list", "--name").split()
