@@ -22,6 +22,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3 python3-venv python3-libvirt qemu-utils iproute2 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
+# the chart runs controller and gateway as 65532; kopf asks getpwuid() for a user name
+RUN groupadd --system --gid 65532 kubevisor \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin kubevisor
 COPY pyproject.toml README.md /src/
 COPY operator /src/operator
 RUN python3 -m venv --system-site-packages /opt/kubevisor \

@@ -13,7 +13,8 @@
 # kubevisor.local/kubevisor:<key> (printed by `hack/build-image.sh --name`).
 #
 # libvirt: Debian's python3-libvirt (the venv sees system site-packages), so nothing is
-# compiled. qemu-utils: the agent runs qemu-img. noVNC: the gateway serves it.
+# compiled. qemu-utils: the agent runs qemu-img. noVNC: the gateway serves it. User 65532
+# (the chart's runAsUser for controller and gateway) exists: kopf asks getpwuid() for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +59,8 @@ echo "build-image: Debian $SUITE rootfs with $PACKAGES (mmdebstrap)" >&2
 mmdebstrap --quiet --variant=apt --include="$PACKAGES" \
   --customize-hook="copy-in $tmp/wheels /tmp" \
   --customize-hook="sync-in $tmp/extra /" \
+  --customize-hook='chroot "$1" groupadd --system --gid 65532 kubevisor' \
+  --customize-hook='chroot "$1" useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kubevisor' \
   --customize-hook='chroot "$1" python3 -m venv --system-site-packages /opt/kubevisor' \
   --customize-hook='chroot "$1" /opt/kubevisor/bin/pip install -q --no-index --no-compile --find-links /tmp/wheels kubevisor' \
   --customize-hook='rm -rf "$1"/opt/kubevisor/lib/python3*/site-packages/kubevisor/devenv' \

@@ -69,6 +69,10 @@ class NodeLayout:
     name: str
     kubelet_port: int
     healthz_port: int
+    node_ip: str = "10.79.255.1"
+    """The Node's InternalIP, on a dummy link of its own: the kubelet refuses a loopback
+    node IP, and without an address pods get no ``status.hostIP``. Local only: traffic to
+    a local address never leaves the host."""
 
     @property
     def containerd_socket(self) -> Path:
@@ -105,6 +109,10 @@ class NodeLayout:
     @property
     def cni_bridge(self) -> str:
         return f"kvpod-{self.name}"[:15]
+
+    @property
+    def node_link(self) -> str:
+        return f"kvip-{self.name}"[:15]
 
 
 def render_containerd_config(layout: NodeLayout) -> str:
@@ -171,14 +179,15 @@ def render_cni_config(layout: NodeLayout, *, subnet: str = "10.244.0.0/24") -> s
 
 
 def render_kubelet_config(layout: NodeLayout, *, ca_file: Path) -> dict[str, object]:
-    """KubeletConfiguration (pure): loopback only, anonymous read on loopback (so the API
-    server's ``logs``/``exec`` work without a kubelet client certificate), cgroupfs,
+    """KubeletConfiguration (pure): serving on the node IP only (a local dummy address),
+    anonymous there (so the API server's ``logs``/``exec`` work without a kubelet client
+    certificate), cgroupfs,
     cgroup v1 allowed, no iptables chains, eviction and image GC that keep our imported
     images (they cannot be pulled again)."""
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": "127.0.0.1",
+        "address": layout.node_ip,
         "port": layout.kubelet_port,
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
@@ -364,6 +373,11 @@ class KubeletNode:
             json.dumps(render_kubelet_config(lay, ca_file=self.ca_file), indent=2) + "\n"
         )
         self.saved_sysctls = read_sysctls()
+        subprocess.run(["ip", "link", "del", lay.node_link], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "add", lay.node_link, "type", "dummy"], check=True)
+        subprocess.run(["ip", "addr", "add", f"{lay.node_ip}/32", "dev", lay.node_link],
+                       check=True)  # fmt: skip
+        subprocess.run(["ip", "link", "set", lay.node_link, "up"], check=True)
         self.saved_chains = {t: iptables_chains(t) for t in ("iptables", "ip6tables")}
         self.pids["containerd"] = _spawn(
             ["containerd", f"--config={lay.containerd_config}"], self.logs / "containerd.log"
@@ -381,7 +395,7 @@ class KubeletNode:
                 f"--root-dir={lay.kubelet_root}",
                 f"--cert-dir={lay.kubelet_root / 'pki'}",
                 f"--hostname-override={lay.name}",
-                "--node-ip=127.0.0.1",
+                f"--node-ip={lay.node_ip}",
                 *([f"--node-labels={','.join(f'{k}={v}' for k, v in sorted(self.labels.items()))}"]
                   if self.labels else []),
                 "--v=1",
@@ -415,8 +429,8 @@ class KubeletNode:
         kill_shims(self.layout.containerd_socket)
         unmount_all(self.layout.root)
         cleaned += remove_cgroups()
-        subprocess.run(["ip", "link", "del", self.layout.cni_bridge], capture_output=True,
-                       check=False)  # fmt: skip
+        for link in (self.layout.cni_bridge, self.layout.node_link):
+            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
         restore_sysctls(self.saved_sysctls)
         for tool, chains in self.saved_chains.items():
             cleaned += remove_new_kube_chains(chains, tool)
@@ -449,7 +463,7 @@ class KubeletNode:
         return cls(
             layout=NodeLayout(root=Path(lay["root"]), name=lay["name"],
                               kubelet_port=int(lay["kubelet_port"]),
-                              healthz_port=int(lay["healthz_port"])),
+                              healthz_port=int(lay["healthz_port"]), node_ip=lay["node_ip"]),
             kubeconfig=Path(str(data["kubeconfig"])), ca_file=Path(str(data["ca_file"])),
             logs=Path(str(data["logs"])), bin_dir=Path(str(data["bin_dir"])),
             pids={k: int(v) for k, v in data["pids"].items()},  # type: ignore[attr-defined]

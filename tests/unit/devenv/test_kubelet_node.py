@@ -33,10 +33,11 @@ def test_containerd_config_is_private_and_has_what_this_host_needs() -> None:
     assert cri["cni"]["conf_dir"] == str(LAYOUT.cni_conf_dir)
 
 
-def test_kubelet_config_stays_on_loopback_and_allows_cgroup_v1() -> None:
+def test_kubelet_config_serves_on_the_node_ip_and_allows_cgroup_v1() -> None:
     conf = kubelets.render_kubelet_config(LAYOUT, ca_file=Path("/pki/ca.crt"))
     assert conf["failCgroupV1"] is False
-    assert conf["address"] == conf["healthzBindAddress"] == "127.0.0.1"
+    assert conf["address"] == LAYOUT.node_ip
+    assert conf["healthzBindAddress"] == "127.0.0.1"
     assert conf["readOnlyPort"] == 0
     assert conf["makeIPTablesUtilChains"] is False
     assert conf["containerRuntimeEndpoint"] == f"unix://{LAYOUT.containerd_socket}"
@@ -46,7 +47,7 @@ def test_kubelet_config_stays_on_loopback_and_allows_cgroup_v1() -> None:
 def test_cni_bridge_name_fits_an_interface_name() -> None:
     conf = json.loads(kubelets.render_cni_config(LAYOUT))
     assert conf["plugins"][0]["bridge"] == LAYOUT.cni_bridge
-    assert len(LAYOUT.cni_bridge) <= 15
+    assert len(LAYOUT.cni_bridge) <= 15 and len(LAYOUT.node_link) <= 15
 
 
 def test_chart_values_point_the_agent_at_the_simulated_node(tmp_path: Path) -> None:
