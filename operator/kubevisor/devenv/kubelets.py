@@ -70,9 +70,9 @@ class NodeLayout:
     kubelet_port: int
     healthz_port: int
     node_ip: str = "10.79.255.1"
-    """The Node's InternalIP, on a dummy link of its own: the kubelet refuses a loopback
-    node IP, and without an address pods get no ``status.hostIP``. Local only: traffic to
-    a local address never leaves the host."""
+    """The Node's InternalIP, added to ``lo`` (no dummy module here): the kubelet refuses
+    a loopback (127/8) node IP, and without an address pods get no ``status.hostIP``.
+    Local only: traffic to a local address never leaves the host."""
 
     @property
     def containerd_socket(self) -> Path:
@@ -110,9 +110,6 @@ class NodeLayout:
     def cni_bridge(self) -> str:
         return f"kvpod-{self.name}"[:15]
 
-    @property
-    def node_link(self) -> str:
-        return f"kvip-{self.name}"[:15]
 
 
 def render_containerd_config(layout: NodeLayout) -> str:
@@ -373,11 +370,7 @@ class KubeletNode:
             json.dumps(render_kubelet_config(lay, ca_file=self.ca_file), indent=2) + "\n"
         )
         self.saved_sysctls = read_sysctls()
-        subprocess.run(["ip", "link", "del", lay.node_link], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "add", lay.node_link, "type", "dummy"], check=True)
-        subprocess.run(["ip", "addr", "add", f"{lay.node_ip}/32", "dev", lay.node_link],
-                       check=True)  # fmt: skip
-        subprocess.run(["ip", "link", "set", lay.node_link, "up"], check=True)
+        subprocess.run(["ip", "addr", "replace", f"{lay.node_ip}/32", "dev", "lo"], check=True)
         self.saved_chains = {t: iptables_chains(t) for t in ("iptables", "ip6tables")}
         self.pids["containerd"] = _spawn(
             ["containerd", f"--config={lay.containerd_config}"], self.logs / "containerd.log"
@@ -429,8 +422,10 @@ class KubeletNode:
         kill_shims(self.layout.containerd_socket)
         unmount_all(self.layout.root)
         cleaned += remove_cgroups()
-        for link in (self.layout.cni_bridge, self.layout.node_link):
-            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.layout.cni_bridge], capture_output=True,
+                       check=False)  # fmt: skip
+        subprocess.run(["ip", "addr", "del", f"{self.layout.node_ip}/32", "dev", "lo"],
+                       capture_output=True, check=False)  # fmt: skip
         restore_sysctls(self.saved_sysctls)
         for tool, chains in self.saved_chains.items():
             cleaned += remove_new_kube_chains(chains, tool)
