@@ -111,7 +111,6 @@ class NodeLayout:
         return f"kvpod-{self.name}"[:15]
 
 
-
 def render_containerd_config(layout: NodeLayout) -> str:
     """containerd 1.6 config (version 2): private root/state/socket, CRI with our pause
     image, runc without systemd cgroups, CNI from Debian's plugins (pure)."""
