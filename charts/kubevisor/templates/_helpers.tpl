@@ -40,3 +40,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "kubevisor.gatewayServiceAccount" -}}
 {{- .Values.gateway.serviceAccount.name | default (printf "%s-gateway" (include "kubevisor.fullname" .)) -}}
 {{- end -}}
+
+{{/* In-cluster API access at an explicit address (apiServer.host/port): overrides the
+     KUBERNETES_SERVICE_* variables the kubelet injects, for clusters where pods cannot
+     reach the kubernetes Service (no kube-proxy; API server on the node's loopback). */}}
+{{- define "kubevisor.apiServerEnv" -}}
+{{- if .Values.apiServer.host -}}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.apiServer.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ .Values.apiServer.port | default "443" | quote }}
+{{- end }}
+{{- end -}}

@@ -136,8 +136,24 @@ def generate_pki(pki: Path) -> None:
     )
 
 
-def write_kubeconfig(path: Path, *, server: str, pki: Path) -> None:
-    """A kubeconfig with absolute file references, usable by kubectl, kopf and the clients."""
+def issue_client(pki: Path, stem: str, *, cn: str, org: str | None = None) -> None:
+    """Another client certificate signed by the CA in ``pki`` (``<stem>.crt``/``.key``),
+    e.g. a kubelet's node identity ``CN=system:node:<name>, O=system:nodes``."""
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(
+        subject=_name(cn, org), key=key, issuer=ca.subject, issuer_key=ca_key, ca=False,
+        client=True,
+    )  # fmt: skip
+    _write_key(pki / f"{stem}.key", key)
+    _write_cert(pki / f"{stem}.crt", cert)
+
+
+def write_kubeconfig(path: Path, *, server: str, pki: Path, user: str = "admin") -> None:
+    """A kubeconfig with absolute file references, usable by kubectl, kopf and the clients.
+    ``user``: the stem of the client certificate in ``pki`` (see :func:`issue_client`)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -151,8 +167,8 @@ def write_kubeconfig(path: Path, *, server: str, pki: Path) -> None:
             {
                 "name": "kubevisor-admin",
                 "user": {
-                    "client-certificate": str(pki / "admin.crt"),
-                    "client-key": str(pki / "admin.key"),
+                    "client-certificate": str(pki / f"{user}.crt"),
+                    "client-key": str(pki / f"{user}.key"),
                 },
             }
         ],

@@ -81,6 +81,9 @@ class ControlPlane:
     pids: dict[str, int] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     """More kube-apiserver flags (e.g. an audit policy for a benchmark); appended last."""
+    service_accounts: bool = False
+    """Keep ServiceAccount admission on (pods get projected tokens). Off by default: without
+    kube-controller-manager no namespace has a ``default`` ServiceAccount to admit pods."""
 
     @property
     def pki(self) -> Path:
@@ -142,7 +145,11 @@ class ControlPlane:
                     f"--service-account-signing-key-file={self.pki / 'sa.key'}",
                     "--service-cluster-ip-range=10.96.0.0/24",
                     "--authorization-mode=RBAC",
-                    "--disable-admission-plugins=ServiceAccount",
+                    *(
+                        []
+                        if self.service_accounts
+                        else ["--disable-admission-plugins=ServiceAccount"]
+                    ),
                     "--allow-privileged=true",
                     "--enable-priority-and-fairness=false",
                     "--profiling=false",

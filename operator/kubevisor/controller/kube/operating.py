@@ -9,6 +9,7 @@ cleanly with status 0.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -90,7 +91,16 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     # one is given, else the pod's service account.
     if os.environ.get("KUBECONFIG"):
         return kopf.login_with_kubeconfig(**kwargs)
-    return kopf.login_with_service_account(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    # kopf names https://kubernetes.default.svc; in-cluster clients (client-go, the
+    # Python clients) use KUBERNETES_SERVICE_HOST/PORT, which also work where cluster DNS
+    # or kube-proxy do not (the chart's apiServer values set them).
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if info is not None and host:
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        host = f"[{host}]" if ":" in host else host
+        info = dataclasses.replace(info, server=f"https://{host}:{port}")
+    return info
 
 
 def _on_event(registry: kopf.OperatorRegistry, h: OnEvent) -> None:
