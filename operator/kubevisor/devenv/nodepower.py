@@ -21,10 +21,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kubevisor.api import rebalancepolicies
 from kubevisor.devenv import nodelifecycle, nodeplans
@@ -36,16 +35,6 @@ class Switch:
 
     stop: tuple[str, ...]
     start: tuple[str, ...]
-
-
-def marked(node_objects: Iterable[Mapping[str, Any]]) -> frozenset[str]:
-    """Names of the Node objects whose ``KubevisorPowerOff`` condition is True."""
-    out = set()
-    for n in node_objects:
-        for c in (n.get("status") or {}).get("conditions") or []:
-            if c.get("type") == rebalancepolicies.NODE_POWER_OFF and c.get("status") == "True":
-                out.add(str((n.get("metadata") or {}).get("name")))
-    return frozenset(out)
 
 
 def decide(ours: Iterable[str], marked_off: frozenset[str], stopped: frozenset[str]) -> Switch:
@@ -112,8 +101,8 @@ def follow(
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if out.returncode == 0:
-            switch = decide(sim, marked(json.loads(out.stdout).get("items") or []),
-                            frozenset(stopped))  # fmt: skip
+            items = json.loads(out.stdout).get("items") or []
+            switch = decide(sim, rebalancepolicies.powered_off(items), frozenset(stopped))
             for name in switch.stop:
                 stop_libvirtd(sim[name])
                 stopped.add(name)

@@ -143,6 +143,8 @@ class Agent:
             record=events.Recorder(api, kind="VirtualMachine", node=config.node).warning,
         )
 
+        hypervisor.on_reconnect(self._hypervisor_back)
+
     @property
     def passes(self) -> int:
         """Passes run so far (tests and benchmarks read it)."""
@@ -201,6 +203,18 @@ class Agent:
             if key is not None and key in self.watcher.cache:
                 self.loop.enqueue(key)
             if key is not None and self.migrations is not None:
+                self.migrations.vm_changed(key)
+
+    def _hypervisor_back(self) -> None:
+        """libvirtd is reachable again (restarted, woken): look at every VM now, with its
+        backoff reset, so each domain the new libvirtd reports is adopted (or started,
+        if it is gone) and its status leaves ``Unknown``."""
+        keys = list(self.watcher.cache)
+        logger.info("libvirt is back: looking at %d VMs again", len(keys))
+        for key in keys:
+            self.loop.succeeded(key)
+            self.loop.enqueue(key)
+            if self.migrations is not None:
                 self.migrations.vm_changed(key)
 
     def _placed_changed(self, key: Key) -> None:
