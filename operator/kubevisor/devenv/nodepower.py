@@ -51,7 +51,8 @@ def _pid_file(node: nodeplans.SimNode) -> Path:
     return node.state_dir / "run/libvirt/libvirtd.pid"
 
 
-def _serving(node: nodeplans.SimNode) -> bool:
+def serving(node: nodeplans.SimNode) -> bool:
+    """Whether the node's libvirtd answers (``virsh uri``)."""
     probe = subprocess.run(
         ["virsh", "-q", "-c", node.libvirt_uri, "uri"], capture_output=True, check=False
     )
@@ -71,12 +72,12 @@ def stop_libvirtd(node: nodeplans.SimNode, *, timeout: float = 30.0) -> None:
 
 def start_libvirtd(node: nodeplans.SimNode, *, timeout: float = 60.0) -> None:
     """Start the node's libvirtd (same flags as at creation) and wait until it serves."""
-    if _serving(node):
+    if serving(node):
         return
     prefix = nodeplans.node_full_exec_prefix(node)
     nodelifecycle._run([*prefix, "libvirtd", "-d", "--listen", "-p", "/run/libvirt/libvirtd.pid"])
     nodelifecycle._wait_for(
-        f"libvirtd of {node.name} to serve", lambda: _serving(node), timeout=timeout
+        f"libvirtd of {node.name} to serve", lambda: serving(node), timeout=timeout
     )
 
 
@@ -120,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--kubeconfig", required=True, type=Path)
     ap.add_argument("--kubectl", default="kubectl")
+    ap.add_argument("--base-dir", type=Path, default=nodeplans.DEFAULT_BASE_DIR)
     args = ap.parse_args(argv)
     try:
-        follow(args.cluster, args.kubeconfig, kubectl=args.kubectl)
+        follow(args.cluster, args.kubeconfig, kubectl=args.kubectl, base_dir=args.base_dir)
     except KeyboardInterrupt:
         return 0
     return 0

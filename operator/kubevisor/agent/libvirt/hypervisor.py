@@ -173,6 +173,14 @@ def _gone(conn: libvirt.virConnect, exc: libvirt.libvirtError) -> bool:
         return True
 
 
+def _notify(listeners: list[Callable[[], None]]) -> None:
+    for listener in listeners:
+        try:
+            listener()
+        except Exception:
+            logger.exception("connection listener failed")
+
+
 def _close_quietly(conn: libvirt.virConnect) -> None:
     with contextlib.suppress(libvirt.libvirtError):
         conn.unregisterCloseCallback()
@@ -210,6 +218,7 @@ class Hypervisor:
         self._lost = asyncio.Event()
         self._reconnecting: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._lost_listeners: list[Callable[[], None]] = []
         self.lost_because = ""
         """Why the connection was lost (libvirt's words), while it is."""
         self.reconnects = 0
@@ -253,6 +262,10 @@ class Hypervisor:
         """Call ``listener()`` (on the asyncio loop) each time a lost connection is
         reopened and subscribed to events again."""
         self._listeners.append(listener)
+
+    def on_lost(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (on the asyncio loop) each time the connection is lost."""
+        self._lost_listeners.append(listener)
 
     async def connect(self, *, events: bool = True) -> None:
         """Open the connection; with ``events``, subscribe to lifecycle events. A lost
@@ -314,6 +327,7 @@ class Hypervisor:
         logger.warning("lost the connection to %s (%s); reconnecting", self.uri, why)
         self._lost.set()
         self._executor.submit(_close_quietly, conn)
+        _notify(self._lost_listeners)
 
     async def _keep_connected(self) -> None:
         """Reopen the connection each time it is lost, with capped exponential backoff."""
@@ -338,11 +352,7 @@ class Hypervisor:
             self.lost_because = ""
             self.reconnects += 1
             logger.info("reconnected to %s", self.uri)
-            for listener in self._listeners:
-                try:
-                    listener()
-                except Exception:
-                    logger.exception("reconnect listener failed")
+            _notify(self._listeners)
 
     async def close(self) -> None:
         """Deregister events, close the connection, stop our threads."""

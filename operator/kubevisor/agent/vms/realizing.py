@@ -144,6 +144,7 @@ class Agent:
         )
 
         hypervisor.on_reconnect(self._hypervisor_back)
+        hypervisor.on_lost(self._hypervisor_lost)
 
     @property
     def passes(self) -> int:
@@ -216,6 +217,12 @@ class Agent:
             self.loop.enqueue(key)
             if self.migrations is not None:
                 self.migrations.vm_changed(key)
+
+    def _hypervisor_lost(self) -> None:
+        """libvirtd went away: a pass over every VM now says so in its status (Unknown,
+        HypervisorUnavailable) instead of at the next tick."""
+        for key in list(self.watcher.cache):
+            self.loop.enqueue(key)
 
     def _placed_changed(self, key: Key) -> None:
         """A VM placed here changed, or left this node's selector: a pass; one that left
