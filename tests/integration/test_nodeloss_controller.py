@@ -155,18 +155,12 @@ def test_a_vm_that_raced_onto_a_powered_off_node_waits_for_the_fence(env: Env) -
     marked is not proof that the node is off), and the sentence says why the node is
     off; it is not restarted elsewhere, and is no longer lost once the woken node's agent
     renews its Lease (the rebalancer wakes a powered-off node holding a VM first)."""
-    env.add(OFF, capacity={"cpu": 16, "memoryBytes": 8 * 2**30, "gpus": 0})
-    others = [*CAPS, OFF_EMPTY]
-    for n in others:
-        env.cordon(n, True)
-    try:
-        env.vm("raced")
-        testing.wait_for(lambda: env.status("raced").get("nodeName") == OFF, timeout=30,
-                         what=f"raced placed on {OFF}")  # fmt: skip
-        env.running("raced")
-    finally:
-        for n in others:
-            env.cordon(n, False)
+    pin = {"nodeloss-test/pin": OFF}  # pinned: a stale look at cordons cannot misplace it
+    env.add(OFF, capacity={"cpu": 16, "memoryBytes": 8 * 2**30, "gpus": 0}, labels=pin)
+    env.vm("raced", nodeSelector=pin)
+    testing.wait_for(lambda: env.status("raced").get("nodeName") == OFF, timeout=30,
+                     what=f"raced placed on {OFF}", show=lambda: env.status("raced"))  # fmt: skip
+    env.running("raced")
     _mark_power_off(env, OFF)
     env.renewed(OFF, datetime.now(UTC) - timedelta(hours=2))
     testing.wait_for(lambda: env.reason("raced") == "AwaitingFence", timeout=30,
