@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,13 +57,8 @@ def _domain_xml(name: str) -> str:
 </domain>"""
 
 
-async def _until(what: str, check: object, limit: float = 60.0) -> None:
-    assert callable(check)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not check():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)  # polling an in-process flag, with a deadline
+async def _until(what: str, check: Callable[[], object]) -> None:
+    await testing.async_wait_for(check, limit=60, what=what)
 
 
 async def test_a_restarted_libvirtd_is_reconnected_and_read_again(

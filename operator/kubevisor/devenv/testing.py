@@ -12,6 +12,7 @@ setup cannot provide (a kernel feature, root) stays a skip with its reason.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -76,6 +77,23 @@ def wait_for(
         time.sleep(every)
     seen = show() if show is not None else last
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (saw: {seen!r})")
+
+
+async def async_wait_for(
+    predicate: Callable[[], T], *, limit: float, what: str, every: float = 0.1
+) -> T:
+    """:func:`wait_for` inside a running event loop (the loop keeps running between
+    looks, so in-process tasks make progress); ``predicate`` is a plain callable."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {limit:.0f}s waiting for {what} (saw: {value!r})"
+            )
+        await asyncio.sleep(every)
 
 
 @contextlib.contextmanager
