@@ -370,9 +370,7 @@ class Hypervisor:
                 except HypervisorError:
                     pass
                 self._callback_id = None
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, _close_quietly, conn
-            )
+            await asyncio.get_running_loop().run_in_executor(self._executor, _close_quietly, conn)
         self._executor.shutdown(wait=True)
 
     async def next_event(self) -> DomainEvent:
