@@ -344,14 +344,16 @@ def test_target_agent_killed_mid_migration_fails_target_failed_and_the_vm_stays(
     """The target's agent dies while the copy runs. docs/migration.md promises: a
     migration whose target's Lease lapses fails with TargetFailed, the source aborts the
     job and the VM keeps running on the source. The guest dirties memory faster than the
-    1 MiB/s copy can send, so the copy cannot end before the Lease (30 s) lapses: this is
-    the one outcome. Exactly one copy runs throughout (the module's watcher), the VM's
-    node is the source, and the restarted target agent leaves nothing behind."""
+    1 MiB/s copy can send (auto-converge off, so it is never throttled), so the copy
+    cannot end before the Lease (30 s) lapses: this is the one outcome. Exactly one copy
+    runs throughout (the module's watcher), the VM's node is the source, and the
+    restarted target agent leaves nothing behind."""
     st = _boot_dirtier(dev, "mig-tkill")
     source = _node(dev, st["nodeName"])
     target = _other(dev, source.name)
     console = Path(st["consoleLog"])
-    _migrate(dev, "mig-tkill-1", "mig-tkill", policy={"bandwidthMiBps": 1})
+    policy = {"bandwidthMiBps": 1, "autoConverge": False}
+    _migrate(dev, "mig-tkill-1", "mig-tkill", policy=policy)
     _poll(
         "the migration runs",
         lambda: vmops.status(dev, "migration", "mig-tkill-1").get("phase") == "Running",
