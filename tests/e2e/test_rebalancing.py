@@ -46,8 +46,19 @@ def dev() -> Iterator[devcluster.DevCluster]:
         devcluster.down(CLUSTER)
 
 
+@pytest.fixture(scope="module")
+def two_copies(dev: devcluster.DevCluster) -> Iterator[copies.TwoCopies]:
+    """Every node's libvirtd read throughout the module: no VM ever runs on two nodes
+    at once while the rebalancer moves them (every 0.5 s: three nodes are nine virsh
+    calls a round on a two-core machine that also runs the guests)."""
+    with copies.TwoCopies(dev.nodes, every=0.5) as watcher:
+        yield watcher
+    assert watcher.polls > 0
+    assert watcher.seen == [], f"two running copies seen: {watcher.seen[:5]}"
+
+
 def test_balance_spreads_three_vms_from_one_node_through_migrations(
-    dev: devcluster.DevCluster,
+    dev: devcluster.DevCluster, two_copies: copies.TwoCopies
 ) -> None:
     first, *others = (n.name for n in dev.nodes)
     for n in others:  # everything lands on the first node
@@ -117,7 +128,7 @@ def test_balance_spreads_three_vms_from_one_node_through_migrations(
 
 
 def test_consolidate_packs_vms_powers_empty_nodes_off_and_back_on(
-    dev: devcluster.DevCluster,
+    dev: devcluster.DevCluster, two_copies: copies.TwoCopies
 ) -> None:
     """Three VMs, one per node: Consolidate packs them onto one node (75 % of 4 CPUs,
     under the 80 % target), marks the two emptied nodes (Node condition, cordon) and the
