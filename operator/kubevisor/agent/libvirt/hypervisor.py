@@ -212,7 +212,6 @@ class Hypervisor:
         self._conn: libvirt.virConnect | None = None
         self._events: asyncio.Queue[DomainEvent] | None = None
         self._callback_id: int | None = None
-        self._with_events = False
         self._reconnect_first = reconnect_first
         self._reconnect_cap = reconnect_cap
         self._lost = asyncio.Event()
@@ -270,7 +269,6 @@ class Hypervisor:
     async def connect(self, *, events: bool = True) -> None:
         """Open the connection; with ``events``, subscribe to lifecycle events. A lost
         connection is reopened in the background from then on (module docstring)."""
-        self._with_events = events
         _ensure_event_loop()
         if events:
             self._events = asyncio.Queue()
