@@ -9,9 +9,7 @@ marked and their libvirtds stopped, and a node comes back when load rises.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +18,13 @@ import yaml
 
 from kubevisor.api import rebalancepolicies
 from kubevisor.devenv import cluster as devcluster
-from kubevisor.devenv import guest, nodepower, nodes, testing
+from kubevisor.devenv import copies, guest, nodepower, testing, vmops
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 CLUSTER = "kvrebal"
-NS = "default"
-BOOT_S = 240.0
+NS = vmops.NS
 MOVE_S = 400.0
-
-
-def _poll(what: str, check: Callable[[], Any], *, limit: float, show: Any = None) -> Any:
-    return testing.wait_for(check, timeout=limit, what=what, every=0.5, show=show)
 
 
 @pytest.fixture(scope="module")
@@ -41,67 +33,32 @@ def dev() -> Iterator[devcluster.DevCluster]:
     testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
     testing.require_tiny_guest(devcluster.GUEST_CACHE)
     try:
-        # --cpu=4: CPU is the dominant share, three 1-core guests fill one node to 75 %
+        # --cpu=4: CPU is the dominant share, three 1-core guests fill one node to 75 %.
+        # The cluster runs its power switch (devenv/nodepower), as hack/up's does.
         dev = devcluster.up(CLUSTER, nodes_count=3, stop_timeout=5.0, agent_args=("--cpu=4",))
     except BaseException:
         devcluster.down(CLUSTER)
         raise
     try:
-        dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
+        dev.run_kubectl("apply", "-f", str(vmops.TEMPLATE))
         yield dev
     finally:
         devcluster.down(CLUSTER)
 
 
-def _get(dev: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any] | None:
-    proc = subprocess.run(
-        [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", "get", kind, name, "-o", "yaml"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    return yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
-
-
-def _status(dev: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any]:
-    return (_get(dev, kind, name) or {}).get("status") or {}
-
-
-def _running_on(node: nodes.SimNode) -> set[str]:
-    out = subprocess.run(
-        ["virsh", "-c", node.libvirt_uri, "list", "--state-running", "--name"],
-        capture_output=True, text=True, check=False, timeout=30,
-    ).stdout  # fmt: skip
-    return {line.strip() for line in out.splitlines() if line.strip()}
-
-
-def _boot(dev: devcluster.DevCluster, name: str, **extra: Any) -> dict[str, Any]:
-    template = yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())
-    boot = {k: v for k, v in template["spec"]["boot"].items() if k != "cmdline"}
-    body = {
-        "apiVersion": "kubevisor.io/v1alpha1",
-        "kind": "VirtualMachine",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "runStrategy": "Always",
-            "templateRef": {"name": "tiny"},
-            "boot": {**boot, "cmdline": guest.kernel_cmdline(script=guest.TICKER_SCRIPT)},
-            **extra,
-        },
-    }
-    dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
-    st = _poll(
-        f"{name} Running",
-        lambda: (s := _status(dev, "virtualmachine", name)).get("phase") == "Running" and s,
-        limit=BOOT_S,
-        show=lambda: _status(dev, "virtualmachine", name),
-    )
-    console = Path(st["consoleLog"])
-    _poll(f"{name} ticking", lambda: console.exists() and guest.console_mark(console).tick >= 2,
-          limit=BOOT_S)  # fmt: skip
-    return dict(st)
+@pytest.fixture(scope="module")
+def two_copies(dev: devcluster.DevCluster) -> Iterator[copies.TwoCopies]:
+    """Every node's libvirtd read throughout the module: no VM ever runs on two nodes
+    at once while the rebalancer moves them (every 0.5 s: three nodes are nine virsh
+    calls a round on a two-core machine that also runs the guests)."""
+    with copies.TwoCopies(dev.nodes, every=0.5) as watcher:
+        yield watcher
+    assert watcher.polls > 0
+    assert watcher.seen == [], f"two running copies seen: {watcher.seen[:5]}"
 
 
 def test_balance_spreads_three_vms_from_one_node_through_migrations(
-    dev: devcluster.DevCluster,
+    dev: devcluster.DevCluster, two_copies: copies.TwoCopies
 ) -> None:
     first, *others = (n.name for n in dev.nodes)
     for n in others:  # everything lands on the first node
@@ -110,7 +67,7 @@ def test_balance_spreads_three_vms_from_one_node_through_migrations(
     marks = {}
     try:
         for name in names:
-            st = _boot(dev, name)
+            st = vmops.boot(dev, name)
             assert st["nodeName"] == first
             marks[name] = (Path(st["consoleLog"]), guest.console_mark(Path(st["consoleLog"])))
     finally:
@@ -129,17 +86,11 @@ def test_balance_spreads_three_vms_from_one_node_through_migrations(
     }
     dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy))
     try:
-        placed = _poll(
+        placed = vmops.poll(
             "three VMs on three nodes",
-            lambda: (
-                len(where := {n: _status(dev, "virtualmachine", n).get("nodeName") for n in names})
-                == 3
-                and len(set(where.values())) == 3
-                and all(_status(dev, "virtualmachine", n).get("phase") == "Running" for n in names)
-                and where
-            ),
+            lambda: _spread(dev, names),
             limit=MOVE_S,
-            show=lambda: _status(dev, "rebalancepolicy", rebalancepolicies.NAME),
+            show=lambda: vmops.status(dev, "rebalancepolicy", rebalancepolicies.NAME),
         )
         print(f"\nafter Balance: {placed}")
         migs = yaml.safe_load(
@@ -156,14 +107,14 @@ def test_balance_spreads_three_vms_from_one_node_through_migrations(
             assert m["status"]["sourceNode"] == first
         for name in names:
             console, mark = marks[name]
-            _poll(f"{name} keeps ticking", lambda c=console, k=mark: guest.kept_running(c, k),
+            vmops.poll(f"{name} keeps ticking", lambda c=console, k=mark: guest.kept_running(c, k),
                   limit=60)  # fmt: skip
-            hosts = [n.name for n in dev.nodes if f"{NS}_{name}" in _running_on(n)]
+            hosts = [n.name for n in dev.nodes if f"{NS}_{name}" in copies.running(n)]
             assert hosts == [placed[name]], f"{name} runs on {hosts}"
-        status = _poll(
+        status = vmops.poll(
             "the policy settles",
             lambda: (
-                (s := _status(dev, "rebalancepolicy", rebalancepolicies.NAME)).get("phase")
+                (s := vmops.status(dev, "rebalancepolicy", rebalancepolicies.NAME)).get("phase")
                 == "Balanced"
                 and s
             ),
@@ -177,30 +128,28 @@ def test_balance_spreads_three_vms_from_one_node_through_migrations(
 
 
 def test_consolidate_packs_vms_powers_empty_nodes_off_and_back_on(
-    dev: devcluster.DevCluster, tmp_path: Path
+    dev: devcluster.DevCluster, two_copies: copies.TwoCopies
 ) -> None:
     """Three VMs, one per node: Consolidate packs them onto one node (75 % of 4 CPUs,
     under the 80 % target), marks the two emptied nodes (Node condition, cordon) and the
-    local cluster's power switch (``devenv/nodepower``) stops their libvirtds; a fourth VM
-    takes the powered node over the 90 % wake threshold and a node comes back: condition
-    False, uncordoned, its libvirtd serving again."""
+    cluster's power switch (``devenv/nodepower``, started by ``devcluster.up``) stops their
+    libvirtds; a fourth VM takes the powered node over the 90 % wake threshold and a node
+    comes back: condition False, uncordoned, its libvirtd serving again. A fifth VM (no
+    room left on the packed node) is then placed on the woken node and runs there, with
+    the agent that ran before the power-off (it reconnected to the new libvirtd; no agent
+    restart)."""
     names = ["con-a", "con-b", "con-c"]
     sim = list(dev.nodes)
+    agents = {n.name: dev.pids[f"agent-{n.name}"] for n in sim}
     for i, name in enumerate(names):  # one per node: cordon the others while it lands
         for n in sim:
             if n is not sim[i]:
                 dev.run_kubectl("cordon", n.name)
         try:
-            assert _boot(dev, name)["nodeName"] == sim[i].name
+            assert vmops.boot(dev, name)["nodeName"] == sim[i].name
         finally:
             for n in sim:
                 dev.run_kubectl("uncordon", n.name)
-    log = (tmp_path / "nodepower.log").open("w")
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "kubevisor.devenv.nodepower", "--cluster", CLUSTER,
-         "--kubeconfig", str(dev.kubeconfig), "--kubectl", str(dev.kubectl)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     policy = {
         "apiVersion": "kubevisor.io/v1alpha1",
         "kind": "RebalancePolicy",
@@ -213,39 +162,46 @@ def test_consolidate_packs_vms_powers_empty_nodes_off_and_back_on(
         },
     }
     dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy))
+    policy_status = lambda: vmops.status(dev, "rebalancepolicy", rebalancepolicies.NAME)  # noqa: E731
     try:
-        packed = _poll(
-            "three VMs on one node",
-            lambda: _packed(dev, names),
-            limit=MOVE_S,
-            show=lambda: _status(dev, "rebalancepolicy", rebalancepolicies.NAME),
+        packed = vmops.poll(
+            "three VMs on one node", lambda: _packed(dev, names), limit=MOVE_S, show=policy_status
         )
         (kept,) = set(packed.values())
         emptied = [n for n in sim if n.name != kept]
         print(f"\npacked onto {kept}; emptied {[n.name for n in emptied]}")
         for n in emptied:
-            _poll(
+            vmops.poll(
                 f"{n.name} marked and its libvirtd stopped",
-                lambda n=n: _power_off(dev, n.name) == "True" and not _serving(n),
+                lambda n=n: _power_off(dev, n.name) == "True" and not nodepower.serving(n),
                 limit=120,
-                show=lambda: _status(dev, "rebalancepolicy", rebalancepolicies.NAME),
+                show=policy_status,
             )
-            assert (_get(dev, "node", n.name) or {})["spec"].get("unschedulable") is True
-        _boot(dev, "con-load")  # 4 of 4 CPUs on the powered node: over 90 %
-        woken = _poll(
+            assert (vmops.get(dev, "node", n.name) or {})["spec"].get("unschedulable") is True
+        vmops.boot(dev, "con-load")  # 4 of 4 CPUs on the powered node: over 90 %
+        woken = vmops.poll(
             "a node woken, its libvirtd serving",
-            lambda: [n.name for n in emptied if _power_off(dev, n.name) == "False" and _serving(n)],
+            lambda: [
+                n.name
+                for n in emptied
+                if _power_off(dev, n.name) == "False" and nodepower.serving(n)
+            ],
             limit=180,
-            show=lambda: _status(dev, "rebalancepolicy", rebalancepolicies.NAME),
+            show=policy_status,
         )
         print(f"woken: {woken}")
         for name in woken:
-            assert not (_get(dev, "node", name) or {})["spec"].get("unschedulable")
+            assert not (vmops.get(dev, "node", name) or {})["spec"].get("unschedulable")
+        st = vmops.boot(dev, "con-more")  # the packed node is full: only a woken one fits
+        assert st["nodeName"] in woken, st["nodeName"]
+        host = next(n for n in sim if n.name == st["nodeName"])
+        assert f"{NS}_con-more" in copies.running(host)
+        assert dev.pids[f"agent-{host.name}"] == agents[host.name]
+        assert not devcluster.gone(agents[host.name]), "the woken node's agent exited"
+        log = dev.log(f"agent-{host.name}").read_text(errors="replace")
+        assert "reconnected to" in log, "the agent never saw its libvirtd go and come back"
     finally:
-        follower.kill()
-        follower.wait()
-        log.close()
-        print((tmp_path / "nodepower.log").read_text())
+        print(dev.log("nodepower").read_text(errors="replace")[-2000:])
         dev.run_kubectl("delete", "rebalancepolicy", rebalancepolicies.NAME, "--ignore-not-found")
         for n in sim:  # whatever the outcome: every libvirtd serving, every node uncordoned
             nodepower.start_libvirtd(n)
@@ -254,9 +210,19 @@ def test_consolidate_packs_vms_powers_empty_nodes_off_and_back_on(
         dev.run_kubectl("delete", "virtualmachines", "--all", "--wait=true", "--timeout=120s")
 
 
+def _spread(dev: devcluster.DevCluster, names: list[str]) -> dict[str, Any] | None:
+    """Where the VMs are, once each runs on a node of its own (None before)."""
+    where = {n: vmops.status(dev, "virtualmachine", n) for n in names}
+    if len({s.get("nodeName") for s in where.values()}) != len(names):
+        return None
+    if any(s.get("phase") != "Running" for s in where.values()):
+        return None
+    return {n: s.get("nodeName") for n, s in where.items()}
+
+
 def _packed(dev: devcluster.DevCluster, names: list[str]) -> dict[str, Any] | None:
     """Where the VMs are, once they all run on one node (None before)."""
-    where = {n: _status(dev, "virtualmachine", n) for n in names}
+    where = {n: vmops.status(dev, "virtualmachine", n) for n in names}
     nodes_ = {s.get("nodeName") for s in where.values()}
     if len(nodes_) != 1 or any(s.get("phase") != "Running" for s in where.values()):
         return None
@@ -264,16 +230,7 @@ def _packed(dev: devcluster.DevCluster, names: list[str]) -> dict[str, Any] | No
 
 
 def _power_off(dev: devcluster.DevCluster, node: str) -> str | None:
-    for c in ((_get(dev, "node", node) or {}).get("status") or {}).get("conditions") or []:
+    for c in ((vmops.get(dev, "node", node) or {}).get("status") or {}).get("conditions") or []:
         if c.get("type") == rebalancepolicies.NODE_POWER_OFF:
             return str(c.get("status"))
     return None
-
-
-def _serving(node: nodes.SimNode) -> bool:
-    return (
-        subprocess.run(
-            ["virsh", "-q", "-c", node.libvirt_uri, "uri"], capture_output=True, check=False
-        ).returncode
-        == 0
-    )

@@ -8,6 +8,7 @@ events as QEMU, so the order "suspend source, copy, resume source" is observable
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import uuid
@@ -261,6 +262,56 @@ async def test_returning_node_removes_stale_copies_of_vms_placed_elsewhere_keepi
     finally:
         for ident in (moved, incoming, unplaced):
             await _remove(hv, ident.domain_name)
+        for name in made:
+            await custom.delete_namespaced_custom_object(
+                "kubevisor.io", "v1alpha1", NS, "virtualmachines", name
+            )
+
+
+async def test_a_restarted_agent_removes_a_stale_copy_before_its_work_loop_runs(
+    api: client.ApiClient, hv: Any, tmp_path: Path
+) -> None:
+    """``Agent.run`` as a restarted agent runs it (a node back after a node loss, or a
+    migration's source restarted after the VM moved): the stale copy of a VM now placed
+    on another node is gone before the first pass of the work loop over a VM placed here.
+    The work loop's first pass is recorded with whether the stale domain still existed."""
+    layout = _layout(tmp_path)
+    custom = client.CustomObjectsApi(api)
+    suffix = uuid.uuid4().hex[:6]
+    made: list[str] = []
+    for name, node in (("left", "node-b"), ("here", "node-c")):
+        obj = await custom.create_namespaced_custom_object(
+            "kubevisor.io", "v1alpha1", NS, "virtualmachines",
+            {"apiVersion": "kubevisor.io/v1alpha1", "kind": "VirtualMachine",
+             "metadata": {"name": f"{name}-{suffix}", "labels": {"kubevisor.io/node": node}},
+             "spec": {"templateRef": {"name": "none"}}},
+        )  # fmt: skip
+        made.append(obj["metadata"]["name"])
+        if name == "left":
+            left = domainxml.Identity(namespace=NS, name=obj["metadata"]["name"],
+                                      uid=obj["metadata"]["uid"])  # fmt: skip
+    await _define(hv, left, state="running")
+    agent = _agent(api, hv, layout)  # this node is node-c
+    first_pass: list[bool] = []
+    original = agent.loop.handler
+
+    async def recording(key: tuple[str, str]) -> None:
+        if not first_pass:
+            first_pass.append(await hv.lookup(left.domain_name) is not None)
+        await original(key)
+
+    agent.loop.handler = recording
+    task = asyncio.get_running_loop().create_task(agent.run())
+    try:
+        await testing.wait_for_async(lambda: first_pass, timeout=60, what="a first pass")
+        assert first_pass == [False], "the work loop ran while the stale copy existed"
+        assert await hv.lookup(left.domain_name) is None
+        assert left.domain_name in agent.orphans_removed
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await _remove(hv, left.domain_name)
         for name in made:
             await custom.delete_namespaced_custom_object(
                 "kubevisor.io", "v1alpha1", NS, "virtualmachines", name

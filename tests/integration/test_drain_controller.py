@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 
-from kubevisor.api import groups, nodes
-from kubevisor.devenv import testing
+from kubevisor.api import groups
+from kubevisor.devenv import fakenodes, testing
 
 pytestmark = pytest.mark.integration
 
 NS = "drain-test"
-LEASE_NS = nodes.LEASE_NAMESPACE
 G, V = groups.GROUP, groups.VERSION
 CAP = {"cpu": 16, "memoryBytes": 8 * 2**30, "gpus": 0}
 NODES = {"drain-a": {"zone": "da"}, "drain-b": {"zone": "db"}}
@@ -29,55 +28,7 @@ MACHINE = {
 }
 
 
-class Env:
-    def __init__(self, cluster: Any) -> None:
-        import kubernetes
-
-        self.custom = kubernetes.client.CustomObjectsApi(cluster.api)
-        self.core = kubernetes.client.CoreV1Api(cluster.api)
-        self.coord = kubernetes.client.CoordinationV1Api(cluster.api)
-
-    def vm(self, name: str, **spec: Any) -> None:
-        body = {
-            "apiVersion": groups.API_VERSION,
-            "kind": "VirtualMachine",
-            "metadata": {"name": name},
-            "spec": {**MACHINE, **spec},
-        }
-        self.custom.create_namespaced_custom_object(G, V, NS, "virtualmachines", body)
-
-    def status(self, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(G, V, NS, "virtualmachines", name)
-        return dict(obj.get("status") or {})
-
-    def cond(self, name: str, type_: str) -> dict[str, Any]:
-        return next(
-            (dict(c) for c in self.status(name).get("conditions") or [] if c["type"] == type_), {}
-        )
-
-    def running(self, name: str) -> None:
-        """What the node's agent would report (its own field manager)."""
-        body = {
-            "apiVersion": groups.API_VERSION,
-            "kind": "VirtualMachine",
-            "metadata": {"name": name, "namespace": NS},
-            "status": {"phase": "Running"},
-        }
-        self.custom.patch_namespaced_custom_object_status(
-            G,
-            V,
-            NS,
-            "virtualmachines",
-            name,
-            body,
-            field_manager="kubevisor-agent",
-            force=True,
-            _content_type="application/apply-patch+yaml",
-        )
-
-    def cordon(self, node: str, on: bool) -> None:
-        self.core.patch_node(node, {"spec": {"unschedulable": on}})
-
+class Env(fakenodes.FakeNodes):
     def drain_migrations(self, node: str) -> list[str]:
         items = self.custom.list_namespaced_custom_object(
             G, V, NS, "migrations", label_selector=f"{groups.LABEL_DRAIN_NODE}={node}"
@@ -87,28 +38,16 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    e = Env(cluster)
-    for ns in (NS, LEASE_NS):
-        testing.ensure_namespace(e.core, ns)
+    e = Env(cluster, ns=NS, machine=MACHINE)
     for name, labels in NODES.items():
-        e.coord.create_namespaced_lease(
-            LEASE_NS, testing.fake_node_lease(name, labels=labels, capacity=CAP)
-        )
-        e.core.create_node({"metadata": {"name": name, "labels": labels}})
+        e.add(name, capacity=CAP, labels=labels)
     logfile = tmp_path_factory.mktemp("drain") / "controller.log"
-    with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
-        try:
+    try:
+        with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
             yield e
-        finally:
-            for vm in e.custom.list_namespaced_custom_object(G, V, NS, "virtualmachines")["items"]:
-                name = vm["metadata"]["name"]
-                e.custom.patch_namespaced_custom_object(
-                    G, V, NS, "virtualmachines", name, {"metadata": {"finalizers": None}}
-                )
-                e.custom.delete_namespaced_custom_object(G, V, NS, "virtualmachines", name)
-            for name in NODES:
-                e.coord.delete_namespaced_lease(name, LEASE_NS)
-                e.core.delete_node(name)
+    finally:
+        e.delete_all("migrations", "virtualmachines")
+        e.remove_nodes()
 
 
 def test_cordon_keeps_new_vms_off_and_says_so(env: Env) -> None:

@@ -12,108 +12,44 @@ from typing import Any
 
 import pytest
 
-from kubevisor.api import groups, nodeloss, nodes
-from kubevisor.devenv import testing
+from kubevisor.api import conditions, groups, nodeloss, rebalancepolicies
+from kubevisor.devenv import fakenodes, testing
 
 pytestmark = pytest.mark.integration
 
 NS = "nodeloss-test"
-LEASE_NS = nodes.LEASE_NAMESPACE
-G, V = groups.GROUP, groups.VERSION
 LOST, SPARE = "nl-lost", "nl-spare"
+OFF, OFF_EMPTY = "nl-off", "nl-off-empty"
+"""Nodes consolidation powered off (added by their tests)."""
 #: The spare node takes two of the three 512 MiB shared-disk VMs.
 CAPS = {LOST: 8 * 2**30, SPARE: 1 * 2**30}
 SHARED_DISKS = [{"name": "root", "image": "tiny", "size": "1Gi", "storage": "shared"}]
 LOCAL_DISKS = [{"name": "root", "image": "tiny", "size": "1Gi", "storage": "local"}]
+MACHINE = {"cpu": {"cores": 1}, "memory": "512Mi", "disks": SHARED_DISKS}
 
 
-class Env:
-    def __init__(self, cluster: Any) -> None:
-        import kubernetes
-
-        self.custom = kubernetes.client.CustomObjectsApi(cluster.api)
-        self.core = kubernetes.client.CoreV1Api(cluster.api)
-        self.coord = kubernetes.client.CoordinationV1Api(cluster.api)
-
-    def vm(self, name: str, **spec: Any) -> None:
-        body = {
-            "apiVersion": groups.API_VERSION,
-            "kind": "VirtualMachine",
-            "metadata": {"name": name},
-            "spec": {"cpu": {"cores": 1}, "memory": "512Mi", "disks": SHARED_DISKS, **spec},
-        }
-        self.custom.create_namespaced_custom_object(G, V, NS, "virtualmachines", body)
-
-    def obj(self, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(G, V, NS, "virtualmachines", name))
-
-    def status(self, name: str) -> dict[str, Any]:
-        return dict(self.obj(name).get("status") or {})
-
-    def cond(self, name: str, type_: str) -> dict[str, Any]:
-        return next(
-            (dict(c) for c in self.status(name).get("conditions") or [] if c["type"] == type_), {}
-        )
-
+class Env(fakenodes.FakeNodes):
     def reason(self, name: str) -> str | None:
         return self.cond(name, "NodeLost").get("reason")
-
-    def running(self, name: str) -> None:
-        """What the node's agent would report (its own field manager)."""
-        body = {
-            "apiVersion": groups.API_VERSION,
-            "kind": "VirtualMachine",
-            "metadata": {"name": name, "namespace": NS},
-            "status": {"phase": "Running"},
-        }
-        self.custom.patch_namespaced_custom_object_status(
-            G, V, NS, "virtualmachines", name, body, field_manager="kubevisor-agent",
-            force=True, _content_type="application/apply-patch+yaml",
-        )  # fmt: skip
-
-    def renewed(self, node: str, at: datetime) -> None:
-        self.coord.patch_namespaced_lease(
-            node, LEASE_NS, {"spec": {"renewTime": nodes.micro_time(at)}}
-        )
-
-    def events(self, name: str, reason: str) -> list[Any]:
-        return list(
-            self.core.list_namespaced_event(
-                NS, field_selector=f"involvedObject.name={name},reason={reason}"
-            ).items
-        )
 
 
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    e = Env(cluster)
-    for ns in (NS, LEASE_NS):
-        testing.ensure_namespace(e.core, ns)
+    e = Env(cluster, ns=NS, machine=MACHINE)
     for name, memory in CAPS.items():
-        e.coord.create_namespaced_lease(
-            LEASE_NS,
-            testing.fake_node_lease(name, capacity={"cpu": 16, "memoryBytes": memory, "gpus": 0}),
-        )
-        e.core.create_node({"metadata": {"name": name}})
+        e.add(name, capacity={"cpu": 16, "memoryBytes": memory, "gpus": 0})
     logfile = tmp_path_factory.mktemp("nodeloss") / "controller.log"
-    with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
-        try:
+    try:
+        with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
             yield e
-        finally:
-            for vm in e.custom.list_namespaced_custom_object(G, V, NS, "virtualmachines")["items"]:
-                name = vm["metadata"]["name"]
-                e.custom.patch_namespaced_custom_object(
-                    G, V, NS, "virtualmachines", name, {"metadata": {"finalizers": None}}
-                )
-                e.custom.delete_namespaced_custom_object(G, V, NS, "virtualmachines", name)
-            for name in CAPS:
-                e.coord.delete_namespaced_lease(name, LEASE_NS)
-                e.core.delete_node(name)
+    finally:
+        e.delete_all("virtualmachines")
+        e.remove_nodes()
 
 
 def test_lost_node_waits_for_the_fence_then_restarts_vms_by_priority(env: Env) -> None:
     # everything is placed on the node that will be lost (the spare is cordoned meanwhile)
-    env.core.patch_node(SPARE, {"spec": {"unschedulable": True}})
+    env.cordon(SPARE, True)
     env.vm("high", priority=5)
     env.vm("low", priority=1)
     env.vm("mid", priority=3)
@@ -124,7 +60,7 @@ def test_lost_node_waits_for_the_fence_then_restarts_vms_by_priority(env: Env) -
         testing.wait_for(lambda n=n: env.status(n).get("nodeName") == LOST, timeout=30,
                          what=f"{n} placed on {LOST}")  # fmt: skip
         env.running(n)
-    env.core.patch_node(SPARE, {"spec": {"unschedulable": False}})
+    env.cordon(SPARE, False)
 
     env.renewed(LOST, datetime.now(UTC) - timedelta(hours=2))
     for n in names:
@@ -172,3 +108,68 @@ def test_lost_node_waits_for_the_fence_then_restarts_vms_by_priority(env: Env) -
                          what=f"{n} NodeRecovered Event")  # fmt: skip
         assert env.status(n)["nodeName"] == LOST
     assert env.status("high")["nodeName"] == SPARE  # moved VMs stay where they run now
+
+
+def _mark_power_off(env: Env, node: str) -> None:
+    """What the rebalancer writes on a node it emptied (Consolidate): the condition."""
+    cond = {
+        "type": rebalancepolicies.NODE_POWER_OFF,
+        "status": "True",
+        "reason": "Emptied",
+        "message": "written by the test, as the rebalancer would",
+        "lastTransitionTime": conditions.format_time(datetime.now(UTC)),
+    }
+    env.core.patch_node_status(node, {"status": {"conditions": [cond]}})
+
+
+def test_a_node_powered_off_by_consolidation_is_not_a_lost_node(env: Env) -> None:
+    """A node marked for power-off (with the most room of all, and not cordoned, as if
+    someone undid the rebalancer's cordon) is never picked by placement; its Lease
+    expiring makes nothing NodeLost (it holds no VM) and nothing fences it."""
+    env.node(OFF_EMPTY)
+    _mark_power_off(env, OFF_EMPTY)
+    # the Lease after the mark: any placement that sees the node has seen the mark too
+    env.lease(OFF_EMPTY, capacity={"cpu": 64, "memoryBytes": 256 * 2**30, "gpus": 0})
+    env.vm("newcomer")
+    testing.wait_for(lambda: env.status("newcomer").get("nodeName"), timeout=30,
+                     what="newcomer placed", show=lambda: env.status("newcomer"))  # fmt: skip
+    assert env.status("newcomer")["nodeName"] != OFF_EMPTY
+
+    env.renewed(OFF_EMPTY, datetime.now(UTC) - timedelta(hours=2))
+    # a pass that has seen the expired Lease: a VM created now is refused there as lost
+    env.vm("after")
+    testing.wait_for(lambda: env.status("after").get("nodeName"), timeout=30,
+                     what="after placed", show=lambda: env.status("after"))  # fmt: skip
+    for vm in env.custom.list_namespaced_custom_object(
+        groups.GROUP, groups.VERSION, NS, "virtualmachines"
+    )["items"]:
+        assert OFF_EMPTY not in str(env.cond(vm["metadata"]["name"], "NodeLost"))
+        assert (vm.get("status") or {}).get("nodeName") != OFF_EMPTY
+    taints = env.core.read_node(OFF_EMPTY).spec.taints or []
+    assert not any(t.key == nodeloss.TAINT_OUT_OF_SERVICE for t in taints)
+
+
+def test_a_vm_that_raced_onto_a_powered_off_node_waits_for_the_fence(env: Env) -> None:
+    """The race: a VM placed on a node between the rebalancer's look and its mark. When
+    the node's Lease expires, the VM waits for the fence like on any lost node (being
+    marked is not proof that the node is off), and the sentence says why the node is
+    off; it is not restarted elsewhere, and is no longer lost once the woken node's agent
+    renews its Lease (the rebalancer wakes a powered-off node holding a VM first)."""
+    pin = {"nodeloss-test/pin": OFF}  # pinned: a stale look at cordons cannot misplace it
+    env.add(OFF, capacity={"cpu": 16, "memoryBytes": 8 * 2**30, "gpus": 0}, labels=pin)
+    env.vm("raced", nodeSelector=pin)
+    testing.wait_for(lambda: env.status("raced").get("nodeName") == OFF, timeout=30,
+                     what=f"raced placed on {OFF}", show=lambda: env.status("raced"))  # fmt: skip
+    env.running("raced")
+    _mark_power_off(env, OFF)
+    env.renewed(OFF, datetime.now(UTC) - timedelta(hours=2))
+    testing.wait_for(lambda: env.reason("raced") == "AwaitingFence", timeout=30,
+                     what="raced AwaitingFence", show=lambda: env.status("raced"))  # fmt: skip
+    message = env.cond("raced", "NodeLost")["message"]
+    assert "consolidation marked it for power-off while it held this VM" in message
+    assert env.status("raced")["nodeName"] == OFF and "recovery" not in env.status("raced")
+
+    env.renewed(OFF, datetime.now(UTC))  # woken: its agent renews again
+    testing.wait_for(lambda: env.reason("raced") is None, timeout=30,
+                     what="raced no longer lost", show=lambda: env.status("raced"))  # fmt: skip
+    assert env.status("raced")["nodeName"] == OFF

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from kubevisor.api import groups, nodes, rebalancepolicies
-from kubevisor.devenv import testing
+from kubevisor.api import groups, rebalancepolicies
+from kubevisor.devenv import fakenodes, testing
 
 pytestmark = pytest.mark.integration
 
 NS = "rebalance-test"
-LEASE_NS = nodes.LEASE_NAMESPACE
 G, V = groups.GROUP, groups.VERSION
 PLURAL = "rebalancepolicies"
 CAP = {
@@ -37,51 +36,9 @@ MACHINE = {
 }
 
 
-class Env:
-    def __init__(self, cluster: Any) -> None:
-        import kubernetes
-
-        self.custom = kubernetes.client.CustomObjectsApi(cluster.api)
-        self.core = kubernetes.client.CoreV1Api(cluster.api)
-        self.coord = kubernetes.client.CoordinationV1Api(cluster.api)
-
-    def lease(self, name: str) -> None:
-        body = testing.fake_node_lease(
-            name, capacity={**CAP, "migrationURI": f"qemu+tcp://{name}/system"}
-        )
-        self.coord.create_namespaced_lease(LEASE_NS, body)
-
-    def vm(self, name: str, **spec: Any) -> None:
-        body = {
-            "apiVersion": groups.API_VERSION,
-            "kind": "VirtualMachine",
-            "metadata": {"name": name},
-            "spec": {**MACHINE, **spec},
-        }
-        self.custom.create_namespaced_custom_object(G, V, NS, "virtualmachines", body)
-
-    def vm_status(self, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(G, V, NS, "virtualmachines", name)
-        return dict(obj.get("status") or {})
-
-    def running(self, name: str) -> None:
-        body = {
-            "apiVersion": groups.API_VERSION,
-            "kind": "VirtualMachine",
-            "metadata": {"name": name, "namespace": NS},
-            "status": {"phase": "Running"},
-        }
-        self.custom.patch_namespaced_custom_object_status(
-            G,
-            V,
-            NS,
-            "virtualmachines",
-            name,
-            body,
-            field_manager="kubevisor-agent",
-            force=True,
-            _content_type="application/apply-patch+yaml",
-        )
+class Env(fakenodes.FakeNodes):
+    def lease_with_uri(self, name: str) -> None:
+        self.lease(name, capacity={**CAP, "migrationURI": f"qemu+tcp://{name}/system"})
 
     def policy(self, spec: dict[str, Any], name: str = rebalancepolicies.NAME) -> None:
         body = {
@@ -122,51 +79,27 @@ class Env:
                 return {"status": c.status, "reason": c.reason, "message": c.message}
         return {}
 
-    def node_events(self, name: str, reason: str) -> list[Any]:
-        evs = self.core.list_namespaced_event(
-            "default", field_selector=f"involvedObject.name={name},reason={reason}"
-        )
-        return list(evs.items)
-
 
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    e = Env(cluster)
-    for ns in (NS, LEASE_NS):
-        testing.ensure_namespace(e.core, ns)
+    e = Env(cluster, ns=NS, machine=MACHINE)
     for name in NODES:
-        e.core.create_node({"metadata": {"name": name}})
+        e.node(name)
     logfile = tmp_path_factory.mktemp("rebalance") / "controller.log"
     # the fake Leases carry no RTTs: let targets pass without a measurement (the
     # controller subprocess inherits the environment)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KUBEVISOR_MIGRATION_REQUIRE_RTT", "false")
-        with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
-            yield from _run(e)
-
-
-def _run(e: Env) -> Iterator[Env]:
-    """Yield ``e``; afterwards delete what the tests made (finalizers dropped: no agents)."""
     try:
-        yield e
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("KUBEVISOR_MIGRATION_REQUIRE_RTT", "false")
+            with testing.running_controller(cluster.kubeconfig, log=logfile, namespaces=[NS]):
+                yield e
     finally:
         try:
             e.custom.delete_cluster_custom_object(G, V, PLURAL, rebalancepolicies.NAME)
         except ApiException:
             pass
-        for kind in ("migrations", "virtualmachines"):
-            for obj in e.custom.list_namespaced_custom_object(G, V, NS, kind)["items"]:
-                name = obj["metadata"]["name"]
-                e.custom.patch_namespaced_custom_object(
-                    G, V, NS, kind, name, {"metadata": {"finalizers": None}}
-                )
-                e.custom.delete_namespaced_custom_object(G, V, NS, kind, name)
-        for name in NODES:
-            try:
-                e.coord.delete_namespaced_lease(name, LEASE_NS)
-            except ApiException:
-                pass
-            e.core.delete_node(name)
+        e.delete_all("migrations", "virtualmachines")
+        e.remove_nodes()
 
 
 @pytest.mark.parametrize(
@@ -199,17 +132,17 @@ def test_the_api_server_refuses_a_bad_policy(
 
 
 def test_balance_moves_vms_off_the_loaded_node_through_migrations(env: Env) -> None:
-    env.lease("rb-a")  # only rb-a exists: all three VMs are placed there
+    env.lease_with_uri("rb-a")  # only rb-a exists: all three VMs are placed there
     for i in range(3):
         env.vm(f"bal-{i}")
     env.vm("pinned", rebalance="Never")
     for name in ("bal-0", "bal-1", "bal-2", "pinned"):
         testing.wait_for(
-            lambda n=name: env.vm_status(n).get("nodeName") == "rb-a", timeout=30, what=name
+            lambda n=name: env.status(n).get("nodeName") == "rb-a", timeout=30, what=name
         )
         env.running(name)
-    env.lease("rb-b")
-    env.lease("rb-c")
+    env.lease_with_uri("rb-b")
+    env.lease_with_uri("rb-c")
     env.policy({"mode": "Balance", "intervalSeconds": 5, "maxMovesPerPass": 5})
     migs = testing.wait_for(
         lambda: env.ours() if len(env.ours()) >= 2 else None,
@@ -256,16 +189,10 @@ def test_balance_moves_vms_off_the_loaded_node_through_migrations(env: Env) -> N
 def test_consolidate_marks_an_empty_node_and_wakes_it(env: Env) -> None:
     env.policy({"mode": "Off"})
     for node in ("rb-b", "rb-c"):  # the Balance test's targets leave; two empty nodes join
-        env.coord.delete_namespaced_lease(node, LEASE_NS)
-    env.lease("rb-d")
-    env.lease("rb-e")
-    for m in env.ours():  # the Balance test's Migrations: out of the way
-        name = m["metadata"]["name"]
-        env.custom.patch_namespaced_custom_object(
-            G, V, NS, "migrations", name, {"metadata": {"finalizers": None}}
-        )
-        env.custom.delete_namespaced_custom_object(G, V, NS, "migrations", name)
-    testing.wait_for(lambda: not env.ours(), timeout=30, what="no rebalance Migrations")
+        env.coord.delete_namespaced_lease(node, fakenodes.LEASE_NS)
+    env.lease_with_uri("rb-d")
+    env.lease_with_uri("rb-e")
+    env.delete_all("migrations")  # the Balance test's Migrations: out of the way
     # Consolidate with nothing to pack (rb-a holds a pinned VM): rb-d and rb-e are empty
     # and rb-a alone stays within the 60 % target (4 of 8 GiB), so both are marked
     env.policy(
@@ -285,7 +212,7 @@ def test_consolidate_marks_an_empty_node_and_wakes_it(env: Env) -> None:
         )
         assert cond["status"] == "True" and cond["reason"] == "Emptied"
         assert env.core.read_node(node).spec.unschedulable is True
-        assert env.node_events(node, "PowerOff")
+        assert env.events(node, "PowerOff", ns="default")
     status = env.policy_status()
     assert status["poweredOffNodes"] == ["rb-d", "rb-e"]
     # load rises on rb-a: 4 GiB more, 8 of 8 GiB = 100 % > 90 %: a node is woken
@@ -300,4 +227,4 @@ def test_consolidate_marks_an_empty_node_and_wakes_it(env: Env) -> None:
     for node in woken:
         assert env.node_condition(node)["reason"] == "Woken"
         assert not env.core.read_node(node).spec.unschedulable
-        assert env.node_events(node, "PowerOn")
+        assert env.events(node, "PowerOn", ns="default")

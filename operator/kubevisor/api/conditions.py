@@ -148,6 +148,9 @@ class Reason(StrEnum):
     """The node's hypervisor (libvirt/QEMU) refused to define or start the domain (memory
     too small, unknown CPU model, missing kernel file, …); the message quotes it. Retried
     with capped exponential backoff (10 s doubling to 5 min)."""
+    HYPERVISOR_UNAVAILABLE = "HypervisorUnavailable"
+    """The node's agent lost its connection to libvirtd (stopped, crashed, restarting) and
+    is reconnecting with backoff; the VM's phase is Unknown until it is back."""
     ACCEPTED = "Accepted"
     """The object is valid and in use; what is reached where is reported elsewhere (a
     StorageBackend: in each node's Lease)."""

@@ -12,8 +12,9 @@ limits. The object is cluster-scoped and must be named :data:`NAME`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -27,6 +28,18 @@ FIELD_MANAGER: Final = "kubevisor-controller-rebalancing"
 LABEL_REBALANCE: Final = "kubevisor.io/rebalance"
 #: Condition type on a core/v1 Node the rebalancer emptied (Consolidate).
 NODE_POWER_OFF: Final = "KubevisorPowerOff"
+
+
+def powered_off(node_objects: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Names of the core/v1 Node objects whose :data:`NODE_POWER_OFF` condition is True:
+    marked for power-off by consolidation (the one reading of the mark; the rebalancer,
+    placement, the node-loss pass and the local cluster's power switch all use it)."""
+    out = set()
+    for n in node_objects:
+        for c in (n.get("status") or {}).get("conditions") or []:
+            if c.get("type") == NODE_POWER_OFF and c.get("status") == "True":
+                out.add(str((n.get("metadata") or {}).get("name")))
+    return frozenset(out)
 
 
 class Mode(StrEnum):

@@ -141,10 +141,14 @@ def up(
     stop_timeout: float = 10.0,
     agent_args: Sequence[str] = (),
     management: bool = False,
+    power_switch: bool = True,
 ) -> DevCluster:
     """Create and start everything (any leftover of the same cluster is removed first).
     ``agent_args``: extra flags for every agent (see :func:`agent_argv`); ``management``:
-    agents use the nodes' management network for migrations."""
+    agents use the nodes' management network for migrations; ``power_switch``: with the
+    controller, also run the local cluster's power switch (``devenv/nodepower``: stops
+    the libvirtd of a node the controller marks for power-off, starts it when woken), as
+    a real cluster's IPMI would act on the mark."""
     down(name, base_dir=base_dir)
     ensure_images()
     sim_nodes = nodes.create_cluster_nodes(name, nodes_count, base_dir=base_dir)
@@ -169,6 +173,13 @@ def up(
                 management=management,
             )
             pids[f"agent-{node.name}"] = _spawn(argv, logs / f"agent-{node.name}.log")
+        if controller and power_switch:
+            pids["nodepower"] = _spawn(
+                [sys.executable, "-m", "kubevisor.devenv.nodepower", "--cluster", name,
+                 "--kubeconfig", str(cp.kubeconfig), "--kubectl", str(cp.kubectl),
+                 "--base-dir", str(base_dir)],
+                logs / "nodepower.log",
+            )  # fmt: skip
         (base_dir / name / "procs.json").write_text(json.dumps(pids, indent=2) + "\n")
         return DevCluster(
             name=name,
@@ -311,7 +322,7 @@ def _kill_members(cgroup: Path, *, timeout: float = 10.0) -> None:
         time.sleep(0.05)  # polling the cgroup's emptiness, with a deadline
 
 
-def _gone(pid: int) -> bool:
+def gone(pid: int) -> bool:
     """The process has exited (reaped if it is our child, or a zombie of someone else)."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
@@ -327,7 +338,7 @@ def _gone(pid: int) -> bool:
 def reap(dev: DevCluster, node: str) -> bool:
     """Reap one node's agent after something killed it (a fence step); whether it is
     gone. The agent is this process's child when ``up`` or ``start_agent`` ran here."""
-    return _gone(dev.pids[f"agent-{node}"])
+    return gone(dev.pids[f"agent-{node}"])
 
 
 def agent_flags(pid: int) -> list[str]:
@@ -349,7 +360,7 @@ def kill_agent(
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + timeout
-    while not _gone(old):
+    while not gone(old):
         if time.monotonic() > deadline:
             raise RuntimeError(f"agent of {node} (pid {old}) did not exit after {kill_signal}")
         time.sleep(0.05)
@@ -408,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--nodes", type=int, default=2)
     p_up.add_argument("--no-controller", action="store_true")
     p_up.add_argument(
+        "--no-power-switch", action="store_true",
+        help="do not run devenv/nodepower (stops/starts the libvirtd of nodes the"
+        " controller marks for power-off under a Consolidate RebalancePolicy)",
+    )  # fmt: skip
+    p_up.add_argument(
         "--agent-arg", action="append", default=[], metavar="FLAG",
         help="extra agent flag, repeatable (e.g. --agent-arg=--network=red)",
     )  # fmt: skip
@@ -424,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             base_dir=args.base_dir,
             controller=not args.no_controller,
             agent_args=args.agent_arg,
+            power_switch=not args.no_power_switch,
         )
         print(json.dumps({"kubeconfig": str(dev.kubeconfig), "kubectl": str(dev.kubectl),
                           "logs": str(dev.cluster_dir / "logs"), "pids": dev.pids}))  # fmt: skip

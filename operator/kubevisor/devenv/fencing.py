@@ -25,11 +25,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from kubevisor.api import nodeloss, nodes
+from kubevisor.api import nodeloss, nodes, rebalancepolicies
 from kubevisor.devenv import cluster as devcluster
 from kubevisor.devenv import nodelifecycle, nodeplans
 
@@ -108,6 +109,25 @@ def lost(dev: devcluster.DevCluster, *, now: datetime) -> list[str]:
     return [n.name for n in dev.nodes if n.name in expired]
 
 
+def occupied(vms: Sequence[Mapping[str, Any]]) -> frozenset[str]:
+    """The nodes some VM is placed on (``status.nodeName``)."""
+    return frozenset(str(node) for vm in vms if (node := (vm.get("status") or {}).get("nodeName")))
+
+
+def to_fence(
+    lost_nodes: Sequence[str],
+    *,
+    tainted: frozenset[str],
+    powered_off: frozenset[str],
+    occupied: frozenset[str],
+) -> list[str]:
+    """The lost nodes to fence now (pure): not fenced yet, and not a node consolidation
+    powered off with no VM on it (it is off on purpose and holds nothing to protect; its
+    Lease lapsing is expected). A powered-off node that holds a VM anyway is fenced like
+    any lost node: that is what lets its VM restart elsewhere."""
+    return [n for n in lost_nodes if n not in tainted and (n not in powered_off or n in occupied)]
+
+
 def tainted(dev: devcluster.DevCluster) -> frozenset[str]:
     """The nodes already fenced (their Node carries the out-of-service taint)."""
     raw = json.loads(dev.run_kubectl("get", "nodes", "-o", "json"))
@@ -116,7 +136,7 @@ def tainted(dev: devcluster.DevCluster) -> frozenset[str]:
 
 class Fencer:
     """A thread that fences every lost simulated node of ``dev`` (looks every ``every``
-    seconds). ``fenced`` records (node, when) in order."""
+    seconds; which ones: :func:`to_fence`). ``fenced`` records (node, when) in order."""
 
     def __init__(self, dev: devcluster.DevCluster, *, every: float = 0.5) -> None:
         self.dev = dev
@@ -129,11 +149,17 @@ class Fencer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                done = tainted(self.dev)
-                for node in lost(self.dev, now=datetime.now(UTC)):
-                    if node not in done:
-                        fence(self.dev, node)
-                        self.fenced.append((node, datetime.now(UTC)))
+                raw = json.loads(self.dev.run_kubectl("get", "nodes", "-o", "json"))
+                node_objects = raw.get("items") or []
+                vms = json.loads(self.dev.run_kubectl("get", "virtualmachines", "-A", "-o", "json"))
+                for node in to_fence(
+                    lost(self.dev, now=datetime.now(UTC)),
+                    tainted=nodeloss.fenced_nodes(node_objects),
+                    powered_off=rebalancepolicies.powered_off(node_objects),
+                    occupied=occupied(vms.get("items") or []),
+                ):
+                    fence(self.dev, node)
+                    self.fenced.append((node, datetime.now(UTC)))
             except Exception as exc:  # keep fencing; the test reads the errors
                 self.errors.append(repr(exc))
             self._stop.wait(self.every)

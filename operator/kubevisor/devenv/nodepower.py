@@ -21,10 +21,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kubevisor.api import rebalancepolicies
 from kubevisor.devenv import nodelifecycle, nodeplans
@@ -36,16 +35,6 @@ class Switch:
 
     stop: tuple[str, ...]
     start: tuple[str, ...]
-
-
-def marked(node_objects: Iterable[Mapping[str, Any]]) -> frozenset[str]:
-    """Names of the Node objects whose ``KubevisorPowerOff`` condition is True."""
-    out = set()
-    for n in node_objects:
-        for c in (n.get("status") or {}).get("conditions") or []:
-            if c.get("type") == rebalancepolicies.NODE_POWER_OFF and c.get("status") == "True":
-                out.add(str((n.get("metadata") or {}).get("name")))
-    return frozenset(out)
 
 
 def decide(ours: Iterable[str], marked_off: frozenset[str], stopped: frozenset[str]) -> Switch:
@@ -62,7 +51,8 @@ def _pid_file(node: nodeplans.SimNode) -> Path:
     return node.state_dir / "run/libvirt/libvirtd.pid"
 
 
-def _serving(node: nodeplans.SimNode) -> bool:
+def serving(node: nodeplans.SimNode) -> bool:
+    """Whether the node's libvirtd answers (``virsh uri``)."""
     probe = subprocess.run(
         ["virsh", "-q", "-c", node.libvirt_uri, "uri"], capture_output=True, check=False
     )
@@ -82,12 +72,12 @@ def stop_libvirtd(node: nodeplans.SimNode, *, timeout: float = 30.0) -> None:
 
 def start_libvirtd(node: nodeplans.SimNode, *, timeout: float = 60.0) -> None:
     """Start the node's libvirtd (same flags as at creation) and wait until it serves."""
-    if _serving(node):
+    if serving(node):
         return
     prefix = nodeplans.node_full_exec_prefix(node)
     nodelifecycle._run([*prefix, "libvirtd", "-d", "--listen", "-p", "/run/libvirt/libvirtd.pid"])
     nodelifecycle._wait_for(
-        f"libvirtd of {node.name} to serve", lambda: _serving(node), timeout=timeout
+        f"libvirtd of {node.name} to serve", lambda: serving(node), timeout=timeout
     )
 
 
@@ -112,8 +102,8 @@ def follow(
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if out.returncode == 0:
-            switch = decide(sim, marked(json.loads(out.stdout).get("items") or []),
-                            frozenset(stopped))  # fmt: skip
+            items = json.loads(out.stdout).get("items") or []
+            switch = decide(sim, rebalancepolicies.powered_off(items), frozenset(stopped))
             for name in switch.stop:
                 stop_libvirtd(sim[name])
                 stopped.add(name)
@@ -131,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--kubeconfig", required=True, type=Path)
     ap.add_argument("--kubectl", default="kubectl")
+    ap.add_argument("--base-dir", type=Path, default=nodeplans.DEFAULT_BASE_DIR)
     args = ap.parse_args(argv)
     try:
-        follow(args.cluster, args.kubeconfig, kubectl=args.kubectl)
+        follow(args.cluster, args.kubeconfig, kubectl=args.kubectl, base_dir=args.base_dir)
     except KeyboardInterrupt:
         return 0
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -80,21 +81,24 @@ def wait_for(
 
 
 async def wait_for_async(
-    predicate: Callable[[], Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]] | Callable[[], T],
     *,
     timeout: float,  # noqa: ASYNC109 - the same signature as wait_for
     what: str,
     every: float = 0.2,
     show: Callable[[], Awaitable[Any]] | None = None,
 ) -> T:
-    """`wait_for` for a coroutine predicate (a browser's page, a websocket): the event
-    loop keeps running between polls."""
+    """`wait_for` inside a running event loop (the loop keeps running between polls, so
+    in-process tasks make progress); ``predicate`` is a coroutine function (a browser's
+    page, a websocket) or a plain callable."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
+    last: Any = None
     while time.monotonic() < deadline:
-        value = await predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
-            return value
+            return value  # type: ignore[return-value]
         last = value
         await asyncio.sleep(every)
     seen = await show() if show is not None else last

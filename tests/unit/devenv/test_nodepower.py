@@ -17,9 +17,9 @@ def node(name: str, status: str | None) -> dict[str, Any]:
     return {"metadata": {"name": name}, "status": {"conditions": conds}}
 
 
-def test_marked_reads_only_true_power_off_conditions() -> None:
+def test_powered_off_reads_only_true_power_off_conditions() -> None:
     objs = [node("a", "True"), node("b", "False"), node("c", None), {"metadata": {"name": "d"}}]
-    assert nodepower.marked(objs) == frozenset({"a"})
+    assert rebalancepolicies.powered_off(objs) == frozenset({"a"})
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from kubevisor.agent.libvirt.hypervisor import (
     DomainState,
     Hypervisor,
     HypervisorError,
+    HypervisorUnavailable,
     NoSuchDomain,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "DomainState",
     "Hypervisor",
     "HypervisorError",
+    "HypervisorUnavailable",
     "NoSuchDomain",
 ]

@@ -10,12 +10,23 @@ daemon thread (``virEventRunDefaultImpl``); callbacks are handed to the asyncio 
 ``call_soon_threadsafe`` and queued. The agent treats events as hints to reconcile now,
 never as the truth (it re-reads the state), so a lost event only delays convergence until
 the next resync.
+
+Losing libvirtd: a libvirtd that stops, crashes or restarts (a woken node, an upgrade)
+closes our connection. We notice it three ways: libvirt's close callback (the socket hit
+EOF), keepalive (a libvirtd that hangs stops answering pings: 5 s interval, 3 misses), and
+a failed call whose connection ``isAlive()`` denies. From then on every call raises
+:class:`HypervisorUnavailable` at once, and a background task reopens the connection with
+capped exponential backoff (0.5 s doubling to 10 s), subscribes to events again and calls
+the listeners registered with :meth:`Hypervisor.on_reconnect` (the agent looks at every
+VM again and so adopts the domains the new libvirtd reports). Nothing is restarted: the
+agent, its Lease and its caches stay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -29,6 +40,7 @@ import libvirt
 
 from kubevisor.agent import domainxml
 from kubevisor.agent.libvirt import domaincaps
+from kubevisor.agent.runtime import backoff
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +52,23 @@ class HypervisorError(RuntimeError):
 
 class NoSuchDomain(HypervisorError):
     """The named domain does not exist (anymore)."""
+
+
+class HypervisorUnavailable(HypervisorError):
+    """The connection to libvirtd is lost (libvirtd stopped, crashed or restarted); the
+    adapter is reconnecting with backoff. Nothing about the domains is known meanwhile."""
+
+
+RECONNECT_FIRST = 0.5
+"""Seconds before the first attempt to reopen a lost connection (doubling)."""
+RECONNECT_CAP = 10.0
+"""The longest wait between attempts to reopen a lost connection."""
+KEEPALIVE_INTERVAL = 5
+"""Seconds between keepalive pings to libvirtd (a hung libvirtd is declared gone after
+``KEEPALIVE_COUNT`` unanswered ones)."""
+KEEPALIVE_COUNT = 3
+
+_GONE_CODES = frozenset({libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN})
 
 
 class DomainState(enum.StrEnum):
@@ -135,6 +164,31 @@ def _ensure_event_loop() -> None:
         _event_loop_started = True
 
 
+def _gone(conn: libvirt.virConnect, exc: libvirt.libvirtError) -> bool:
+    """Whether ``exc`` means the connection itself is dead (not just the call refused)."""
+    if exc.get_error_code() in _GONE_CODES:
+        return True
+    try:
+        return not conn.isAlive()
+    except libvirt.libvirtError:
+        return True
+
+
+def _notify(listeners: list[Callable[[], None]]) -> None:
+    for listener in listeners:
+        try:
+            listener()
+        except Exception:
+            logger.exception("connection listener failed")
+
+
+def _close_quietly(conn: libvirt.virConnect) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
+
+
 def _wrap(exc: libvirt.libvirtError) -> HypervisorError:
     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
         return NoSuchDomain(str(exc))
@@ -144,7 +198,14 @@ def _wrap(exc: libvirt.libvirtError) -> HypervisorError:
 class Hypervisor:
     """One libvirt connection with async methods. Use ``async with`` or connect/close."""
 
-    def __init__(self, uri: str, *, workers: int = 4) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        workers: int = 4,
+        reconnect_first: float = RECONNECT_FIRST,
+        reconnect_cap: float = RECONNECT_CAP,
+    ) -> None:
         self.uri = uri
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="libvirt"
@@ -152,6 +213,16 @@ class Hypervisor:
         self._conn: libvirt.virConnect | None = None
         self._events: asyncio.Queue[DomainEvent] | None = None
         self._callback_id: int | None = None
+        self._reconnect_first = reconnect_first
+        self._reconnect_cap = reconnect_cap
+        self._lost = asyncio.Event()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._lost_listeners: list[Callable[[], None]] = []
+        self.lost_because = ""
+        """Why the connection was lost (libvirt's words), while it is."""
+        self.reconnects = 0
+        """How often a lost connection was reopened (tests and benchmarks read it)."""
 
     async def __aenter__(self) -> Hypervisor:
         await self.connect()
@@ -162,26 +233,71 @@ class Hypervisor:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
+        conn = self._conn
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
         except libvirt.libvirtError as exc:
+            if conn is not None and await loop.run_in_executor(self._executor, _gone, conn, exc):
+                self._mark_lost(conn, str(exc))
+                raise HypervisorUnavailable(self._unavailable_text()) from exc
             raise _wrap(exc) from exc
+
+    def _unavailable_text(self) -> str:
+        return f"libvirt {self.uri} is unreachable ({self.lost_because}); reconnecting"
 
     @property
     def conn(self) -> libvirt.virConnect:
         if self._conn is None:
+            if self._lost.is_set():
+                raise HypervisorUnavailable(self._unavailable_text())
             raise HypervisorError(f"not connected to {self.uri}")
         return self._conn
 
+    @property
+    def available(self) -> bool:
+        """Whether the connection is open (False while reconnecting)."""
+        return self._conn is not None
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (on the asyncio loop) each time a lost connection is
+        reopened and subscribed to events again."""
+        self._listeners.append(listener)
+
+    def on_lost(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (on the asyncio loop) each time the connection is lost."""
+        self._lost_listeners.append(listener)
+
     async def connect(self, *, events: bool = True) -> None:
-        """Open the connection; with ``events``, subscribe to lifecycle events."""
+        """Open the connection; with ``events``, subscribe to lifecycle events. A lost
+        connection is reopened in the background from then on (module docstring)."""
+        _ensure_event_loop()
         if events:
-            _ensure_event_loop()
-        self._conn = await self._call(libvirt.open, self.uri)
-        if events:
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[DomainEvent] = asyncio.Queue()
-            self._events = queue
+            self._events = asyncio.Queue()
+        conn = await self._call(libvirt.open, self.uri)
+        await self._attach(conn)
+        self._conn = conn
+        self._reconnecting = asyncio.get_running_loop().create_task(self._keep_connected())
+
+    async def _attach(self, conn: libvirt.virConnect) -> None:
+        """Subscribe a fresh connection: lifecycle events (when asked), the close callback
+        and keepalive (drivers without them, like ``test:///``, are fine without)."""
+        loop = asyncio.get_running_loop()
+        queue = self._events
+
+        def closed(gone: libvirt.virConnect, reason: int, _: Any) -> None:
+            loop.call_soon_threadsafe(self._mark_lost, gone, f"connection closed, reason {reason}")
+
+        def attach() -> int | None:
+            try:
+                conn.registerCloseCallback(closed, None)
+            except libvirt.libvirtError as exc:
+                logger.debug("%s: no close callback: %s", self.uri, exc)
+            try:
+                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            except libvirt.libvirtError as exc:
+                logger.debug("%s: no keepalive: %s", self.uri, exc)
+            if queue is None:
+                return None
 
             def callback(
                 _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _: Any
@@ -191,29 +307,69 @@ class Hypervisor:
                 )
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-            self._callback_id = await self._call(
-                self.conn.domainEventRegisterAny,
-                None,
-                libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                callback,
-                None,
+            return int(
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, None
+                )
             )
+
+        self._callback_id = await self._call(attach)
+
+    def _mark_lost(self, conn: libvirt.virConnect, why: str) -> None:
+        """``conn`` is dead: calls fail fast from now on and the reconnect task starts.
+        (Only the current connection counts: a late callback of an old one is ignored.)"""
+        if self._conn is not conn:
+            return
+        self._conn = None
+        self._callback_id = None
+        self.lost_because = why
+        logger.warning("lost the connection to %s (%s); reconnecting", self.uri, why)
+        self._lost.set()
+        self._executor.submit(_close_quietly, conn)
+        _notify(self._lost_listeners)
+
+    async def _keep_connected(self) -> None:
+        """Reopen the connection each time it is lost, with capped exponential backoff."""
+        while True:
+            await self._lost.wait()
+            failures = 0
+            while self._conn is None:
+                try:
+                    conn = await self._call(libvirt.open, self.uri)
+                    await self._attach(conn)
+                except HypervisorError as exc:
+                    failures += 1
+                    wait = backoff.delay(
+                        failures, first=self._reconnect_first, cap=self._reconnect_cap
+                    )
+                    self.lost_because = str(exc)
+                    logger.info("%s still unreachable (%s); next try in %.1fs", self.uri, exc, wait)
+                    await asyncio.sleep(wait)
+                    continue
+                self._conn = conn
+            self._lost.clear()
+            self.lost_because = ""
+            self.reconnects += 1
+            logger.info("reconnected to %s", self.uri)
+            _notify(self._listeners)
 
     async def close(self) -> None:
         """Deregister events, close the connection, stop our threads."""
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+            self._reconnecting = None
         if self._conn is not None:
             conn = self._conn
+            self._conn = None  # a close callback fired by our own close is ignored
             if self._callback_id is not None:
                 try:
                     await self._call(conn.domainEventDeregisterAny, self._callback_id)
                 except HypervisorError:
                     pass
                 self._callback_id = None
-            try:
-                await self._call(conn.close)
-            except HypervisorError:
-                pass
-            self._conn = None
+            await asyncio.get_running_loop().run_in_executor(self._executor, _close_quietly, conn)
         self._executor.shutdown(wait=True)
 
     async def next_event(self) -> DomainEvent:

@@ -20,7 +20,13 @@ from pydantic import ValidationError
 
 from kubevisor.agent import disks, domainxml, reconciling, segmenting, segments
 from kubevisor.agent.kube import objects
-from kubevisor.agent.libvirt import DomainInfo, Hypervisor, HypervisorError, migrating
+from kubevisor.agent.libvirt import (
+    DomainInfo,
+    Hypervisor,
+    HypervisorError,
+    HypervisorUnavailable,
+    migrating,
+)
 from kubevisor.agent.runtime.informing import Key
 from kubevisor.agent.storagebackends import diskstore
 from kubevisor.agent.vms import cloning, placing, reporting, statuses
@@ -161,7 +167,25 @@ class VMHandler:
         return 10.0
 
     async def reconcile(self, key: Key) -> None:
-        """Read, decide, act, report for one VM."""
+        """Read, decide, act, report for one VM. Without libvirt (the connection is lost,
+        the adapter reconnects) the VM is reported ``Unknown`` with reason
+        HypervisorUnavailable and looked at again when the connection is back."""
+        try:
+            await self._reconcile(key)
+        except HypervisorUnavailable as exc:
+            obj = self.cache().get(key)
+            if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            logger.warning("%s/%s: %s", *key, exc)
+            scope = scope_of(key, obj, None)
+            scope.ready_reason = conditions.Reason.HYPERVISOR_UNAVAILABLE
+            scope.message = (
+                f"node {self.config.node} cannot reach its hypervisor: {exc}; the domain's"
+                " state is unknown until the connection is back"
+            )
+            await self.reporter.report_unavailable(scope)
+
+    async def _reconcile(self, key: Key) -> None:
         self.passes += 1
         obj = self.cache().get(key)
         if obj is None:

@@ -148,6 +148,9 @@ class Agent:
             store=store,
         )
 
+        hypervisor.on_reconnect(self._hypervisor_back)
+        hypervisor.on_lost(self._hypervisor_lost)
+
     @property
     def passes(self) -> int:
         """Passes run so far (tests and benchmarks read it)."""
@@ -207,6 +210,24 @@ class Agent:
                 self.loop.enqueue(key)
             if key is not None and self.migrations is not None:
                 self.migrations.vm_changed(key)
+
+    def _hypervisor_back(self) -> None:
+        """libvirtd is reachable again (restarted, woken): look at every VM now, with its
+        backoff reset, so each domain the new libvirtd reports is adopted (or started,
+        if it is gone) and its status leaves ``Unknown``."""
+        keys = list(self.watcher.cache)
+        logger.info("libvirt is back: looking at %d VMs again", len(keys))
+        for key in keys:
+            self.loop.succeeded(key)
+            self.loop.enqueue(key)
+            if self.migrations is not None:
+                self.migrations.vm_changed(key)
+
+    def _hypervisor_lost(self) -> None:
+        """libvirtd went away: a pass over every VM now says so in its status (Unknown,
+        HypervisorUnavailable) instead of at the next tick."""
+        for key in list(self.watcher.cache):
+            self.loop.enqueue(key)
 
     def _placed_changed(self, key: Key) -> None:
         """A VM placed here changed, or left this node's selector: a pass; one that left

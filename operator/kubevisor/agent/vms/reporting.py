@@ -170,3 +170,37 @@ class Reporter:
             return False
         self.on_written(scope.key, result)
         return True
+
+    async def report_unavailable(self, scope: Scope) -> bool:
+        """Apply phase ``Unknown`` with the scope's reason and message (the hypervisor is
+        unreachable), keeping every other field the agent reported last: nothing about
+        the domain is known, so nothing is taken back. True when written."""
+        st = scope.status
+        report = statuses.Report(
+            phase=Phase.UNKNOWN,
+            interfaces=tuple(st.get("interfaces") or ()),
+            display=st.get("display"),
+            console_log=st.get("consoleLog"),
+            domain_uuid=st.get("domainUUID"),
+            started_at=st.get("startedAt"),
+            running_at=st.get("runningAt"),
+            applied_restart_token=st.get("appliedRestartToken"),
+            ready_reason=scope.ready_reason,
+            message=scope.message,
+        )
+        generation = (scope.obj.get("metadata") or {}).get("generation")
+        own = statuses.desired_status(
+            report, current=st, generation=generation, now=datetime.now(UTC)
+        )
+        network = conditions.get_condition(
+            st.get("conditions") or [], conditions.ConditionType.NETWORK_READY
+        )
+        if network is not None:
+            own["conditions"].append(network)
+        if not statuses.needs_apply(own, st):
+            return False
+        result = await self.writer.apply(namespace=scope.key[0], name=scope.key[1], own=own)
+        if result is None:
+            return False
+        self.on_written(scope.key, result)
+        return True

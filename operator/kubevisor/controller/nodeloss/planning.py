@@ -21,6 +21,15 @@ has none), in this order:
    ``Unschedulable`` with placement's sentence when nothing fits (tried again next pass).
 
 A VM on a node that is not lost gets no NodeLost condition (the handler removes ours).
+
+A node consolidation powered off (``KubevisorPowerOff=True`` on its Node) stops renewing
+its Lease too. Holding no VMs (the rebalancer marks only empty nodes) it is in no VM's
+``nodeName``, so nothing here looks at it, and placement refuses it while it is marked.
+If it holds a VM after all (placed in the moment between the rebalancer's look and its
+mark), that VM is treated like any VM of a lost node, rule 1 first: not started elsewhere
+until the node is fenced (being marked is not proof that it is off), and the sentence
+says the node was powered off by consolidation; the rebalancer wakes a powered-off node
+that holds a VM first, in any mode, and the VM runs there again when it is back.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Any
 
 import pydantic
 
-from kubevisor.api import machines, migrations, nodeloss, nodes
+from kubevisor.api import machines, migrations, nodeloss, nodes, rebalancepolicies
 from kubevisor.api.conditions import Reason
 from kubevisor.api.virtualmachines import DesiredState, RunStrategy
 from kubevisor.controller.placement import placing
@@ -53,6 +62,8 @@ class LostNode:
     renewed_ago_s: float | None
     """Seconds since its last renewal; None when it has no Lease or never renewed."""
     fenced: bool
+    powered_off: bool = False
+    """Its Node is marked ``KubevisorPowerOff=True`` (consolidation powered it off)."""
 
     def since(self) -> str:
         """The sentence part saying when it was last heard of."""
@@ -96,7 +107,9 @@ def lost_nodes(
 ) -> dict[str, LostNode]:
     """The lost nodes among those VMs are placed on (``placed_on``): an expired Lease
     (``NodeLease.alive``) or none at all. Fenced from the Node objects' taints."""
+    node_objects = list(node_objects)
     fenced = nodeloss.fenced_nodes(node_objects)
+    off = rebalancepolicies.powered_off(node_objects)
     by_name = {lease.name: lease for lease in leases}
     out: dict[str, LostNode] = {}
     for name in sorted(set(placed_on)):
@@ -106,7 +119,7 @@ def lost_nodes(
         ago = None
         if lease is not None and lease.renew_time is not None:
             ago = max((now - lease.renew_time).total_seconds(), 0.0)
-        out[name] = LostNode(name, ago, name in fenced)
+        out[name] = LostNode(name, ago, name in fenced, powered_off=name in off)
     return out
 
 
@@ -150,9 +163,14 @@ def _verdict(vm: Obj, lost: LostNode) -> NodeLost | None:
     """Rules 1-5 of the module docstring; None means recoverable (rule 6)."""
     since = lost.since()
     if not lost.fenced:
+        off = (
+            "; consolidation marked it for power-off while it held this VM, so it is woken"
+            if lost.powered_off
+            else ""
+        )
         return NodeLost(
             Reason.AWAITING_FENCE,
-            f"{since}; not started elsewhere until the node is fenced (taint "
+            f"{since}{off}; not started elsewhere until the node is fenced (taint "
             f"{nodeloss.TAINT_OUT_OF_SERVICE} on its Node), so two copies never write "
             "one disk.",
         )

@@ -32,6 +32,10 @@ class Node:
     and no migration target goes there. The Lease stays the liveness signal."""
     storage_backends: frozenset[str] = frozenset()
     """StorageBackends its agent reports reaching (``nodes.Capacity.storage_backends``)."""
+    powered_off: bool = False
+    """Its Node carries ``KubevisorPowerOff=True`` (consolidation emptied it, it is off or
+    going off): nothing is placed there even if someone uncordons it; the rebalancer
+    wakes it first when capacity runs short."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +114,17 @@ def cordoned(node_objects: Iterable[Mapping[str, Any]]) -> frozenset[str]:
 
 
 def node_from_lease(
-    lease: Mapping[str, Any], *, now: datetime, cordoned: frozenset[str] = frozenset()
+    lease: Mapping[str, Any],
+    *,
+    now: datetime,
+    cordoned: frozenset[str] = frozenset(),
+    powered_off: frozenset[str] = frozenset(),
 ) -> Node:
     """A node from its agent's Lease (a raw API object), parsed with the node contract
     (``api/nodes``). A Lease whose ``renewTime + leaseDurationSeconds`` is past marks the
     node lost; a missing or unreadable capacity annotation leaves it with no capacity
-    (nothing fits there). ``cordoned`` names the unschedulable Node objects."""
+    (nothing fits there). ``cordoned`` names the unschedulable Node objects,
+    ``powered_off`` those marked for power-off (``rebalancepolicies.powered_off``)."""
     parsed = nodes.parse(lease)
     capacity = parsed.capacity
     return Node(
@@ -129,6 +138,7 @@ def node_from_lease(
         storage_backends=frozenset(capacity.storage_backends),
         alive=parsed.alive(now),
         cordoned=parsed.name in cordoned,
+        powered_off=parsed.name in powered_off,
     )
 
 
@@ -164,6 +174,8 @@ def refusal(node: Node, used: Usage, request: Request, *, cpu_overcommit: float 
         return "node lost (its Lease expired)"
     if node.cordoned:
         return "cordoned (its Node is unschedulable; kubevisor uncordon to allow it)"
+    if node.powered_off:
+        return "marked for power-off by consolidation (Node condition KubevisorPowerOff)"
     mismatched = sorted(
         f"{k}={v}" for k, v in request.node_selector.items() if node.labels.get(k) != v
     )

@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from kubevisor.api import kinds, nodes
+from kubevisor.api import kinds, nodes, rebalancepolicies
 from kubevisor.controller.kube import client as kube
 from kubevisor.controller.placement import ledger, placing
 
@@ -43,6 +43,7 @@ class Placer:
         self._refresh: asyncio.Lock | None = None
         self._leases: list[dict[str, Any]] = []
         self._cordoned: frozenset[str] = frozenset()
+        self._powered_off: frozenset[str] = frozenset()
         self._leases_at = -math.inf
         self._synced_at = -math.inf
 
@@ -86,10 +87,14 @@ class Placer:
                     self._leases = await api.list_leases(
                         nodes.LEASE_NAMESPACE, nodes.AGENT_SELECTOR
                     )
-                    self._cordoned = placing.cordoned(await api.list_nodes())
+                    node_objects = await api.list_nodes()
+                    self._cordoned = placing.cordoned(node_objects)
+                    self._powered_off = rebalancepolicies.powered_off(node_objects)
                     self._leases_at = time.monotonic()
         return [
-            placing.node_from_lease(lease, now=now, cordoned=self._cordoned)
+            placing.node_from_lease(
+                lease, now=now, cordoned=self._cordoned, powered_off=self._powered_off
+            )
             for lease in self._leases
         ]
 

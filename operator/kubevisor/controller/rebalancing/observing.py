@@ -52,16 +52,6 @@ def _meta(obj: Obj) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
 
-def powered_off(node_objects: Iterable[Obj]) -> frozenset[str]:
-    """Nodes whose ``NODE_POWER_OFF`` condition is True."""
-    out = set()
-    for n in node_objects:
-        for c in (n.get("status") or {}).get("conditions") or []:
-            if c.get("type") == rebalancepolicies.NODE_POWER_OFF and c.get("status") == "True":
-                out.add(str(_meta(n).get("name")))
-    return frozenset(out)
-
-
 def last_rates(migration_objs: Iterable[Obj]) -> dict[str, tuple[int | None, int | None]]:
     """Per ``namespace/vm``: (dirty rate, transfer rate) from the last progress sample of
     its most recently finished Migration that reported both."""
@@ -101,7 +91,7 @@ def observe(
 ) -> Observed:
     """Hosts and guests for ``rebalancing.plan`` (rules in the module docstring)."""
     node_objects, vms, migration_objs = list(node_objects), list(vms), list(migration_objs)
-    off = powered_off(node_objects)
+    off = rebalancepolicies.powered_off(node_objects)
     cordoned = placing.cordoned(node_objects) - off
     by_name = {nodes.parse(lease).name: lease for lease in leases}
     used = ledger.usage_by_node(vms)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kubevisor.api import groups, nodeloss, nodes
+from kubevisor.api import groups, nodeloss, nodes, rebalancepolicies
 from kubevisor.api.conditions import Reason
 from kubevisor.controller.nodeloss import planning
 from kubevisor.controller.placement import placing, reserving
@@ -214,6 +214,18 @@ def test_messages_name_the_node_and_how_long_ago() -> None:
     assert msg is not None and "disk data is node-local on node-1" in msg.message
 
 
+def test_a_vm_on_a_node_powered_off_by_consolidation_waits_for_the_fence() -> None:
+    off = {"node-1": planning.LostNode("node-1", 42.0, False, powered_off=True)}
+    result = planning.plan(off, [vm("raced")], choose=chooser({"node-2": 8}))
+    cond = result.conditions[("default", "raced")]
+    assert cond is not None and cond.reason == Reason.AWAITING_FENCE
+    assert "consolidation marked it for power-off while it held this VM" in cond.message
+    assert result.recoveries == ()
+    fenced = {"node-1": planning.LostNode("node-1", 42.0, True, powered_off=True)}
+    moved = planning.plan(fenced, [vm("raced")], choose=chooser({"node-2": 8}))
+    assert [r.to_node for r in moved.recoveries] == ["node-2"]  # fenced: as any lost node
+
+
 def lease(name: str, renewed: datetime | None) -> nodes.NodeLease:
     return nodes.NodeLease(
         name=name,
@@ -225,8 +237,13 @@ def lease(name: str, renewed: datetime | None) -> nodes.NodeLease:
     )
 
 
-def node_obj(name: str, *taints: dict[str, str]) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "spec": {"taints": list(taints)}}
+def node_obj(name: str, *taints: dict[str, str], off: bool = False) -> dict[str, Any]:
+    conds = [{"type": rebalancepolicies.NODE_POWER_OFF, "status": "True"}] if off else []
+    return {
+        "metadata": {"name": name},
+        "spec": {"taints": list(taints)},
+        "status": {"conditions": conds},
+    }
 
 
 def test_lost_nodes() -> None:
@@ -235,19 +252,24 @@ def test_lost_nodes() -> None:
             lease("alive", NOW - timedelta(seconds=5)),
             lease("expired", NOW - timedelta(seconds=31)),
             lease("fenced", NOW - timedelta(seconds=90)),
+            lease("off", NOW - timedelta(seconds=60)),
+            lease("off-empty", NOW - timedelta(seconds=60)),
         ],
         [
             node_obj("expired", {"key": "other", "effect": "NoSchedule"}),
             node_obj("fenced", nodeloss.out_of_service_taint()),
+            node_obj("off", off=True),
+            node_obj("off-empty", off=True),
         ],
-        placed_on=["alive", "expired", "fenced", "no-lease"],
+        placed_on=["alive", "expired", "fenced", "no-lease", "off"],
         now=NOW,
     )
     assert got == {
         "expired": planning.LostNode("expired", 31.0, False),
         "fenced": planning.LostNode("fenced", 90.0, True),
         "no-lease": planning.LostNode("no-lease", None, False),
-    }
+        "off": planning.LostNode("off", 60.0, False, powered_off=True),
+    }  # off-empty: powered off with no VM placed there is nobody's concern
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,15 @@ def test_cordoned_node_is_refused_and_named() -> None:
     assert refused.node is None and "node-1: cordoned" in refused.reason
 
 
+def test_node_marked_for_power_off_is_refused_even_uncordoned() -> None:
+    req = placing.Request(1, 2**30, 0, frozenset(), {})
+    off = placing.Node("node-1", cpu=8, memory_bytes=2**34, powered_off=True)
+    on = placing.Node("node-2", cpu=8, memory_bytes=2**31)
+    assert placing.place(req, [off, on], {}).node == "node-2"
+    refused = placing.place(req, [off], {})
+    assert refused.node is None and "node-1: marked for power-off" in refused.reason
+
+
 def test_cordoned_from_node_objects() -> None:
     objs = [
         {"metadata": {"name": "node-1"}, "spec": {"unschedulable": True}},
