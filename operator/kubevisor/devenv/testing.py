@@ -98,7 +98,7 @@ async def wait_for_async(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         last = value
         await asyncio.sleep(every)
     seen = await show() if show is not None else last
