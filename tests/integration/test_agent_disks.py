@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kubevisor.agent import disks, domainxml
+from kubevisor.agent import diskfiles, disks, domainxml
 from kubevisor.api import machines
 from kubevisor.devenv import testing
 
@@ -53,15 +53,15 @@ async def test_linked_full_and_empty(tmp_path: Path, base: Path) -> None:
     )
     identity = domainxml.Identity(namespace="ns", name="vm", uid="u")
     plans = disks.plan(machine, identity, layout)
-    assert [await disks.ensure(p) for p in plans] == [True, True, True]
-    assert [await disks.ensure(p) for p in plans] == [False, False, False]  # never recreated
+    assert [await diskfiles.ensure(p) for p in plans] == [True, True, True]
+    assert [await diskfiles.ensure(p) for p in plans] == [False, False, False]  # never recreated
 
     linked, full, empty = (_info(p.path) for p in plans)
     assert linked["backing-filename"] == str(base) and linked["virtual-size"] == 16 << 20
     assert "backing-filename" not in full and full["virtual-size"] == 8 << 20
     assert "backing-filename" not in empty and empty["virtual-size"] == 4 << 20
 
-    removed = disks.remove(disks.deletable(plans, layout))
+    removed = diskfiles.remove(disks.deletable(plans, layout))
     assert removed == [plans[0].path, plans[1].path]
     assert plans[2].path.exists()
     assert await asyncio.to_thread(base.read_bytes) == base_bytes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kubevisor.agent import disks, domainxml
+from kubevisor.agent import diskfiles, disks, domainxml
 from kubevisor.agent.storagebackends import catalog
 from kubevisor.api import machines, storagebackends
 
@@ -97,7 +97,7 @@ def test_remove_deletes_files_and_empty_dirs(layout: disks.Layout) -> None:
     path = layout.state_dir / "disks/ns/vm1/root.qcow2"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"x")
-    assert disks.remove([path, path]) == [path]
+    assert diskfiles.remove([path, path]) == [path]
     assert not path.parent.exists()
     assert (layout.state_dir / "disks").exists()
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from kubevisor.agent import disks, domainxml
+from kubevisor.agent import diskfiles, disks, domainxml
 from kubevisor.agent.backups import copying, reporting
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.runtime import informing
@@ -55,13 +55,13 @@ class OfflineRole:
                 raise copying.CopyError(
                     Reason.BACKUP_FAILED, f"disk {name}'s file {path} is not on this node"
                 )
-            total += (await disks.image_info(path))[1]
+            total += (await diskfiles.image_info(path))[1]
         done = 0
         own.progress = reporting.progress(0, total)
         await self.apply(key, own)
         for name, path in sources:
             await copying.convert(path, Path(vmbackups.disk_file(str(staging), name)))
-            done += (await disks.image_info(path))[1]
+            done += (await diskfiles.image_info(path))[1]
             own.progress = reporting.progress(done, total)
             await self.apply(key, own)
         return [n for n, _ in sources], ""

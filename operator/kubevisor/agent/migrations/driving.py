@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kubevisor.agent import disks, domainxml, reconciling
+from kubevisor.agent import diskfiles, disks, domainxml, reconciling
 from kubevisor.agent.kube import statuses as kubestatuses
 from kubevisor.agent.libvirt import Hypervisor, HypervisorError, migrating
 from kubevisor.agent.migrations import reading, reporting, sourcing
@@ -364,7 +364,7 @@ class SourceRole:
         go, as a move (``mv``) leaves no source. Only paths that differ from the
         target's: nodes sharing one filesystem at the same path hold one file."""
         stale = [Path(src) for src, dst in disk_paths.items() if src != dst]
-        removed = await asyncio.to_thread(disks.remove, stale)
+        removed = await asyncio.to_thread(diskfiles.remove, stale)
         if removed:
             logger.info("%s/%s: removed the source copies %s", *key, [str(p) for p in removed])
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from kubevisor.agent import disks, segmenting, segments
+from kubevisor.agent import diskfiles, disks, segmenting, segments
 from kubevisor.agent.kube import statuses as kubestatuses
 from kubevisor.agent.libvirt import Hypervisor, HypervisorError, migrating
 from kubevisor.agent.libvirt.hypervisor import DomainState
@@ -248,7 +248,7 @@ class TargetRole:
                         f"node {self.node}; block copy will not overwrite it"
                     )
                 if not exists:
-                    await disks.ensure(disk)  # the file block copy fills
+                    await diskfiles.ensure(disk)  # the file block copy fills
                     created.append(disk.path)
         except disks.DiskError as exc:
             return Reason.STORAGE_UNREACHABLE.value, str(exc)
@@ -268,7 +268,7 @@ class TargetRole:
                 await self.hv.undefine(domain)
             except HypervisorError as exc:
                 logger.info("%s/%s: undefine leftover %s: %s", *key, domain, exc)
-        removed = await asyncio.to_thread(disks.remove, self._created.pop(key, []))
+        removed = await asyncio.to_thread(diskfiles.remove, self._created.pop(key, []))
         if removed:
             logger.info("%s/%s: removed copied disks %s", *key, [str(p) for p in removed])
         self._prepared.discard(key)

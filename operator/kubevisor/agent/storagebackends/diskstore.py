@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from kubevisor.agent import disks, domainxml
+from kubevisor.agent import diskfiles, disks, domainxml
 from kubevisor.agent.kube import objects
 from kubevisor.agent.libvirt import Hypervisor, HypervisorError
 from kubevisor.agent.storagebackends import catalog as backendcatalog
@@ -69,7 +69,7 @@ class DiskStore:
         if disk.iscsi is not None:
             return False
         if disk.nfs is None:
-            return await disks.ensure(disk)
+            return await diskfiles.ensure(disk)
         if self.nfs is None:
             raise disks.DiskError(
                 conditions.Reason.STORAGE_FAILED,
@@ -82,7 +82,7 @@ class DiskStore:
         :func:`disks.deletable_nfs`); return what went."""
         removed = [
             str(p)
-            for p in await asyncio.to_thread(disks.remove, disks.deletable(plans, self.layout))
+            for p in await asyncio.to_thread(diskfiles.remove, disks.deletable(plans, self.layout))
         ]
         remote = disks.deletable_nfs(plans)
         if remote and self.nfs is not None:

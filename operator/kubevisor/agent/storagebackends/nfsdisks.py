@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
-from kubevisor.agent import disks
+from kubevisor.agent import diskfiles, disks
 from kubevisor.agent.kernel import netnsthreads
 from kubevisor.agent.storagebackends import nfsfiles
 from kubevisor.api import conditions
@@ -50,7 +50,7 @@ class NFSDisks:
     async def _run(self, *argv: str) -> str:
         prefix = ("nsenter", f"--net=/run/netns/{self._netns}") if self._netns else ()
         try:
-            return await disks.run_command(*prefix, *argv, limit_s=QEMU_IMG_TIMEOUT_S)
+            return await diskfiles.run_command(*prefix, *argv, limit_s=QEMU_IMG_TIMEOUT_S)
         except disks.DiskError as exc:
             raise disks.DiskError(conditions.Reason.STORAGE_FAILED, str(exc)) from exc
 
@@ -60,9 +60,9 @@ class NFSDisks:
         assert remote is not None
         if await self._nfs(nfsfiles.exists, remote.server, remote.export, remote.name):
             return False
-        tmp = disks.NFSFile(remote.server, remote.export, disks.temporary_name(remote.name))
+        tmp = disks.NFSFile(remote.server, remote.export, diskfiles.temporary_name(remote.name))
         try:
-            await disks.make_image(disk, tmp.url, self._run)
+            await diskfiles.make_image(disk, tmp.url, self._run)
             await self._nfs(nfsfiles.rename, remote.server, remote.export, tmp.name, remote.name)
         finally:
             try:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from kubevisor.agent import disks, domainxml
+from kubevisor.agent import diskfiles, disks, domainxml
 from kubevisor.agent.libvirt import Hypervisor, HypervisorError
 from kubevisor.agent.runtime.informing import Key
 
@@ -51,7 +51,7 @@ class Clones:
                     await self.hv.suspend(source.domain_name)
                 for disk in plans:
                     if disk.source_vm is not None and disk.base is not None:
-                        await disks.ensure(disk)
+                        await diskfiles.ensure(disk)
             finally:
                 for source in held:
                     source_key = (source.namespace, source.name)

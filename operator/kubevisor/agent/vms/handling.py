@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from kubevisor.agent import disks, domainxml, reconciling, segmenting, segments
+from kubevisor.agent import diskfiles, disks, domainxml, reconciling, segmenting, segments
 from kubevisor.agent.kube import objects
 from kubevisor.agent.libvirt import (
     DomainInfo,
@@ -398,7 +398,7 @@ class VMHandler:
                 )
             if source is not None:
                 logger.info("%s/%s: restoring disk %s from %s", *scope.key, disk.name, source)
-                await disks.replace_from(disk.path, Path(source))
+                await diskfiles.replace_from(disk.path, Path(source))
         scope.applied_restore = str(backup)
 
     async def _ensure_segments(self, scope: Scope) -> bool:
