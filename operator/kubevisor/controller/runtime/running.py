@@ -23,7 +23,7 @@ class Runtime:
         self._connect = connect
         self._client: kube.Kube | None = None
         self.events = events.Recorder()
-        self.observer = observing.Observer()
+        self.observer = observing.Observer(post=self.events.post)
         self._reconcilers: list[reconciling.Reconciler] = []
         self._resyncs: list[asyncio.Task[None]] = []
 
