@@ -52,7 +52,7 @@ VM_START_SECONDS = Histogram(
 )
 MIGRATIONS = Counter(
     "kubevisor_controller_migrations",
-    "Migrations that ended, by final phase (Succeeded, Failed).",
+    "Migrations that ended, by final phase (Succeeded, Failed, Cancelled).",
     ["phase"],
 )
 MIGRATION_SECONDS = Histogram(
