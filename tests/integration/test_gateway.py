@@ -30,7 +30,7 @@ import pytest
 from kubernetes_asyncio import client, config
 
 from kubevisor.api import displaytokens, groups
-from kubevisor.devenv import testing
+from kubevisor.devenv import scraping, testing
 from kubevisor.devenv.rfbclient import RFBClient
 from kubevisor.gateway import main as gateway_main
 
@@ -172,6 +172,11 @@ class Gateway:
     base: str
     """http(s)://127.0.0.1:<port>"""
     ssl: Any = None
+    metrics_port: int = 0
+    """Its --metrics-port (Prometheus exposition, plain HTTP on loopback)."""
+
+    def metrics(self) -> dict[Any, float]:
+        return scraping.scrape(self.metrics_port)
 
     def ws_url(self, token: str) -> str:
         return self.base.replace("http", "ws", 1) + "/" + displaytokens.websocket_path(token)
@@ -183,11 +188,12 @@ def running_gateway(
 ) -> Iterator[Gateway]:
     if not (gateway_main.DEFAULT_NOVNC_DIR / "core" / "rfb.js").is_file():
         testing.absent(f"noVNC not in {gateway_main.DEFAULT_NOVNC_DIR} (hack/setup fetches it)")
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     argv = [
         str(VENV_BIN / "kubevisor-gateway"), f"--kubeconfig={cluster.kubeconfig}",
         f"--key-namespace={desk.ns}", "--host=127.0.0.1", f"--port={port}",
         "--display-netns=kvt-gw-{node}", "--recheck-seconds=0.5",
+        f"--metrics-port={metrics_port}",
     ]  # fmt: skip
     scheme = "http"
     if tls is not None:
@@ -200,7 +206,7 @@ def running_gateway(
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
         testing.wait_for(up, timeout=30, what="the gateway listening")
-        yield Gateway(base=f"{scheme}://127.0.0.1:{port}")
+        yield Gateway(base=f"{scheme}://127.0.0.1:{port}", metrics_port=metrics_port)
 
 
 @pytest.fixture
@@ -251,6 +257,14 @@ async def test_an_admitted_token_carries_rfb_to_the_desktops_vnc(
             assert init.width > 0 and init.height > 0
             await rfb.request_update()
             assert await rfb.framebuffer_update() >= 1
+            scraped = gw.metrics()
+            assert scraping.value(scraped, "kubevisor_gateway_sessions_open") == 1
+            assert scraping.value(scraped, "kubevisor_gateway_sessions_total") == 1
+        testing.wait_for(
+            lambda: scraping.value(gw.metrics(), "kubevisor_gateway_sessions_open") == 0,
+            timeout=10,
+            what="the session closed in the gateway's metrics",
+        )
 
 
 async def test_unknown_expired_replayed_and_ended_claim_tokens_are_refused(
@@ -287,6 +301,11 @@ async def test_unknown_expired_replayed_and_ended_claim_tokens_are_refused(
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(gw.ws_url(desk.token("alice", uid, ttl=-1)))
         assert refused.value.status == 403
+    scraped = gw.metrics()
+    want = {reason: 1 for reason in cases}
+    want.update({"ClaimNotBound": 2, "Expired": 2})  # the released claim; the handshake
+    got = {r: scraping.value(scraped, "kubevisor_gateway_refusals_total", reason=r) for r in want}
+    assert got == want
 
 
 async def test_a_session_ends_when_its_claim_ends(gw: Gateway, desk: Desk, vnc: int) -> None:

@@ -211,6 +211,56 @@ def test_gateway_renders_as_a_deployment_with_a_service(rendered: Path) -> None:
     assert svc["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
 
 
+def test_every_component_exposes_metrics_through_a_service(rendered: Path) -> None:
+    """Each pod names its metrics port, its process listens there, and a Service per
+    component selects the pods on it (the ServiceMonitors are in the next test)."""
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in _docs(rendered)}
+    workloads = {
+        "controller": ("Deployment", "--metrics-address=0.0.0.0"),
+        "agent": ("DaemonSet", "--metrics-address=$(HOST_IP)"),  # host network: node IP
+        "gateway": ("Deployment", "--metrics-address=0.0.0.0"),
+    }
+    for component, (kind, address) in workloads.items():
+        spec = by_kind[(kind, f"{RELEASE}-kubevisor-{component}")]["spec"]
+        container = spec["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert f"--metrics-port={ports['metrics']}" in container["args"], component
+        assert address in container["args"], component
+        svc = by_kind[("Service", f"{RELEASE}-kubevisor-{component}-metrics")]
+        assert svc["spec"]["selector"] == spec["selector"]["matchLabels"], component
+        assert svc["spec"]["ports"] == [
+            {"name": "metrics", "port": ports["metrics"], "targetPort": "metrics"}
+        ], component
+    assert not [d for d in by_kind if d[0] == "ServiceMonitor"]  # off unless asked for
+
+
+def test_service_monitors_behind_their_value(helm: Path) -> None:
+    """``metrics.serviceMonitor.enabled`` adds one ServiceMonitor per component, each
+    selecting only its metrics Service. Not in the server dry run: the
+    monitoring.coreos.com CRD is prometheus-operator's and not installed here."""
+    proc = _run(
+        [str(helm), "template", RELEASE, str(CHART), "--namespace", NS,
+         "--set", "metrics.serviceMonitor.enabled=true",
+         "--set", "metrics.serviceMonitor.labels.release=prom"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert sorted(m["metadata"]["name"] for m in monitors) == [
+        f"{RELEASE}-kubevisor-{c}" for c in ("agent", "controller", "gateway")
+    ]
+    for monitor in monitors:
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+        want = monitor["spec"]["selector"]["matchLabels"]
+        picked = [
+            n for n, svc in services.items()
+            if want.items() <= (svc["metadata"].get("labels") or {}).items()
+        ]  # fmt: skip
+        assert picked == [f"{monitor['metadata']['name']}-metrics"], (monitor, picked)
+
+
 def test_every_object_passes_server_dry_run(cluster: Any, rendered: Path) -> None:
     _ensure_namespace(cluster.api, NS)
     proc = _run(

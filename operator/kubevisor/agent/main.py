@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from kubevisor.agent import disks, domainxml, management, segmenting, segments
+from kubevisor.agent import disks, domainxml, management, metrics, segmenting, segments
 from kubevisor.agent.backups import handling as backuphandling
 from kubevisor.agent.kernel import bridges, interfaces
 from kubevisor.agent.kube import connecting, leases, objects
@@ -103,6 +103,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " controller treats the node as lost (default 30; shorter for tests, renewed every"
         " third of it at most)",
     )  # fmt: skip
+    p.add_argument(
+        "--metrics-address", default="127.0.0.1",
+        help="address the Prometheus metrics listen on (default 127.0.0.1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="Prometheus metrics port (default 0: off)"
+    )
     p.add_argument("--verbose", "-v", action="store_true")
     return p.parse_args(argv)
 
@@ -121,6 +128,8 @@ def _host_memory() -> int:
 
 async def run(args: argparse.Namespace) -> None:
     """Build the parts from the flags and run until cancelled."""
+    if args.metrics_port:
+        metrics.serve(args.metrics_address, args.metrics_port)
     await connecting.load_config(args.kubeconfig)
     networks, managed = network_mapping(args.network)
     memory = quantities.to_bytes(args.memory) if args.memory else _host_memory()

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from kubevisor.controller import registry
+from kubevisor.controller import metrics, registry
 from kubevisor.controller.desktopclaims import handlers as desktopclaims
 from kubevisor.controller.kube import operating
 from kubevisor.controller.runtime import running
@@ -30,8 +30,18 @@ def main(argv: list[str] | None = None) -> int:
         "--gateway-url",
         help="display gateway base URL for DesktopClaim URLs (default: $KUBEVISOR_GATEWAY_URL)",
     )
+    parser.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="address the Prometheus metrics listen on (default 127.0.0.1; the chart: 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="Prometheus metrics port (default 0: off)"
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
+    if args.metrics_port:
+        metrics.serve(args.metrics_address, args.metrics_port)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     if args.gateway_url:

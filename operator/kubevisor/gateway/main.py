@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kubevisor.gateway import admission, dialing, serving
+from kubevisor.gateway import admission, dialing, metrics, serving
 from kubevisor.gateway.kube import reading, reporting
 
 log = logging.getLogger("kubevisor.gateway")
@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--recheck-seconds", type=float, default=5.0,
         help="how often a running session re-reads its claim (ended claims close)",
     )  # fmt: skip
+    p.add_argument(
+        "--metrics-address", default="127.0.0.1",
+        help="address the Prometheus metrics listen on (default 127.0.0.1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="Prometheus metrics port (default 0: off)"
+    )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -70,6 +77,8 @@ def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if args.metrics_port:
+        metrics.serve(args.metrics_address, args.metrics_port)
     await reading.load_config(args.kubeconfig)
     async with reading.api_client() as api:
         reader = reading.Reader(api, key_namespace=args.key_namespace)

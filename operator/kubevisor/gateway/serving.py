@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 
 from kubevisor.api import desktopclaims, displaytokens
-from kubevisor.gateway import admission, admitting, dialing, rfbfilter, sessions
+from kubevisor.gateway import admission, admitting, dialing, metrics, rfbfilter, sessions
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class Gateway:
         grant, decision = await self.admitter.admit(request.query.get(displaytokens.TOKEN_QUERY))
         if isinstance(decision, admitting.Refused):
             log.warning("refused %s: %s", decision.reason, decision.message)
+            metrics.REFUSALS.labels(reason=str(decision.reason)).inc()
             return web.Response(status=403, text=f"{decision.reason}: {decision.message}\n")
         assert grant is not None
         try:
@@ -125,6 +126,7 @@ class Gateway:
             )
         except (OSError, TimeoutError) as exc:
             log.warning("display of %s/%s unreachable: %s", grant.namespace, grant.claim, exc)
+            metrics.REFUSALS.labels(reason="DisplayUnreachable").inc()
             return web.Response(status=502, text=f"DisplayUnreachable: {exc}\n")
         ws = web.WebSocketResponse(protocols=("binary",), heartbeat=30.0)
         try:
@@ -135,6 +137,8 @@ class Gateway:
                 decision.vm_name, decision.view_only,
             )  # fmt: skip
             self.sessions += 1
+            metrics.SESSIONS.inc()
+            metrics.SESSIONS_OPEN.inc()
             self._report(decision, "connected")
             try:
                 await self._proxy(ws, reader, writer, grant, decision)
@@ -170,6 +174,7 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.sessions -= 1
+            metrics.SESSIONS_OPEN.dec()
 
     async def _browser_to_vnc(
         self, ws: web.WebSocketResponse, writer: asyncio.StreamWriter, target: admitting.Target

@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kubevisor.agent import metrics
 from kubevisor.api import events
 
 logger = logging.getLogger(__name__)
@@ -43,5 +44,6 @@ class Recorder:
         )
         try:
             await self._core.create_namespaced_event(meta["namespace"], body)
+            metrics.api_write("create", "events")
         except ApiException as exc:
             logger.warning("event %s on %s not posted: %s", reason, meta["name"], exc.status)

@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kubevisor.agent import rttprobing
+from kubevisor.agent import metrics, rttprobing
 from kubevisor.api import nodes
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class Heartbeat:
         403 is not an error: creating the Lease itself says whether it is there."""
         try:
             await self._core.create_namespace({"metadata": {"name": nodes.LEASE_NAMESPACE}})
+            metrics.api_write("create", "namespaces")
         except ApiException as exc:
             if exc.status not in (403, 409):
                 raise
@@ -144,6 +145,7 @@ class Heartbeat:
                 )
                 try:
                     await self._coordination.create_namespaced_lease(nodes.LEASE_NAMESPACE, body)
+                    metrics.api_write("create", "leases")
                     self._current = body
                     self.renewals += 1
                     return
@@ -172,6 +174,7 @@ class Heartbeat:
             if exc.status == 404:
                 self._current = None  # deleted under us: recreate next time
             raise
+        metrics.api_write("patch", "leases")
         self._current = self._api.sanitize_for_serialization(lease)
         self.renewals += 1
 

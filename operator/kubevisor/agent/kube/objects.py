@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kubevisor.agent import metrics
 from kubevisor.api import groups
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class CustomObjects:
                 ops,
                 _content_type=JSON_PATCH,
             )
+            metrics.api_write("patch", self.plural)
         except ApiException as exc:
             if exc.status in (404, 409, 422):  # gone or changed under us: next pass decides
                 logger.info(

@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kubevisor.agent import metrics
 from kubevisor.api import groups
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ async def _patch_status(
         if exc.status == 404:
             return None
         raise
+    metrics.api_write("apply" if options.get("_content_type") == APPLY_PATCH else "patch",
+                      f"{plural}/status")  # fmt: skip
     return result
 
 

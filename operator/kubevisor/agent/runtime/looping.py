@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 
+from kubevisor.agent import metrics
 from kubevisor.agent.runtime import backoff
 from kubevisor.agent.runtime.informing import Key
 
@@ -33,7 +35,9 @@ class WorkLoop:
     """Runs ``handler(key)`` for enqueued keys on ``workers`` tasks (see module docstring).
 
     ``retry``: seconds before the first retry of a failed key (doubling to ``cap``);
-    ``fingerprint``: what a key's pass acts on (a change resets its backoff).
+    ``fingerprint``: what a key's pass acts on (a change resets its backoff); ``kind``:
+    the metrics label of its passes (default: the handler's package, ``vms`` for
+    ``kubevisor.agent.vms.realizing``).
     """
 
     def __init__(
@@ -44,8 +48,10 @@ class WorkLoop:
         retry: float = backoff.FIRST,
         cap: float = backoff.CAP,
         fingerprint: Callable[[Key], Hashable] = lambda _key: None,
+        kind: str | None = None,
     ) -> None:
         self.handler = handler
+        self.kind = kind or _package_of(handler)
         self.workers = workers
         self.retry = retry
         self.fingerprint = fingerprint
@@ -93,11 +99,14 @@ class WorkLoop:
             if self.backoff.holding(key, self.fingerprint(key), now):
                 continue  # waiting out a backoff; the scheduled retry runs it
             self.busy.add(key)
+            started = time.monotonic()
             try:
                 await self.handler(key)
+                self._count("done", started)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._count("error", started)
                 first = self.backoff.failures(key) == 0
                 wait = self.failed(key)
                 if first:
@@ -116,6 +125,10 @@ class WorkLoop:
                     self._again.discard(key)
                     self.enqueue(key)
 
+    def _count(self, outcome: str, started: float) -> None:
+        metrics.RECONCILES.labels(kind=self.kind, outcome=outcome).inc()
+        metrics.RECONCILE_SECONDS.labels(kind=self.kind).observe(time.monotonic() - started)
+
     async def tick(self, every: float, keys: Callable[[], Iterable[Key]]) -> None:
         """Enqueue every key of ``keys()`` each ``every`` seconds, forever."""
         while True:
@@ -128,3 +141,9 @@ class WorkLoop:
         async with asyncio.TaskGroup() as group:
             for _ in range(self.workers):
                 group.create_task(self._worker())
+
+
+def _package_of(handler: Handler) -> str:
+    """``vms`` for a handler defined in ``kubevisor.agent.vms.<module>`` (pure)."""
+    parts = str(getattr(handler, "__module__", "") or "").split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["kubevisor", "agent"] else "work"

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from kubevisor.agent import disks, domainxml, segmenting
+from kubevisor.agent import disks, domainxml, metrics, segmenting
 from kubevisor.agent.kernel import bridges
 from kubevisor.agent.kube import ApiClient, events, leases, objects
 from kubevisor.agent.kube import statuses as kubestatuses
@@ -86,6 +86,7 @@ class Agent:
         self.watcher = watching.informer(
             api, watching.Role.PLACED, node=config.node, on_change=self._placed_changed
         )
+        metrics.count_vms(lambda: self.watcher.cache.values())
         self.incoming = watching.informer(
             api, watching.Role.INCOMING, node=config.node, on_change=self._incoming_changed
         )

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kubevisor.agent import segmenting, segments
+from kubevisor.agent import metrics, segmenting, segments
 from kubevisor.agent.kernel import probing, vrfrealizing
 from kubevisor.agent.kube import ApiClient, statuses, watches
 from kubevisor.agent.runtime import informing, looping
@@ -123,6 +123,7 @@ class VRFAgent:
             watches.ListWatch(api, PLURAL), on_change=lambda _key: self.loop.enqueue(NODE_PASS)
         )
         self._entries = statuses.NodeEntryWriter(api, plural=PLURAL, node=node)
+        metrics.count_vrf_routes(lambda: self.watcher.cache.values(), node=node)
         self.supervisor = supervising.Supervisor(
             realizer, on_change=lambda: self.loop.enqueue(NODE_PASS)
         )

@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 
 from kubevisor.api import events, groups
+from kubevisor.controller import metrics
 
 FIELD_MANAGER = "kubevisor-controller"
 APPLY = "application/apply-patch+yaml"
@@ -87,6 +88,7 @@ class Kube:
             force=True,
             _content_type=APPLY,  # type: ignore[call-arg]
         )
+        metrics.api_write("apply", f"{plural}/status")
         return obj
 
     async def patch_node_condition(self, name: str, condition: Obj) -> None:
@@ -94,6 +96,7 @@ class Kube:
         so the kubelet's conditions stay as they are)."""
         core: Any = self._core
         await core.patch_node_status(name, {"status": {"conditions": [condition]}})
+        metrics.api_write("patch", "nodes/status")
 
     async def list_all(self, plural: str) -> list[Obj]:
         """Every object of a kubevisor kind in every namespace."""
@@ -136,6 +139,7 @@ class Kube:
             if exc.status == 404:
                 return False
             raise
+        metrics.api_write("delete", plural)
         return True
 
     async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -154,6 +158,7 @@ class Kube:
         for _ in range(2):
             try:
                 await core.create_namespaced_secret(namespace, body)
+                metrics.api_write("create", "secrets")
                 return True
             except client.ApiException as exc:
                 if exc.status == 409:
@@ -162,6 +167,7 @@ class Kube:
                     raise
             try:
                 await core.create_namespace({"metadata": {"name": namespace}})
+                metrics.api_write("create", "namespaces")
             except client.ApiException as exc:
                 if exc.status != 409:
                     raise
@@ -191,6 +197,7 @@ class Kube:
     async def set_unschedulable(self, name: str, unschedulable: bool) -> None:
         """Cordon or uncordon a Node (merge patch of ``spec.unschedulable``)."""
         await self._core.patch_node(name, {"spec": {"unschedulable": unschedulable}})
+        metrics.api_write("patch", "nodes")
 
     async def create(self, plural: str, namespace: str, body: Obj) -> Obj | None:
         """Create a namespaced kubevisor object; None when it exists already (409)."""
@@ -202,6 +209,7 @@ class Kube:
             if exc.status == 409:
                 return None
             raise
+        metrics.api_write("create", plural)
         return obj
 
     async def apply_status(
@@ -239,6 +247,7 @@ class Kube:
             force=True,
             _content_type=APPLY,  # type: ignore[call-arg]
         )
+        metrics.api_write("apply", f"{plural}/status")
         return obj
 
     async def json_patch(
@@ -261,6 +270,7 @@ class Kube:
             field_manager=field_manager,
             _content_type="application/json-patch+json",  # type: ignore[call-arg]
         )
+        metrics.api_write("patch", plural)
         return obj
 
     async def guarded_patch(
@@ -298,6 +308,7 @@ class Kube:
         )
         core: Any = self._core
         await core.create_namespaced_event(body["metadata"]["namespace"], body)
+        metrics.api_write("create", "events")
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -1,4 +1,5 @@
-"""The controller process's runtime: one API client, one recorder, every reconciler.
+"""The controller process's runtime: one API client, one recorder, every reconciler,
+and the watch observer behind the metrics of phases and migrations (``observing``).
 
 ``Runtime`` is made once in ``main`` and handed to each kind; its ``Lifecycle`` handler
 connects before kopf starts watching and closes everything when kopf stops.
@@ -12,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from kubevisor.controller.kube import client as kube
 from kubevisor.controller.kube import operating
-from kubevisor.controller.runtime import events, reconciling
+from kubevisor.controller.runtime import events, observing, reconciling
 
 
 class Runtime:
@@ -22,6 +23,7 @@ class Runtime:
         self._connect = connect
         self._client: kube.Kube | None = None
         self.events = events.Recorder()
+        self.observer = observing.Observer(post=self.events.post)
         self._reconcilers: list[reconciling.Reconciler] = []
         self._resyncs: list[asyncio.Task[None]] = []
 
@@ -63,4 +65,8 @@ class Runtime:
             self._client = None
 
     def handlers(self) -> list[operating.Handler]:
-        return [operating.Lifecycle(startup=self.start, cleanup=self.stop)]
+        """The runtime's own: connect/close, and the metrics' watch observer."""
+        return [
+            operating.Lifecycle(startup=self.start, cleanup=self.stop),
+            *self.observer.handlers(),
+        ]

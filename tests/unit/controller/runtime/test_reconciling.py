@@ -144,3 +144,27 @@ async def test_recorder_posts_in_order_and_survives_a_failed_post() -> None:
         ("VirtualMachine", "Scheduled", "m"),
         ("VirtualMachine", "Unschedulable", "m"),
     ]
+
+
+async def test_every_pass_is_counted_and_timed_by_kind_and_outcome() -> None:
+    from prometheus_client import REGISTRY
+
+    def count(outcome: str) -> float:
+        labels = {"kind": "Counted", "outcome": outcome}
+        return REGISTRY.get_sample_value("kubevisor_controller_reconciles_total", labels) or 0.0
+
+    timed = "kubevisor_controller_reconcile_duration_seconds_count"
+    before = {o: count(o) for o in ("done", "wait", "gone", "error")}
+    timed_before = REGISTRY.get_sample_value(timed, {"kind": "Counted"}) or 0.0
+    passes = Passes(RuntimeError("one"), Outcome.WAIT, ApiException(status=404), Outcome.DONE)
+    r = reconciling.Reconciler("Counted", passes, resync_seconds=60.0, backoff=0.0)
+    await r.reconcile(K)  # an error, retried: WAIT
+    await r.reconcile(K)  # gone
+    await r.reconcile(K)  # done
+    assert {o: count(o) - before[o] for o in before} == {
+        "done": 1,
+        "wait": 1,
+        "gone": 1,
+        "error": 1,
+    }
+    assert (REGISTRY.get_sample_value(timed, {"kind": "Counted"}) or 0.0) == timed_before + 4
