@@ -36,16 +36,16 @@ def ns(cluster: Any) -> Iterator[str]:
     name = f"kvcli-{uuid.uuid4().hex[:6]}"
     testing.ensure_namespace(core, name)
     yield name
+    # No kube-controller-manager here: a namespace never finishes deleting, so its VMs
+    # are deleted (and awaited) first.
+    custom = kubernetes.client.CustomObjectsApi(cluster.api)
+    for plural in (VM, kinds.DESKTOPCLAIM.plural):
+        custom.delete_collection_namespaced_custom_object(G, V, name, plural)
+    testing.wait_for(
+        lambda: not custom.list_namespaced_custom_object(G, V, name, VM)["items"],
+        timeout=60, what=f"VMs of {name} deleted",
+    )  # fmt: skip
     core.delete_namespace(name)
-
-    def gone() -> bool:
-        try:
-            core.read_namespace(name)
-        except kubernetes.client.ApiException as exc:
-            return exc.status == 404
-        return False
-
-    testing.wait_for(gone, timeout=120, what=f"namespace {name} deleted")
 
 
 def _cli(cluster: Any, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
