@@ -14,7 +14,6 @@ and may not do, so a role that grows by accident fails here too.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -43,6 +42,8 @@ NODE = "kvhelm-node"
 SELECT = {"kvhelm": "yes"}
 G, V = groups.GROUP, groups.VERSION
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+#: Node-bound admission: installed with the roles, so the agent runs under it.
+ADMISSION_KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 #: An RBAC denial in a log: an HTTP 403 (not the milliseconds of a timestamp such as
 #: ``05:40:58,403``), or the API server's and kopf's words for it.
 FORBIDDEN = re.compile(r"(?<![\d,.:])403(?!\d)|Forbidden|forbidden|Not enough permissions")
@@ -70,24 +71,6 @@ def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def helm() -> Path:
-    """The pinned helm binary from hack/build-helm.sh (built on first use; the script
-    returns at once when the pinned version is cached)."""
-    if os.environ.get("KUBEVISOR_BUILD", "1") != "1":
-        cache = Path(os.environ.get("KUBEVISOR_CACHE", "/var/cache/kubevisor"))
-        cached = sorted(cache.glob("helm/v*/helm"))
-        if not cached:
-            testing.absent("helm is not built and KUBEVISOR_BUILD=0: run hack/build-helm.sh")
-        return cached[-1]
-    proc = subprocess.run(
-        [str(ROOT / "hack" / "build-helm.sh")], capture_output=True, text=True, timeout=1800
-    )
-    # a build that fails is an error of the suite's setup: fail, never skip
-    assert proc.returncode == 0, f"hack/build-helm.sh failed: {proc.stderr[-2000:]}"
-    return Path(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
 def rendered(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``helm template`` of the chart with its CRDs, as one multi-document file."""
     proc = _run([str(helm), "template", RELEASE, str(CHART), "--namespace", NS, "--include-crds"])
@@ -111,14 +94,18 @@ class Installed:
     def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return _run([str(self.cluster.kubectl), f"--kubeconfig={self.cluster.kubeconfig}", *args])
 
-    def token_kubeconfig(self, sa: str, path: Path) -> Path:
-        """A kubeconfig that authenticates as ``sa`` with a TokenRequest token."""
+    def token_kubeconfig(self, sa: str, path: Path, *, node: str | None = None) -> Path:
+        """A kubeconfig that authenticates as ``sa`` with a TokenRequest token; with
+        ``node``, the token is bound to a Pod of ``sa`` on that node (as a DaemonSet pod's
+        projected token is), which node-bound admission requires of the agent."""
         import kubernetes
 
         core = kubernetes.client.CoreV1Api(self.cluster.api)
-        token = core.create_namespaced_service_account_token(
-            sa, NS, {"spec": {"expirationSeconds": 3600}}
-        ).status.token
+        spec: dict[str, Any] = {"expirationSeconds": 3600}
+        if node is not None:
+            pod = testing.node_bound_pod(core, NS, f"{sa}-{node}"[:63], sa=sa, node=node)
+            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", **pod}
+        token = core.create_namespaced_service_account_token(sa, NS, {"spec": spec}).status.token
         admin = yaml.safe_load(Path(self.cluster.kubeconfig).read_text())
         cluster = admin["clusters"][0]["cluster"]
         path.write_text(
@@ -152,7 +139,8 @@ def installed(
 ) -> Iterator[Installed]:
     _ensure_namespace(cluster.api, NS)
     rbac = tmp_path_factory.mktemp("rbac") / "rbac.yaml"
-    rbac.write_text(yaml.safe_dump_all([d for d in _docs(rendered) if d["kind"] in RBAC_KINDS]))
+    applied = RBAC_KINDS | ADMISSION_KINDS
+    rbac.write_text(yaml.safe_dump_all([d for d in _docs(rendered) if d["kind"] in applied]))
     inst = Installed(cluster=cluster, rbac=rbac)
     proc = inst.kubectl("apply", "-f", str(rbac))
     assert proc.returncode == 0, proc.stderr
@@ -161,6 +149,9 @@ def installed(
     finally:
         # Cluster-scoped roles would outlive the session's namespace: remove them all.
         inst.kubectl("delete", "--ignore-not-found", "-f", str(rbac))
+        # No kubelet: a graceful deletion of these Pods would never finish.
+        inst.kubectl("delete", "pods", "-n", NS, "-l", testing.LABEL_NODE_BOUND_POD,
+                     "--grace-period=0", "--force")  # fmt: skip
 
 
 def test_helm_lint(helm: Path) -> None:
@@ -174,7 +165,7 @@ def test_template_renders_every_part(rendered: Path) -> None:
     kinds = sorted({d["kind"] for d in docs})
     print(f"rendered {len(docs)} objects: {kinds}")
     assert {"CustomResourceDefinition", "Deployment", "DaemonSet"} <= set(kinds)
-    assert RBAC_KINDS <= set(kinds)
+    assert RBAC_KINDS | ADMISSION_KINDS <= set(kinds)
     by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     ds = by_kind[("DaemonSet", f"{RELEASE}-kubevisor-agent")]["spec"]["template"]["spec"]
     assert ds["hostNetwork"] is True
@@ -343,7 +334,7 @@ def test_controller_and_agent_work_under_their_roles(
     core = kubernetes.client.CoreV1Api(installed.cluster.api)
     coord = kubernetes.client.CoordinationV1Api(installed.cluster.api)
     controller_cfg = installed.token_kubeconfig(CONTROLLER_SA, tmp_path / "controller.kubeconfig")
-    agent_cfg = installed.token_kubeconfig(AGENT_SA, tmp_path / "agent.kubeconfig")
+    agent_cfg = installed.token_kubeconfig(AGENT_SA, tmp_path / "agent.kubeconfig", node=NODE)
     suffix = uuid.uuid4().hex[:6]
     tmpl, vm, lost, vrf = f"t-{suffix}", f"vm-{suffix}", f"lost-{suffix}", f"vrf-{suffix}"
     segment = f"kvh{suffix}"  # a managed network: the agent makes its bridge kvn-kvh...

@@ -16,11 +16,16 @@ Examples::
     kubevisor backup web                   # live backup, with a progress bar
     kubevisor restore web-3f2a1c --as web-restored
     kubevisor restore web-3f2a1c --in-place web
-    kubevisor desktop claim office --user alice   # prints the desktop's browser URL
+    kubevisor claim office --user alice   # prints the desktop's browser URL
+    kubevisor vnc desk-3 --open           # the desktop's browser URL, opened
+    kubevisor get web -o yaml             # -o json|yaml|name as kubectl prints them
+    source <(kubevisor completion bash)   # or zsh
 
 ``migrate``, ``drain`` and ``uncordon`` are in :mod:`kubevisor.cli.migrating`; ``backup``
-and ``restore`` in :mod:`kubevisor.cli.backingup`; ``desktop claim`` in
-:mod:`kubevisor.cli.desktops`.
+and ``restore`` in :mod:`kubevisor.cli.backingup`; ``claim`` (also ``desktop claim``) in
+:mod:`kubevisor.cli.desktops`; what is printed, errors included, in
+:mod:`kubevisor.cli.rendering`; ``completion`` in :mod:`kubevisor.cli.completing`.
+Errors print one sentence that says how to fix them (exit status 1), never a traceback.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 
 from kubevisor.api import groups, kinds, virtualmachines, vmbackups
 from kubevisor.api.virtualmachines import DesiredState, RunStrategy
-from kubevisor.cli import backingup, desktops, migrating
+from kubevisor.cli import backingup, completing, desktops, migrating, rendering
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
@@ -88,63 +93,86 @@ def power_patch(verb: str, vm: dict[str, Any]) -> dict[str, Any]:
     raise CLIError(f"unknown verb {verb}")
 
 
-def row(vm: dict[str, Any]) -> list[str]:
-    """One line of ``list``: name, phase, desired state, node, first IP, strategy."""
-    st = vm.get("status") or {}
-    ifaces = st.get("interfaces") or [{}]
-    return [
-        vm["metadata"]["name"],
-        str(st.get("phase") or "-"),
-        str(st.get("desiredState") or "-"),
-        str(st.get("nodeName") or "-"),
-        str(ifaces[0].get("ipAddress") or "-"),
-        str((vm.get("spec") or {}).get("runStrategy") or "Always"),
-    ]
-
-
-def table(rows: list[list[str]]) -> str:
-    header = ["NAME", "PHASE", "DESIRED", "NODE", "IP", "STRATEGY"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    )
-
-
-def describe(vm: dict[str, Any]) -> str:
-    """``get``: the list row plus conditions and machine summary."""
-    st = vm.get("status") or {}
-    lines = [table([row(vm)]), ""]
-    machine = st.get("machine") or {}
-    if machine:
-        nics = ", ".join(f"{n['name']}={n.get('mac')}" for n in machine.get("nics") or [])
-        lines.append(
-            f"machine: {machine.get('cpu', {}).get('cores')} vCPU, {machine.get('memory')},"
-            f" nics: {nics or '-'}"
-        )
-    for c in st.get("conditions") or []:
-        lines.append(f"{c['type']}={c['status']} ({c['reason']}) {c.get('message', '')}".rstrip())
-    return "\n".join(lines)
-
-
 def _client(kubeconfig: str | None) -> Any:
+    """The CustomObjectsApi of the configured cluster (in-cluster inside a Pod)."""
     import kubernetes
 
-    if (
-        not kubeconfig
-        and not os.environ.get("KUBECONFIG")
-        and os.environ.get("KUBERNETES_SERVICE_HOST")
-    ):
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    else:
-        kubernetes.config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        if (
+            not kubeconfig
+            and not os.environ.get("KUBECONFIG")
+            and os.environ.get("KUBERNETES_SERVICE_HOST")
+        ):
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        else:
+            kubernetes.config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        raise CLIError(rendering.no_kubeconfig(str(exc).strip() or type(exc).__name__)) from exc
     return kubernetes.client.CustomObjectsApi()
 
 
-def run(args: argparse.Namespace) -> str:
+def _message(exc: Any) -> str:
+    """The API server's sentence from an ApiException's Status body."""
+    import json
+
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        return str(exc.body or "")
+
+
+def _names(api: Any, plural: str, namespace: str) -> list[str]:
+    """Names of the objects of ``plural`` in ``namespace`` (for a not-found sentence)."""
     import kubernetes
 
+    try:
+        items = api.list_namespaced_custom_object(groups.GROUP, groups.VERSION, namespace, plural)
+    except kubernetes.client.ApiException:
+        return []
+    return [o["metadata"]["name"] for o in items["items"]]
+
+
+def _get_vm(api: Any, name: str, ns: str) -> dict[str, Any]:
+    import kubernetes
+
+    plural = kinds.VIRTUALMACHINE.plural
+    try:
+        vm: dict[str, Any] = api.get_namespaced_custom_object(
+            groups.GROUP, groups.VERSION, ns, plural, name
+        )
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404 and "could not find the requested resource" not in _message(exc):
+            raise CLIError(
+                rendering.not_found("VirtualMachine", name, _names(api, plural, ns), namespace=ns)
+            ) from exc
+        raise
+    return vm
+
+
+def _out(args: argparse.Namespace, objects: Any, human: Any) -> str:
+    return rendering.render(objects, getattr(args, "output", None) or rendering.HUMAN, human=human)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Do what ``args`` ask and return what to print; CLIError for what the user can fix."""
+    import kubernetes
+    import urllib3
+
+    if args.verb == "completion":
+        return completing.script(args.shell, parser())
     api = _client(args.kubeconfig)
+    try:
+        return _run(api, args)
+    except kubernetes.client.ApiException as exc:
+        raise CLIError(rendering.api_error(exc.status, exc.reason, _message(exc))) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        server = kubernetes.client.Configuration.get_default_copy().host
+        raise CLIError(rendering.unreachable(server, type(exc).__name__)) from exc
+
+
+def _run(api: Any, args: argparse.Namespace) -> str:
+    import kubernetes
+
     if args.verb in ("drain", "uncordon"):
         core = kubernetes.client.CoreV1Api()
         try:
@@ -156,10 +184,12 @@ def run(args: argparse.Namespace) -> str:
             raise CLIError(str(exc)) from exc
         except kubernetes.client.ApiException as exc:
             if exc.status == 404:
-                raise CLIError(f"Node {args.node!r} not found") from exc
-            raise CLIError(f"API error {exc.status}: {exc.reason}") from exc
+                nodes = [str(n.metadata.name) for n in core.list_node().items if n.metadata]
+                found = rendering.not_found("Node", args.node, nodes, namespace=None)
+                raise CLIError(found) from exc
+            raise
     ns = args.namespace
-    if args.verb == "desktop":
+    if args.verb in ("desktop", "claim"):
         try:
             return desktops.claim(
                 api, args.pool, ns, user=args.user, groups_=args.group, shadow=args.shadow,
@@ -167,81 +197,124 @@ def run(args: argparse.Namespace) -> str:
             )  # fmt: skip
         except desktops.ClaimFailed as exc:
             raise CLIError(str(exc)) from exc
-        except kubernetes.client.ApiException as exc:
-            raise CLIError(f"API error {exc.status}: {exc.reason}: {exc.body}") from exc
+    if args.verb == "list":
+        plural = kinds.VIRTUALMACHINE.plural
+        if args.all_namespaces:
+            items = api.list_cluster_custom_object(groups.GROUP, groups.VERSION, plural)
+        else:
+            items = api.list_namespaced_custom_object(groups.GROUP, groups.VERSION, ns, plural)
+        return _out(args, items["items"], rendering.vm_table)
+    if args.verb == "restore":
+        try:
+            if args.in_place:
+                return backingup.restore_in_place(
+                    api, args.name, args.in_place, ns, timeout=args.timeout
+                )
+            return backingup.restore(
+                api, args.name, args.as_name, ns, wait=not args.no_wait, timeout=args.timeout
+            )
+        except backingup.BackupFailed as exc:
+            raise CLIError(f"restore of {args.name} did not succeed: {exc}") from exc
+    vm = _get_vm(api, args.name, ns)  # every verb below acts on an existing VM
+    if args.verb == "migrate":
+        try:
+            return migrating.migrate(api, args.name, ns, target=args.to, wait=not args.no_wait)
+        except migrating.MigrateFailed as exc:
+            raise CLIError(f"migration of {args.name} did not succeed: {exc}") from exc
+    if args.verb == "backup":
+        try:
+            return backingup.backup(
+                api, args.name, ns, mode=vmbackups.BackupMode(args.mode),
+                target=args.target, name=args.backup_name, wait=not args.no_wait,
+            )  # fmt: skip
+        except backingup.BackupFailed as exc:
+            raise CLIError(f"backup of {args.name} did not succeed: {exc}") from exc
+    if args.verb == "get":
+        return _out(args, vm, rendering.describe)
+    if args.verb == "console":
+        return _console(vm, tail=args.tail)
+    if args.verb == "vnc":
+        return _vnc(api, vm, ns, args)
+    patch = power_patch(args.verb, vm)
+    done = api.patch_namespaced_custom_object(
+        groups.GROUP, groups.VERSION, ns, kinds.VIRTUALMACHINE.plural, args.name, patch
+    )
+    return _out(args, done, lambda _: f"virtualmachine/{args.name} {args.verb} requested")
+
+
+def _console(vm: dict[str, Any], *, tail: int) -> str:
+    name = vm["metadata"]["name"]
+    st = vm.get("status") or {}
+    path = st.get("consoleLog")
+    if not path:
+        raise CLIError(
+            f"{name} has no console log yet: it is not realized on a node (kubevisor get "
+            f"{name} shows its phase and conditions)"
+        )
+    out = [f"node {st.get('nodeName')}: {path}"]
+    log = Path(path)
+    if log.is_file():
+        out.extend(log.read_text(errors="replace").splitlines()[-tail:])
+    else:
+        out.append("(the log is on the node; not readable from here)")
+    return "\n".join(out)
+
+
+def _vnc(api: Any, vm: dict[str, Any], ns: str, args: argparse.Namespace) -> str:
+    claims = api.list_namespaced_custom_object(
+        groups.GROUP, groups.VERSION, ns, kinds.DESKTOPCLAIM.plural
+    )["items"]
     try:
-        if args.verb == "migrate":
-            try:
-                return migrating.migrate(api, args.name, ns, target=args.to, wait=not args.no_wait)
-            except migrating.MigrateFailed as exc:
-                raise CLIError(f"migration of {args.name} did not succeed: {exc}") from exc
-        if args.verb == "backup":
-            try:
-                return backingup.backup(
-                    api, args.name, ns, mode=vmbackups.BackupMode(args.mode),
-                    target=args.target, name=args.backup_name, wait=not args.no_wait,
-                )  # fmt: skip
-            except backingup.BackupFailed as exc:
-                raise CLIError(f"backup of {args.name} did not succeed: {exc}") from exc
-        if args.verb == "restore":
-            try:
-                if args.in_place:
-                    return backingup.restore_in_place(
-                        api, args.name, args.in_place, ns, timeout=args.timeout
-                    )
-                return backingup.restore(
-                    api, args.name, args.as_name, ns, wait=not args.no_wait, timeout=args.timeout
-                )
-            except backingup.BackupFailed as exc:
-                raise CLIError(f"restore of {args.name} did not succeed: {exc}") from exc
-        if args.verb == "list":
-            if args.all_namespaces:
-                items = api.list_cluster_custom_object(
-                    groups.GROUP, groups.VERSION, kinds.VIRTUALMACHINE.plural
-                )
-            else:
-                items = api.list_namespaced_custom_object(
-                    groups.GROUP, groups.VERSION, ns, kinds.VIRTUALMACHINE.plural
-                )
-            return table([row(vm) for vm in items["items"]])
-        vm = api.get_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, ns, kinds.VIRTUALMACHINE.plural, args.name
-        )
-        if args.verb == "get":
-            return describe(vm)
-        if args.verb == "console":
-            st = vm.get("status") or {}
-            path = st.get("consoleLog")
-            if not path:
-                raise CLIError(f"{args.name} has no console log yet (not realized on a node)")
-            out = [f"node {st.get('nodeName')}: {path}"]
-            log = Path(path)
-            if log.is_file():
-                out.extend(log.read_text(errors="replace").splitlines()[-args.tail :])
-            else:
-                out.append("(the log is on the node; not readable from here)")
-            return "\n".join(out)
-        patch = power_patch(args.verb, vm)
-        api.patch_namespaced_custom_object(
-            groups.GROUP, groups.VERSION, ns, kinds.VIRTUALMACHINE.plural, args.name, patch
-        )
-        return f"virtualmachine/{args.name} {args.verb} requested"
-    except kubernetes.client.ApiException as exc:
-        if exc.status == 404:
-            raise CLIError(f"VirtualMachine {args.name!r} not found in namespace {ns}") from exc
-        raise CLIError(f"API error {exc.status}: {exc.reason}") from exc
+        url = rendering.vnc_url(vm, claims, view_only=args.view_only)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            raise CLIError(f"no browser could be started (set BROWSER); the URL: {url}")
+    if (args.output or rendering.HUMAN) == rendering.HUMAN:
+        return url
+    return rendering.render({"metadata": {"name": vm["metadata"]["name"]}, "url": url},
+                            args.output, human=str)  # fmt: skip
+
+
+def _output_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "-o", "--output", choices=rendering.FORMATS, help="json, yaml or name (default: a table)"
+    )
+
+
+def _claim_flags(c: argparse.ArgumentParser) -> None:
+    c.add_argument("pool")
+    c.add_argument("--user", required=True)
+    c.add_argument("--group", action="append", default=[], help="the user's group (repeatable)")
+    c.add_argument("--shadow", action="store_true", help="also a view-only URL")
+    c.add_argument("--name", help="claim name (default: generated, <pool>-...)")
+    c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for binding")
+    c.add_argument("-n", "--namespace", default="default")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kubevisor", description=__doc__.split("\n\n")[0])
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
-    sub = p.add_subparsers(dest="verb", required=True)
-    for verb in ("start", "stop", "restart", "pause", "unpause", "get", "console"):
-        s = sub.add_parser(verb, help=f"{verb} a VirtualMachine")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    s = sub.add_parser("list", help="list VirtualMachines")
+    s.add_argument("-n", "--namespace", default="default")
+    s.add_argument("-A", "--all-namespaces", action="store_true")
+    _output_flag(s)
+    helps = {"vnc": "print (or --open) the browser URL of a desktop VM's display"}
+    for verb in ("get", "start", "stop", "restart", "pause", "unpause", "console", "vnc"):
+        s = sub.add_parser(verb, help=helps.get(verb, f"{verb} a VirtualMachine"))
         s.add_argument("name")
         s.add_argument("-n", "--namespace", default="default")
         if verb == "console":
             s.add_argument("--tail", type=int, default=20, help="lines of the log to print")
+        else:
+            _output_flag(s)
+        if verb == "vnc":
+            s.add_argument("--open", action="store_true", help="open the URL in a browser")
+            s.add_argument("--view-only", action="store_true", help="the view-only URL")
     s = sub.add_parser("migrate", help="live-migrate a VirtualMachine to another node")
     s.add_argument("name")
     s.add_argument("-n", "--namespace", default="default")
@@ -269,19 +342,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     s = sub.add_parser("uncordon", help="let VMs be placed on a node again")
     s.add_argument("node")
-    s = sub.add_parser("desktop", help="desktop pools: claim a desktop")
+    _claim_flags(sub.add_parser("claim", help="claim a desktop from a pool and print its URL"))
+    s = sub.add_parser("desktop", help="desktop pools: claim a desktop (same as claim)")
     dsub = s.add_subparsers(dest="desktop_verb", required=True)
-    c = dsub.add_parser("claim", help="claim a desktop from a pool and print its URL")
-    c.add_argument("pool")
-    c.add_argument("--user", required=True)
-    c.add_argument("--group", action="append", default=[], help="the user's group (repeatable)")
-    c.add_argument("--shadow", action="store_true", help="also a view-only URL")
-    c.add_argument("--name", help="claim name (default: generated, <pool>-...)")
-    c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for binding")
-    c.add_argument("-n", "--namespace", default="default")
-    s = sub.add_parser("list", help="list VirtualMachines")
-    s.add_argument("-n", "--namespace", default="default")
-    s.add_argument("-A", "--all-namespaces", action="store_true")
+    _claim_flags(dsub.add_parser("claim", help="claim a desktop from a pool and print its URL"))
+    s = sub.add_parser("completion", help="print a shell completion script")
+    s.add_argument("shell", choices=completing.SHELLS)
     return p
 
 
@@ -292,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -196,6 +196,36 @@ def ensure_namespace(core: Any, name: str) -> None:
             raise
 
 
+#: Label on the Pods :func:`node_bound_pod` makes (delete them by it).
+LABEL_NODE_BOUND_POD = "kubevisor.io/test-node-bound-pod"
+
+
+def node_bound_pod(core: Any, namespace: str, name: str, *, sa: str, node: str) -> dict[str, str]:
+    """A Pod of ServiceAccount ``sa`` bound to ``node`` (``spec.nodeName``), for a
+    TokenRequest bound to it: the token then carries the node, as a DaemonSet pod's
+    projected token does, without a kubelet (the Pod never runs). Returns the Pod's name and
+    uid (a ``boundObjectRef``); an existing Pod of that name is reused."""
+    import kubernetes
+
+    body = {
+        "metadata": {"name": name, "labels": {LABEL_NODE_BOUND_POD: "true"}},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": sa,
+            "automountServiceAccountToken": False,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "agent", "image": "kubevisor.invalid/never-pulled"}],
+        },
+    }
+    try:
+        pod = core.create_namespaced_pod(namespace, body)
+    except kubernetes.client.ApiException as exc:
+        if exc.status != 409:
+            raise
+        pod = core.read_namespaced_pod(name, namespace)
+    return {"name": pod.metadata.name, "uid": pod.metadata.uid}
+
+
 def require_module(name: str) -> None:
     """`absent` unless the third-party module ``name`` is importable (hack/setup installs it).
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubevisor.cli import main
+from kubevisor.cli import main, rendering
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +68,7 @@ def test_table_and_describe() -> None:
         machine={"cpu": {"cores": 1}, "memory": "256Mi", "nics": [{"name": "eth0", "mac": "m"}]},
         conditions=[{"type": "Scheduled", "status": "True", "reason": "Scheduled", "message": ""}],
     )
-    text = main.describe(vm)
+    text = rendering.describe(vm)
     assert "web" in text and "10.0.0.5" in text and "n1" in text
     assert "eth0=m" in text and "Scheduled=True (Scheduled)" in text
 
