@@ -8,7 +8,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from kubevisor.agent.vrfs import daemons, routingconfig
+from kubevisor.agent.vrfs import daemons, frr, routingconfig
 from kubevisor.api import vrfs
 
 pytestmark = pytest.mark.unit
@@ -112,7 +112,7 @@ def test_frr(name: str, present: list[str], absent: list[str], needs: tuple[str,
         assert part in text
     for part in absent:
         assert part not in text
-    assert daemons.frr_daemons(text) == needs
+    assert frr.processes_for(text) == needs
 
 
 def test_config_is_the_users_text_or_the_typed_specs() -> None:
