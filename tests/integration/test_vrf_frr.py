@@ -22,7 +22,7 @@ import pytest
 
 from kubevisor.agent.kernel import cgroups, vrfrealizing
 from kubevisor.agent.vrfs import daemons, planning, routingconfig, supervising
-from kubevisor.api import vrfs
+from kubevisor.api import vrfrouting, vrfs
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
@@ -311,6 +311,6 @@ def test_the_typed_spec_passes_each_daemons_own_parser(
             "importPrefixes": ["203.0.113.0/24", "2001:db8:1::/48"],
         },
     }[name]
-    routing = vrfs.VRFRouting.model_validate({"daemon": daemon, **typed})
+    routing = vrfrouting.VRFRouting.model_validate({"daemon": daemon, **typed})
     text = routingconfig.config(routing, TABLE)
     assert supervising.validate(daemons.files(tmp_path, daemon), text) is None, text

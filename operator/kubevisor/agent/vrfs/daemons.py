@@ -26,7 +26,7 @@ from typing import Literal
 
 from kubevisor.agent.runtime import backoff
 from kubevisor.agent.vrfs import planning, routingconfig
-from kubevisor.api import vrfs
+from kubevisor.api import vrfrouting, vrfs
 from kubevisor.api.conditions import Reason
 
 Daemon = Literal["bird", "frr"]
@@ -42,8 +42,8 @@ RESTART_CAP = 60.0
 #: A daemon that ran this long without dying starts its failure count afresh.
 STABLE_SECONDS = 60.0
 
-#: States reported in ``status.nodes.<node>.daemon.state`` (`vrfs.DaemonState`).
-State = vrfs.DaemonState
+#: States reported in ``status.nodes.<node>.daemon.state`` (`vrfrouting.DaemonState`).
+State = vrfrouting.DaemonState
 
 
 @dataclass(frozen=True)

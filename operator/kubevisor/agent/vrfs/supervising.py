@@ -43,7 +43,7 @@ from typing import Protocol
 
 from kubevisor.agent.kernel import vrfrealizing
 from kubevisor.agent.vrfs import bird, daemons, frr, processes, sessions, specs
-from kubevisor.api import vrfs
+from kubevisor.api import vrfrouting
 from kubevisor.api.conditions import Reason
 
 logger = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ class Supervisor:
             problem = daemons.problem(
                 after, running=pid is not None, exit_text=self._exit.get(name)
             )
-        state: vrfs.DaemonState
+        state: vrfrouting.DaemonState
         if pid is not None:
             state = "Running"
         elif name in self._retry_at:
@@ -368,7 +368,7 @@ class Supervisor:
         if pid is not None:
             summary = await asyncio.to_thread(read_sessions, f, applied or "")
             if summary is not None:
-                status["sessions"] = [s.wire() for s in summary.sessions[: vrfs.MAX_SESSIONS]]
+                status["sessions"] = [s.wire() for s in summary.sessions[: vrfrouting.MAX_SESSIONS]]
                 status["sessionsUp"] = summary.up
                 status["sessionsTotal"] = len(summary.sessions)
                 status["routesLearned"] = summary.learned
