@@ -77,6 +77,9 @@ async def test_valid_config_runs_bird_in_the_vrf_context(ctx: Ctx) -> None:
     if context.version == "none":
         testing.absent("no cpu+memory cgroup controllers on this host", setup_provides=False)
     assert pid in context.pids()
+    # under the VRF's memory limit (resources.memory 256Mi), which charges what it uses
+    assert context.limits().memory_bytes == 256 * 2**20
+    assert context.usage()["memoryBytes"] > 0
     # and it routes: its static route is in the VRF's table, in the VRF's namespace only
     await _kernel_has(ctx, "192.0.2.0/24")
     assert "proto bird" in _kernel_routes(ctx)

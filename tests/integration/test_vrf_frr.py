@@ -94,6 +94,8 @@ async def test_frr_runs_each_daemon_in_the_vrf_context(ctx: Ctx) -> None:
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(vrf_ns).st_ino
         if context.version != "none":
             assert pid in context.pids()
+    if context.version != "none":  # under the VRF's memory limit (256Mi)
+        assert context.limits().memory_bytes == 256 * 2**20
     if frr is not None:  # the routing daemons drop root
         assert vrfdaemons.uids(members["bgpd"])[1] == str(frr.uid)
     # its BGP neighbour is a session in status (down: nobody answers at 10.0.0.2)
