@@ -582,12 +582,15 @@ def _gold_bgp(node: str) -> dict[str, Any]:
 
 
 def _sessions_up(env: Env, protocol: str) -> dict[str, dict[str, Any]] | None:
-    """Both gold VRFs' daemon entries once each has its one session of ``protocol`` up."""
+    """Both gold VRFs' daemon entries once each has its one session of ``protocol`` up
+    (and, for BGP, has learned the other's prefix)."""
     out = {}
     for node in NODES:
         entry = _daemon_entries(env, f"gold-{node}")[node].get("daemon") or {}
         listed = entry.get("sessions") or []
         if not (entry.get("sessionsUp") == 1 and listed and listed[0]["protocol"] == protocol):
+            return None
+        if protocol == "BGP" and not entry.get("routesLearned"):  # up, not yet updated
             return None
         out[node] = entry
     return out
@@ -627,10 +630,18 @@ def test_frr_typed_bgp_and_ospf_between_two_nodes_routes_stay_in_the_vrf(env: En
         assert daemon["name"] == "frr" and daemon["state"] == "Running"
         assert daemon["sessions"][0]["state"] == "Established"
         assert daemon["routesLearned"] >= 1
-        cond = next(
-            c for c in env.status(f"gold-{node}")["conditions"] if c["type"] == "RoutingSessions"
+
+        def sessions_condition(vrf: str = f"gold-{node}") -> dict[str, Any]:
+            conds = env.status(vrf).get("conditions") or []
+            return next((c for c in conds if c["type"] == "RoutingSessions"), {})
+
+        cond = _wait(
+            lambda f=sessions_condition: f().get("status") == "True" and f(),
+            timeout=30,
+            what=f"RoutingSessions True on gold-{node}",
+            show=sessions_condition,
         )
-        assert (cond["status"], cond["reason"]) == ("True", "SessionsUp"), cond
+        assert cond["reason"] == "SessionsUp", cond
     for node, peer in (("a", "b"), ("b", "a")):
         vrf_ns = env.vrf_ns(node, f"gold-{node}")
         prefix = GOLD[peer]["announce"]
