@@ -2,8 +2,8 @@
 
 Per daemon (BIRD, and FRR when installed), two rows, the baseline first:
 
-- bare: the same daemon argv (`daemons.argv`, same config) started by hand with ``ip netns
-  exec`` in a bare network namespace veth-linked to the peer, no kubevisor;
+- bare: the same daemon argv (`supervising.DRIVERS[daemon].argv`, same config) started
+  by hand with ``ip netns exec`` in a bare network namespace veth-linked to the peer, no kubevisor;
 - product: a VRF realized by `VRFRealizer.apply` on a scratch node (netns backend, its
   interface on the node's segment bridge, the peer's veth on that bridge too), its daemon
   started by `Supervisor.ensure` (the VRF's namespace and cgroup), as the agent does.
@@ -176,7 +176,7 @@ def run_bare(base: str, daemon: daemons.Daemon, prefixes: int, timeout: float) -
         f = daemons.files(run_dir, daemon)
         config = receiver_config(daemon)
         supervising.prepare_start(f, config, user)
-        argv = daemons.argv(f, user=user.name if user else None, config=config)
+        argv = supervising.DRIVERS[daemon].argv(f, user=user.name if user else None, config=config)
         start = time.monotonic()
         with f.log.open("wb") as out:
             row.processes.append(

@@ -10,7 +10,10 @@ which is all the VRF path needs):
         of its network, and one host ("a VM NIC") on each segment:
     hosts: red A 10.0.0.11, red B 10.0.0.12, blue A 10.0.0.21, blue B 10.0.0.22, all
         /24 via 10.0.0.1, the same prefix and gateway in both VRFs; and on each node a
-        host 10.0.3.11 behind "eth-blue2", a host interface blue takes in (10.0.3.1/24).
+        host 10.0.3.11 behind "eth-blue2", a host interface blue takes in (10.0.3.1/24);
+        a third network "gold" (bridge br-gold, no hosts) and a veth "eth-gold2" per
+        node, for the routing test's one-node VRFs (each node also carries the label
+        ``vrfe2e-node: a|b``, so a VRF can pick one node).
 
 Isolation is checked on a routed path: red's hosts send 10.0.3.11 to red's gateway,
 which would forward it if red's table held blue's routes; only the VRF separation stops
@@ -110,7 +113,7 @@ def _build(created: list[str]) -> dict[str, str]:
     names = {"fabric": f"{P}-fab"}
     _ip("netns", "add", names["fabric"])
     created.append(names["fabric"])
-    for net in ("red", "blue"):
+    for net in ("red", "blue", "gold"):
         _ip("link", "add", net, "type", "bridge", ns=names["fabric"])
         _ip("link", "set", net, "up", ns=names["fabric"])
     for i, node in enumerate(NODES, start=1):
@@ -135,6 +138,16 @@ def _build(created: list[str]) -> dict[str, str]:
             _ip("link", "set", "eth0", "up", ns=host)
             _ip("addr", "add", host_ip, "dev", "eth0", ns=host)
             _ip("route", "add", "default", "via", "10.0.0.1", ns=host)
+        _ip("link", "add", "br-gold", "type", "bridge", ns=node_ns)
+        _ip("link", "set", "br-gold", "up", ns=node_ns)
+        _ip("link", "add", "up-gold", "type", "veth", "peer", "name", f"{node}-gold",
+            "netns", names["fabric"], ns=node_ns)  # fmt: skip
+        _ip("link", "set", "up-gold", "master", "br-gold", "up", ns=node_ns)
+        _ip("link", "set", f"{node}-gold", "master", "gold", "up", ns=names["fabric"])
+        # a stub network: a veth whose other end stays up in the node (no dummy module
+        # in every kernel here), so it has carrier once the VRF takes it in
+        _ip("link", "add", "eth-gold2", "type", "veth", "peer", "name", "gold2-end", ns=node_ns)
+        _ip("link", "set", "gold2-end", "up", ns=node_ns)
         host = names[f"blue2-{node}"] = f"{P}-hblue2-{node}"
         _ip("netns", "add", host)
         created.append(host)
@@ -169,12 +182,14 @@ class Agents:
         await config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
         self.stop = asyncio.Event()
         async with client.ApiClient(cfg) as api:
-            bridge_for = vrfhandling.bridge_mapper({"red": "br-red", "blue": "br-blue"})
+            bridge_for = vrfhandling.bridge_mapper(
+                {"red": "br-red", "blue": "br-blue", "gold": "br-gold"}
+            )
             for node in NODES:
                 self.agents[node] = vrfhandling.VRFAgent(
                     api,
                     node=self.names[node],
-                    labels=SELECT,
+                    labels=_labels(node),
                     realizer=self.realizers[node],
                     bridge_for=bridge_for,
                     resync=RESYNC,
@@ -233,9 +248,14 @@ class Env:
         return self.agents.realizers[node].naming.vrf_netns(f"{NS}.{vrf}")
 
 
-def _lease(name: str) -> dict[str, Any]:
+def _labels(node: str) -> dict[str, str]:
+    """Node ``node``'s labels: SELECT, and its own name (for a VRF on one node)."""
+    return {**SELECT, "vrfe2e-node": node}
+
+
+def _lease(name: str, node: str) -> dict[str, Any]:
     return {
-        "metadata": {"name": name, "labels": {**SELECT, "kubevisor.io/agent": "true"}},
+        "metadata": {"name": name, "labels": {**_labels(node), "kubevisor.io/agent": "true"}},
         "spec": {
             "holderIdentity": name,
             "leaseDurationSeconds": 3600,
@@ -267,7 +287,7 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
                 if exc.status != 409:
                     raise
         for node in NODES:
-            coord.create_namespaced_lease(LEASE_NS, _lease(names[node]))
+            coord.create_namespaced_lease(LEASE_NS, _lease(names[node], node))
         proc = subprocess.Popen(
             [sys.executable, "-m", "kubevisor.controller.main",
              "--kubeconfig", str(cluster.kubeconfig), "--namespace", NS],
@@ -287,7 +307,7 @@ def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
             )
         yield env
     finally:
-        for vrf in ("red", "blue", "green", "tagged", "routed"):
+        for vrf in ("red", "blue", "green", "tagged", "routed", "gold-a", "gold-b"):
             try:
                 kubernetes.client.CustomObjectsApi(cluster.api).delete_namespaced_custom_object(
                     G, V, NS, "vrfs", vrf
@@ -527,6 +547,162 @@ def test_bird_runs_in_each_node_context_reloads_refuses_and_comes_back(env: Env)
         ),
         timeout=RESYNC * 5 + 10,
         what="no bird and no run directory left",
+    )
+
+
+#: The routing test's one-node VRFs on the gold segment: address, AS, what each announces,
+#: and the network of its second interface (eth-gold2), which OSPF announces.
+GOLD = {
+    "a": {"address": "10.9.0.1", "as": 65001, "announce": "198.51.100.0/24", "stub": "10.9.1"},
+    "b": {"address": "10.9.0.2", "as": 65002, "announce": "100.64.9.0/24", "stub": "10.9.2"},
+}
+
+
+def _gold(node: str, routing: dict[str, Any]) -> dict[str, Any]:
+    me = GOLD[node]
+    return {
+        "nodeSelector": _labels(node),
+        "interfaces": [
+            {"name": "gold0", "network": "gold", "addresses": [f"{me['address']}/24"]},
+            {"name": "gold2", "hostInterface": "eth-gold2", "addresses": [f"{me['stub']}.1/24"]},
+        ],
+        "routing": {"daemon": "frr", "routerId": me["address"], **routing},
+    }
+
+
+def _gold_bgp(node: str) -> dict[str, Any]:
+    peer = GOLD["b" if node == "a" else "a"]
+    return {
+        "bgp": {
+            "localAs": GOLD[node]["as"],
+            "neighbors": [{"address": peer["address"], "remoteAs": peer["as"]}],
+        },
+        "announce": [GOLD[node]["announce"]],
+    }
+
+
+def _sessions_up(env: Env, protocol: str) -> dict[str, dict[str, Any]] | None:
+    """Both gold VRFs' daemon entries once each has its one session of ``protocol`` up
+    (and, for BGP, has learned the other's prefix)."""
+    out = {}
+    for node in NODES:
+        entry = _daemon_entries(env, f"gold-{node}")[node].get("daemon") or {}
+        listed = entry.get("sessions") or []
+        if not (entry.get("sessionsUp") == 1 and listed and listed[0]["protocol"] == protocol):
+            return None
+        if protocol == "BGP" and not entry.get("routesLearned"):  # up, not yet updated
+            return None
+        out[node] = entry
+    return out
+
+
+def _everywhere_else(env: Env, vrf_ns: str) -> list[str]:
+    """Every namespace of the test but ``vrf_ns``: nodes, other VRFs, hosts, the fabric,
+    and the host's own (""), where a VRF's learned route must never appear."""
+    mine = {ns for ns in _netns() if ns.startswith(P)}  # this module's, VRFs included
+    return [ns for ns in ("", *env.names.values(), *mine) if ns != vrf_ns]
+
+
+def _routes_in(ns: str) -> str:
+    return _ip("route", "show", "table", "all", ns=ns or None, check=False)
+
+
+def test_frr_typed_bgp_and_ospf_between_two_nodes_routes_stay_in_the_vrf(env: Env) -> None:
+    """Issue 18 with FRR through the whole loop: the typed spec on two one-node VRFs over
+    the gold segment; eBGP Established between the two nodes' daemons, each prefix learned
+    on the other node in that VRF's namespace only (zebra's main table there, which the VRF's
+    lookups reach after its own table), the RoutingSessions condition; then the same VRFs
+    switched to typed OSPF (the group restarts with ospfd) and each learns the other's stub
+    network; deletion leaves no FRR process or run directory."""
+    testing.require_tools("vtysh")
+    if not os.access("/usr/lib/frr/bgpd", os.X_OK):
+        testing.absent("FRR is not installed (hack/setup installs frr and frr-pythontools)")
+    for node in NODES:
+        env.create(f"gold-{node}", _gold(node, _gold_bgp(node)))
+    entries = _wait(
+        lambda: _sessions_up(env, "BGP"),
+        timeout=90,
+        what="eBGP Established between the gold VRFs of node a and node b",
+        show=lambda: {n: env.status(f"gold-{n}") for n in NODES},
+    )
+    for node in NODES:
+        daemon = entries[node]
+        assert daemon["name"] == "frr" and daemon["state"] == "Running"
+        assert daemon["sessions"][0]["state"] == "Established"
+        assert daemon["routesLearned"] >= 1
+
+        def sessions_condition(vrf: str = f"gold-{node}") -> dict[str, Any]:
+            conds = env.status(vrf).get("conditions") or []
+            return next((c for c in conds if c["type"] == "RoutingSessions"), {})
+
+        cond = _wait(
+            lambda f=sessions_condition: f().get("status") == "True" and f(),
+            timeout=30,
+            what=f"RoutingSessions True on gold-{node}",
+            show=sessions_condition,
+        )
+        assert cond["reason"] == "SessionsUp", cond
+    for node, peer in (("a", "b"), ("b", "a")):
+        vrf_ns = env.vrf_ns(node, f"gold-{node}")
+        prefix = GOLD[peer]["announce"]
+        _wait(
+            lambda ns=vrf_ns, p=prefix: (
+                f"{p} nhid" in _ip("route", "show", ns=ns)
+                or f"{p} via" in _ip("route", "show", ns=ns)
+            ),
+            timeout=30,
+            what=f"{prefix} from node {peer} in gold-{node}'s namespace",
+            show=lambda ns=vrf_ns: _routes_in(ns),
+        )
+        line = next(x for x in _ip("route", "show", ns=vrf_ns).splitlines() if x.startswith(prefix))
+        assert "proto bgp" in line and GOLD[peer]["address"] in line, line
+        # the VRF's own lookups use it: a packet to the prefix goes to the peer
+        host = prefix.rsplit(".", 1)[0] + ".7"
+        got = _ip("route", "get", host, ns=vrf_ns)
+        assert f"via {GOLD[peer]['address']} dev gold0" in got, got
+        for other in _everywhere_else(env, vrf_ns):
+            assert prefix not in _routes_in(other), (other, prefix)
+
+    # the same VRFs switched to typed OSPF: the group restarts with ospfd
+    pids = {node: entries[node]["pid"] for node in NODES}
+    for node in NODES:
+        env.custom.patch_namespaced_custom_object(
+            G, V, NS, "vrfs", f"gold-{node}",
+            {"spec": {"routing": {"bgp": None, "announce": None,
+                                  "ospf": {"area": 0, "interfaces": ["gold0", "gold2"]}}}},
+        )  # fmt: skip
+    entries = _wait(
+        lambda: _sessions_up(env, "OSPF"),
+        timeout=120,  # a broadcast network waits out its DR election
+        what="an OSPF Full adjacency between the gold VRFs",
+        show=lambda: {n: _daemon_entries(env, f"gold-{n}")[n] for n in NODES},
+    )
+    for node, peer in (("a", "b"), ("b", "a")):
+        assert entries[node]["pid"] != pids[node]
+        vrf_ns = env.vrf_ns(node, f"gold-{node}")
+        stub = f"{GOLD[peer]['stub']}.0/24"
+        _wait(
+            lambda ns=vrf_ns, p=stub: any(
+                x.startswith(p) and "proto ospf" in x
+                for x in _ip("route", "show", ns=ns).splitlines()
+            ),
+            timeout=60,
+            what=f"{stub} over OSPF in gold-{node}'s namespace",
+            show=lambda ns=vrf_ns: _routes_in(ns),
+        )
+        for other in _everywhere_else(env, vrf_ns):
+            if other != env.vrf_ns(peer, f"gold-{peer}"):  # the peer's own network
+                assert stub not in _routes_in(other), (other, stub)
+
+    run_dirs = [
+        Path(env.agents.realizers[node].naming.run_dir(f"{NS}.gold-{node}")) for node in NODES
+    ]
+    for node in NODES:
+        env.delete(f"gold-{node}")
+    _wait(
+        lambda: not any(d.exists() or _bird_processes(str(d)) for d in run_dirs),
+        timeout=RESYNC * 5 + 10,
+        what="no FRR process and no run directory left",
     )
 
 

@@ -179,6 +179,8 @@ def test_template_renders_every_part(rendered: Path) -> None:
     assert mounts["/run/netns"]["mountPropagation"] == "Bidirectional"
     assert mounts["/lib/modules"]["readOnly"] is True
     assert {"/run/libvirt", "/var/lib/kubevisor", "/sys/fs/cgroup"} <= set(mounts)
+    # the VRF routing daemons' run directories outlive an agent restart
+    assert "/run/kubevisor" in mounts
     dep = by_kind[("Deployment", f"{RELEASE}-kubevisor-controller")]["spec"]
     assert dep["replicas"] == 1
     ctl = dep["template"]["spec"]["containers"][0]

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import pytest
 
 from kubevisor.agent.kernel import vrfrealizing
-from kubevisor.agent.vrfs import daemons, planning, supervising
-from kubevisor.api import vrfs
+from kubevisor.agent.vrfs import daemons, planning, routingconfig, supervising
+from kubevisor.api import vrfrouting, vrfs
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
@@ -40,6 +40,8 @@ DAEMONS: dict[str, daemons.Daemon] = {"red": "bird", "blue": "frr"}
 #: The table each daemon installs learned routes into, in the VRF's namespace.
 KERNEL_TABLES = {"red": str(TABLES["red"]), "blue": "main"}
 PROTO = {"red": "proto bird", "blue": "proto bgp"}
+#: BIRD's name of the session: the own config's protocol, the typed config's.
+SESSION = {"own": "peer", "typed": "neighbor1"}
 ANNOUNCED = {"red": "198.51.100.0/24", "blue": "203.0.113.0/24"}
 
 
@@ -78,7 +80,24 @@ def topology() -> Iterator[dict[str, str]]:
             _ip("netns", "del", ns, check=False)
 
 
-def _config(net: str, node: str) -> str:
+def _typed(net: str, node: str) -> str:
+    """The config the typed spec (routing.bgp, announce on node a) stands for."""
+    me, peer = ("10.0.0.1", "10.0.0.2") if node == "a" else ("10.0.0.2", "10.0.0.1")
+    my_as, peer_as = (65001, 65002) if node == "a" else (65002, 65001)
+    routing = vrfrouting.VRFRouting.model_validate(
+        {
+            "daemon": DAEMONS[net],
+            "routerId": me,
+            "bgp": {"localAs": my_as, "neighbors": [{"address": peer, "remoteAs": peer_as}]},
+            "announce": [ANNOUNCED[net]] if node == "a" else [],
+        }
+    )
+    return routingconfig.config(routing, TABLES[net])
+
+
+def _config(net: str, node: str, source: str = "own") -> str:
+    if source == "typed":
+        return _typed(net, node)
     me, peer = ("10.0.0.1", "10.0.0.2") if node == "a" else ("10.0.0.2", "10.0.0.1")
     my_as, peer_as = (65001, 65002) if node == "a" else (65002, 65001)
     if DAEMONS[net] == "frr":
@@ -129,8 +148,15 @@ class Node:
     supervisor: supervising.Supervisor
 
 
+@pytest.fixture(params=["own", "typed"])
+def source(request: pytest.FixtureRequest) -> str:
+    """Where the daemons' config comes from: routing.config ("own") or the typed spec."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def nodes(topology: dict[str, str]) -> AsyncIterator[dict[str, Node]]:
+async def nodes(topology: dict[str, str], source: str) -> AsyncIterator[dict[str, Node]]:
+    """Both nodes' red and blue, their daemons on the ``source`` config."""
     result: dict[str, Node] = {}
     woken = asyncio.Event()
     try:
@@ -141,7 +167,7 @@ async def nodes(topology: dict[str, str]) -> AsyncIterator[dict[str, Node]]:
                 status = await realizer.apply(_desired(net, node))
                 assert status["ready"], status
                 report = await result[node].supervisor.ensure(
-                    f"{net}-{node}", daemons.Wanted(DAEMONS[net], _config(net, node))
+                    f"{net}-{node}", daemons.Wanted(DAEMONS[net], _config(net, node, source))
                 )
                 assert report.problem is None, report
                 assert report.status is not None and report.status["state"] == "Running"
@@ -160,7 +186,9 @@ def _table(node: Node, vrf: str, net: str) -> str:
     return _ip("route", "show", "table", KERNEL_TABLES[net], ns=ns, check=False)
 
 
-async def test_bgp_between_node_instances_stays_inside_each_vrf(nodes: dict[str, Node]) -> None:
+async def test_bgp_between_node_instances_stays_inside_each_vrf(
+    nodes: dict[str, Node], source: str
+) -> None:
     b = nodes["b"]
     for net in ("red", "blue"):
         await asyncio.to_thread(
@@ -182,12 +210,12 @@ async def test_bgp_between_node_instances_stays_inside_each_vrf(nodes: dict[str,
         assert "proto bird" not in own and "proto bgp" not in own
     # what each daemon reports in its status entry: one session up, one route learned
     for net in ("red", "blue"):
-        wanted = daemons.Wanted(DAEMONS[net], _config(net, "b"))
+        wanted = daemons.Wanted(DAEMONS[net], _config(net, "b", source))
         report = await b.supervisor.ensure(f"{net}-b", wanted)
         assert report.status is not None and report.status["name"] == DAEMONS[net]
         assert report.status.get("sessions") == [
             {
-                "name": "peer" if net == "red" else "10.0.0.1",
+                "name": "10.0.0.1" if net == "blue" else SESSION[source],
                 "protocol": "BGP",
                 "up": True,
                 "state": "Established",

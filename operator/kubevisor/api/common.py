@@ -238,6 +238,30 @@ Prefix = Annotated[
     ),
     AfterValidator(_check_network),
 ]
+
+
+def _canonical_prefix(value: str) -> str:
+    if str(ipaddress.ip_network(value)) != value:
+        raise ValueError(f"write prefix {value!r} as {ipaddress.ip_network(value)}")
+    return value
+
+
+#: A route destination in canonical form (lower case, shortest IPv6 form), so that two
+#: spellings of one prefix cannot pass the routes list's uniqueness check.
+CanonicalPrefix = Annotated[
+    Prefix,
+    Field(
+        json_schema_extra=cel(
+            PREFIX_RULE,
+            rule(
+                "!isCIDR(self) || string(cidr(self)) == self",
+                "write the prefix in canonical form (lower case, shortest IPv6 form),"
+                " e.g. fd00::/8",
+            ),
+        )
+    ),
+    AfterValidator(_canonical_prefix),
+]
 #: An IPv4 or IPv6 address without a prefix length.
 IPAddress = Annotated[
     str,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kubevisor.agent.kernel import vrfnaming
-from kubevisor.agent.vrfs import daemons
+from kubevisor.agent.vrfs import bird, daemons, frr
 from kubevisor.api import vrfs
 
 pytestmark = pytest.mark.unit
@@ -28,7 +28,7 @@ def test_files_sit_in_the_run_dir_named_like_the_namespace() -> None:
 
 
 def test_argv() -> None:
-    assert daemons.argv(F) == [
+    assert bird.argv(F) == [
         "bird",
         "-f",
         "-c",
@@ -38,12 +38,12 @@ def test_argv() -> None:
         "-P",
         "/run/kv/kvt-a-vrf-ns.red/bird.pid",
     ]
-    assert daemons.validate_argv(F.candidate) == ["bird", "-p", "-c", str(F.candidate)]
-    assert daemons.argv(F, user="bird")[:6] == ["bird", "-f", "-u", "bird", "-g", "bird"]
-    assert daemons.validate_argv(F.candidate, user="bird") == [
+    assert bird.validate_argv(F.candidate) == ["bird", "-p", "-c", str(F.candidate)]
+    assert bird.argv(F, user="bird")[:6] == ["bird", "-f", "-u", "bird", "-g", "bird"]
+    assert bird.validate_argv(F.candidate, user="bird") == [
         "bird", "-p", "-u", "bird", "-g", "bird", "-c", str(F.candidate)
     ]  # fmt: skip
-    assert daemons.reload_argv(F.candidate) == [
+    assert bird.reload_argv(F.candidate) == [
         "birdc",
         "-s",
         "bird.ctl",
@@ -55,16 +55,16 @@ def test_argv() -> None:
 @pytest.mark.parametrize(
     ("cmdline", "ours"),
     [
-        (daemons.argv(F), True),
-        (["/usr/sbin/bird", *daemons.argv(F)[1:]], True),
-        (daemons.argv(F, user="bird"), True),
+        (bird.argv(F), True),
+        (["/usr/sbin/bird", *bird.argv(F)[1:]], True),
+        (bird.argv(F, user="bird"), True),
         (["bird", "-f", "-c", "/etc/bird/bird.conf"], False),
         (["sleep", "600", str(F.config)], False),
         ([], False),
     ],
 )
 def test_is_our_daemon(cmdline: list[str], ours: bool) -> None:
-    assert daemons.is_our_daemon(cmdline, F) is ours
+    assert bird.is_ours(cmdline, F) is ours
 
 
 @pytest.mark.parametrize(
@@ -72,12 +72,12 @@ def test_is_our_daemon(cmdline: list[str], ours: bool) -> None:
     [("BIRD version 2.0.12", "2.0.12"), ("BIRD version 2.15.1\n", "2.15.1"), ("", None)],
 )
 def test_parse_version(text: str, version: str | None) -> None:
-    assert daemons.parse_version(text) == version
+    assert bird.parse_version(text) == version
 
 
 def test_refusal_message_names_the_field_not_the_file() -> None:
     out = f"bird: {F.candidate}:2:10 syntax error, unexpected CF_SYM_UNDEFINED\n"
-    message = daemons.refusal_message(out, F.candidate)
+    message = bird.refusal_message(out, F.candidate)
     assert message.startswith(
         "BIRD refused routing.config: routing.config:2:10 syntax error, unexpected"
     )
@@ -184,14 +184,14 @@ def test_frr_files_and_argv() -> None:
     assert FRR.candidate == Path("/run/kv/kvt-a-vrf-ns.blue/frr.conf.new")
     assert FRR.pid_file == Path("/run/kv/kvt-a-vrf-ns.blue/frr.pid")
     assert FRR.socket == Path("/run/kv/kvt-a-vrf-ns.blue/zebra.vty")
-    argv = daemons.argv(FRR, user="frr", config=BGP)
+    argv = frr.argv(FRR, user="frr", config=BGP)
     assert argv[:2] == ["bash", "-c"] and argv[3:] == [
         "kubevisor-frr", str(FRR.run_dir), "frr", "zebra", "staticd", "bgpd"
     ]  # fmt: skip
-    assert daemons.validate_argv(FRR.candidate, daemon="frr") == [
+    assert frr.validate_argv(FRR.candidate) == [
         "vtysh", "--dryrun", "-f", str(FRR.candidate)
     ]  # fmt: skip
-    reload = daemons.reload_argv(FRR.candidate, "frr")
+    reload = frr.reload_argv(FRR.candidate)
     assert reload[0] == "/usr/lib/frr/frr-reload.py" and reload[-1] == str(FRR.candidate)
     assert reload[reload.index("--vty_socket") + 1] == str(FRR.run_dir)
 
@@ -208,37 +208,37 @@ def test_frr_files_and_argv() -> None:
     ],
 )
 def test_frr_daemons_the_config_needs(config: str, needed: tuple[str, ...]) -> None:
-    assert daemons.frr_daemons(config) == needed
+    assert frr.processes_for(config) == needed
 
 
 @pytest.mark.parametrize(
     ("cmdline", "ours"),
     [
-        (daemons.argv(FRR, config=BGP), True),
-        (["/bin/bash", *daemons.argv(FRR, config=BGP)[1:]], True),
-        (daemons.argv(daemons.files(NAMING.run_dir("ns.red"), "frr")), False),
-        (daemons.argv(F), False),
+        (frr.argv(FRR, config=BGP), True),
+        (["/bin/bash", *frr.argv(FRR, config=BGP)[1:]], True),
+        (frr.argv(daemons.files(NAMING.run_dir("ns.red"), "frr")), False),
+        (bird.argv(F), False),
         (["bash", "-c", "true"], False),
     ],
 )
 def test_is_our_frr_group(cmdline: list[str], ours: bool) -> None:
-    assert daemons.is_our_daemon(cmdline, FRR) is ours
+    assert frr.is_ours(cmdline, FRR) is ours
 
 
 def test_frr_group_members_are_found_by_their_run_dir() -> None:
     member = ["/usr/lib/frr/bgpd", "-u", "frr", "--vty_socket", str(FRR.run_dir), "-P", "0"]
-    assert daemons.is_group_member(member, FRR)
-    assert not daemons.is_group_member(member, daemons.files(NAMING.run_dir("x"), "frr"))
-    assert not daemons.is_group_member(["/usr/sbin/bird", "-c", str(FRR.config)], FRR)
+    assert frr.is_group_member(member, FRR)
+    assert not frr.is_group_member(member, daemons.files(NAMING.run_dir("x"), "frr"))
+    assert not frr.is_group_member(["/usr/sbin/bird", "-c", str(FRR.config)], FRR)
 
 
 def test_frr_refusal_quotes_vtysh() -> None:
     said = "line 2: % Unknown command[25]:  neighbour x\n"
-    assert daemons.refusal_message(said, FRR.candidate, "frr") == (
+    assert frr.refusal_message(said, FRR.candidate) == (
         "FRR refused routing.config: line 2: Unknown command: neighbour x (a running daemon"
         " keeps its previous config)."
     )
-    assert daemons.parse_version("zebra version 8.4.4\n") == "8.4.4"
+    assert frr.parse_version("zebra version 8.4.4\n") == "8.4.4"
 
 
 @pytest.mark.parametrize(
@@ -247,9 +247,9 @@ def test_frr_refusal_quotes_vtysh() -> None:
         (Obs(FRR_RED, pid=None, applied=None), A("start", BGP)),
         (Obs(FRR_NEW, pid=42, applied=BGP), A("reload", FRR_NEW.config)),
         # a config that needs another daemon restarts the group: no reload starts ospfd
-        (Obs(FRR_OSPF, pid=42, applied=BGP), A("restart", FRR_OSPF.config)),
-        (Obs(FRR_RED, pid=42, applied=FRR_OSPF.config), A("restart", BGP)),
-        (Obs(FRR_OSPF, pid=42, applied=BGP, refusal=REFUSED), A("none")),
+        (Obs(FRR_OSPF, pid=42, applied=BGP, regroup=True), A("restart", FRR_OSPF.config)),
+        (Obs(FRR_RED, pid=42, applied=FRR_OSPF.config, regroup=True), A("restart", BGP)),
+        (Obs(FRR_OSPF, pid=42, applied=BGP, refusal=REFUSED, regroup=True), A("none")),
     ],
 )
 def test_decide_frr(observed: daemons.Observed, action: daemons.Action) -> None:

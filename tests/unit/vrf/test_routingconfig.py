@@ -8,8 +8,8 @@ from typing import Any
 import pydantic
 import pytest
 
-from kubevisor.agent.vrfs import daemons, routingconfig
-from kubevisor.api import vrfs
+from kubevisor.agent.vrfs import daemons, frr, routingconfig
+from kubevisor.api import vrfrouting, vrfs
 
 pytestmark = pytest.mark.unit
 
@@ -25,8 +25,8 @@ SPECS: dict[str, dict[str, Any]] = {
 }
 
 
-def _routing(name: str, daemon: str) -> vrfs.VRFRouting:
-    return vrfs.VRFRouting.model_validate({"daemon": daemon, **SPECS[name]})
+def _routing(name: str, daemon: str) -> vrfrouting.VRFRouting:
+    return vrfrouting.VRFRouting.model_validate({"daemon": daemon, **SPECS[name]})
 
 
 @pytest.mark.parametrize(
@@ -112,11 +112,11 @@ def test_frr(name: str, present: list[str], absent: list[str], needs: tuple[str,
         assert part in text
     for part in absent:
         assert part not in text
-    assert daemons.frr_daemons(text) == needs
+    assert frr.processes_for(text) == needs
 
 
 def test_config_is_the_users_text_or_the_typed_specs() -> None:
-    raw = vrfs.VRFRouting.model_validate({"daemon": "bird", "config": "router id 1.2.3.4;\n"})
+    raw = vrfrouting.VRFRouting.model_validate({"daemon": "bird", "config": "router id 1.2.3.4;\n"})
     assert routingconfig.config(raw, 7) == "router id 1.2.3.4;\n"
     assert routingconfig.config(_routing("ospf", "frr"), 7) == routingconfig.frr(
         _routing("ospf", "frr")

@@ -9,7 +9,7 @@ import pytest
 
 from kubevisor.agent.vrfs import sessions
 from kubevisor.agent.vrfs.sessions import Session
-from kubevisor.api import vrfs
+from kubevisor.api import vrfrouting
 
 pytestmark = pytest.mark.unit
 
@@ -108,7 +108,7 @@ def test_summary_counts_and_wire_form_fits_the_api() -> None:
     assert (summary.up, summary.learned, len(summary.sessions)) == (2, 2, 3)
     assert [s.name for s in summary.down()] == ["down1"]
     for s in summary.sessions:
-        vrfs.VRFSession.model_validate({k: v for k, v in s.wire().items() if v is not None})
+        vrfrouting.VRFSession.model_validate({k: v for k, v in s.wire().items() if v is not None})
 
 
 def test_frr_bgp_summary_lists_each_neighbour() -> None:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from kubevisor.agent.vrfs import specs
-from kubevisor.api import vrfs
+from kubevisor.api import vrfrouting, vrfs
 
 pytestmark = pytest.mark.unit
 
@@ -21,8 +21,8 @@ def _wire(model: type[BaseModel]) -> set[str]:
     ("typed", "model"),
     [
         (specs.UsageStatus, vrfs.VRFUsage),
-        (specs.DaemonStatus, vrfs.VRFDaemonStatus),
-        (specs.SessionStatus, vrfs.VRFSession),
+        (specs.DaemonStatus, vrfrouting.VRFDaemonStatus),
+        (specs.SessionStatus, vrfrouting.VRFSession),
     ],
 )
 def test_keys_match_the_api_model(typed: Any, model: type[BaseModel]) -> None:

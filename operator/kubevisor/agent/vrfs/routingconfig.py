@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from kubevisor.api import vrfs
+from kubevisor.api import vrfrouting
 
 HEADER = "# written by kubevisor from the VRF's typed routing spec\n"
 
@@ -31,7 +31,7 @@ def _of(prefixes: list[str], family: int) -> list[str]:
     return [p for p in prefixes if _family(p) == family]
 
 
-def _bird_import(routing: vrfs.VRFRouting, family: int) -> str:
+def _bird_import(routing: vrfrouting.VRFRouting, family: int) -> str:
     wanted = _of(routing.import_prefixes, family)
     if not routing.import_prefixes:
         return "import all;"
@@ -40,7 +40,7 @@ def _bird_import(routing: vrfs.VRFRouting, family: int) -> str:
     return f"import where net ~ [ {', '.join(f'{p}+' for p in wanted)} ];"
 
 
-def bird(routing: vrfs.VRFRouting, table: int) -> str:
+def bird(routing: vrfrouting.VRFRouting, table: int) -> str:
     """BIRD 2's config for ``routing`` in a VRF whose table is ``table``."""
     out = [HEADER]
     if routing.router_id:
@@ -83,7 +83,7 @@ def bird(routing: vrfs.VRFRouting, table: int) -> str:
     return "".join(out)
 
 
-def _frr_lists(routing: vrfs.VRFRouting) -> list[str]:
+def _frr_lists(routing: vrfrouting.VRFRouting) -> list[str]:
     out: list[str] = []
     for family, keyword, longest in ((4, "ip", 32), (6, "ipv6", 128)):
         for name, prefixes in (
@@ -108,7 +108,7 @@ def _frr_lists(routing: vrfs.VRFRouting) -> list[str]:
     return out
 
 
-def frr(routing: vrfs.VRFRouting) -> str:
+def frr(routing: vrfrouting.VRFRouting) -> str:
     """FRR's integrated config for ``routing``."""
     out = ["!" + HEADER[1:], "frr defaults traditional\n"]
     if routing.bgp is not None:
@@ -144,7 +144,7 @@ def frr(routing: vrfs.VRFRouting) -> str:
     return "".join(out)
 
 
-def config(routing: vrfs.VRFRouting, table: int) -> str:
+def config(routing: vrfrouting.VRFRouting, table: int) -> str:
     """The config text the daemon runs: ``routing.config`` as given, else the one the
     typed spec stands for."""
     if not routing.typed:

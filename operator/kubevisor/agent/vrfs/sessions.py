@@ -2,7 +2,7 @@
 
 The adapter (`kubevisor.agent.vrfs.supervising`) asks the running daemon over its control
 socket and hands the text here; what comes back is the ``sessions``/``routesLearned`` part
-of ``status.nodes.<node>.daemon`` (`vrfs.VRFDaemonStatus`).
+of ``status.nodes.<node>.daemon`` (`vrfrouting.VRFDaemonStatus`).
 
 - BIRD: ``birdc show protocols all`` (one block per protocol: BGP neighbours with their
   state and imported routes, OSPF instances), ``birdc show ospf neighbors`` (Full
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubevisor.agent.vrfs import specs
-from kubevisor.api import vrfs
+from kubevisor.api import vrfrouting
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Session:
     """One session as read from the daemon."""
 
     name: str
-    protocol: vrfs.SessionProtocol
+    protocol: vrfrouting.SessionProtocol
     up: bool
     state: str | None = None
     neighbor: str | None = None

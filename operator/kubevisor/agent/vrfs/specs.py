@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NotRequired, TypedDict
 
-from kubevisor.api import vrfs
+from kubevisor.api import vrfrouting, vrfs
 
 Backend = vrfs.Backend
 RealBackend = vrfs.RealBackend
@@ -28,7 +28,7 @@ class SessionStatus(TypedDict):
     """One routing session of the daemon (None values are cleared on the wire)."""
 
     name: str
-    protocol: vrfs.SessionProtocol
+    protocol: vrfrouting.SessionProtocol
     up: bool
     state: str | None
     neighbor: str | None
@@ -41,7 +41,7 @@ class DaemonStatus(TypedDict):
 
     name: str
     version: str | None
-    state: vrfs.DaemonState
+    state: vrfrouting.DaemonState
     pid: int | None
     restarts: int | None
     configHash: str | None

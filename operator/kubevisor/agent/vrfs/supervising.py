@@ -1,6 +1,8 @@
 """Run each VRF's routing daemon in its context: validate, start, reload, restart, stop, adopt.
 
-The adapter half of `kubevisor.agent.vrfs.daemons` (which decides). The VRF loop calls,
+The adapter half of `kubevisor.agent.vrfs.daemons` (which decides), the same for every
+daemon: what differs between BIRD and FRR (argv, parser, reload, show commands, extra
+processes) is a `Driver`, one module per daemon (`bird`, `frr`). The VRF loop calls,
 every pass, ``await supervisor.ensure(name, wanted)`` for each VRF it realized, then
 ``sweep(keep)``; before removing a VRF it calls ``stop(name)``. Level-based: the facts are
 read again on every call (the pid file checked against ``/proc/PID/cmdline``, the config
@@ -8,17 +10,18 @@ file the daemon runs), so a restarted agent adopts a daemon it finds running ins
 starting a second one. Only restart counts and the time of the next restart live in
 memory: an agent restart forgets a backoff, never a daemon.
 
-- A config that is not the applied one is written as the candidate and checked with
-  ``bird -p`` first; a refusal becomes reason InvalidDaemonConfig with BIRD's message and
-  leaves the running daemon (and its ``bird.conf``) untouched.
-- A change is loaded with ``birdc configure "<candidate>"``, then the candidate becomes
-  ``bird.conf``: reloaded, never restarted.
+- A config that is not the applied one is written as the candidate and checked with the
+  daemon's parser first (``bird -p``, ``vtysh --dryrun``); a refusal becomes reason
+  InvalidDaemonConfig with the parser's message and leaves the running daemon (and its
+  config file) untouched.
+- A change is loaded into the running daemon (``birdc configure``, ``frr-reload``), then
+  the candidate becomes the config file: reloaded, never restarted.
 - The daemon starts through `VRFRealizer.launch` (the VRF's namespace and cgroup) in its
   own session, and counts as started once its control socket is there.
 - A death is seen at once (a pidfd on the event loop wakes the VRF loop) and the daemon
   comes back after 1 s doubling to 60 s (`daemons.restart_delay`).
 
-Blocking work (files, /proc, bird -p, birdc, waiting for the socket) runs in threads.
+Blocking work (files, /proc, parsers, reloads, waiting for the socket) runs in threads.
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ import os
 import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from kubevisor.agent.kernel import vrfrealizing
-from kubevisor.agent.vrfs import daemons, sessions, specs
-from kubevisor.api import vrfs
+from kubevisor.agent.vrfs import bird, daemons, frr, processes, sessions, specs
+from kubevisor.api import vrfrouting
 from kubevisor.api.conditions import Reason
 
 logger = logging.getLogger(__name__)
@@ -49,37 +52,41 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT = 10.0
 #: How long a stopped daemon has after SIGTERM before SIGKILL.
 STOP_TIMEOUT = 5.0
-#: Timeout of one bird -p or birdc call.
-TOOL_TIMEOUT = 30.0
+
+
+class Driver(Protocol):
+    """What the supervisor needs of one daemon; each is a module (`bird`, `frr`)."""
+
+    NAME: daemons.Daemon
+    RELOAD_TOOL: str
+
+    def argv(self, f: daemons.Files, *, user: str | None = ..., config: str = ...) -> list[str]: ...
+    def validate_argv(self, path: Path, *, user: str | None = ...) -> list[str]: ...
+    def reload_argv(self, path: Path) -> list[str]: ...
+    def reloaded(self, output: str, returncode: int) -> bool: ...
+    def is_ours(self, cmdline: list[str], f: daemons.Files) -> bool: ...
+    def processes_for(self, config: str) -> tuple[str, ...]: ...
+    def refusal_message(self, parser_output: str, candidate: Path) -> str: ...
+    def installed(self) -> bool: ...
+    def version(self) -> str | None: ...
+    def prepare(self, f: daemons.Files) -> None: ...
+    def leftovers(self, f: daemons.Files) -> list[int]: ...
+    def read_sessions(self, f: daemons.Files, config: str = ...) -> sessions.Summary | None: ...
+
+
+#: The daemon module of each ``routing.daemon``.
+DRIVERS: dict[daemons.Daemon, Driver] = {"bird": bird, "frr": frr}
 
 
 def installed() -> frozenset[str]:
-    """The daemons whose programs are on this node (blocking: call in a thread): bird
-    (bird, birdc on PATH), frr (zebra, staticd, bgpd, ospfd, frr-reload, vtysh, bash)."""
-    out: set[str] = set()
-    if shutil.which(daemons.BIRD) and shutil.which(daemons.BIRDC):
-        out.add("bird")
-    frr = [Path(daemons.FRR_LIBEXEC) / d for d in ("zebra", "staticd", "bgpd", "ospfd")]
-    if (
-        all(os.access(p, os.X_OK) for p in [*frr, Path(daemons.FRR_RELOAD)])
-        and shutil.which(daemons.VTYSH)
-        and shutil.which("bash")
-    ):
-        out.add("frr")
-    return frozenset(out)
+    """The daemons whose programs are on this node (blocking: call in a thread)."""
+    return frozenset(name for name, driver in DRIVERS.items() if driver.installed())
 
 
 def version(daemon: daemons.Daemon = "bird") -> str | None:
-    """``bird --version`` (it prints to stderr) or ``zebra --version``; None when the
-    program is missing."""
-    program = daemons.BIRD if daemon == "bird" else f"{daemons.FRR_LIBEXEC}/zebra"
-    try:
-        done = subprocess.run(
-            [program, "--version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return daemons.parse_version(done.stdout + done.stderr)
+    """The daemon's version (``bird --version``, ``zebra --version``); None when its
+    program is missing (blocking)."""
+    return DRIVERS[daemon].version()
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class Account:
     gid: int
 
 
-def account(name: str = daemons.USER) -> Account | None:
+def account(name: str = daemons.USERS["bird"]) -> Account | None:
     """The daemon's account on this node, or None (then it runs as root)."""
     try:
         entry = pwd.getpwnam(name)
@@ -107,60 +114,24 @@ def _run_dir(f: daemons.Files, user: Account | None) -> None:
         os.chown(f.run_dir, user.uid, user.gid)
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return text.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
 def find_pid(f: daemons.Files) -> int | None:
     """The pid of this VRF's live daemon, from its pid file checked against /proc."""
-    text = _read(f.pid_file)
-    try:
-        pid = int((text or "").strip())
-    except ValueError:
-        return None
-    if daemons.is_our_daemon(_cmdline(pid), f) and not _zombie(pid):
-        return pid
-    return None
-
-
-def _tail(path: Path, lines: int = 3) -> str | None:
-    text = _read(path)
-    if not text:
-        return None
-    return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+    return processes.find_pid(f, DRIVERS[f.daemon].is_ours)
 
 
 def validate(f: daemons.Files, config: str, user: Account | None = None) -> str | None:
-    """Write ``config`` as the candidate and run the daemon's parser over it (``bird -p``
-    as ``user``, ``vtysh --dryrun``): None when accepted, else its message as a sentence
-    (the candidate is removed again)."""
+    """Write ``config`` as the candidate and run the daemon's parser over it (as ``user``
+    where the daemon's parser can read files): None when accepted, else its message as a
+    sentence (the candidate is removed again)."""
+    driver = DRIVERS[f.daemon]
     _run_dir(f, user)
     f.candidate.write_text(config)
     try:
         done = subprocess.run(
-            daemons.validate_argv(f.candidate, user=user.name if user else None, daemon=f.daemon),
+            driver.validate_argv(f.candidate, user=user.name if user else None),
             capture_output=True,
             text=True,
-            timeout=TOOL_TIMEOUT,
+            timeout=processes.TOOL_TIMEOUT,
             cwd=f.run_dir,
         )
     except subprocess.TimeoutExpired:
@@ -169,144 +140,66 @@ def validate(f: daemons.Files, config: str, user: Account | None = None) -> str 
     if done.returncode == 0:
         return None
     f.candidate.unlink(missing_ok=True)
-    return daemons.refusal_message(done.stderr + done.stdout, f.candidate, f.daemon)
+    return driver.refusal_message(done.stderr + done.stdout, f.candidate)
 
 
 def reload(f: daemons.Files, config: str) -> str | None:
     """Load the candidate into the running daemon, then make it the applied config; None
-    on success, else what birdc or frr-reload said."""
-    if _read(f.candidate) != config:
+    on success, else what the reload tool said."""
+    driver = DRIVERS[f.daemon]
+    if processes.read(f.candidate) != config:
         f.candidate.write_text(config)
     try:
         done = subprocess.run(
-            daemons.reload_argv(f.candidate, f.daemon),
+            driver.reload_argv(f.candidate),
             capture_output=True,
             text=True,
-            timeout=TOOL_TIMEOUT,
+            timeout=processes.TOOL_TIMEOUT,
             cwd=f.run_dir,
         )
     except subprocess.TimeoutExpired:
         return f"{f.daemon}'s reload did not answer within 30 s"
     out = (done.stdout + done.stderr).strip()
-    if not daemons.reloaded(out, done.returncode, f.daemon):
-        tool = "birdc configure" if f.daemon == "bird" else "frr-reload"
-        return f"{tool} failed: {' / '.join(out.splitlines()[-2:])}"
+    if not driver.reloaded(out, done.returncode):
+        return f"{driver.RELOAD_TOOL} failed: {' / '.join(out.splitlines()[-2:])}"
     os.replace(f.candidate, f.config)
     return None
 
 
 def prepare_start(f: daemons.Files, config: str, user: Account | None = None) -> None:
-    """The files a start needs: the run directory (``user``'s), ``bird.conf`` with
+    """The files a start needs: the run directory (``user``'s), the config file with
     ``config`` (from the validated candidate when it is one), no stale socket or pid
-    file, a fresh log."""
+    file, a fresh log, and what the daemon's module adds."""
     _run_dir(f, user)
-    if _read(f.candidate) == config:
+    if processes.read(f.candidate) == config:
         os.replace(f.candidate, f.config)
-    elif _read(f.config) != config:
+    elif processes.read(f.config) != config:
         f.config.write_text(config)
     for stale in (f.socket, f.pid_file, f.log):
         stale.unlink(missing_ok=True)
-    if f.daemon == "frr":  # vtysh and frr-reload look for it in --confdir
-        (f.run_dir / "vtysh.conf").touch()
+    DRIVERS[f.daemon].prepare(f)
 
 
 def wait_started(f: daemons.Files, process: subprocess.Popen[bytes]) -> bool:
-    """Whether the daemon opened its control socket before exiting or the deadline."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            if stat.S_ISSOCK(os.stat(f.socket).st_mode) and f.pid_file.exists():
-                return True
-        except FileNotFoundError:
-            pass
-        time.sleep(0.02)  # polling a condition with a deadline
-    return False
-
-
-def group_leftovers(f: daemons.Files) -> list[int]:
-    """FRR daemons of this run directory still alive (their group script was killed)."""
-    if f.daemon != "frr" or not f.run_dir.is_dir():
-        return []
-    out = []
-    for pid_file in f.run_dir.glob("*.pid"):
-        try:
-            pid = int((_read(pid_file) or "").strip())
-        except ValueError:
-            continue
-        if daemons.is_group_member(_cmdline(pid), f) and not _zombie(pid):
-            out.append(pid)
-    return out
+    """Whether the daemon opened its control socket before exiting or `START_TIMEOUT`."""
+    return processes.wait_started(f, process, timeout=START_TIMEOUT)
 
 
 def terminate(pid: int | None, f: daemons.Files, child: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the daemon, SIGKILL it after `STOP_TIMEOUT`, reap it if it is our child,
-    kill what is left of an FRR group, then remove the run directory."""
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline:
-            if child is not None and child.pid == pid:
-                if child.poll() is not None:
-                    break
-            elif _zombie(pid):
-                break
-            time.sleep(0.02)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=STOP_TIMEOUT)
-    for left in group_leftovers(f):
+    """Stop the daemon (SIGTERM, SIGKILL after `STOP_TIMEOUT`, reaped if it is our child),
+    kill what is left of its other processes (an FRR group's), then remove the run
+    directory."""
+    processes.stop(pid, child, timeout=STOP_TIMEOUT)
+    for left in DRIVERS[f.daemon].leftovers(f):
         with contextlib.suppress(ProcessLookupError):
             os.kill(left, signal.SIGKILL)
     shutil.rmtree(f.run_dir, ignore_errors=True)
 
 
-def _ask(f: daemons.Files, *command: str) -> str | None:
-    """One show command over the daemon's control socket(s): birdc, or vtysh."""
-    argv = (
-        [daemons.BIRDC, "-s", daemons.SOCKET, *command]
-        if f.daemon == "bird"
-        else [daemons.VTYSH, "--vty_socket", str(f.run_dir), "-c", " ".join(command)]
-    )
-    try:
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=TOOL_TIMEOUT,
-            cwd=f.run_dir,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout
-
-
 def read_sessions(f: daemons.Files, config: str = "") -> sessions.Summary | None:
     """The running daemon's sessions and routes, asked over its control socket (None when
-    it does not answer). FRR is asked only about the daemons ``config`` runs."""
-    if f.daemon == "frr":
-        running = daemons.frr_daemons(config)
-        routes = _ask(f, "show", "ip", "route", "summary", "json")
-        if routes is None:
-            return None
-        found: list[sessions.Session] = []
-        if "bgpd" in running:
-            found += sessions.frr_bgp(_ask(f, "show", "bgp", "summary", "json") or "")
-        if "ospfd" in running:
-            neighbors = _ask(f, "show", "ip", "ospf", "neighbor", "json") or ""
-            found += sessions.frr_ospf(neighbors, routes)
-        return sessions.summarize(found, sessions.frr_route_count(routes))
-    protocols = _ask(f, "show", "protocols", "all")
-    if protocols is None:
-        return None
-    full = sessions.bird_ospf_full(_ask(f, "show", "ospf", "neighbors") or "")
-    count = sessions.bird_route_count(_ask(f, "show", "route", "count") or "")
-    return sessions.summarize(sessions.bird_protocols(protocols, full), count)
+    it does not answer; blocking)."""
+    return DRIVERS[f.daemon].read_sessions(f, config)
 
 
 @dataclass(frozen=True)
@@ -328,7 +221,7 @@ class Supervisor:
         *,
         on_change: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
-        user: str | None = daemons.USER,
+        user: str | None = daemons.USERS["bird"],
         users: dict[daemons.Daemon, str | None] | None = None,
     ) -> None:
         self.realizer = realizer
@@ -398,11 +291,13 @@ class Supervisor:
             since = self._running.setdefault(name, now)
             if now - since >= daemons.STABLE_SECONDS:
                 self._failures.pop(name, None)
-        applied = await asyncio.to_thread(_read, f.config)
+        applied = await asyncio.to_thread(processes.read, f.config)
+        driver = DRIVERS[kind]
         observed = daemons.Observed(
             wanted=wanted,
             pid=pid,
             applied=applied,
+            regroup=driver.processes_for(wanted.config) != driver.processes_for(applied or ""),
             failures=self._failures.get(name, 0),
             retry_at=self._retry_at.get(name, 0.0),
             now=now,
@@ -419,7 +314,7 @@ class Supervisor:
         action = daemons.decide(observed)
         problem: daemons.Problem | None = None
         if action.kind == "restart" and action.config is not None:
-            logger.info("VRF %s: %s needs other daemons; restarting it", name, kind)
+            logger.info("VRF %s: %s needs other processes; restarting it", name, kind)
             self._unwatch(name)
             await asyncio.to_thread(terminate, pid, f, self._children.pop(name, None))
             self._running.pop(name, None)
@@ -443,7 +338,7 @@ class Supervisor:
             self._schedule(name, observed.retry_at - now)
         if pid is not None:
             self._watch(name, pid)
-        applied = await asyncio.to_thread(_read, f.config)
+        applied = await asyncio.to_thread(processes.read, f.config)
         after = dataclasses.replace(
             observed,
             pid=pid,
@@ -455,7 +350,7 @@ class Supervisor:
             problem = daemons.problem(
                 after, running=pid is not None, exit_text=self._exit.get(name)
             )
-        state: vrfs.DaemonState
+        state: vrfrouting.DaemonState
         if pid is not None:
             state = "Running"
         elif name in self._retry_at:
@@ -473,7 +368,7 @@ class Supervisor:
         if pid is not None:
             summary = await asyncio.to_thread(read_sessions, f, applied or "")
             if summary is not None:
-                status["sessions"] = [s.wire() for s in summary.sessions[: vrfs.MAX_SESSIONS]]
+                status["sessions"] = [s.wire() for s in summary.sessions[: vrfrouting.MAX_SESSIONS]]
                 status["sessionsUp"] = summary.up
                 status["sessionsTotal"] = len(summary.sessions)
                 status["routesLearned"] = summary.learned
@@ -484,7 +379,7 @@ class Supervisor:
         self, name: str, f: daemons.Files, config: str, user: Account | None
     ) -> int | None:
         await asyncio.to_thread(prepare_start, f, config, user)
-        argv = daemons.argv(f, user=user.name if user else None, config=config)
+        argv = DRIVERS[f.daemon].argv(f, user=user.name if user else None, config=config)
         try:
             process = await self.realizer.launch(name, argv, cwd=f.run_dir, log=f.log)
         except OSError as error:
@@ -494,7 +389,7 @@ class Supervisor:
             if process.poll() is None:
                 process.kill()
             await asyncio.to_thread(process.wait)
-            said = await asyncio.to_thread(_tail, f.log)
+            said = await asyncio.to_thread(processes.tail, f.log)
             self._exit[name] = f"exited at start: {said}" if said else "exited at start"
             logger.warning("VRF %s: %s %s", name, f.daemon, self._exit[name])
             return None
@@ -556,8 +451,8 @@ class Supervisor:
         if child is not None and not reaped:
             alive = child.poll() is None
             await asyncio.to_thread(terminate, child.pid if alive else None, f, child)
-        for kind in daemons.USERS:  # an FRR group whose script is gone
-            for left in await asyncio.to_thread(group_leftovers, self.files(name, kind)):
+        for kind, driver in DRIVERS.items():  # an FRR group whose script is gone
+            for left in await asyncio.to_thread(driver.leftovers, self.files(name, kind)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(left, signal.SIGKILL)
         await asyncio.to_thread(shutil.rmtree, f.run_dir, True)
