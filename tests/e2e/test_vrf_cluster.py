@@ -519,8 +519,15 @@ def test_bird_runs_in_each_node_context_reloads_refuses_and_comes_back(env: Env)
     message = env.ready("routed")["message"]
     assert "BIRD refused routing.config" in message
     for node in NODES:
-        entry = _daemon_entries(env, "routed")[node]
-        assert entry["reason"] == "InvalidDaemonConfig"
+        # the VRF's condition follows the first node that refused; each node reports its own
+        entry = _wait(
+            lambda n=node: (
+                (e := _daemon_entries(env, "routed")[n]).get("reason") == "InvalidDaemonConfig"
+                and e
+            ),
+            what=f"node {node} reports InvalidDaemonConfig",
+            show=lambda: env.status("routed"),
+        )
         assert entry["daemon"]["state"] == "Running" and entry["daemon"]["pid"] == pids[node]
 
     # back to the good config; then a killed daemon comes back
