@@ -11,6 +11,7 @@ other node's refused with the policy's sentence naming both nodes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -114,7 +115,7 @@ def _refusal(call: Any) -> str:
         call()
     except kubernetes.client.ApiException as exc:
         assert exc.status == 403, f"{exc.status}: {exc.body}"
-        return str(exc.body)
+        return str(json.loads(exc.body)["message"])
     return ""
 
 
@@ -153,8 +154,15 @@ def test_an_agent_changes_only_its_own_nodes_objects(cluster: Any, agents: Agent
     assert _refusal(write_status(as1, "vm-1")) == ""
     vm1 = admin.get_namespaced_custom_object(G, V, ns, VM, "vm-1")
     assert vm1["status"]["consoleLog"] == "/var/log/vm-1.log"
+    # writes that raced the policy's arrival may have landed; a refused one changes nothing
+    before = admin.get_namespaced_custom_object(G, V, ns, VM, "vm-2")["status"].get("consoleLog")
+    changed = {"status": {"consoleLog": "/var/log/changed.log"}}
+    assert (
+        _refusal(lambda: as1.patch_namespaced_custom_object_status(G, V, ns, VM, "vm-2", changed))
+        != ""
+    )
     vm2 = admin.get_namespaced_custom_object(G, V, ns, VM, "vm-2")
-    assert "consoleLog" not in vm2["status"]
+    assert vm2["status"].get("consoleLog") == before
 
     # The other agent, the other way round; a token bound to no Pod names no node.
     as2 = kubernetes.client.CustomObjectsApi(agents.clients[n2])
