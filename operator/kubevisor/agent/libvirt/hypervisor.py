@@ -34,7 +34,6 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
-from xml.sax.saxutils import escape as xml_escape
 
 import libvirt
 
@@ -439,23 +438,6 @@ class Hypervisor:
         return await self._call(self.conn.getHostname)
 
     # -- actions ---------------------------------------------------------------------
-
-    async def set_iscsi_secret(self, usage: str, value: str) -> None:
-        """Define (or update) the private libvirt secret of usage type iscsi named
-        ``usage`` with ``value`` (a CHAP password): the domain XML names it, so the
-        password never appears in the domain's definition."""
-
-        def run() -> None:
-            try:
-                secret = self.conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, usage)
-            except libvirt.libvirtError:
-                secret = self.conn.secretDefineXML(
-                    "<secret ephemeral='no' private='yes'><usage type='iscsi'>"
-                    f"<target>{xml_escape(usage)}</target></usage></secret>"
-                )
-            secret.setValue(value.encode())
-
-        await self._call(run)
 
     async def define(self, xml: str) -> DomainInfo:
         """Define (or redefine) a persistent domain from XML."""

@@ -11,7 +11,7 @@ import dataclasses
 
 from kubevisor.agent import diskfiles, disks, domainxml
 from kubevisor.agent.kube import objects
-from kubevisor.agent.libvirt import Hypervisor, HypervisorError
+from kubevisor.agent.libvirt import Hypervisor, HypervisorError, secrets
 from kubevisor.agent.storagebackends import catalog as backendcatalog
 from kubevisor.agent.storagebackends import nfsdisks
 from kubevisor.api import conditions, machines
@@ -114,7 +114,7 @@ class CHAP:
                 conditions.Reason.SECRET_NOT_FOUND, f"{where} needs keys username and password"
             )
         try:
-            await self.hv.set_iscsi_secret(disks.chap_secret_usage(backend), password)
+            await secrets.set_iscsi_secret(self.hv, disks.chap_secret_usage(backend), password)
         except HypervisorError as exc:
             raise disks.DiskError(conditions.Reason.STORAGE_FAILED, f"{where}: {exc}") from exc
         return user
