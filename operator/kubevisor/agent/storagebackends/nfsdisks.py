@@ -64,11 +64,13 @@ class NFSDisks:
         try:
             await diskfiles.make_image(disk, tmp.url, self._run)
             await self._nfs(nfsfiles.rename, remote.server, remote.export, tmp.name, remote.name)
-        finally:
+        except BaseException:
+            # only a failed make leaves the temporary image (a rename moved it otherwise)
             try:
                 await self._nfs(nfsfiles.unlink, tmp.server, tmp.export, tmp.name)
             except disks.DiskError as exc:
                 logger.warning("leftover %s not removed: %s", tmp.url, exc)
+            raise
         logger.info("created disk %s (%s of %s)", remote.url, disk.clone, disk.base)
         return True
 
