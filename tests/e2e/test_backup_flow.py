@@ -71,19 +71,9 @@ def _poll(what: str, check: Callable[[], Any], *, limit: float, show: Any = None
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0)
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    with testing.dev_cluster(CLUSTER, nodes_count=1, stop_timeout=5.0) as dev:
         dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -81,9 +82,6 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
     testing.require_module("PIL")
     if not browser.CHROMIUM.exists():
         testing.absent(f"{browser.CHROMIUM} missing (hack/setup installs Debian's chromium)")
@@ -93,48 +91,45 @@ def env() -> Iterator[Env]:
     gateway = f"http://127.0.0.1:{port}"
     # The controller (started by devcluster.up, inheriting our environment) mints URLs
     # for this gateway.
-    saved = os.environ.get("KUBEVISOR_GATEWAY_URL")
-    os.environ["KUBEVISOR_GATEWAY_URL"] = gateway
-    try:
-        dev = devcluster.up(
+    with (
+        mock.patch.dict(os.environ, {"KUBEVISOR_GATEWAY_URL": gateway}),
+        testing.dev_cluster(
             CLUSTER, nodes_count=1, stop_timeout=5.0, agent_args=("--address=127.0.0.1",)
-        )
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    finally:
-        if saved is None:
-            os.environ.pop("KUBEVISOR_GATEWAY_URL", None)
-        else:
-            os.environ["KUBEVISOR_GATEWAY_URL"] = saved
-    logs = dev.cluster_dir / "logs"
-    try:
-        example = yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())
-        spec = example["spec"]
-        spec["memory"] = "192Mi"
-        spec["disks"] = [
-            {"name": "root", "image": "tiny", "size": "1Gi", "clone": "linked", "storage": "local"}
-        ]
-        spec["boot"]["cmdline"] = guest.kernel_cmdline(script=SCRIPT)
-        body = {**example, "metadata": {"name": "gwdesk", "namespace": NS}}
-        dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
-        argv = [
-            str(VENV_BIN / "kubevisor-gateway"), f"--kubeconfig={dev.kubeconfig}",
-            f"--key-namespace={KEY_NS}", "--host=127.0.0.1", f"--port={port}",
-            f"--display-netns=kv-{CLUSTER}-{{node}}", "--recheck-seconds=1",
-        ]  # fmt: skip
-        log = logs / "gateway.log"
-        with testing.running_process(argv, log=log, what="gateway"):
+        ) as dev,
+    ):
+        logs = dev.cluster_dir / "logs"
+        try:
+            example = yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())
+            spec = example["spec"]
+            spec["memory"] = "192Mi"
+            spec["disks"] = [
+                {
+                    "name": "root",
+                    "image": "tiny",
+                    "size": "1Gi",
+                    "clone": "linked",
+                    "storage": "local",
+                }
+            ]
+            spec["boot"]["cmdline"] = guest.kernel_cmdline(script=SCRIPT)
+            body = {**example, "metadata": {"name": "gwdesk", "namespace": NS}}
+            dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
+            argv = [
+                str(VENV_BIN / "kubevisor-gateway"), f"--kubeconfig={dev.kubeconfig}",
+                f"--key-namespace={KEY_NS}", "--host=127.0.0.1", f"--port={port}",
+                f"--display-netns=kv-{CLUSTER}-{{node}}", "--recheck-seconds=1",
+            ]  # fmt: skip
+            log = logs / "gateway.log"
+            with testing.running_process(argv, log=log, what="gateway"):
 
-            def up() -> bool:
-                with socket.socket() as s:
-                    return s.connect_ex(("127.0.0.1", port)) == 0
+                def up() -> bool:
+                    with socket.socket() as s:
+                        return s.connect_ex(("127.0.0.1", port)) == 0
 
-            testing.wait_for(up, timeout=30, what="the gateway listening")
-            yield Env(dev=dev, gateway=gateway, gateway_log=log)
-    finally:
-        _cleanup(dev)
-        devcluster.down(CLUSTER)
+                testing.wait_for(up, timeout=30, what="the gateway listening")
+                yield Env(dev=dev, gateway=gateway, gateway_log=log)
+        finally:
+            _cleanup(dev)
 
 
 def _cleanup(dev: devcluster.DevCluster) -> None:

@@ -48,15 +48,7 @@ def _poll(what: str, check: Callable[[], Any], *, limit: float = BOOT_S, show: A
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0)
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    with testing.dev_cluster(CLUSTER, nodes_count=1, stop_timeout=5.0) as dev:
         example = yaml.safe_load((REPO / "docs/examples/vmtemplate.yaml").read_text())
         spec = example["spec"]
         spec["memory"] = "192Mi"
@@ -68,8 +60,6 @@ def dev() -> Iterator[devcluster.DevCluster]:
         body = {**example, "metadata": {"name": "desk", "namespace": NS}}
         dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 def _get(dev: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any] | None:

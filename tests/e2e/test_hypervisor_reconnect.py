@@ -32,19 +32,9 @@ BACK_S = 90.0
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0, power_switch=False)
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    with testing.dev_cluster(CLUSTER, nodes_count=1, stop_timeout=5.0, power_switch=False) as dev:
         dev.run_kubectl("apply", "-f", str(vmops.TEMPLATE))
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 def _ready(dev: devcluster.DevCluster, name: str) -> dict[str, object]:

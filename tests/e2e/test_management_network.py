@@ -29,21 +29,13 @@ CLUSTER = "kvmgmt"
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=2, stop_timeout=5.0, management=True)
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    try:
-        dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
-        yield dev
-    finally:
-        dev.run_kubectl("delete", "virtualmachines,migrations", "--all", "--wait=true",
-                        "--timeout=120s")  # fmt: skip
-        devcluster.down(CLUSTER)
+    with testing.dev_cluster(CLUSTER, nodes_count=2, stop_timeout=5.0, management=True) as dev:
+        try:
+            dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
+            yield dev
+        finally:
+            dev.run_kubectl("delete", "virtualmachines,migrations", "--all", "--wait=true",
+                            "--timeout=120s")  # fmt: skip
 
 
 def _json(dev: devcluster.DevCluster, *args: str) -> dict[str, Any]:

@@ -52,20 +52,12 @@ def _poll(what: str, check: Callable[[], Any], *, limit: float, show: Any = None
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        # --cpu=8: the drain test puts four 1-core guests on one node
-        dev = devcluster.up(CLUSTER, nodes_count=2, stop_timeout=5.0, agent_args=("--cpu=8",))
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    # --cpu=8: the drain test puts four 1-core guests on one node
+    with testing.dev_cluster(
+        CLUSTER, nodes_count=2, stop_timeout=5.0, agent_args=("--cpu=8",)
+    ) as dev:
         dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 @pytest.fixture(scope="module")

@@ -29,21 +29,13 @@ MOVE_S = 400.0
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        # --cpu=4: CPU is the dominant share, three 1-core guests fill one node to 75 %.
-        # The cluster runs its power switch (devenv/nodepower), as hack/up's does.
-        dev = devcluster.up(CLUSTER, nodes_count=3, stop_timeout=5.0, agent_args=("--cpu=4",))
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    # --cpu=4: CPU is the dominant share, three 1-core guests fill one node to 75 %.
+    # The cluster runs its power switch (devenv/nodepower), as hack/up's does.
+    with testing.dev_cluster(
+        CLUSTER, nodes_count=3, stop_timeout=5.0, agent_args=("--cpu=4",)
+    ) as dev:
         dev.run_kubectl("apply", "-f", str(vmops.TEMPLATE))
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 @pytest.fixture(scope="module")

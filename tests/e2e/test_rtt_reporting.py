@@ -23,19 +23,14 @@ CLUSTER = "kvrtt"
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    try:
-        dev = devcluster.up(
-            CLUSTER, nodes_count=2, controller=False, agent_args=["--rtt-probe-seconds", "1"]
-        )
-    except BaseException:  # a cluster that cannot start is a failure, not a skip
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    with testing.dev_cluster(
+        CLUSTER,
+        nodes_count=2,
+        controller=False,
+        agent_args=["--rtt-probe-seconds", "1"],
+        guest=False,
+    ) as dev:
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 def _leases(dev: devcluster.DevCluster) -> dict[str, nodes.NodeLease]:

@@ -29,22 +29,15 @@ CLUSTER = "kvstb"
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[tuple[devcluster.DevCluster, devnas.NAS]]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "qemu-img", "ganesha.nfsd", "rpcbind")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0)
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    server = None
-    try:
-        server = devnas.start(CLUSTER, dev.base_dir / CLUSTER / "nas")
-        yield dev, server
-    finally:
-        if server is not None:
-            devnas.stop(server)
-        devcluster.down(CLUSTER)
+    tools = ("libvirtd", "qemu-img", "ganesha.nfsd", "rpcbind")
+    with testing.dev_cluster(CLUSTER, nodes_count=1, stop_timeout=5.0, tools=tools) as dev:
+        server = None
+        try:
+            server = devnas.start(CLUSTER, dev.base_dir / CLUSTER / "nas")
+            yield dev, server
+        finally:
+            if server is not None:
+                devnas.stop(server)
 
 
 def _get(dev: devcluster.DevCluster, *args: str) -> dict[str, Any] | None:

@@ -42,47 +42,39 @@ LUN_BYTES = 64 * 2**20
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[tuple[devcluster.DevCluster, devsan.SAN]]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "qemu-img", "tgtd", "tgtadm", "nsenter", "mkfs.vfat", "mcopy",
-                          "syslinux")  # fmt: skip
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=2, stop_timeout=5.0)
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    target = None
-    try:
-        target = devsan.start(
-            CLUSTER, dev.base_dir / CLUSTER / "san", lun_bytes=LUN_BYTES, chap=(USER, PASSWORD)
-        )
-        for name, password in (("san-1", PASSWORD), ("san-wrong", "not-the-password")):
-            dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
-                {"apiVersion": "v1", "kind": "Namespace",
-                 "metadata": {"name": nodecontract.LEASE_NAMESPACE}},
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": f"{name}-chap",
-                                 "namespace": nodecontract.LEASE_NAMESPACE},
-                    "data": {k: base64.b64encode(v.encode()).decode()
-                             for k, v in (("username", USER), ("password", password))},
-                },
-                {
-                    "apiVersion": "kubevisor.io/v1alpha1",
-                    "kind": "StorageBackend",
-                    "metadata": {"name": name},
-                    "spec": {"type": "iscsi", "iscsi": {
-                        "portal": target.address, "iqn": target.iqn, "lun": 1,
-                        "chapSecretRef": {"name": f"{name}-chap"}}},
-                },
-            ]))  # fmt: skip
-        yield dev, target
-    finally:
-        dev.run_kubectl("delete", "virtualmachines", "--all", "--wait=true", "--timeout=120s")
-        if target is not None:
-            devsan.stop(target)
-        devcluster.down(CLUSTER)
+    tools = ("libvirtd", "qemu-img", "tgtd", "tgtadm", "nsenter", "mkfs.vfat", "mcopy", "syslinux")
+    with testing.dev_cluster(CLUSTER, nodes_count=2, stop_timeout=5.0, tools=tools) as dev:
+        target = None
+        try:
+            target = devsan.start(
+                CLUSTER, dev.base_dir / CLUSTER / "san", lun_bytes=LUN_BYTES, chap=(USER, PASSWORD)
+            )
+            for name, password in (("san-1", PASSWORD), ("san-wrong", "not-the-password")):
+                dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
+                    {"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": nodecontract.LEASE_NAMESPACE}},
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {"name": f"{name}-chap",
+                                     "namespace": nodecontract.LEASE_NAMESPACE},
+                        "data": {k: base64.b64encode(v.encode()).decode()
+                                 for k, v in (("username", USER), ("password", password))},
+                    },
+                    {
+                        "apiVersion": "kubevisor.io/v1alpha1",
+                        "kind": "StorageBackend",
+                        "metadata": {"name": name},
+                        "spec": {"type": "iscsi", "iscsi": {
+                            "portal": target.address, "iqn": target.iqn, "lun": 1,
+                            "chapSecretRef": {"name": f"{name}-chap"}}},
+                    },
+                ]))  # fmt: skip
+            yield dev, target
+        finally:
+            dev.run_kubectl("delete", "virtualmachines", "--all", "--wait=true", "--timeout=120s")
+            if target is not None:
+                devsan.stop(target)
 
 
 def _status(dev: devcluster.DevCluster, name: str) -> dict[str, Any]:

@@ -47,32 +47,25 @@ def _poll(what: str, check: Callable[[], Any], *, limit: float, show: Any = None
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[tuple[devcluster.DevCluster, devnas.NAS]]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "qemu-img", "ganesha.nfsd", "rpcbind", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=2, stop_timeout=5.0)
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    server = None
-    try:
-        server = devnas.start(CLUSTER, dev.base_dir / CLUSTER / "nas")
-        dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
-        for name, export in (("nas-1", str(server.export)), ("nas-wrong", "/no/such/export")):
-            dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
-                "apiVersion": "kubevisor.io/v1alpha1",
-                "kind": "StorageBackend",
-                "metadata": {"name": name},
-                "spec": {"type": "nfs", "nfs": {"server": server.address, "export": export}},
-            }))  # fmt: skip
-        yield dev, server
-    finally:
-        dev.run_kubectl("delete", "virtualmachines,migrations", "--all", "--wait=true",
-                        "--timeout=120s")  # fmt: skip
-        if server is not None:
-            devnas.stop(server)
-        devcluster.down(CLUSTER)
+    tools = ("libvirtd", "qemu-img", "ganesha.nfsd", "rpcbind", "nsenter")
+    with testing.dev_cluster(CLUSTER, nodes_count=2, stop_timeout=5.0, tools=tools) as dev:
+        server = None
+        try:
+            server = devnas.start(CLUSTER, dev.base_dir / CLUSTER / "nas")
+            dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
+            for name, export in (("nas-1", str(server.export)), ("nas-wrong", "/no/such/export")):
+                dev.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+                    "apiVersion": "kubevisor.io/v1alpha1",
+                    "kind": "StorageBackend",
+                    "metadata": {"name": name},
+                    "spec": {"type": "nfs", "nfs": {"server": server.address, "export": export}},
+                }))  # fmt: skip
+            yield dev, server
+        finally:
+            dev.run_kubectl("delete", "virtualmachines,migrations", "--all", "--wait=true",
+                            "--timeout=120s")  # fmt: skip
+            if server is not None:
+                devnas.stop(server)
 
 
 def _get(dev: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any]:

@@ -23,18 +23,8 @@ CLUSTER = "kvsto"
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0)
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    with testing.dev_cluster(CLUSTER, nodes_count=1, stop_timeout=5.0) as dev:
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 def _vm(dev: devcluster.DevCluster, name: str) -> dict[str, Any] | None:

@@ -55,17 +55,11 @@ AGENT_REASONS = {"HypervisorRefused", "ImageNotFound", "FirmwareUnavailable", "S
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
     if Path("/usr/share/OVMF").exists():
         CASES.pop("bad-firmware")  # this node has UEFI firmware: that VM is not refused
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=1, stop_timeout=5.0, agent_args=("--cpu=8",))
-    except BaseException:
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    with testing.dev_cluster(
+        CLUSTER, nodes_count=1, stop_timeout=5.0, agent_args=("--cpu=8",)
+    ) as dev:
         # a VM applied before the agent's Lease exists is (rightly) Unschedulable
         testing.wait_for(
             lambda: dev.run_kubectl("get", "leases", "-n", api_nodes.LEASE_NAMESPACE,
@@ -74,8 +68,6 @@ def dev() -> Iterator[devcluster.DevCluster]:
         )  # fmt: skip
         dev.run_kubectl("apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"))
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 def _status(dev: devcluster.DevCluster, name: str) -> dict[str, Any]:

@@ -28,18 +28,8 @@ def _poll(what: str, check: Callable[[], Any], *, limit: float) -> Any:
 
 @pytest.fixture(scope="module")
 def dev() -> Iterator[devcluster.DevCluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=2, stop_timeout=5.0)
-    except BaseException:  # a cluster that cannot start is a failure, not a skip
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    with testing.dev_cluster(CLUSTER, nodes_count=2, stop_timeout=5.0) as dev:
         yield dev
-    finally:
-        devcluster.down(CLUSTER)
 
 
 def _vm(dev: devcluster.DevCluster, name: str) -> dict[str, Any] | None:

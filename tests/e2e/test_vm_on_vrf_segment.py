@@ -190,46 +190,39 @@ def _wire_server(node: nodes.SimNode) -> None:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter", "ip")
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
     _run("ip", "netns", "del", SERVER_NS, check=False)
-    try:
-        dev = devcluster.up(
-            CLUSTER,
-            nodes_count=1,
-            stop_timeout=5.0,
-            agent_args=("--network=red", "--network=blue", "--vrf-resync-seconds=5"),
-        )
-    except BaseException:  # a cluster that cannot start is a failure, not a skip
-        devcluster.down(CLUSTER)
-        raise
-    env = Env(dev)
-    try:
-        _server_netns()
-        _wire_server(env.node)
-        yield env
-    finally:
+    with testing.dev_cluster(
+        CLUSTER,
+        nodes_count=1,
+        stop_timeout=5.0,
+        agent_args=("--network=red", "--network=blue", "--vrf-resync-seconds=5"),
+        tools=(*testing.DEV_CLUSTER_TOOLS, "ip"),
+    ) as dev:
+        env = Env(dev)
         try:
-            for vm in ("red-vm", "blue-vm"):
-                env.delete("virtualmachines", vm)
-            for vrf in ("red", "blue"):
-                env.delete("vrfs", vrf)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and (
-                any(env.get("virtualmachines", vm) for vm in ("red-vm", "blue-vm"))
-                or env.link_exists("kvn-red")
-                or env.link_exists("kvn-blue")
-            ):
-                time.sleep(0.5)
+            _server_netns()
+            _wire_server(env.node)
+            yield env
         finally:
-            for name in ("controller", f"agent-{env.node.name}"):
-                log = dev.log(name)
-                if log.exists():
-                    print(f"--- {name} log (tail) ---")
-                    print(log.read_text(errors="replace")[-4000:])
-            devcluster.down(CLUSTER)
-            _run("ip", "netns", "del", SERVER_NS, check=False)
+            try:
+                for vm in ("red-vm", "blue-vm"):
+                    env.delete("virtualmachines", vm)
+                for vrf in ("red", "blue"):
+                    env.delete("vrfs", vrf)
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and (
+                    any(env.get("virtualmachines", vm) for vm in ("red-vm", "blue-vm"))
+                    or env.link_exists("kvn-red")
+                    or env.link_exists("kvn-blue")
+                ):
+                    time.sleep(0.5)
+            finally:
+                for name in ("controller", f"agent-{env.node.name}"):
+                    log = dev.log(name)
+                    if log.exists():
+                        print(f"--- {name} log (tail) ---")
+                        print(log.read_text(errors="replace")[-4000:])
+                _run("ip", "netns", "del", SERVER_NS, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -163,22 +163,15 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def kv() -> Iterator[Cluster]:
-    testing.require_root("a dev cluster (namespaces, mounts, libvirtd)")
-    testing.require_tools(
-        "libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img", "nsenter"
-    )
-    testing.require_tiny_guest(devcluster.GUEST_CACHE)
-    try:
-        dev = devcluster.up(CLUSTER, nodes_count=2, stop_timeout=5.0)
-    except BaseException:  # a cluster that cannot start is a failure, not a skip
-        devcluster.down(CLUSTER)
-        raise
-    try:
+    with testing.dev_cluster(
+        CLUSTER,
+        nodes_count=2,
+        stop_timeout=5.0,
+        tools=("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img", "nsenter"),
+    ) as dev:
         kv = Cluster(dev)
         kv.create_template("tiny", _tiny_spec())
         yield kv
-    finally:
-        devcluster.down(CLUSTER)
 
 
 def _tiny_spec() -> dict[str, Any]:

@@ -27,13 +27,14 @@ test's independent observers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,22 +87,8 @@ def _pings(ns: str, address: str) -> bool:
     )
 
 
-def _wait(
-    predicate: Callable[[], Any],
-    *,
-    timeout: float = 60,
-    what: str,
-    show: Callable[[], Any] | None = None,
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    seen = show() if show is not None else last
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (saw: {seen!r})")
+#: VRF waits are a minute unless a call says otherwise.
+_wait = functools.partial(testing.wait_for, timeout=60)
 
 
 def _netns() -> set[str]:

@@ -6,6 +6,7 @@ host's), a wait until it listens, and a stop that leaves no namespace behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -64,26 +65,38 @@ def wait_listening(
 
 def stop(pid: int, ns: str, pidfile: Path) -> None:
     """End the server's process group (TERM, then KILL after 10 s) and remove its
-    namespace (its veth goes with it)."""
+    namespace (its veth goes with it).
+
+    Done means no member of the group is left, not that the leader exited: a daemon
+    such as tgtd forks workers that outlive a leader which went first.
+    """
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                break
-        except ChildProcessError:
+    for then in (signal.SIGKILL, None):
+        deadline = time.monotonic() + 10
+        while _group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _group_alive(pid):
             break
-        time.sleep(0.1)
-    else:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if then is None:
+            raise RuntimeError(f"process group {pid} survived SIGKILL for 10 s")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, then)
     subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
     pidfile.unlink(missing_ok=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is left (reaping the leader if it is ours)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def stop_leftovers(ns: str, pidfile: Path) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from kubevisor.api import nodes
+from kubevisor.devenv import cluster as devcluster
 
 T = TypeVar("T")
 
@@ -234,6 +235,36 @@ def require_module(name: str) -> None:
     """
     if importlib.util.find_spec(name) is None:
         absent(f"Python module {name} not installed (hack/setup installs it)")
+
+
+DEV_CLUSTER_TOOLS = ("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
+"""What every dev cluster with nodes runs (hack/setup installs them)."""
+
+
+@contextlib.contextmanager
+def dev_cluster(
+    name: str,
+    *,
+    tools: Sequence[str] = DEV_CLUSTER_TOOLS,
+    guest: bool = True,
+    **up: Any,
+) -> Iterator[devcluster.DevCluster]:
+    """A test module's dev cluster (``devcluster.up(name, **up)``), torn down on the way
+    out whatever happened.
+
+    Skips first on a named absence (root, ``tools``, the tiny guest unless ``guest`` is
+    false); a cluster that then cannot start is a failure, not a skip (``up`` removes what
+    it made before raising).
+    """
+    require_root("a dev cluster (namespaces, mounts, libvirtd)")
+    require_tools(*tools)
+    if guest:
+        require_tiny_guest(devcluster.GUEST_CACHE)
+    dev = devcluster.up(name, **up)
+    try:
+        yield dev
+    finally:
+        devcluster.down(name)
 
 
 def require_tiny_guest(cache: Path) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kubevisor.agent import diskfiles, disks
 from kubevisor.api import vmbackups
 
 logger = logging.getLogger(__name__)
@@ -39,16 +40,11 @@ class CopyError(RuntimeError):
 
 
 async def _run(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise CopyError(
-            vmbackups.BackupReason.BACKUP_FAILED,
-            f"{' '.join(args)} failed: {err.decode().strip()}",
-        )
-    return out.decode()
+    """``diskfiles.run_command``, its failure read as this backup's failure."""
+    try:
+        return await diskfiles.run_command(*args)
+    except disks.DiskError as exc:
+        raise CopyError(vmbackups.BackupReason.BACKUP_FAILED, str(exc)) from exc
 
 
 def prepare_staging(target: Path, staging: Path, *, create_target: bool) -> None:
