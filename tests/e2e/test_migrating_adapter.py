@@ -80,14 +80,18 @@ async def test_adapter_migrates_a_running_guest_without_reboot(
         async def record(sample: migrations.MigrationProgress) -> None:
             samples.append(sample)
 
-        await migrating.migrate_with_progress(
-            source,
-            "vm1",
-            dest_uri=node2.tcp_uri,
-            request=request,
-            on_progress=record,
-            interval_s=0.1,
-        )
+        try:
+            await migrating.migrate_with_progress(
+                source,
+                "vm1",
+                dest_uri=node2.tcp_uri,
+                request=request,
+                on_progress=record,
+                interval_s=0.1,
+            )
+        except migrating.MigrationError:
+            _print_daemon_logs(two_nodes)  # a rare "client socket is closed" under load
+            raise
 
         assert await source.lookup("vm1") is None, "the source still holds a copy"
         moved = await target.lookup("vm1")
@@ -112,3 +116,14 @@ async def test_adapter_migrates_a_running_guest_without_reboot(
         assert text.count(guest.BOOTED_MARKER) == 1, "the guest booted again"
         assert await source.lookup("vm1") is None
         assert (await target.state("vm1")) is hypervisor.DomainState.RUNNING
+
+
+def _print_daemon_logs(sim_nodes: list[nodes.SimNode]) -> None:
+    """Whether each node's libvirtd still runs, and the end of its log (the nodes, and
+    their logs, are destroyed when the test ends)."""
+    for node in sim_nodes:
+        alive = os.path.exists(f"/proc/{node.libvirtd_pid}")
+        print(f"--- {node.name}: libvirtd pid {node.libvirtd_pid} alive={alive} ---")
+        log = node.state_dir / "log/libvirt/libvirtd.log"
+        if log.exists():
+            print(log.read_text(errors="replace")[-3000:])
