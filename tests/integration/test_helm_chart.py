@@ -545,6 +545,7 @@ AGENT_CHECKS: list[Check] = [
     ("watch", "migrations.kubevisor.io", "*", (), True),
     ("patch", "migrations.kubevisor.io", "default", ("--subresource=status",), True),
     ("create", "events", "default", (), True),
+    ("patch", "events", "default", (), True),  # a repeat bumps the first one's count
     ("get", "secrets", "default", (), True),  # VNC passwords by name
     # and not more:
     ("delete", "virtualmachines.kubevisor.io", "default", (), False),
@@ -575,6 +576,7 @@ CONTROLLER_CHECKS: list[Check] = [
     ("list", "leases.coordination.k8s.io", NS, (), True),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", "", (), True),
     ("create", "events", "default", (), True),
+    ("patch", "events", "default", (), True),
     # desktop pools: desktops are VMs it creates and removes; the display key Secret
     ("delete", "virtualmachines.kubevisor.io", "default", (), True),
     ("create", "virtualmachines.kubevisor.io", "default", (), True),
