@@ -70,6 +70,7 @@ NO_EVENT: Final[Mapping[str, str]] = {
     "initial": "the object was just created; nothing happened yet",
     "transient": "passed through within one pass; the next phase's Event follows",
     "condition": "entered with a condition whose reason is the Event",
+    "deleting": "the object is being deleted (kubectl shows the deletion itself)",
 }
 
 VMP = virtualmachines.VirtualMachinePhase
@@ -104,7 +105,7 @@ PHASES: Final[Mapping[str, Mapping[str, PhaseEvent | str]]] = {
         VMP.SUCCEEDED: PhaseEvent((R.SUCCEEDED,), OBSERVER),
         VMP.FAILED: PhaseEvent((R.FAILED,), OBSERVER),
         VMP.UNKNOWN: PhaseEvent(("Unknown",), OBSERVER),
-        VMP.TERMINATING: "transient",
+        VMP.TERMINATING: "deleting",
     },
     kinds.MIGRATION.kind: {
         MP.PENDING: "initial",
@@ -161,7 +162,7 @@ PHASES: Final[Mapping[str, Mapping[str, PhaseEvent | str]]] = {
         VRFP.READY: PhaseEvent(("Ready",), OBSERVER),
         VRFP.DEGRADED: "condition",
         VRFP.FAILED: "condition",
-        VRFP.TERMINATING: "transient",
+        VRFP.TERMINATING: "deleting",
     },
     kinds.VMTEMPLATE.kind: {
         TP.PENDING: "initial",

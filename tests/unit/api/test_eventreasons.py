@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubevisor.api import eventreasons, health, kinds
+from kubevisor.api import docgen, eventreasons, health, kinds
 from kubevisor.api.eventreasons import PhaseEvent
 
 pytestmark = pytest.mark.unit
@@ -83,3 +83,8 @@ def test_type_of_falls_back_to_the_callers_choice_only_for_unknown_reasons() -> 
     assert eventreasons.type_of("TemplateNotFound", default="Normal") == "Warning"
     assert eventreasons.type_of("ClusterLimitReached", default="Warning") == "Normal"
     assert eventreasons.type_of("SomethingNew", default="Warning") == "Warning"
+
+
+def test_every_reason_enum_of_the_api_is_in_the_table() -> None:
+    """A new ``...Reason`` enum (docgen finds them all) must be listed here too."""
+    assert set(docgen.reason_enums()) == set(eventreasons.REASON_ENUMS)
