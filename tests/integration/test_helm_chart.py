@@ -252,6 +252,9 @@ def test_service_monitors_behind_their_value(helm: Path) -> None:
             if want.items() <= (svc["metadata"].get("labels") or {}).items()
         ]  # fmt: skip
         assert picked == [f"{monitor['metadata']['name']}-metrics"], (monitor, picked)
+        # the endpoint names a port the selected Service has (by name, not number)
+        ports = {p["name"] for p in services[picked[0]]["spec"]["ports"]}
+        assert monitor["spec"]["endpoints"][0]["port"] in ports, (monitor, ports)
 
 
 def test_every_object_passes_server_dry_run(cluster: Any, rendered: Path) -> None:
