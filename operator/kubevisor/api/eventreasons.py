@@ -194,6 +194,7 @@ EVENT_ONLY: Final[Mapping[str, EventType]] = {
     "LoggedOff": N,
     "Started": N,
     "Ready": N,
+    "StorageReachable": N,
 }
 
 #: Condition reasons that are no failure (everything else in the enums is a Warning).
