@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from kubevisor.api import events
+
+pytestmark = pytest.mark.unit
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 OBJ = {"metadata": {"name": "vm1", "namespace": "default", "uid": "u1"}}
@@ -111,3 +114,46 @@ def test_the_controller_names_its_instance() -> None:
     )  # fmt: skip
     assert body["reportingInstance"] == "controller-pod-1"
     assert body["source"] == {"component": "kubevisor-controller"}
+
+
+class RecordingEventsAPI:
+    """A stand-in for CoreV1Api's two Event calls, recording them (the real API server
+    path is tests/integration/test_events_flow.py); ``expired`` names Events it answers
+    "gone" for."""
+
+    def __init__(self, expired: frozenset[str] = frozenset()) -> None:
+        self.calls: list[tuple[str, str, dict[str, object]]] = []
+        self.expired = expired
+
+    async def create_namespaced_event(self, namespace: str, body: dict[str, object]) -> None:
+        self.calls.append(("create", namespace, body))
+
+    async def patch_namespaced_event(
+        self, name: str, namespace: str, body: dict[str, object], **kwargs: object
+    ) -> None:
+        if name in self.expired:
+            raise LookupError(name)
+        assert kwargs == {"_content_type": events.MERGE_PATCH}
+        self.calls.append(("patch", name, body))
+
+
+def test_post_creates_then_bumps_and_posts_anew_when_expired() -> None:
+    first = _body()
+    name = first["metadata"]["name"]  # type: ignore[index]
+    api, agg = RecordingEventsAPI(), events.Aggregator()
+
+    def post(body: dict[str, object], api: RecordingEventsAPI) -> str:
+        def gone(exc: BaseException) -> bool:
+            return isinstance(exc, LookupError)
+
+        return asyncio.run(events.post(api, agg, body, NOW, gone=gone))
+
+    assert post(first, api) == "create"
+    assert post(_body(), api) == "patch"
+    assert api.calls[1] == ("patch", name, {"count": 2, "lastTimestamp": NOW})
+    expired = RecordingEventsAPI(expired=frozenset({name}))
+    again = _body()
+    assert post(again, expired) == "create"
+    assert expired.calls == [("create", "default", again)]
+    assert post(_body(), expired) == "patch"  # the new one is the series now
+    assert expired.calls[1][1] == again["metadata"]["name"]  # type: ignore[index]
