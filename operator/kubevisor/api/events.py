@@ -1,7 +1,9 @@
-"""The core/v1 Event body both the controller and the agent post about kubevisor objects.
+"""The core/v1 Event body both the controller and the agent post about kubevisor objects,
+and how both post it: a repeat raises the first Event's count instead of adding another.
 
 One shape in one place: the two sides never import each other, and an Event that names its
 object differently depending on who posted it would not show up in ``kubectl describe``.
+Which reason carries which type is ``api/eventreasons``.
 """
 
 from __future__ import annotations
