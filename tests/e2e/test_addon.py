@@ -1,6 +1,7 @@
 """The Helm chart as real pods on a real kubelet: ``helm install``, the controller, agent
-and gateway pods Ready, the example VM boots in QEMU through the agent pod, and after the
-VM is deleted ``helm uninstall`` leaves no pod, domain or tap behind.
+and gateway pods Ready, the gateway answering through its Services, the example VM boots
+in QEMU through the agent pod, and after the VM is deleted ``helm uninstall`` leaves no
+pod, domain or tap behind.
 
 The cluster is :mod:`kubevisor.devenv.addon`: the control plane plus kube-controller-
 manager, kube-scheduler, a kubelet and containerd on this host; the hypervisor behind the
@@ -10,8 +11,11 @@ through hostPath mounts. Nothing is faked; what cannot run here skips with its r
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import subprocess
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +99,52 @@ def _links(dev: addon.AddonCluster) -> set[str]:
     return {link["ifname"] for link in json.loads(out)}
 
 
+@contextlib.contextmanager
+def _port_forward(dev: addon.AddonCluster, service: str, port: int) -> Iterator[int]:
+    """``kubectl port-forward svc/<service> :<port>``: the local port it listens on.
+
+    Through the Service (its selector and named targetPort pick the pod and its port) and
+    the kubelet's port-forward. Not the ClusterIP from the node: this cluster runs no
+    kube-proxy (devenv/addon: pods use the host network), so nothing routes a ClusterIP.
+    """
+    proc = subprocess.Popen(
+        [str(dev.kubectl), f"--kubeconfig={dev.kubeconfig}", "port-forward",
+         "-n", addon.NAMESPACE, f"svc/{service}", f":{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:41234 -> 8080"
+        found = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert found, f"port-forward svc/{service}: {line}{proc.stderr.read()}"
+        yield int(found.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        return response.status, response.read().decode(errors="replace")
+
+
+def _gateway_answers_through_its_services(dev: addon.AddonCluster) -> None:
+    """The gateway's Service serves its health endpoint, its metrics Service the gateway's
+    series, each reached by the Service's port (a request to the pod, not the host)."""
+    services = _json(dev, "get", "services", "-n", addon.NAMESPACE,
+                     "-l", "app.kubernetes.io/component=gateway")["items"]  # fmt: skip
+    by_port = {s["spec"]["ports"][0]["name"]: s for s in services}
+    assert set(by_port) == {"http", "metrics"}, sorted(by_port)
+    web, metrics = by_port["http"], by_port["metrics"]
+    with _port_forward(dev, web["metadata"]["name"], web["spec"]["ports"][0]["port"]) as port:
+        status, body = _get(port, "/healthz")
+        assert status == 200, body
+    name, number = metrics["metadata"]["name"], metrics["spec"]["ports"][0]["port"]
+    with _port_forward(dev, name, number) as port:
+        status, body = _get(port, "/metrics")
+        assert status == 200 and "kubevisor_gateway_sessions_open" in body, body[:500]
+
+
 def test_chart_runs_a_vm_and_uninstalls_clean(dev: addon.AddonCluster) -> None:
     addon.helm_install(dev)
     pods = _json(dev, "get", "pods", "-n", addon.NAMESPACE)["items"]
@@ -109,6 +159,7 @@ def test_chart_runs_a_vm_and_uninstalls_clean(dev: addon.AddonCluster) -> None:
         assert pod["spec"]["nodeName"] == addon.NODE
         assert pod["spec"]["containers"][0]["image"] == dev.image
     assert by_component["agent"]["spec"]["containers"][0]["securityContext"]["privileged"]
+    _gateway_answers_through_its_services(dev)
 
     dev.run("kubectl", "apply", "-f", str(REPO / "docs/examples/vmtemplate.yaml"),
             "-f", str(REPO / "docs/examples/vm.yaml"))  # fmt: skip

@@ -516,6 +516,19 @@ def test_bird_runs_in_each_node_context_reloads_refuses_and_comes_back(env: Env)
             show=lambda: env.status("routed"),
         )
         assert entry["daemon"]["state"] == "Running" and entry["daemon"]["pid"] == pids[node]
+        # and says so in a Warning Event of its own, reported from its node
+        event = _wait(
+            lambda n=node: next(
+                (e for e in env.core.list_namespaced_event(
+                    NS, field_selector="involvedObject.name=routed").items
+                 if e.reason == "InvalidDaemonConfig"
+                 and e.reporting_instance == env.agents.names[n]),
+                None,
+            ),
+            what=f"node {node}'s InvalidDaemonConfig Warning Event",
+        )  # fmt: skip
+        assert event.type == "Warning" and event.reporting_component == "kubevisor-agent"
+        assert event.involved_object.kind == "VRF" and "BIRD refused" in event.message
 
     # back to the good config; then a killed daemon comes back
     env.custom.patch_namespaced_custom_object(

@@ -152,3 +152,55 @@ def test_bash_completion_offers_the_clusters_vm_names(cluster: Any, ns: str) -> 
     out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env,
                          timeout=60, check=True)  # fmt: skip
     assert sorted(w for w in out.stdout.split() if w) == ["alpha", "beta"]
+
+
+def test_acting_verbs_print_what_they_created_with_o(cluster: Any, ns: str) -> None:
+    """migrate, backup, restore (--no-wait: no controller here) and drain print the
+    object(s) they created or changed with ``-o json|yaml|name``, their sentence without.
+    (claim waits for the controller's binding: its rendering is table-tested in the unit
+    tier, the wait in test_desktop_controller.)"""
+    import kubernetes
+
+    admin = kubernetes.client.CustomObjectsApi(cluster.api)
+    core = kubernetes.client.CoreV1Api(cluster.api)
+    _create_vm(admin, ns, "web")
+
+    migration = json.loads(
+        _cli(cluster, "migrate", "web", "-n", ns, "--no-wait", "-o", "json").stdout
+    )
+    assert migration["kind"] == "Migration" and migration["spec"]["vmName"] == "web"
+    assert "managedFields" not in migration["metadata"]
+    held = admin.get_namespaced_custom_object(G, V, ns, "migrations", migration["metadata"]["name"])
+    assert held["metadata"]["uid"] == migration["metadata"]["uid"]  # the object it created
+    human = _cli(cluster, "migrate", "web", "-n", ns, "--no-wait").stdout.strip()
+    assert human.startswith("migration/") and human.endswith(" created")  # unchanged
+
+    backup = yaml.safe_load(
+        _cli(
+            cluster, "backup", "web", "-n", ns, "--no-wait", "--name", "web-b1", "-o", "yaml"
+        ).stdout
+    )
+    assert (backup["kind"], backup["metadata"]["name"], backup["spec"]["vmName"]) == (
+        "VMBackup", "web-b1", "web",
+    )  # fmt: skip
+    named = _cli(cluster, "restore", "web-b1", "--as", "web2", "-n", ns, "--no-wait", "-o", "name")
+    assert named.stdout.strip() == "virtualmachine/web2"
+    restored = admin.get_namespaced_custom_object(G, V, ns, VM, "web2")
+    assert restored["spec"]["source"] == {"backup": {"name": "web-b1"}}
+
+    node = f"kvcli-node-{uuid.uuid4().hex[:6]}"
+    core.create_node({"metadata": {"name": node}})
+    try:
+        drained = json.loads(_cli(cluster, "drain", node, "--timeout=30", "-o", "json").stdout)
+        assert drained["kind"] == "List"
+        assert [(o["kind"], o["metadata"]["name"]) for o in drained["items"]] == [("Node", node)]
+        assert drained["items"][0]["spec"]["unschedulable"] is True
+        assert _cli(cluster, "uncordon", node).stdout.strip() == f"node/{node} uncordoned"
+        said = _cli(cluster, "drain", node, "--timeout=30")
+        assert said.stdout.splitlines() == [f"node/{node} cordoned", f"node/{node} drained"]
+    finally:
+        core.delete_node(node)
+    for name in [o["metadata"]["name"] for o in admin.list_namespaced_custom_object(
+        G, V, ns, "migrations")["items"]]:  # fmt: skip
+        admin.delete_namespaced_custom_object(G, V, ns, "migrations", name)
+    admin.delete_namespaced_custom_object(G, V, ns, kinds.VMBACKUP.plural, "web-b1")

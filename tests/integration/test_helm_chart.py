@@ -252,6 +252,9 @@ def test_service_monitors_behind_their_value(helm: Path) -> None:
             if want.items() <= (svc["metadata"].get("labels") or {}).items()
         ]  # fmt: skip
         assert picked == [f"{monitor['metadata']['name']}-metrics"], (monitor, picked)
+        # the endpoint names a port the selected Service has (by name, not number)
+        ports = {p["name"] for p in services[picked[0]]["spec"]["ports"]}
+        assert monitor["spec"]["endpoints"][0]["port"] in ports, (monitor, ports)
 
 
 def test_every_object_passes_server_dry_run(cluster: Any, rendered: Path) -> None:
@@ -545,6 +548,7 @@ AGENT_CHECKS: list[Check] = [
     ("watch", "migrations.kubevisor.io", "*", (), True),
     ("patch", "migrations.kubevisor.io", "default", ("--subresource=status",), True),
     ("create", "events", "default", (), True),
+    ("patch", "events", "default", (), True),  # a repeat bumps the first one's count
     ("get", "secrets", "default", (), True),  # VNC passwords by name
     # and not more:
     ("delete", "virtualmachines.kubevisor.io", "default", (), False),
@@ -575,6 +579,7 @@ CONTROLLER_CHECKS: list[Check] = [
     ("list", "leases.coordination.k8s.io", NS, (), True),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", "", (), True),
     ("create", "events", "default", (), True),
+    ("patch", "events", "default", (), True),
     # desktop pools: desktops are VMs it creates and removes; the display key Secret
     ("delete", "virtualmachines.kubevisor.io", "default", (), True),
     ("create", "virtualmachines.kubevisor.io", "default", (), True),

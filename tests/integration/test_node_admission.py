@@ -204,8 +204,8 @@ def test_an_agent_changes_only_its_own_nodes_objects(cluster: Any, agents: Agent
     # Events reported from its node only.
     core1 = kubernetes.client.CoreV1Api(agents.clients[n1])
 
-    def event(host: str) -> Any:
-        body = {
+    def event_body(host: str) -> dict[str, Any]:
+        return {
             "metadata": {"generateName": "vm-1."},
             "involvedObject": {"kind": "VirtualMachine", "name": "vm-1", "namespace": ns},
             "reason": "Test",
@@ -215,7 +215,19 @@ def test_an_agent_changes_only_its_own_nodes_objects(cluster: Any, agents: Agent
             "reportingComponent": "kubevisor-agent",
             "reportingInstance": host,
         }
-        return lambda: core1.create_namespaced_event(ns, body)
+
+    def event(host: str) -> Any:
+        return lambda: core1.create_namespaced_event(ns, event_body(host))
 
     assert _refusal(event(n1)) == ""
     assert "may post only Events reported from its node" in _refusal(event(n2))
+    # a repeat bumps its own Event's count; another node's Event it may not touch, not
+    # even by rewriting the reporter to its own node
+    core2 = kubernetes.client.CoreV1Api(agents.clients[n2])
+    mine = core1.create_namespaced_event(ns, event_body(n1))
+    theirs = core2.create_namespaced_event(ns, event_body(n2))
+    bump = {"count": 2}
+    assert _refusal(lambda: core1.patch_namespaced_event(mine.metadata.name, ns, bump)) == ""
+    takeover = {"count": 2, "reportingInstance": n1, "source": {"host": n1}}
+    refused = _refusal(lambda: core1.patch_namespaced_event(theirs.metadata.name, ns, takeover))
+    assert "may post only Events reported from its node" in refused

@@ -21,7 +21,7 @@ from pathlib import Path
 from kubevisor.agent import disks, domainxml, management, metrics, segmenting, segments
 from kubevisor.agent.backups import handling as backuphandling
 from kubevisor.agent.kernel import bridges, interfaces
-from kubevisor.agent.kube import connecting, leases, objects
+from kubevisor.agent.kube import connecting, events, leases, objects
 from kubevisor.agent.libvirt import Hypervisor
 from kubevisor.agent.storagebackends import catalog as backendcatalog
 from kubevisor.agent.storagebackends import diskstore, nfsdisks
@@ -216,6 +216,8 @@ async def run(args: argparse.Namespace) -> None:
                 heartbeat.set_storage_backends,
                 shared_dir=args.shared_dir,
                 netns=args.netns,
+                announce=events.Recorder(api, kind=kinds.STORAGEBACKEND.kind, node=args.node).post,
+                node=args.node,
             )
         )
         vrfs = None

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from kubevisor.api import conditions, groups, kinds, vmbackups
-from kubevisor.cli import following
+from kubevisor.cli import following, rendering
 
 BACKUP = kinds.VMBACKUP
 VM = kinds.VIRTUALMACHINE
@@ -124,16 +124,18 @@ def backup(
     target: str | None,
     name: str | None,
     wait: bool,
-) -> str:
-    """Create the VMBackup and (with ``wait``) follow it; the final figures."""
+    out: TextIO = sys.stdout,
+) -> rendering.Done:
+    """Create the VMBackup and (with ``wait``) follow it, progress on ``out``; the
+    VMBackup as it ended and its final figures."""
     body = backup_body(vm, namespace, mode=mode, target=target, name=name)
     created = body["metadata"]["name"]
-    api.create_namespaced_custom_object(
+    made: Mapping[str, Any] = api.create_namespaced_custom_object(
         groups.GROUP, groups.VERSION, namespace, BACKUP.plural, body
     )
     if not wait:
-        return f"vmbackup/{created} created"
-    print(f"vmbackup/{created} created", flush=True)
+        return rendering.Done(made, f"vmbackup/{created} created")
+    print(f"vmbackup/{created} created", file=out, flush=True)
 
     def get() -> Mapping[str, Any] | None:
         obj: Mapping[str, Any] = api.get_namespaced_custom_object(
@@ -141,17 +143,25 @@ def backup(
         )
         return obj
 
-    status = follow(get, out=sys.stdout, tty=sys.stdout.isatty())
+    status = follow(get, out=out, tty=out.isatty())
     if status.get("phase") != vmbackups.VMBackupPhase.SUCCEEDED.value:
         raise BackupFailed(f"{status.get('phase')}: {why(status)}")
-    return figures(created, status)
+    return rendering.Done(get() or made, figures(created, status))
 
 
 def restore(
-    api: Any, backup_name: str, name: str, namespace: str, *, wait: bool, timeout: float
-) -> str:
-    """Create the restored VM and (with ``wait``) follow it until it runs."""
-    api.create_namespaced_custom_object(
+    api: Any,
+    backup_name: str,
+    name: str,
+    namespace: str,
+    *,
+    wait: bool,
+    timeout: float,
+    out: TextIO = sys.stdout,
+) -> rendering.Done:
+    """Create the restored VM and (with ``wait``) follow it until it runs, progress on
+    ``out``; the VM."""
+    made: Mapping[str, Any] = api.create_namespaced_custom_object(
         groups.GROUP,
         groups.VERSION,
         namespace,
@@ -159,8 +169,8 @@ def restore(
         restore_body(backup_name, name, namespace),
     )
     if not wait:
-        return f"virtualmachine/{name} created from vmbackup/{backup_name}"
-    print(f"virtualmachine/{name} created from vmbackup/{backup_name}", flush=True)
+        return rendering.Done(made, f"virtualmachine/{name} created from vmbackup/{backup_name}")
+    print(f"virtualmachine/{name} created from vmbackup/{backup_name}", file=out, flush=True)
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -172,11 +182,12 @@ def restore(
         ready = conditions.get_condition(list(st.get("conditions") or []), "Ready")
         shown = f"phase {phase}" + (f" ({why(st)})" if ready is not None else "")
         if shown != last:
-            print(f"  {shown}", flush=True)
+            print(f"  {shown}", file=out, flush=True)
             last = shown
         if phase == "Running":
             node = st.get("nodeName")
-            return f"Running: virtualmachine/{name} on {node}, restored from {backup_name}"
+            said = f"Running: virtualmachine/{name} on {node}, restored from {backup_name}"
+            return rendering.Done(obj, said)
         if phase == "Failed":
             raise BackupFailed(why(st))
         if time.monotonic() > deadline:
@@ -196,7 +207,9 @@ def restored_verdict(status: Mapping[str, Any]) -> tuple[str, str] | None:
     return str(cond["reason"]), str(cond.get("message") or "")
 
 
-def restore_in_place(api: Any, backup_name: str, vm: str, namespace: str, *, timeout: float) -> str:
+def restore_in_place(
+    api: Any, backup_name: str, vm: str, namespace: str, *, timeout: float
+) -> rendering.Done:
     """Ask for ``vm``'s disks to be restored from ``backup_name`` and wait for the
     controller's verdict; BackupFailed (annotation removed) when it refuses."""
 
@@ -218,7 +231,7 @@ def restore_in_place(api: Any, backup_name: str, vm: str, namespace: str, *, tim
             if reason in REFUSED:
                 annotate(None)
                 raise BackupFailed(f"{reason}: {message}")
-            return f"virtualmachine/{vm}: {reason}: {message}"
+            return rendering.Done(obj, f"virtualmachine/{vm}: {reason}: {message}")
         if time.monotonic() > deadline:
             raise BackupFailed(f"no verdict on the restore after {timeout:.0f} s")
         time.sleep(POLL_SECONDS)

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from kubevisor.api import groups, kinds
 from kubevisor.api.desktopclaims import BOUND, DesktopClaimPhase
+from kubevisor.cli import rendering
 
 
 class ClaimFailed(Exception):
@@ -66,8 +67,9 @@ def claim(
     name: str | None,
     timeout: float,
     out: TextIO = sys.stderr,
-) -> str:
-    """Create the claim, wait for it, return what to print (the URL lines)."""
+) -> rendering.Done:
+    """Create the claim, wait for it (progress on ``out``); the bound claim and the
+    URL lines."""
     plural = kinds.DESKTOPCLAIM.plural
     body = claim_body(pool, user, groups_=groups_, shadow=shadow, name=name)
     created = api.create_namespaced_custom_object(
@@ -89,7 +91,7 @@ def claim(
                 lines.append(f"view-only: {st['viewUrl']}")
             lines.append(f"desktop {st.get('vmName')}; the URL admits a new connection until "
                          f"{st.get('tokenExpiresAt')}")  # fmt: skip
-            return "\n".join(lines)
+            return rendering.Done(obj, "\n".join(lines))
         if seen is not None and seen[0] == "failed":
             raise ClaimFailed(f"desktopclaim/{claim_name}: {seen[1]}")
         if seen is not None and seen[1] != said:

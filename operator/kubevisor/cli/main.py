@@ -36,7 +36,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from kubevisor.api import groups, kinds, virtualmachines, vmbackups
 from kubevisor.api.virtualmachines import DesiredState, RunStrategy
@@ -153,6 +153,12 @@ def _out(args: argparse.Namespace, objects: Any, human: Any) -> str:
     return rendering.render(objects, getattr(args, "output", None) or rendering.HUMAN, human=human)
 
 
+def _progress(args: argparse.Namespace) -> TextIO:
+    """Where a waiting verb prints its progress: stdout for a human, stderr when stdout
+    carries ``-o json|yaml|name`` (so it parses)."""
+    return sys.stderr if getattr(args, "output", None) else sys.stdout
+
+
 def run(args: argparse.Namespace) -> str:
     """Do what ``args`` ask and return what to print; CLIError for what the user can fix."""
     import kubernetes
@@ -179,7 +185,10 @@ def _run(api: Any, args: argparse.Namespace) -> str:
             if args.verb == "uncordon":
                 migrating.cordon(core, args.node, unschedulable=False)
                 return f"node/{args.node} uncordoned"
-            return migrating.drain(api, core, args.node, timeout=args.timeout)
+            drained = migrating.drain(
+                api, core, args.node, timeout=args.timeout, out=_progress(args)
+            )
+            return rendering.done(drained, args.output)
         except migrating.MigrateFailed as exc:
             raise CLIError(str(exc)) from exc
         except kubernetes.client.ApiException as exc:
@@ -191,10 +200,11 @@ def _run(api: Any, args: argparse.Namespace) -> str:
     ns = args.namespace
     if args.verb in ("desktop", "claim"):
         try:
-            return desktops.claim(
+            claimed = desktops.claim(
                 api, args.pool, ns, user=args.user, groups_=args.group, shadow=args.shadow,
                 name=args.name, timeout=args.timeout,
             )  # fmt: skip
+            return rendering.done(claimed, args.output)
         except desktops.ClaimFailed as exc:
             raise CLIError(str(exc)) from exc
     if args.verb == "list":
@@ -207,26 +217,34 @@ def _run(api: Any, args: argparse.Namespace) -> str:
     if args.verb == "restore":
         try:
             if args.in_place:
-                return backingup.restore_in_place(
+                restored = backingup.restore_in_place(
                     api, args.name, args.in_place, ns, timeout=args.timeout
                 )
-            return backingup.restore(
-                api, args.name, args.as_name, ns, wait=not args.no_wait, timeout=args.timeout
-            )
+            else:
+                restored = backingup.restore(
+                    api, args.name, args.as_name, ns, wait=not args.no_wait,
+                    timeout=args.timeout, out=_progress(args),
+                )  # fmt: skip
+            return rendering.done(restored, args.output)
         except backingup.BackupFailed as exc:
             raise CLIError(f"restore of {args.name} did not succeed: {exc}") from exc
     vm = _get_vm(api, args.name, ns)  # every verb below acts on an existing VM
     if args.verb == "migrate":
         try:
-            return migrating.migrate(api, args.name, ns, target=args.to, wait=not args.no_wait)
+            moved = migrating.migrate(
+                api, args.name, ns, target=args.to, wait=not args.no_wait, out=_progress(args)
+            )
+            return rendering.done(moved, args.output)
         except migrating.MigrateFailed as exc:
             raise CLIError(f"migration of {args.name} did not succeed: {exc}") from exc
     if args.verb == "backup":
         try:
-            return backingup.backup(
+            backed = backingup.backup(
                 api, args.name, ns, mode=vmbackups.BackupMode(args.mode),
                 target=args.target, name=args.backup_name, wait=not args.no_wait,
+                out=_progress(args),
             )  # fmt: skip
+            return rendering.done(backed, args.output)
         except backingup.BackupFailed as exc:
             raise CLIError(f"backup of {args.name} did not succeed: {exc}") from exc
     if args.verb == "get":
@@ -293,6 +311,7 @@ def _claim_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--name", help="claim name (default: generated, <pool>-...)")
     c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for binding")
     c.add_argument("-n", "--namespace", default="default")
+    _output_flag(c)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -320,6 +339,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--namespace", default="default")
     s.add_argument("--to", help="target node (default: the controller chooses)")
     s.add_argument("--no-wait", action="store_true", help="create the Migration and return")
+    _output_flag(s)
     s = sub.add_parser("backup", help="back up a VirtualMachine's disks (live if it runs)")
     s.add_argument("name")
     s.add_argument("-n", "--namespace", default="default")
@@ -327,6 +347,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target", help="target directory (default: backups/ on shared storage)")
     s.add_argument("--name", dest="backup_name", help="VMBackup name (default: VM-<random>)")
     s.add_argument("--no-wait", action="store_true", help="create the VMBackup and return")
+    _output_flag(s)
     s = sub.add_parser("restore", help="create a new VirtualMachine from a VMBackup")
     s.add_argument("name", help="the VMBackup")
     into = s.add_mutually_exclusive_group(required=True)
@@ -337,9 +358,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--namespace", default="default")
     s.add_argument("--no-wait", action="store_true", help="create the VM and return")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    _output_flag(s)
     s = sub.add_parser("drain", help="cordon a node and wait until its VMs moved away")
     s.add_argument("node")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    _output_flag(s)
     s = sub.add_parser("uncordon", help="let VMs be placed on a node again")
     s.add_argument("node")
     _claim_flags(sub.add_parser("claim", help="claim a desktop from a pool and print its URL"))

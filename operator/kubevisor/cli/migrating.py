@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from kubevisor.api import conditions, groups, kinds, migrations
-from kubevisor.cli import following
+from kubevisor.cli import following, rendering
 
 MIGRATION = kinds.MIGRATION
 VM = kinds.VIRTUALMACHINE
@@ -121,16 +121,25 @@ def follow(
             cancel()
 
 
-def migrate(api: Any, vm: str, namespace: str, *, target: str | None, wait: bool) -> str:
-    """Create the Migration and (with ``wait``) follow it; the final figures."""
+def migrate(
+    api: Any,
+    vm: str,
+    namespace: str,
+    *,
+    target: str | None,
+    wait: bool,
+    out: TextIO = sys.stdout,
+) -> rendering.Done:
+    """Create the Migration and (with ``wait``) follow it, progress on ``out``; the
+    Migration as it ended and its final figures."""
     body = migration_body(vm, namespace, target=target)
     name = body["metadata"]["name"]
-    api.create_namespaced_custom_object(
+    created: Mapping[str, Any] = api.create_namespaced_custom_object(
         groups.GROUP, groups.VERSION, namespace, MIGRATION.plural, body
     )
     if not wait:
-        return f"migration/{name} created"
-    print(f"migration/{name} created", flush=True)
+        return rendering.Done(created, f"migration/{name} created")
+    print(f"migration/{name} created", file=out, flush=True)
 
     def get() -> Mapping[str, Any] | None:
         obj: Mapping[str, Any] = api.get_namespaced_custom_object(
@@ -144,21 +153,23 @@ def migrate(api: Any, vm: str, namespace: str, *, target: str | None, wait: bool
             {"spec": {"cancel": True}},
         )  # fmt: skip
 
-    status = follow(get, out=sys.stdout, tty=sys.stdout.isatty(), cancel=cancel)
+    status = follow(get, out=out, tty=out.isatty(), cancel=cancel)
     if status.get("phase") != migrations.MigrationPhase.SUCCEEDED.value:
         raise MigrateFailed(f"{status.get('phase')}: {why(status)}")
     # the figures follow Succeeded (the target reports libvirt's completed job)
+    last = get() or created
     for _ in range(20):
         if status.get("totalTimeMs") is not None:
             break
         time.sleep(POLL_SECONDS)
-        status = (get() or {}).get("status") or status
-    return figures(status)
+        last = get() or last
+        status = last.get("status") or status
+    return rendering.Done(last, figures(status))
 
 
-def cordon(core: Any, node: str, *, unschedulable: bool) -> None:
-    """``kubectl cordon``/``uncordon``: the Node's ``spec.unschedulable``."""
-    core.patch_node(node, {"spec": {"unschedulable": unschedulable}})
+def cordon(core: Any, node: str, *, unschedulable: bool) -> Any:
+    """``kubectl cordon``/``uncordon``: the Node's ``spec.unschedulable``; the Node."""
+    return core.patch_node(node, {"spec": {"unschedulable": unschedulable}})
 
 
 def drain_state(vms: list[Mapping[str, Any]], node: str) -> tuple[list[str], list[str]]:
@@ -179,19 +190,24 @@ def drain_state(vms: list[Mapping[str, Any]], node: str) -> tuple[list[str], lis
     return moving, staying
 
 
-def drain(api: Any, core: Any, node: str, *, timeout: float) -> str:
-    """Cordon ``node`` and wait until every VM that may move has left it."""
-    cordon(core, node, unschedulable=True)
-    print(f"node/{node} cordoned", flush=True)
+def drain(
+    api: Any, core: Any, node: str, *, timeout: float, out: TextIO = sys.stdout
+) -> rendering.Done:
+    """Cordon ``node`` and wait until every VM that may move has left it, progress on
+    ``out``; the Node and the VMs it held, as they are at the end."""
+    cordoned = cordon(core, node, unschedulable=True)
+    print(f"node/{node} cordoned", file=out, flush=True)
     deadline = time.monotonic() + timeout
     last: tuple[list[str], list[str]] | None = None
+    held: set[tuple[str, str]] = set()
     while True:
         items = api.list_cluster_custom_object(groups.GROUP, groups.VERSION, VM.plural)["items"]
+        held |= {_key(vm) for vm in items if (vm.get("status") or {}).get("nodeName") == node}
         state = drain_state(items, node)
         if state != last:
             moving, staying = state
             if moving:
-                print(f"  moving: {', '.join(moving)}", flush=True)
+                print(f"  moving: {', '.join(moving)}", file=out, flush=True)
             last = state
         if not state[0]:
             break
@@ -202,4 +218,11 @@ def drain(api: Any, core: Any, node: str, *, timeout: float) -> str:
     summary = f"node/{node} drained"
     if staying:
         summary += "; staying:\n  " + "\n  ".join(staying)
-    return summary
+    node_obj = {"apiVersion": "v1", "kind": "Node",
+                **core.api_client.sanitize_for_serialization(cordoned)}  # fmt: skip
+    vms = [vm for vm in items if _key(vm) in held]
+    return rendering.Done([node_obj, *vms], summary)
+
+
+def _key(vm: Mapping[str, Any]) -> tuple[str, str]:
+    return vm["metadata"]["namespace"], vm["metadata"]["name"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -32,6 +33,21 @@ def _clean(obj: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Done:
+    """What a verb that acts (migrate, backup, restore, drain, claim) did: the object(s)
+    it created or changed, as they are when it returns (``-o json|yaml|name`` prints
+    them), and the sentence a human reads (the default output)."""
+
+    objects: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    text: str
+
+
+def done(result: Done, fmt: str | None) -> str:
+    """``result`` in ``fmt`` (None: the human sentence)."""
+    return render(result.objects, fmt or HUMAN, human=lambda _: result.text)
+
+
 def render(
     objects: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     fmt: str,
@@ -46,7 +62,9 @@ def render(
     many = not isinstance(objects, Mapping)
     items = [_clean(o) for o in objects] if many else [_clean(objects)]  # type: ignore[arg-type]
     if fmt == "name":
-        return "\n".join(f"{kind}/{o['metadata']['name']}" for o in items)
+        return "\n".join(
+            f"{str(o.get('kind') or kind).lower()}/{o['metadata']['name']}" for o in items
+        )
     doc: Any = {"apiVersion": "v1", "kind": "List", "items": items} if many else items[0]
     if fmt == "json":
         return json.dumps(doc, indent=2)

@@ -101,3 +101,51 @@ def test_probe_on_executor_threads_uses_their_connect() -> None:
         return up, closed
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+NFS_PROBE = reaching.Probe("nas", "nfs", endpoint=("10.77.0.250", 2049))
+LOCAL_PROBE = reaching.Probe("local", "local")
+NO_DIR = reaching.Probe("shared", "shared", possible=False)
+LOST = ("nas", "StorageUnreachable", "node n1 cannot reach nfs backend nas (10.77.0.250:2049).")
+BACK = ("nas", "StorageReachable", "node n1 reaches nas again.")
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "want"),
+    [
+        (None, {"local": "local"}, [LOST]),  # first round: what is unreachable is news
+        (None, {"local": "local", "nas": "nfs"}, []),
+        ({"local": "local", "nas": "nfs"}, {"local": "local"}, [LOST]),  # lost
+        ({"local": "local"}, {"local": "local"}, []),  # still lost: no repeat
+        ({"local": "local"}, {"local": "local", "nas": "nfs"}, [BACK]),  # back
+        ({"local": "local", "nas": "nfs"}, {"local": "local", "nas": "nfs"}, []),
+    ],
+)
+def test_changes_of_reach_are_events(
+    before: dict[str, str] | None, after: dict[str, str], want: list[tuple[str, str, str]]
+) -> None:
+    # a shared backend this node has no directory for is never reached: not a failure
+    probes = [LOCAL_PROBE, NFS_PROBE, NO_DIR]
+    assert reaching.changes(before, after, probes, node="n1") == want
+
+
+def test_reach_once_announces_on_the_backends_object(tmp_path: Path) -> None:
+    listed = [{"metadata": {"name": "nas"}, "spec": {"type": "shared"}}]
+    posted: list[tuple[str, str, str]] = []
+
+    async def announce(obj: dict[str, Any], reason: str, message: str) -> None:
+        posted.append((obj["metadata"]["name"], reason, message))
+
+    async def list_backends() -> list[dict[str, Any]]:
+        return listed
+
+    gone = tmp_path / "unmounted"  # the shared directory is not there (any more)
+    found = asyncio.run(
+        reaching.reach_once(
+            list_backends, shared_dir=gone, before={"nas": "shared"}, announce=announce, node="n1"
+        )
+    )
+    assert found == {}
+    assert posted == [
+        ("nas", "StorageUnreachable", f"node n1 cannot reach shared backend nas ({gone}).")
+    ]

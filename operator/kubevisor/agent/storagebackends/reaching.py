@@ -8,8 +8,11 @@ the node's libvirtd and QEMU are) within a few seconds — the path QEMU's own c
 (libnfs, libiscsi) take. A login or a CHAP refusal is not seen here: it is the VM's
 condition when its disk is opened.
 
-:func:`probes` and :func:`reached` are pure (table-tested); :func:`probe` and :func:`run`
-are the thin adapter (asyncio connect, never blocking the loop).
+:func:`probes`, :func:`reached` and :func:`changes` are pure (table-tested); :func:`probe`
+and :func:`run` are the thin adapter (asyncio connect, never blocking the loop). A change
+of reach is an Event on the StorageBackend (:func:`changes`): a Warning
+``StorageUnreachable`` when this node loses it (or cannot reach it at start), a Normal
+``StorageReachable`` when it comes back.
 """
 
 from __future__ import annotations
@@ -95,16 +98,54 @@ async def probe(p: Probe, executor: Executor | None = None) -> bool:
     return True
 
 
+Announce = Callable[[dict[str, Any], str, str], Awaitable[None]]
+"""Post an Event (object, reason, message): ``agent/kube/events.Recorder.post``."""
+
+
+def changes(
+    before: Mapping[str, str] | None,
+    after: Mapping[str, str],
+    todo: Iterable[Probe],
+    *,
+    node: str,
+) -> list[tuple[str, str, str]]:
+    """(backend, reason, message) of each change of reach this round (pure). ``before``
+    None: the first round, where only what is unreachable is news."""
+    out = []
+    for p in todo:
+        if not p.possible:
+            continue  # shared without a directory: never this node's, not a failure
+        was = before is not None and p.name in before
+        now = p.name in after
+        how = f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else str(p.directory or "")
+        if not now and (before is None or was):
+            lost = f"node {node} cannot reach {p.type} backend {p.name} ({how})."
+            out.append((p.name, "StorageUnreachable", lost))
+        elif now and before is not None and not was:
+            out.append((p.name, "StorageReachable", f"node {node} reaches {p.name} again."))
+    return out
+
+
 async def reach_once(
     list_backends: Callable[[], Awaitable[list[dict[str, Any]]]],
     *,
     shared_dir: Path | None,
     executor: Executor | None = None,
+    before: Mapping[str, str] | None = None,
+    announce: Announce | None = None,
+    node: str = "",
 ) -> dict[str, str]:
-    """List the backends and probe them all at once."""
-    todo = probes(await list_backends(), shared_dir=shared_dir)
+    """List the backends and probe them all at once; with ``announce``, post the changes
+    since ``before`` (:func:`changes`) on the backends' objects."""
+    listed = await list_backends()
+    todo = probes(listed, shared_dir=shared_dir)
     results = await asyncio.gather(*(probe(p, executor) for p in todo))
-    return reached(zip(todo, results, strict=True))
+    found = reached(zip(todo, results, strict=True))
+    if announce is not None:
+        by_name = {str((o.get("metadata") or {}).get("name")): o for o in listed}
+        for name, reason, message in changes(before, found, todo, node=node):
+            await announce(by_name[name], reason, message)
+    return found
 
 
 async def run(
@@ -114,16 +155,23 @@ async def run(
     shared_dir: Path | None,
     netns: str | None = None,
     interval: float = INTERVAL_S,
+    announce: Announce | None = None,
+    node: str = "",
 ) -> None:
     """Probe forever, every ``interval`` seconds, from the node's network namespace
     ``netns`` (None: the agent's own), publishing each answer (the Lease is written only
     when it changed); errors are logged and retried next round."""
     executor = netnsthreads.executor(netns) if netns is not None else None
+    before: dict[str, str] | None = None
     try:
         while True:
             try:
-                found = await reach_once(list_backends, shared_dir=shared_dir, executor=executor)
+                found = await reach_once(
+                    list_backends, shared_dir=shared_dir, executor=executor,
+                    before=before, announce=announce, node=node,
+                )  # fmt: skip
                 publish(found)
+                before = found
             except Exception as exc:
                 logger.warning("storage backend probing failed: %s", exc)
             await asyncio.sleep(interval)

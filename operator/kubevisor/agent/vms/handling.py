@@ -306,6 +306,9 @@ class VMHandler:
                 scope.ready_reason, scope.message = refusal_reason(str(exc)), str(exc)
                 return False
             scope.started_at = reporting.now_text()
+            if self.record is not None:  # Normal: the type is api/eventreasons'
+                started = f"started {name} on node {self.config.node}."
+                await self.record(scope.obj, conditions.Reason.STARTING, started)
         elif action is A.SHUTDOWN:
             await self.hv.shutdown(name)
             self._shutdown_at[scope.key] = time.monotonic()

@@ -31,7 +31,7 @@ from typing import Any
 
 from kubevisor.agent import metrics, segmenting, segments
 from kubevisor.agent.kernel import probing, vrfrealizing
-from kubevisor.agent.kube import ApiClient, statuses, watches
+from kubevisor.agent.kube import ApiClient, events, statuses, watches
 from kubevisor.agent.runtime import informing, looping
 from kubevisor.agent.vrfs import daemons, planning, selecting, specs, supervising
 from kubevisor.api import conditions, kinds, nodes, vrfs
@@ -123,6 +123,7 @@ class VRFAgent:
             watches.ListWatch(api, PLURAL), on_change=lambda _key: self.loop.enqueue(NODE_PASS)
         )
         self._entries = statuses.NodeEntryWriter(api, plural=PLURAL, node=node)
+        self._events = events.Recorder(api, kind=kinds.VRF.kind, node=node)
         metrics.count_vrf_routes(lambda: self.watcher.cache.values(), node=node)
         self.supervisor = supervising.Supervisor(
             realizer, on_change=lambda: self.loop.enqueue(NODE_PASS)
@@ -194,6 +195,9 @@ class VRFAgent:
             if key in entries:
                 if selecting.needs_write(have, entries[key], age_seconds=_age(have, now)):
                     await self._entries.patch(key[0], key[1], entries[key])
+                failed = selecting.failure(have, entries[key])
+                if failed is not None:  # the node's own word on why it is not Ready
+                    await self._events.warning(obj, *failed)
             elif have is not None:
                 logger.info(
                     "VRF %s/%s: removing node %s's status entry: %s",

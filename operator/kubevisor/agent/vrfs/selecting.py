@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubevisor.agent.vrfs import planning, specs
-from kubevisor.api import conditions, vrfs
+from kubevisor.api import conditions, eventreasons, vrfs
 from kubevisor.api.conditions import Reason
 
 #: Ready reasons with which the controller refuses a VRF (controller/vrfs/planning.py).
@@ -200,3 +200,21 @@ def needs_write(
     ):
         return True
     return False
+
+
+def failure(have: Mapping[str, Any] | None, entry: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) of the Warning Event for this node's new ``entry`` of a VRF
+    (``have``: the entry the object shows), or None: only a failure (a reason
+    ``api/eventreasons`` calls Warning: a refused daemon config, a kernel error, a missing
+    device) that is new or says something new; a wait or a repeat posts nothing."""
+    if entry.get("ready") or not entry.get("reason"):
+        return None
+    reason, message = str(entry["reason"]), str(entry.get("message") or entry["reason"])
+    if eventreasons.type_of(reason, default="Normal") != eventreasons.EventType.WARNING:
+        return None
+    if have is not None and (have.get("reason"), have.get("message")) == (
+        entry["reason"],
+        entry.get("message"),
+    ):
+        return None
+    return reason, message

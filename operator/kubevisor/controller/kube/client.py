@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,8 @@ class Kube:
         self._custom = client.CustomObjectsApi(api)
         self._coord = client.CoordinationV1Api(api)
         self._core = client.CoreV1Api(api)
+        self._series = events.Aggregator()
+        """Events posted recently, to bump on repeat (``api/events``)."""
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -296,7 +299,9 @@ class Kube:
         self, obj: Obj, *, kind: str, type_: str, reason: str, message: str
     ) -> None:
         """A core/v1 Event about ``obj`` (a kubevisor object of ``kind``), reported by
-        kubevisor-controller."""
+        kubevisor-controller from this pod (its hostname); a repeat within
+        :data:`events.REPEAT_WINDOW` raises the first one's count instead."""
+        now = datetime.now(UTC)
         body = events.body(
             obj,
             kind=kind,
@@ -304,11 +309,12 @@ class Kube:
             reason=reason,
             message=message,
             component=FIELD_MANAGER,
-            now=datetime.now(UTC),
+            now=now,
+            instance=socket.gethostname(),
         )
         core: Any = self._core
-        await core.create_namespaced_event(body["metadata"]["namespace"], body)
-        metrics.api_write("create", "events")
+        verb = await events.post(core, self._series, body, now, gone=is_gone)
+        metrics.api_write(verb, "events")
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from kubevisor.api import eventreasons
 from kubevisor.controller.kube import client as kube
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class Recorder:
     def post(
         self, obj: dict[str, Any], *, kind: str, type_: str, reason: str, message: str
     ) -> None:
-        """An Event on ``obj`` (a kubevisor object of ``kind``)."""
+        """An Event on ``obj`` (a kubevisor object of ``kind``); its type is the one
+        ``api/eventreasons`` gives ``reason`` (``type_`` only for a reason it lacks)."""
+        type_ = eventreasons.type_of(reason, default=type_)
         if self._queue is None:
             log.info("event %s %s: %s", type_, reason, message)
             return

@@ -19,11 +19,12 @@ Rules (pure, ``Observer`` holds only the last phase per object):
 - a migration seen entering a final phase after the initial listing is counted once by
   phase, and a Succeeded one observes its ``totalTimeMs`` and ``downtimeMs``. Migrations
   already final when the controller starts were counted by the process before it;
-- an Event for a VM entering one of ``VM_EVENT_PHASES`` (reason: the phase; Warning for
-  Failed and Unknown) and for a VRF entering Ready, only for a change this process saw
-  (the phase before is known and differs): a restarted controller does not repeat them.
-  The phases the VM handler announces itself (Scheduled) and the transient ones are left
-  out; migrations, backups and claims post their own Events at every phase.
+- an Event for a VM or VRF entering a phase ``api/eventreasons.PHASES`` gives this watch
+  (``OBSERVER``: Starting, Running, Stopped, Failed... for a VM; Ready for a VRF), only
+  for a change this process saw (the phase before is known and differs): a restarted
+  controller does not repeat them. The phases the VM handler announces itself
+  (Scheduled) and the transient ones are left out; migrations, backups and claims post
+  their own Events at every phase.
 """
 
 from __future__ import annotations
@@ -32,27 +33,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from kubevisor.api import kinds, migrations, virtualmachines, vrfs
+from kubevisor.api import eventreasons, kinds, migrations, virtualmachines
 from kubevisor.controller import metrics
 from kubevisor.controller.kube import operating
 
 Phase = virtualmachines.VirtualMachinePhase
+VM = kinds.VIRTUALMACHINE.kind
 
 #: Phases a VM passes on its way to Running (its start clock runs through these).
 STARTING_PHASES = frozenset({"", Phase.PENDING, Phase.SCHEDULING, Phase.SCHEDULED, Phase.STARTING})
-#: VM phases whose entry is an Event (reason: the phase), and those that are Warnings.
-VM_EVENT_PHASES = frozenset(
-    {
-        Phase.RUNNING,
-        Phase.PAUSED,
-        Phase.STOPPED,
-        Phase.MIGRATING,
-        Phase.SUCCEEDED,
-        Phase.FAILED,
-        Phase.UNKNOWN,
-    }
-)
-WARNING_PHASES = frozenset({Phase.FAILED, Phase.UNKNOWN})
 
 
 class Post(Protocol):
@@ -65,20 +54,22 @@ class Post(Protocol):
 
 def vm_event(old: str | None, new: str, node: str | None) -> tuple[str, str, str] | None:
     """(type, reason, message) of the Event for a VM whose phase went ``old`` -> ``new``
-    (``old`` None: not seen before by this process), or None (pure)."""
-    if old is None or old == new or new not in VM_EVENT_PHASES:
+    (``old`` None: not seen before by this process), or None: the phases
+    ``api/eventreasons`` gives this watch (pure)."""
+    found = eventreasons.phase_event(VM, old, new, by=eventreasons.OBSERVER)
+    if found is None:
         return None
     where = f" on node {node}" if node else ""
-    type_ = "Warning" if new in WARNING_PHASES else "Normal"
-    return type_, new, f"phase {old or 'none'} -> {new}{where}"
+    return found[0], found[1], f"phase {old or 'none'} -> {new}{where}."
 
 
 def vrf_event(old: str | None, new: str, ready_nodes: str | None) -> tuple[str, str, str] | None:
     """The Event for a VRF that became Ready (other phases come with the Warning of their
-    reason from the VRF handler), or None (pure)."""
-    if old is None or old == new or new != vrfs.VRFPhase.READY:
+    reason from the VRF handler and the agents), or None (pure)."""
+    found = eventreasons.phase_event(kinds.VRF.kind, old, new, by=eventreasons.OBSERVER)
+    if found is None:
         return None
-    return "Normal", "Ready", f"realized on {ready_nodes or 'every selected'} nodes"
+    return found[0], found[1], f"realized on {ready_nodes or 'every selected'} nodes."
 
 
 def _phase(body: dict[str, Any]) -> str:

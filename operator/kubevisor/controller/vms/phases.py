@@ -402,7 +402,7 @@ async def schedule(scope: Scope, api: kube.Kube, write: Any, *, placer: reservin
         return
     scope.node = result.node
     scope.conds[sched] = Cond("True", Reason.SCHEDULED, f"placed on node {result.node}")
-    scope.events.append((Reason.SCHEDULED, f"placed on node {result.node}"))
+    scope.events.append((Reason.SCHEDULED, f"placed on node {result.node}."))
     try:
         await write(scope)
     except BaseException:

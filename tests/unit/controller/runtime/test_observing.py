@@ -37,11 +37,11 @@ class Clock:
         ("Running", "Running", None),
         ("Pending", "Scheduled", None),  # the VM handler's own Scheduled Event covers it
         ("Running", "Stopping", None),  # transient
-        ("Starting", "Running", ("Normal", "Running", "phase Starting -> Running on node n1")),
-        ("", "Running", ("Normal", "Running", "phase none -> Running on node n1")),
-        ("Running", "Failed", ("Warning", "Failed", "phase Running -> Failed on node n1")),
-        ("Running", "Unknown", ("Warning", "Unknown", "phase Running -> Unknown on node n1")),
-        ("Stopping", "Stopped", ("Normal", "Stopped", "phase Stopping -> Stopped on node n1")),
+        ("Starting", "Running", ("Normal", "Running", "phase Starting -> Running on node n1.")),
+        ("", "Running", ("Normal", "Running", "phase none -> Running on node n1.")),
+        ("Running", "Failed", ("Warning", "Failed", "phase Running -> Failed on node n1.")),
+        ("Running", "Unknown", ("Warning", "Unknown", "phase Running -> Unknown on node n1.")),
+        ("Stopping", "Stopped", ("Normal", "Stopped", "phase Stopping -> Stopped on node n1.")),
     ],
 )
 def test_vm_event(old: str | None, new: str, want: tuple[str, str, str] | None) -> None:
@@ -53,7 +53,7 @@ def test_vm_event(old: str | None, new: str, want: tuple[str, str, str] | None) 
     [
         (None, "Ready", None),
         ("Ready", "Ready", None),
-        ("Provisioning", "Ready", ("Normal", "Ready", "realized on 2/2 nodes")),
+        ("Provisioning", "Ready", ("Normal", "Ready", "realized on 2/2 nodes.")),
         ("Ready", "Degraded", None),  # the VRF handler warns with the reason
     ],
 )
@@ -84,7 +84,7 @@ async def test_vm_phases_gauge_start_clock_and_events() -> None:
             "kind": "VirtualMachine",
             "type_": "Normal",
             "reason": "Running",
-            "message": "phase Pending -> Running on node n1",
+            "message": "phase Pending -> Running on node n1.",
         }
     ]
     await obs.on_vm("MODIFIED", "ns", "a", _obj("Running", nodeName="n1"))
