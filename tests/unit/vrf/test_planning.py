@@ -148,10 +148,12 @@ def test_plan_node_uses_the_assigned_tables_and_refuses_only_node_limits() -> No
             "DaemonUnavailable",
             "not installed on this node",
         ),
-        # l3mdev: the daemon would see the node's namespace, so it is not run there
+        # l3mdev: BIRD runs bound to the VRF's device
+        ({"daemon": "bird", "config": "router id 10.0.0.1;"}, frozenset({"bird"}), "vrf", None, ""),
+        # l3mdev: FRR's zebras would share the node's namespace, so it is not run there
         (
-            {"daemon": "bird", "config": "router id 10.0.0.1;"},
-            frozenset({"bird"}),
+            {"daemon": "frr", "config": "frr defaults traditional"},
+            frozenset({"frr"}),
             "vrf",
             "DaemonUnavailable",
             "set backend: netns",
@@ -175,5 +177,5 @@ def test_a_daemon_the_agent_cannot_run_is_not_ready(
     else:
         assert problem is not None
         assert problem.reason == reason
-        assert "'bird'" in problem.message and "not applied" in problem.message
+            assert f"'{routing["daemon"]}'" in problem.message and "not applied" in problem.message
         assert says in problem.message

@@ -105,14 +105,14 @@ class Wanted:
     config: str
 
 
-def wanted(spec: vrfs.VRFSpec, table: int = 0) -> Wanted | None:
+def wanted(spec: vrfs.VRFSpec, table: int = 0, vrf: str | None = None) -> Wanted | None:
     """The daemon of a VRF spec whose table is ``table``, or None for ``routing.daemon:
     none`` (or no routing); its config is ``routing.config`` or the typed spec's
-    (`routingconfig.config`)."""
+    (`routingconfig.config`), bound to the l3mdev device ``vrf`` when given."""
     if spec.routing is None or spec.routing.daemon == "none":
         return None
     daemon: Daemon = "frr" if spec.routing.daemon == "frr" else "bird"
-    return Wanted(daemon, routingconfig.config(spec.routing, table))
+    return Wanted(daemon, routingconfig.config(spec.routing, table, vrf))
 
 
 @dataclass(frozen=True)
