@@ -177,5 +177,6 @@ def test_a_daemon_the_agent_cannot_run_is_not_ready(
     else:
         assert problem is not None
         assert problem.reason == reason
-            assert f"'{routing["daemon"]}'" in problem.message and "not applied" in problem.message
+        assert routing is not None and f"'{routing['daemon']}'" in problem.message
+        assert "not applied" in problem.message
         assert says in problem.message
