@@ -50,7 +50,7 @@ def bird(routing: vrfrouting.VRFRouting, table: int, vrf: str | None = None) -> 
     l3mdev device its protocols are bound to (None on the netns backend, where the
     namespace is the VRF)."""
     bound = f' vrf "{vrf}";' if vrf is not None else ""
-    line = f"  vrf \"{vrf}\";\n" if vrf is not None else ""
+    line = f'  vrf "{vrf}";\n' if vrf is not None else ""
     out = [HEADER]
     if routing.router_id:
         out.append(f"router id {routing.router_id};\n")
