@@ -174,6 +174,10 @@ class Reason(StrEnum):
     DAEMON_FAILED = "DaemonFailed"
     """The VRF's routing daemon is not running (it died or could not start); it is
     restarted with backoff (1 s doubling to 60 s)."""
+    DAEMON_OUT_OF_MEMORY = "DaemonOutOfMemory"
+    """The VRF's routing daemon was killed by the kernel for going over the VRF's memory
+    limit (resources.memory, its cgroup's OOM killer: the node and other VRFs are not
+    touched); it is restarted with backoff like a DaemonFailed one."""
     SESSION_DOWN = "SessionDown"
     """A routing session the VRF's daemon has configured (a BGP neighbour, an OSPF
     instance) is not up on a node; the message names the node and the session."""
