@@ -148,8 +148,22 @@ def test_plan_node_uses_the_assigned_tables_and_refuses_only_node_limits() -> No
             "DaemonUnavailable",
             "not installed on this node",
         ),
-        # l3mdev: BIRD runs bound to the VRF's device
-        ({"daemon": "bird", "config": "router id 10.0.0.1;"}, frozenset({"bird"}), "vrf", None, ""),
+        # l3mdev: BIRD runs from the typed spec, bound to the VRF's device
+        (
+            {"daemon": "bird", "ospf": {"interfaces": ["red0"]}},
+            frozenset({"bird"}),
+            "vrf",
+            None,
+            "",
+        ),
+        # ... but not a config of its own: it could reach the node's own tables
+        (
+            {"daemon": "bird", "config": "router id 10.0.0.1;"},
+            frozenset({"bird"}),
+            "vrf",
+            "DaemonUnavailable",
+            "runs only the typed routing spec there",
+        ),
         # l3mdev: FRR's zebras would share the node's namespace, so it is not run there
         (
             {"daemon": "frr", "config": "frr defaults traditional"},
@@ -161,7 +175,7 @@ def test_plan_node_uses_the_assigned_tables_and_refuses_only_node_limits() -> No
     ],
 )
 def test_a_daemon_the_agent_cannot_run_is_not_ready(
-    routing: dict[str, str] | None,
+    routing: dict[str, Any] | None,
     installed: frozenset[str],
     backend: vrfs.RealBackend,
     reason: str | None,

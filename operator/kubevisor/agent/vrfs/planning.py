@@ -217,8 +217,8 @@ def daemon_problem(
     """Why the VRF's ``routing.daemon`` cannot run on this node, or None.
 
     ``installed``: the daemons whose programs this node has; ``backend``: the one the VRF
-    is realized with here (BIRD runs on both, bound to the VRF's device on l3mdev; FRR in
-    a VRF's own namespace only). The kernel
+    is realized with here (BIRD runs on both, on l3mdev only from the typed spec, which
+    binds it to the VRF's device; FRR in a VRF's own namespace only). The kernel
     part of the VRF is still realized, but a VRF whose daemon (and so its config) is not
     applied must not report Ready: the node entry says DaemonUnavailable.
     """
@@ -244,6 +244,14 @@ def daemon_problem(
             " backend every VRF's zebra would share the node's namespace, and each zebra"
             " removes, when it starts, the routes other zebras installed (set backend:"
             f" netns, or use bird); {unapplied}",
+        )
+    if backend != "netns" and spec.routing is not None and not spec.routing.typed:
+        return Problem(
+            Reason.DAEMON_UNAVAILABLE,
+            "routing.daemon 'bird' on the l3mdev backend shares the node's network"
+            " namespace, so the agent runs only the typed routing spec there (it binds every"
+            " protocol to the VRF's device); a routing.config of its own could reach the"
+            f" node's own tables (use the typed spec, or set backend: netns); {unapplied}",
         )
     return None
 
