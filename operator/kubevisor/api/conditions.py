@@ -167,7 +167,8 @@ class Reason(StrEnum):
     valid value; it is ignored and the message says why."""
     DAEMON_UNAVAILABLE = "DaemonUnavailable"
     """The spec asks for a routing daemon (routing.daemon) this node cannot run (not
-    installed, or not on this backend); its config is not applied."""
+    installed, or not on this backend: FRR, or a routing.config of the user's own, on the
+    l3mdev backend); its config is not applied."""
     INVALID_DAEMON_CONFIG = "InvalidDaemonConfig"
     """The daemon's own parser (bird -p) refused routing.config; the message quotes it.
     A daemon already running keeps its previous config."""
