@@ -2,7 +2,9 @@
 
 The host kernel has no l3mdev VRF (nor 802.1Q), so this module boots a tiny TCG guest
 whose initramfs carries a trimmed CPython, pyroute2, the kubevisor package and
-`tests/integration/vrf_guest/guest_vrf.py`, which runs the unchanged realizer there.
+`tests/integration/vrf_guest/guest_vrf.py`, which runs the unchanged realizer there; the
+BIRD test adds this host's Debian bird/birdc (and the libraries they link) and runs
+`guest_vrf_bird.py`, the product's supervisor with BIRD bound to l3mdev devices.
 The guest's CPython is the one running this test (the .venv's base interpreter, so
 whatever Python `hack/setup` built the venv from); the only skip is a missing guest image
 or qemu, both of which `hack/setup` provides.

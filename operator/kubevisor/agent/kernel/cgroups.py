@@ -142,7 +142,7 @@ class CgroupContext:
         where, file = files[self.version]
         try:
             text = _read(dirs[where] / file)
-        except FileNotFoundError:
+        except OSError:  # gone, or a kernel without the file: nothing counted
             return 0
         counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
         return int(counts.get("oom_kill", 0))
