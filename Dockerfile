@@ -17,10 +17,12 @@ RUN npm pack --silent "@novnc/novnc@${NOVNC_VERSION}" \
  && echo "${NOVNC_VERSION}" > out/.version
 
 FROM debian:bookworm-slim
-# python3-libvirt from Debian (nothing to compile); qemu-img for the agent's disks
+# python3-libvirt from Debian (nothing to compile); qemu-img for the agent's disks; BIRD 2
+# and FRR for the VRFs' routing daemons (frr-reload is in frr-pythontools)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3 python3-venv python3-libvirt qemu-utils iproute2 ca-certificates \
+      bird2 frr frr-pythontools \
  && rm -rf /var/lib/apt/lists/*
 # the chart runs controller and gateway as 65532; kopf asks getpwuid() for a user name
 RUN groupadd --system --gid 65532 kubevisor \

@@ -13,7 +13,10 @@
 # kubevisor.local/kubevisor:<key> (printed by `hack/build-image.sh --name`).
 #
 # libvirt: Debian's python3-libvirt (the venv sees system site-packages), so nothing is
-# compiled. qemu-utils: the agent runs qemu-img. noVNC: the gateway serves it. User 65532
+# compiled. qemu-utils: the agent runs qemu-img. bird2, frr and frr-pythontools: the VRFs'
+# routing daemons the agent runs (routing.daemon bird/frr; frr-reload is in
+# frr-pythontools); their packages create the bird and frr accounts the daemons drop to.
+# noVNC: the gateway serves it. User 65532
 # (the chart's runAsUser for controller and gateway) exists: kopf asks getpwuid() for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +25,7 @@ CACHE="${KUBEVISOR_CACHE:-/var/cache/kubevisor}"
 NOVNC_DIR="${KUBEVISOR_NOVNC_DIR:-$CACHE/novnc}"
 SUITE="${KUBEVISOR_IMAGE_SUITE:-bookworm}"
 MIRROR="${KUBEVISOR_IMAGE_MIRROR:-http://deb.debian.org/debian}"
-PACKAGES=python3,python3-venv,python3-libvirt,qemu-utils,iproute2,ca-certificates
+PACKAGES=python3,python3-venv,python3-libvirt,qemu-utils,iproute2,ca-certificates,bird2,frr,frr-pythontools
 
 key="$(
   {

@@ -2,7 +2,9 @@
 
 The host kernel has no l3mdev VRF (nor 802.1Q), so this module boots a tiny TCG guest
 whose initramfs carries a trimmed CPython, pyroute2, the kubevisor package and
-`tests/integration/vrf_guest/guest_vrf.py`, which runs the unchanged realizer there.
+`tests/integration/vrf_guest/guest_vrf.py`, which runs the unchanged realizer there; the
+BIRD test adds this host's Debian bird/birdc (and the libraries they link) and runs
+`guest_vrf_bird.py`, the product's supervisor with BIRD bound to l3mdev devices.
 The guest's CPython is the one running this test (the .venv's base interpreter, so
 whatever Python `hack/setup` built the venv from); the only skip is a missing guest image
 or qemu, both of which `hack/setup` provides.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -39,10 +42,9 @@ def _guest_python_env() -> dict[str, str]:
     }
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, capture_output=True, text=True, check=True, env={**os.environ, **_guest_python_env()}
-    )
+def _run(*argv: str, programs: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **_guest_python_env(), "KV_GUEST_PROGRAMS": " ".join(programs)}
+    return subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
 
 
 GUEST_DIR = guest.cache_dir() / "images" / "tiny"
@@ -58,11 +60,33 @@ def test_l3mdev_backend_in_a_guest(tmp_path: Path) -> None:
     """
     testing.require_tiny_guest(GUEST_DIR.parent)
     testing.require_tools("qemu-system-x86_64")
+    _boot(tmp_path, HERE / "guest_vrf.py")
+
+
+def test_bird_bound_to_l3mdev_devices_in_a_guest(tmp_path: Path) -> None:
+    """Issue 18 on the l3mdev backend: BIRD bound to each VRF's device, through the
+    product's supervisor, in a Debian-kernel guest (`vrf_guest/guest_vrf_bird.py`).
+
+    red and peer run BGP over red's segment; blue has red's address and neighbour on its
+    own segment. peer's prefix lands in red's table and not in blue's nor the main one;
+    each BIRD is in its VRF's cgroup with the 64Mi limit. The guest carries this host's
+    Debian bird and birdc with the libraries they link (the tiny guest has no libc).
+    """
+    testing.require_tiny_guest(GUEST_DIR.parent)
+    testing.require_tools("qemu-system-x86_64", "bird", "birdc")
+    programs = tuple(str(shutil.which(p)) for p in ("bird", "birdc"))
+    _boot(tmp_path, HERE / "guest_vrf_bird.py", programs)
+
+
+def _boot(tmp_path: Path, program: Path, programs: tuple[str, ...] = ()) -> None:
+    """Build the overlay with ``program`` (and host ``programs``), boot the guest on it and
+    assert the program printed KV-GUEST-OK."""
     repo = REPO
     overlay = tmp_path / "overlay.gz"
     _run(
-        "bash", str(HERE / "build-overlay.sh"), str(overlay), str(repo), str(HERE / "guest_vrf.py")
-    )
+        "bash", str(HERE / "build-overlay.sh"), str(overlay), str(repo), str(program),
+        programs=programs,
+    )  # fmt: skip
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes((GUEST_DIR / "initrd.img").read_bytes() + overlay.read_bytes())
     script = base64.b64encode(b"sh /kv/run.sh; echo KV-DONE; poweroff -f").decode()

@@ -201,3 +201,62 @@ def test_table_allocation_ready_nodes_and_coexisting_writers(env: Env) -> None:
     assert st["tableAllocated"] == table and st["readyNodes"] == "1/1"
     env.lease("vrfctl-b", NODES["vrfctl-b"])
     _wait(lambda: env.status("alloc").get("readyNodes") == "1/2", what="1/2 again")
+
+
+def test_a_daemon_killed_over_its_memory_limit_degrades_only_its_vrf(env: Env) -> None:
+    """Issue 18: the agent's DaemonOutOfMemory (its daemon killed in the VRF's cgroup,
+    `supervising`) becomes the VRF's Ready reason with the node's sentence and a Warning
+    Event; another VRF on the same nodes stays Ready."""
+    env.create("oom", {"interfaces": [_seg("o0", "oom")]})
+    env.create("calm", {"interfaces": [_seg("c0", "calm")]})
+    tables = {
+        name: _wait(lambda n=name: env.status(n).get("tableAllocated"), what=f"{name} table")
+        for name in ("oom", "calm")
+    }
+
+    def entry(name: str, iface: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "backend": "netns",
+            "table": tables[name],
+            "interfaces": [iface],
+            "routesInstalled": 0,
+            "ready": True,
+            "message": "realized",
+            "observedGeneration": 1,
+            "lastSyncTime": "2025-01-01T00:00:00Z",
+            **extra,
+        }
+
+    said = (
+        "bird was killed by the kernel for going over the VRF's memory limit"
+        " (resources.memory) (killed by signal 9); restart 2 in 2 s."
+    )
+    for node in NODES:
+        env.agent_entry("calm", node, entry("calm", "c0"))
+    env.agent_entry("oom", "vrfctl-a", entry("oom", "o0"))
+    env.agent_entry(
+        "oom", "vrfctl-b", entry("oom", "o0", ready=False, reason="DaemonOutOfMemory", message=said)
+    )
+    try:
+        ready = _wait(
+            lambda: env.ready("oom").get("reason") == "DaemonOutOfMemory" and env.ready("oom"),
+            what="DaemonOutOfMemory on oom",
+        )
+        assert ready["status"] == "False" and f"vrfctl-b: {said}" in ready["message"]
+        assert env.status("oom")["phase"] == "Degraded"
+        events = _wait(lambda: env.events("oom", "DaemonOutOfMemory"), what="Warning event")
+        assert any(said in message for message in events)
+        calm = _wait(lambda: env.status("calm").get("phase") == "Ready" and env.status("calm"),
+                     what="calm Ready")  # fmt: skip
+        assert calm["readyNodes"] == "2/2"
+        assert not env.events("calm", "DaemonOutOfMemory")
+    finally:
+        for name in ("oom", "calm"):
+            env.delete(name)
+        for name in ("oom", "calm"):
+            _wait(lambda n=name: n not in _names(env), what=f"{name} deleted")
+
+
+def _names(env: Env) -> set[str]:
+    items = env.custom.list_namespaced_custom_object(G, V, NS, "vrfs")["items"]
+    return {item["metadata"]["name"] for item in items}

@@ -9,6 +9,8 @@ VRF loop does. The test observes with ``/proc``, ``ip`` and ``birdc`` on its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kubevisor.agent.kernel import cgroups
-from kubevisor.agent.vrfs import daemons, supervising
+from kubevisor.agent.vrfs import daemons, planning, supervising
 from kubevisor.devenv import testing, vrfdaemons
 
 pytestmark = pytest.mark.integration
@@ -186,3 +188,87 @@ async def test_sweep_stops_a_daemon_whose_vrf_is_gone(ctx: Ctx) -> None:
         fresh.close()
     assert not vrfdaemons.alive(first.status["pid"])
     assert not ctx.supervisor.files("red").run_dir.exists()
+
+
+#: Enough static routes that BIRD needs far more than `SMALL` to hold them.
+MANY_ROUTES = 400_000
+SMALL = 32 << 20
+
+
+def _many_routes_config() -> str:
+    routes = "".join(
+        f"route 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32 blackhole;\n"
+        for i in range(MANY_ROUTES)
+    )
+    return CONFIG + f"protocol static many {{ ipv4; {routes} }}\n"
+
+
+async def test_a_daemon_over_its_memory_limit_is_killed_by_the_vrfs_cgroup(ctx: Ctx) -> None:
+    """Issue 18: a daemon over its VRF's memory limit is the VRF's problem, not the node's.
+
+    red's limit is cut to 32Mi and its BIRD given 400,000 static routes: the kernel kills
+    it inside red's cgroup (its OOM counter says so), red reports DaemonOutOfMemory with a
+    sentence, and it is restarted with backoff (and killed again); blue, another VRF with
+    its own BIRD on the same node, keeps running with the same pid and no OOM kill.
+    """
+    context = cgroups.CgroupContext("red", parent=ctx.realizer.naming.cgroup_parent)
+    if context.version == "none":
+        testing.absent("no cpu+memory cgroup controllers on this host", setup_provides=False)
+    blue = await ctx.realizer.apply(vrfdaemons.desired("blue"))
+    assert blue["ready"], blue
+    try:
+        blue_before = await _blue_running(ctx)
+        small = dataclasses.replace(
+            vrfdaemons.desired(), limits=planning.Limits(memory_bytes=SMALL)
+        )
+        assert (await ctx.realizer.apply(small))["ready"]
+        assert context.limits().memory_bytes == SMALL
+        assert context.oom_kills() == 0
+        wanted = daemons.Wanted("bird", await asyncio.to_thread(_many_routes_config))
+        seen: list[supervising.Report] = []
+
+        async def restarts_after_oom(count: int) -> supervising.Report:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 120
+            while loop.time() < deadline:
+                ctx.woken.clear()
+                report = await ctx.supervisor.ensure("red", wanted)
+                seen.append(report)
+                status = report.status or {}
+                if (status.get("restarts") or 0) >= count and report.problem is not None:
+                    return report
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ctx.woken.wait(), timeout=0.5)
+            raise AssertionError(f"no {count} OOM restarts: {seen[-1:]}")
+
+        first = await restarts_after_oom(1)
+        assert first.problem is not None and first.problem.reason == "DaemonOutOfMemory", first
+        assert "over the VRF's memory limit (resources.memory)" in first.problem.message
+        assert first.status is not None and first.status["state"] == "Restarting"
+        assert context.oom_kills() >= 1
+        # restarted with backoff: it comes back (and is killed again) as the restart count grows
+        second = await restarts_after_oom(2)
+        assert second.problem is not None and second.problem.reason == "DaemonOutOfMemory"
+        assert "restart 3 in" in second.problem.message
+        # the other VRF on the node: same daemon, never OOM-killed
+        blue_after = await ctx.supervisor.ensure("blue", daemons.Wanted("bird", CONFIG))
+        assert blue_after.problem is None and blue_after.status is not None
+        assert blue_after.status["pid"] == blue_before and vrfdaemons.alive(blue_before)
+        blue_context = cgroups.CgroupContext("blue", parent=ctx.realizer.naming.cgroup_parent)
+        assert blue_context.oom_kills() == 0
+    finally:
+        await ctx.supervisor.stop("blue")
+        await ctx.realizer.remove("blue")
+
+
+async def _blue_running(ctx: Ctx) -> int:
+    report = await ctx.supervisor.ensure("blue", daemons.Wanted("bird", CONFIG))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while report.status is None or report.status["state"] != "Running":
+        assert loop.time() < deadline, report
+        await asyncio.sleep(0.2)  # polling a condition with a deadline
+        report = await ctx.supervisor.ensure("blue", daemons.Wanted("bird", CONFIG))
+    pid = report.status["pid"]
+    assert pid is not None
+    return pid

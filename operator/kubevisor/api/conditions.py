@@ -167,13 +167,18 @@ class Reason(StrEnum):
     valid value; it is ignored and the message says why."""
     DAEMON_UNAVAILABLE = "DaemonUnavailable"
     """The spec asks for a routing daemon (routing.daemon) this node cannot run (not
-    installed, or not on this backend); its config is not applied."""
+    installed, or not on this backend: FRR, or a routing.config of the user's own, on the
+    l3mdev backend); its config is not applied."""
     INVALID_DAEMON_CONFIG = "InvalidDaemonConfig"
     """The daemon's own parser (bird -p) refused routing.config; the message quotes it.
     A daemon already running keeps its previous config."""
     DAEMON_FAILED = "DaemonFailed"
     """The VRF's routing daemon is not running (it died or could not start); it is
     restarted with backoff (1 s doubling to 60 s)."""
+    DAEMON_OUT_OF_MEMORY = "DaemonOutOfMemory"
+    """The VRF's routing daemon was killed by the kernel for going over the VRF's memory
+    limit (resources.memory, its cgroup's OOM killer: the node and other VRFs are not
+    touched); it is restarted with backoff like a DaemonFailed one."""
     SESSION_DOWN = "SessionDown"
     """A routing session the VRF's daemon has configured (a BGP neighbour, an OSPF
     instance) is not up on a node; the message names the node and the session."""

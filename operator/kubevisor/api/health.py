@@ -257,6 +257,7 @@ VRF = Rules(
             Reason.DAEMON_UNAVAILABLE,
             Reason.INVALID_DAEMON_CONFIG,
             Reason.DAEMON_FAILED,
+            Reason.DAEMON_OUT_OF_MEMORY,
             Reason.SESSION_DOWN,
         }
     ),

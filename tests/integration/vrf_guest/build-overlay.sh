@@ -28,9 +28,19 @@ for f in "$KV_GUEST_PY_BIN" "$KV_GUEST_PY_STDLIB"/lib-dynload/*.so $ST/kv/site/p
 KVER=$(ls /boot/vmlinuz-*-amd64 | sed 's|/boot/vmlinuz-||' | sort -V | tail -n1)
 cp /lib/modules/$KVER/kernel/drivers/net/veth.ko* $ST/kv/
 cp $PROG $ST/kv/run.py
+# Optional host programs (KV_GUEST_PROGRAMS, e.g. Debian's bird and birdc) at their own
+# paths, with the shared libraries they link at Debian's paths: the tiny guest has a
+# static busybox and no libc of its own.
+for prog in ${KV_GUEST_PROGRAMS:-}; do
+  mkdir -p $ST$(dirname $prog); cp -L $prog $ST$prog
+  ldd $prog | awk '/=> \//{print $3} /ld-linux/{print $1}' | while read l; do
+    mkdir -p $ST$(dirname $l); cp -L $l $ST$l; done
+done
 cat > $ST/kv/run.sh <<EOS
 for m in /kv/veth.ko*; do case \$m in *.xz) xz -dc \$m > /tmp/veth.ko; insmod /tmp/veth.ko;; *) insmod \$m;; esac; done
 mkdir -p /run/netns
+grep -q " /sys/fs/cgroup " /proc/mounts || mount -t cgroup2 none /sys/fs/cgroup
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:\$PATH
 PYTHONHOME=/kv/py PYTHONPATH=/kv/site PYTHONDONTWRITEBYTECODE=1 /kv/lib/ld-linux-x86-64.so.2 --library-path /kv/lib /kv/py/bin/python$VER /kv/run.py
 EOS
 ( cd $ST && find . | cpio -o -H newc --quiet | gzip -1 ) > $OUT

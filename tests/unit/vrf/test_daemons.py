@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubevisor.agent.kernel import vrfnaming
+from kubevisor.agent.kernel import cgroups, vrfnaming
 from kubevisor.agent.vrfs import bird, daemons, frr
 from kubevisor.api import vrfs
 
@@ -169,6 +169,56 @@ def test_problem(observed: daemons.Observed, running: bool, reason: str | None) 
     assert (found.reason if found else None) == reason
     if found is not None and reason == "InvalidDaemonConfig":
         assert found.message == REFUSED
+
+
+@pytest.mark.parametrize(
+    ("out_of_memory", "reason", "says"),
+    [
+        (True, "DaemonOutOfMemory", "bird was killed by the kernel for going over the VRF's"),
+        (False, "DaemonFailed", "bird is not running (killed by signal 9)"),
+    ],
+)
+def test_a_death_by_the_vrfs_memory_limit_says_so(
+    out_of_memory: bool, reason: str, says: str
+) -> None:
+    """Issue 18: an OOM kill in the VRF's cgroup is the VRF's memory limit, not a crash;
+    either way the sentence says when it comes back."""
+    o = Obs(RED, pid=None, applied=RED.config, failures=1, retry_at=3.0, now=1.0)
+    found = daemons.problem(
+        o, running=False, exit_text="killed by signal 9", out_of_memory=out_of_memory
+    )
+    assert found is not None and found.reason == reason
+    assert says in found.message and found.message.endswith("restart 2 in 2 s.")
+
+
+@pytest.mark.parametrize(
+    ("version", "path", "text", "kills"),
+    [
+        (
+            "v1",
+            "memory/kv/red/memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+            3,
+        ),
+        ("v2", "kv/red/memory.events", "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\n", 2),
+        ("v1", None, "", 0),  # the cgroup is gone
+    ],
+)
+def test_oom_kills_read_from_the_cgroup(
+    tmp_path: Path, version: str, path: str | None, text: str, kills: int
+) -> None:
+    if version == "v2":
+        (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    else:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+        (tmp_path / "memory").mkdir()
+    if path is not None:
+        (tmp_path / path).parent.mkdir(parents=True)
+        (tmp_path / path).write_text(text)
+    context = cgroups.CgroupContext("red", parent="kv", root=tmp_path)
+    assert context.version == version
+    assert context.oom_kills() == kills
 
 
 FRR = daemons.files(NAMING.run_dir("ns.blue"), "frr")

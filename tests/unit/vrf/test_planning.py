@@ -148,10 +148,26 @@ def test_plan_node_uses_the_assigned_tables_and_refuses_only_node_limits() -> No
             "DaemonUnavailable",
             "not installed on this node",
         ),
-        # l3mdev: the daemon would see the node's namespace, so it is not run there
+        # l3mdev: BIRD runs from the typed spec, bound to the VRF's device
+        (
+            {"daemon": "bird", "ospf": {"interfaces": ["red0"]}},
+            frozenset({"bird"}),
+            "vrf",
+            None,
+            "",
+        ),
+        # ... but not a config of its own: it could reach the node's own tables
         (
             {"daemon": "bird", "config": "router id 10.0.0.1;"},
             frozenset({"bird"}),
+            "vrf",
+            "DaemonUnavailable",
+            "runs only the typed routing spec there",
+        ),
+        # l3mdev: FRR's zebras would share the node's namespace, so it is not run there
+        (
+            {"daemon": "frr", "config": "frr defaults traditional"},
+            frozenset({"frr"}),
             "vrf",
             "DaemonUnavailable",
             "set backend: netns",
@@ -159,7 +175,7 @@ def test_plan_node_uses_the_assigned_tables_and_refuses_only_node_limits() -> No
     ],
 )
 def test_a_daemon_the_agent_cannot_run_is_not_ready(
-    routing: dict[str, str] | None,
+    routing: dict[str, Any] | None,
     installed: frozenset[str],
     backend: vrfs.RealBackend,
     reason: str | None,
@@ -175,5 +191,6 @@ def test_a_daemon_the_agent_cannot_run_is_not_ready(
     else:
         assert problem is not None
         assert problem.reason == reason
-        assert "'bird'" in problem.message and "not applied" in problem.message
+        assert routing is not None and f"'{routing['daemon']}'" in problem.message
+        assert "not applied" in problem.message
         assert says in problem.message

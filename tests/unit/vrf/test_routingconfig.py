@@ -66,6 +66,20 @@ def test_bird(name: str, present: list[str], absent: list[str]) -> None:
         assert part not in text
 
 
+@pytest.mark.parametrize("name", ["bgp", "ospf"])
+def test_bird_on_l3mdev_binds_every_network_protocol_to_the_device(name: str) -> None:
+    """Issue 18: on the l3mdev backend BIRD runs in the node's namespace, so its kernel,
+    BGP and OSPF protocols name the VRF's device; the netns config names none."""
+    bound = routingconfig.bird(_routing(name, "bird"), 1234, "kvrf0123")
+    plain = routingconfig.bird(_routing(name, "bird"), 1234)
+    assert 'protocol kernel kernel4 { vrf "kvrf0123"; ipv4' in bound
+    assert "kernel table 1234;" in bound
+    header = "protocol bgp neighbor1 {" if name == "bgp" else "protocol ospf v2 ospf4 {"
+    assert f'{header}\n  vrf "kvrf0123";\n' in bound
+    assert "vrf" not in plain
+    assert bound.count("vrf ") == plain.count("protocol ") - plain.count("protocol static") - 1
+
+
 @pytest.mark.parametrize(
     ("name", "present", "absent", "needs"),
     [

@@ -131,6 +131,22 @@ class CgroupContext:
             }
         return {"cpuSeconds": 0.0, "memoryBytes": 0}
 
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for going over the context's memory
+        limit (v1 ``memory.oom_control``, v2 ``memory.events``: ``oom_kill``); 0 when it
+        does not count them or the cgroup is gone."""
+        dirs = self._dirs()
+        files = {"v1": ("memory", "memory.oom_control"), "v2": ("unified", "memory.events")}
+        if self.version not in files:
+            return 0
+        where, file = files[self.version]
+        try:
+            text = _read(dirs[where] / file)
+        except OSError:  # gone, or a kernel without the file: nothing counted
+            return 0
+        counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+        return int(counts.get("oom_kill", 0))
+
     def remove(self, *, timeout: float = 10.0) -> None:
         """Kill the context's processes and delete the cgroup (and an empty parent)."""
         deadline = time.monotonic() + timeout

@@ -111,6 +111,11 @@ class VRFRealizer:
         session (an agent restart leaves it running); ``log`` takes its stdout/stderr."""
         return await self._run(lambda: self.launch_sync(name, argv, cwd=cwd, log=log))
 
+    def oom_kills(self, name: str) -> int:
+        """Processes the kernel killed in the VRF's cgroup over its memory limit (blocking:
+        call it in a thread; `CgroupContext.oom_kills`)."""
+        return self._cgroup(name).oom_kills()
+
     def close(self) -> None:
         """Stop the worker thread."""
         self._executor.shutdown(wait=True)

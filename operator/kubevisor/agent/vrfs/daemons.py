@@ -105,14 +105,14 @@ class Wanted:
     config: str
 
 
-def wanted(spec: vrfs.VRFSpec, table: int = 0) -> Wanted | None:
+def wanted(spec: vrfs.VRFSpec, table: int = 0, vrf: str | None = None) -> Wanted | None:
     """The daemon of a VRF spec whose table is ``table``, or None for ``routing.daemon:
     none`` (or no routing); its config is ``routing.config`` or the typed spec's
-    (`routingconfig.config`)."""
+    (`routingconfig.config`), bound to the l3mdev device ``vrf`` when given."""
     if spec.routing is None or spec.routing.daemon == "none":
         return None
     daemon: Daemon = "frr" if spec.routing.daemon == "frr" else "bird"
-    return Wanted(daemon, routingconfig.config(spec.routing, table))
+    return Wanted(daemon, routingconfig.config(spec.routing, table, vrf))
 
 
 @dataclass(frozen=True)
@@ -191,9 +191,12 @@ def restart_delay(failures: int) -> float:
 Problem = planning.Problem
 
 
-def problem(o: Observed, *, running: bool, exit_text: str | None = None) -> Problem | None:
+def problem(
+    o: Observed, *, running: bool, exit_text: str | None = None, out_of_memory: bool = False
+) -> Problem | None:
     """The node entry's reason after a pass: a refused config first (its message is the
-    one the user must act on), then a daemon that is not running."""
+    one the user must act on), then a daemon that is not running: DaemonOutOfMemory when
+    the VRF's cgroup killed it (``out_of_memory``), else DaemonFailed."""
     if o.wanted is None:
         return None
     if o.refusal is not None:
@@ -201,6 +204,12 @@ def problem(o: Observed, *, running: bool, exit_text: str | None = None) -> Prob
     if not running:
         why = f" ({exit_text})" if exit_text else ""
         wait = max(0.0, o.retry_at - o.now)
+        if out_of_memory:
+            return Problem(
+                Reason.DAEMON_OUT_OF_MEMORY,
+                f"{o.wanted.daemon} was killed by the kernel for going over the VRF's memory"
+                f" limit (resources.memory){why}; restart {o.failures + 1} in {wait:.0f} s.",
+            )
         return Problem(
             Reason.DAEMON_FAILED,
             f"{o.wanted.daemon} is not running{why}; restart {o.failures + 1} in {wait:.0f} s.",

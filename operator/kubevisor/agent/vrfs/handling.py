@@ -229,7 +229,9 @@ class VRFAgent:
             return status
         status = status.copy()
         if problem is None:
-            report = await self.supervisor.ensure(name, daemons.wanted(spec, desired.table))
+            device = self.realizer.naming.vrf_device(name) if desired.backend == "vrf" else None
+            wanted = daemons.wanted(spec, desired.table, device)
+            report = await self.supervisor.ensure(name, wanted)
             if report.status is not None:
                 status["daemon"] = report.status
             problem = report.problem

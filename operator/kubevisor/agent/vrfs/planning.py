@@ -217,7 +217,8 @@ def daemon_problem(
     """Why the VRF's ``routing.daemon`` cannot run on this node, or None.
 
     ``installed``: the daemons whose programs this node has; ``backend``: the one the VRF
-    is realized with here (daemons run in a VRF's own namespace only, so far). The kernel
+    is realized with here (BIRD runs on both, on l3mdev only from the typed spec, which
+    binds it to the VRF's device; FRR in a VRF's own namespace only). The kernel
     part of the VRF is still realized, but a VRF whose daemon (and so its config) is not
     applied must not report Ready: the node entry says DaemonUnavailable.
     """
@@ -236,11 +237,21 @@ def daemon_problem(
             f"routing.daemon {daemon!r} needs {NEEDS[daemon]}, which is not installed"
             f" on this node; {unapplied}",
         )
-    if backend != "netns":
+    if backend != "netns" and daemon == "frr":
         return Problem(
             Reason.DAEMON_UNAVAILABLE,
-            f"routing.daemon {daemon!r} runs in a VRF's network namespace only so far, and"
-            f" this node realizes the VRF as an l3mdev device (set backend: netns); {unapplied}",
+            "routing.daemon 'frr' runs in a VRF's network namespace only: on the l3mdev"
+            " backend every VRF's zebra would share the node's namespace, and each zebra"
+            " removes, when it starts, the routes other zebras installed (set backend:"
+            f" netns, or use bird); {unapplied}",
+        )
+    if backend != "netns" and spec.routing is not None and not spec.routing.typed:
+        return Problem(
+            Reason.DAEMON_UNAVAILABLE,
+            "routing.daemon 'bird' on the l3mdev backend shares the node's network"
+            " namespace, so the agent runs only the typed routing spec there (it binds every"
+            " protocol to the VRF's device); a routing.config of its own could reach the"
+            f" node's own tables (use the typed spec, or set backend: netns); {unapplied}",
         )
     return None
 

@@ -9,7 +9,12 @@ BIRD 2 config (`bird`) or an FRR integrated config (`frr`) doing the same thing:
 - OSPFv2 on the named interfaces in one area (their networks are what it announces),
   importing under the same filter;
 - learned routes go to the kernel in the VRF's namespace: BIRD into the VRF's table
-  (``kernel table``), FRR's zebra into the namespace's main table.
+  (``kernel table``), FRR's zebra into the namespace's main table;
+- on the l3mdev backend (BIRD only, ``vrf`` given) every protocol that talks to the
+  network or the kernel is bound to the VRF's device (BIRD 2's ``vrf "<device>"``): its
+  sessions' sockets are bound to it, it sees only the VRF's interfaces, and the kernel
+  protocol writes into the VRF's table, so two VRFs with the same addresses run side by
+  side in the node's namespace.
 
 The text is then validated by the daemon's own parser like any ``routing.config``.
 """
@@ -40,8 +45,12 @@ def _bird_import(routing: vrfrouting.VRFRouting, family: int) -> str:
     return f"import where net ~ [ {', '.join(f'{p}+' for p in wanted)} ];"
 
 
-def bird(routing: vrfrouting.VRFRouting, table: int) -> str:
-    """BIRD 2's config for ``routing`` in a VRF whose table is ``table``."""
+def bird(routing: vrfrouting.VRFRouting, table: int, vrf: str | None = None) -> str:
+    """BIRD 2's config for ``routing`` in a VRF whose table is ``table``; ``vrf``: the
+    l3mdev device its protocols are bound to (None on the netns backend, where the
+    namespace is the VRF)."""
+    bound = f' vrf "{vrf}";' if vrf is not None else ""
+    line = f'  vrf "{vrf}";\n' if vrf is not None else ""
     out = [HEADER]
     if routing.router_id:
         out.append(f"router id {routing.router_id};\n")
@@ -49,7 +58,7 @@ def bird(routing: vrfrouting.VRFRouting, table: int) -> str:
     learned = "source ~ [ RTS_BGP, RTS_OSPF, RTS_OSPF_IA, RTS_OSPF_EXT1, RTS_OSPF_EXT2 ]"
     for family in (4, 6):
         out.append(
-            f"protocol kernel kernel{family} {{ ipv{family} {{ export where {learned}; }};"
+            f"protocol kernel kernel{family} {{{bound} ipv{family} {{ export where {learned}; }};"
             f" kernel table {table}; }}\n"
         )
     for family in (4, 6):
@@ -67,6 +76,7 @@ def bird(routing: vrfrouting.VRFRouting, table: int) -> str:
             )
             out.append(
                 f"protocol bgp neighbor{i} {{\n"
+                f"{line}"
                 f"  local as {routing.bgp.local_as};\n"
                 f"  neighbor {neighbor.address} as {neighbor.remote_as};\n"
                 f"  ipv{family} {{ {_bird_import(routing, family)} {export} }};\n"
@@ -76,6 +86,7 @@ def bird(routing: vrfrouting.VRFRouting, table: int) -> str:
         interfaces = ", ".join(f'"{name}"' for name in routing.ospf.interfaces)
         out.append(
             "protocol ospf v2 ospf4 {\n"
+            f"{line}"
             f"  ipv4 {{ {_bird_import(routing, 4)} export none; }};\n"
             f"  area {routing.ospf.area} {{ interface {interfaces}; }};\n"
             "}\n"
@@ -144,9 +155,9 @@ def frr(routing: vrfrouting.VRFRouting) -> str:
     return "".join(out)
 
 
-def config(routing: vrfrouting.VRFRouting, table: int) -> str:
+def config(routing: vrfrouting.VRFRouting, table: int, vrf: str | None = None) -> str:
     """The config text the daemon runs: ``routing.config`` as given, else the one the
-    typed spec stands for."""
+    typed spec stands for (``vrf``: the l3mdev device, `bird`)."""
     if not routing.typed:
         return routing.config or ""
-    return frr(routing) if routing.daemon == "frr" else bird(routing, table)
+    return frr(routing) if routing.daemon == "frr" else bird(routing, table, vrf)

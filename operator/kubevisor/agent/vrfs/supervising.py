@@ -19,7 +19,8 @@ memory: an agent restart forgets a backoff, never a daemon.
 - The daemon starts through `VRFRealizer.launch` (the VRF's namespace and cgroup) in its
   own session, and counts as started once its control socket is there.
 - A death is seen at once (a pidfd on the event loop wakes the VRF loop) and the daemon
-  comes back after 1 s doubling to 60 s (`daemons.restart_delay`).
+  comes back after 1 s doubling to 60 s (`daemons.restart_delay`); a death with new OOM
+  kills in the VRF's cgroup is reported as DaemonOutOfMemory (its memory limit's doing).
 
 Blocking work (files, /proc, parsers, reloads, waiting for the socket) runs in threads.
 """
@@ -226,11 +227,8 @@ class Supervisor:
     ) -> None:
         self.realizer = realizer
         #: The account per daemon (``user`` is BIRD's, kept for callers that set it).
-        self.user_names: dict[daemons.Daemon, str | None] = {
-            **daemons.USERS,
-            "bird": user,
-            **(users or {}),
-        }
+        self.user_names: dict[daemons.Daemon, str | None] = {**daemons.USERS, "bird": user}
+        self.user_names.update(users or {})
         self.users: dict[daemons.Daemon, Account | None] = {}
         self.naming = realizer.naming
         self.on_change = on_change
@@ -244,6 +242,8 @@ class Supervisor:
         self._watches: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._refusals: dict[tuple[str, str], str | None] = {}  # (name, config) -> refusal
+        self._oom_base: dict[str, int] = {}  # name -> its cgroup's OOM kills at start
+        self._oom: set[str] = set()  # VRFs whose daemon's last death was an OOM kill
 
     def files(self, name: str, daemon: daemons.Daemon = "bird") -> daemons.Files:
         """The files of VRF ``name``'s ``daemon`` on this node."""
@@ -286,6 +286,7 @@ class Supervisor:
             failures = self._failures.get(name, 0) + 1
             self._failures[name] = failures
             self._retry_at[name] = now + daemons.restart_delay(failures)
+            await self._note_oom(name)
             logger.warning("VRF %s: %s %s", name, wanted.daemon, self._exit.get(name, "died"))
         elif pid is not None:
             since = self._running.setdefault(name, now)
@@ -348,7 +349,10 @@ class Supervisor:
         )
         if problem is None:
             problem = daemons.problem(
-                after, running=pid is not None, exit_text=self._exit.get(name)
+                after,
+                running=pid is not None,
+                exit_text=self._exit.get(name),
+                out_of_memory=name in self._oom,
             )
         state: vrfrouting.DaemonState
         if pid is not None:
@@ -380,6 +384,7 @@ class Supervisor:
     ) -> int | None:
         await asyncio.to_thread(prepare_start, f, config, user)
         argv = DRIVERS[f.daemon].argv(f, user=user.name if user else None, config=config)
+        self._oom_base[name] = await asyncio.to_thread(self.realizer.oom_kills, name)
         try:
             process = await self.realizer.launch(name, argv, cwd=f.run_dir, log=f.log)
         except OSError as error:
@@ -391,6 +396,7 @@ class Supervisor:
             await asyncio.to_thread(process.wait)
             said = await asyncio.to_thread(processes.tail, f.log)
             self._exit[name] = f"exited at start: {said}" if said else "exited at start"
+            await self._note_oom(name)
             logger.warning("VRF %s: %s %s", name, f.daemon, self._exit[name])
             return None
         self._children[name] = process
@@ -398,6 +404,15 @@ class Supervisor:
         self._exit.pop(name, None)
         logger.info("VRF %s: %s started, pid %d", name, f.daemon, process.pid)
         return process.pid
+
+    async def _note_oom(self, name: str) -> None:
+        """A death with new OOM kills in the VRF's cgroup is its memory limit's doing."""
+        kills = await asyncio.to_thread(self.realizer.oom_kills, name)
+        if kills > self._oom_base.get(name, kills):
+            self._oom.add(name)
+            self._oom_base[name] = kills
+        else:
+            self._oom.discard(name)
 
     def _schedule(self, name: str, delay: float) -> None:
         old = self._timers.pop(name, None)

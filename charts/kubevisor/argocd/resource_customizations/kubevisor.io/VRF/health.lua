@@ -13,6 +13,7 @@ local PHASES = {
 local DEGRADED = {
   ["BackendUnavailable"] = true,
   ["DaemonFailed"] = true,
+  ["DaemonOutOfMemory"] = true,
   ["DaemonUnavailable"] = true,
   ["DeviceMissing"] = true,
   ["InterfaceConflict"] = true,
