@@ -11,12 +11,14 @@ Why :func:`entered`: a socket keeps the namespace it was created in, and pyroute
 way to open one in another namespace (``IPRoute(netns=...)``, ``create_socket``) forks a
 child process per socket, 3-8 ms each, which was the largest single cost of realizing a
 VRF (bench/vrf.py); entering the namespace on the calling thread and back costs two
-syscalls.
+syscalls. :func:`create` makes a named namespace the same way (pyroute2's
+``netns.create`` forks too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import socket
 from collections.abc import Iterator
@@ -81,3 +83,20 @@ def iproute(name: str | None) -> IPRoute:
     pyroute2's fork per namespace socket (see the module docstring)."""
     with entered(name):
         return IPRoute()
+
+
+def create(name: str) -> None:
+    """Make named netns ``name`` (as ``ip netns add``: bound under /run/netns) from the
+    calling thread: unshare a new namespace for the thread, bind it, go back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare for netns {name}: {os.strerror(err)}")
+        try:
+            netns.attach(name, "thread-self")
+        finally:
+            netns.setns(back)
+    finally:
+        os.close(back)
