@@ -223,6 +223,14 @@ def count_writes(
 # --- processes --------------------------------------------------------------------------
 
 
+def vm_hwm_mb(status: str) -> float | None:
+    """The peak RSS (``VmHWM``, kB) in a /proc/PID/status text, in MB (pure)."""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 class Processes:
     """Child processes in their own sessions, stopped (TERM, then KILL) on ``stop_all``."""
 
@@ -242,6 +250,16 @@ class Processes:
 
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Peak resident memory (VmHWM) of every live child, MB, by name."""
+        out: dict[str, float] = {}
+        for name, proc in self.procs.items():
+            with contextlib.suppress(OSError):
+                mb = vm_hwm_mb(Path(f"/proc/{proc.pid}/status").read_text())
+                if mb is not None:
+                    out[name] = mb
+        return out
 
     def stop_all(self, *, timeout: float = 15.0) -> None:
         for sig, grace in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):

@@ -62,7 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import libvirt  # baseline only; the product imports it in agent/libvirt
 
+import _apibaseline
 import _harness as h
+import _profiling
 import _stack as stack
 from kubevisor.agent import domainxml
 from kubevisor.api import groups, kinds, machines
@@ -356,11 +358,13 @@ def run_test_driver(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         cp.start()
         cp.install_crds()
         node_names = [f"tnode-{i}" for i in range(1, args.nodes_test + 1)]
+        api = h.api_client(cp.kubeconfig, pool=args.concurrency + 4)
+        api_base = api_baseline(api, args, node_names)
         stack.spawn_test_driver(procs, cp.kubeconfig, work, netns=netns, node_names=node_names,
                                 agent_args=["--network=default=kvbr0"])  # fmt: skip
-        api = h.api_client(cp.kubeconfig, pool=args.concurrency + 4)
         h.wait_for("agent Leases", lambda: stack.leases_or_dead(api, node_names, procs), timeout=60)
         log(f"test driver: control plane, controller, {len(node_names)} agents up")
+        profiles = start_profiles(args, procs, "test")
         xmls: list[str] = []
 
         def take_xmls(objects: dict[str, dict[str, Any]]) -> None:
@@ -382,6 +386,13 @@ def run_test_driver(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             concurrency=args.concurrency, interval=args.interval_test, timeout=args.timeout_test,
             tmpl=template(memory="64Mi", nics=False), before_delete=take_xmls,
         )  # fmt: skip
+        result["peak_rss_mb"] = procs.peak_rss_mb()
+        stop_profiles(profiles)
+        result["api_baseline"] = api_base
+        result["all_running_over_api_baseline"] = (
+            round(result["all_running_after_s"] / api_base["all_done_s"], 2)
+            if api_base["all_done_s"] else None
+        )  # fmt: skip
         result["nodes"] = len(node_names)
         result["raw_libvirt"] = baseline(
             ["test:///default"] * len(node_names), xmls, interval=args.interval_test
@@ -396,6 +407,41 @@ def run_test_driver(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         procs.stop_all()
         cp.stop()
         subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def api_baseline(api: Any, args: argparse.Namespace, node_names: list[str]) -> dict[str, Any]:
+    """The same VMs' writes from a plain client, no operator yet (``_apibaseline``)."""
+    ns = "bench-api"
+    h.ensure_namespace(api, ns)
+    got = _apibaseline.measure(api, ns, vm_bodies(args.vms_test), concurrency=args.concurrency,
+                               nodes=node_names)  # fmt: skip
+    _apibaseline.clean(api, ns)
+    h.delete_all_vms(api, ns, timeout=120)
+    per_vm = got.pop("per_vm_s")
+    log(f"API baseline: {got['writes']} writes in {got['all_done_s']}s")
+    return {**got, "per_vm_s": h.Stats.of(per_vm).json()}
+
+
+def start_profiles(
+    args: argparse.Namespace, procs: h.Processes, key: str
+) -> _profiling.Profiles | None:
+    """``--profile``: py-spy on the controller and the first agent."""
+    if args.profile is None:
+        return None
+    profiles = _profiling.Profiles(Path(args.profile) / key)
+    agents = sorted(n for n in procs.procs if n.startswith("agent-"))
+    for name in ["controller", *agents[:1]]:
+        if not profiles.attach(name, procs.procs[name].pid):
+            log("--profile: py-spy not found (.venv/bin/pip install py-spy); not profiling")
+            return None
+    log(f"profiling controller and {agents[0]} into {profiles.directory}")
+    return profiles
+
+
+def stop_profiles(profiles: _profiling.Profiles | None) -> None:
+    if profiles is not None:
+        written = profiles.stop()
+        log(f"profiles written: {profiles.directory} ({', '.join(p.name for p in written)})")
 
 
 def run_qemu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -424,6 +470,7 @@ def run_qemu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         h.wait_for("agent Leases", lambda: stack.leases_or_dead(api, [n.name for n in sim], procs),
                    timeout=60)  # fmt: skip
         log(f"qemu: control plane, controller, {len(sim)} agents up")
+        profiles = start_profiles(args, procs, "qemu")
         uri_of = {n.name: n.libvirt_uri for n in sim}
         xmls: list[str] = []
 
@@ -446,6 +493,8 @@ def run_qemu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             concurrency=args.concurrency, interval=args.interval_qemu, timeout=args.timeout_qemu,
             tmpl=template(memory="128Mi", nics=True), before_delete=take_xmls,
         )  # fmt: skip
+        result["peak_rss_mb"] = procs.peak_rss_mb()
+        stop_profiles(profiles)
         result["nodes"] = len(sim)
         result["raw_libvirt"] = baseline(
             [n.libvirt_uri for n in sim], xmls, interval=args.interval_qemu
@@ -495,6 +544,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             rows.append(f"{label:<6} writes/VM {what:<11} total {w['total']:.2f}  status "
                         f"{w['status']:.2f} (max {w['max_status']})  metadata {w['metadata']:.2f}"
                         f"  failed {w['failed']:.2f}  [{by}]")  # fmt: skip
+        base = r.get("api_baseline")
+        if base:
+            rows.append(f"{label:<6} API baseline (plain client, {base['concurrency']} threads, "
+                        f"no operator): {base['writes']} writes in {base['all_done_s']}s; "
+                        f"all Running / it = {r['all_running_over_api_baseline']}")  # fmt: skip
+        rss = " ".join(f"{k}={v}" for k, v in sorted(r.get("peak_rss_mb", {}).items()))
+        rows.append(f"{label:<6} peak RSS MB: {rss}")
         rows.append(f"{label:<6} interval {r['interval_s']}s; all {r['running']}/{r['vms']} "
                     f"Running after "
                     f"{r['all_running_after_s']}s; per node {r['per_node']}")  # fmt: skip
@@ -534,8 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-test", action="store_true")
     p.add_argument("--json-only", action="store_true")
     p.add_argument("--keep-work", action="store_true", help="keep logs and audit logs")
+    p.add_argument("--profile", nargs="?", const="", default=None, metavar="DIR",
+                   help="py-spy profiles of the controller and an agent into DIR "
+                   "(default: a new temp dir), printed at the end")  # fmt: skip
     args = p.parse_args(argv)
     _quiet = args.json_only
+    if args.profile == "":
+        args.profile = tempfile.mkdtemp(prefix="kvbench-profile-")
     if os.geteuid() != 0:
         print("vm_start.py needs root (namespaces, libvirtd)", file=sys.stderr)
         return 2
@@ -558,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[key] = {"error": f"{type(exc).__name__}: {exc}"}
                 log(f"{key} failed: {exc} (logs: {work / key / 'logs'})")
                 args.keep_work = True
+    if args.profile is not None:
+        print(f"profiles: {args.profile}", file=sys.stderr)
     if args.keep_work:
         log(f"work dir kept: {work}")
     else:

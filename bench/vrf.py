@@ -62,6 +62,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+import _profiling
 import _vrf_routing
 
 # The product's VRF path. When operator/ moves, re-point these four imports; the names used
@@ -584,7 +585,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--prefixes", type=int, default=10_000,
                         help="prefixes the peer announces with --routing (<= 16384)")  # fmt: skip
+    parser.add_argument("--profile", nargs="?", const="", default=None, metavar="DIR",
+                        help="py-spy profile of the product row (the agent's realizer, in "
+                        "this process) into DIR (default: a new temp dir)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.profile == "":
+        args.profile = tempfile.mkdtemp(prefix="kvbench-profile-")
     if args.routing:
         return routing_main(args.prefixes)
     keys = [k for k in args.rows.split(",") if k]
@@ -603,7 +609,19 @@ def main(argv: list[str] | None = None) -> int:
             for key in keys:
                 current = key
                 with _row(base, made, key, args.vrfs, args.routes) as row:
-                    results[key] = measure(key, row, Path(tmp))
+                    # --profile: the product row runs the agent's realizer in this process
+                    profiles = _profiling.Profiles(Path(args.profile)) if (
+                        args.profile is not None and key == "product"
+                    ) else None  # fmt: skip
+                    if profiles is not None and not profiles.attach("agent-realizer", os.getpid()):
+                        log("--profile: py-spy not found (.venv/bin/pip install py-spy)")
+                        profiles = None
+                    try:
+                        results[key] = measure(key, row, Path(tmp))
+                    finally:
+                        if profiles is not None:
+                            profiles.stop()
+                            log(f"profile of the product row written to {args.profile}")
                 back = results[key][1]
                 if back.problems:
                     log(f"row {key}: kernel read-back differs from the plan: {back.problems[:5]}")

@@ -124,10 +124,26 @@ class Env:
         self.custom.patch_namespaced_custom_object(G, V, NS, plural, name, body)
 
     def agent_reports_running(self, pool: str) -> None:
-        """The agent's part: every placed desktop of ``pool`` reports Running."""
-        for vm in self.desktops(pool):
+        """The agent's part: every placed desktop of ``pool`` reports Running once it
+        carries the node label (what a real agent watches), and a deleted one loses the
+        agent's finalizer (this fake agent keeps nothing on a node to clean up)."""
+        for vm in self.custom.list_namespaced_custom_object(
+            G, V, NS, "virtualmachines", label_selector=f"{groups.LABEL_POOL}={pool}"
+        )["items"]:
             st = vm.get("status") or {}
-            if st.get("nodeName") and st.get("phase") != "Running":
+            meta = vm["metadata"]
+            finalizers = meta.get("finalizers") or []
+            if meta.get("deletionTimestamp") and groups.AGENT_FINALIZER in finalizers:
+                self.custom.patch_namespaced_custom_object(
+                    G, V, NS, "virtualmachines", meta["name"],
+                    [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                     {"op": "replace", "path": "/metadata/finalizers",
+                      "value": [f for f in finalizers if f != groups.AGENT_FINALIZER]}],
+                    _content_type="application/json-patch+json",
+                )  # fmt: skip
+                continue
+            placed = (meta.get("labels") or {}).get(groups.LABEL_NODE)
+            if placed and not meta.get("deletionTimestamp") and st.get("phase") != "Running":
                 body = {
                     "apiVersion": groups.API_VERSION,
                     "kind": "VirtualMachine",
@@ -322,7 +338,10 @@ def test_exhausted_pool_makes_the_claim_wait_then_binds(env: Env, template: str)
     st = _bound(env, pool, waiting)
     # refresh: the first user's desktop was deleted, the second got a fresh one
     assert st["vmName"] != held
-    _wait(lambda: env.get("virtualmachines", held) is None, what="refreshed desktop gone")
+    _wait(
+        lambda: env.agent_reports_running(pool) or env.get("virtualmachines", held) is None,
+        what="refreshed desktop gone",
+    )
     _wait(lambda: env.get("desktopclaims", first) is None, what="claim finalized")
 
 

@@ -372,8 +372,10 @@ def test_finalizer_waits_for_the_agent(env: Env) -> None:
         lambda: groups.FINALIZER in ((env.vm("doomed") or {})["metadata"].get("finalizers") or []),
         what="finalizer",
     )
+    # placement puts the agent's finalizer on with ours and the label (one patch)
     fin = env.vm("doomed")["metadata"]["finalizers"]  # type: ignore[index]
-    env.patch_vm("doomed", {"metadata": {"finalizers": [*fin, "kubevisor.io/agent-cleanup"]}})
+    assert set(fin) == {groups.FINALIZER, groups.AGENT_FINALIZER}
+    env.agent_status("doomed", {"phase": "Running"})  # an agent has reported on it
     env.custom.delete_namespaced_custom_object(G, V, NS, "virtualmachines", "doomed")
     _wait(
         lambda: (env.vm("doomed") or {}).get("metadata", {}).get("deletionTimestamp"),
@@ -386,6 +388,16 @@ def test_finalizer_waits_for_the_agent(env: Env) -> None:
         time.sleep(0.3)
     env.patch_vm("doomed", {"metadata": {"finalizers": [groups.FINALIZER]}})
     _wait(lambda: env.vm("doomed") is None, what="VM gone after agent cleanup")
+    # Placed, but no agent ever reported: both finalizers are released by the controller.
+    env.create("virtualmachines", "VirtualMachine", "unseen", {"templateRef": {"name": tmpl}})
+    _wait(
+        lambda: (
+            groups.AGENT_FINALIZER in ((env.vm("unseen") or {})["metadata"].get("finalizers") or [])
+        ),
+        what="both finalizers on the placed VM",
+    )
+    env.custom.delete_namespaced_custom_object(G, V, NS, "virtualmachines", "unseen")
+    _wait(lambda: env.vm("unseen") is None, what="never-reported VM gone")
     # Never placed: deleted at once.
     env.create(
         "virtualmachines",

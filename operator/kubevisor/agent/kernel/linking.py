@@ -12,7 +12,9 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
+
+from kubevisor.agent.kernel import netnsthreads
 
 #: Priority of the rule sending every lookup in a VRF namespace to the VRF's table (the
 #: kernel's own l3mdev rule has 1000 too).
@@ -37,13 +39,10 @@ def vrf_table(link: Any) -> int:
 
 def set_forwarding(ns: str) -> None:
     """A VRF routes between its members: turn forwarding on inside its namespace."""
-    netns.pushns(ns)
-    try:
+    with netnsthreads.entered(ns):
         for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
             with open(path, "w") as handle:
                 handle.write("1")
-    finally:
-        netns.popns()
 
 
 def ensure_addresses(ipr: IPRoute, index: int, addresses: Sequence[str]) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from pyroute2 import netns as _netns
+from kubevisor.agent.kernel import netnsthreads
 
 #: rtm_protocol of routes installed by kubevisor (see /etc/iproute2/rt_protos; unused id).
 PROTO_KUBEVISOR = 107
@@ -180,12 +180,9 @@ class RouteSocket:
     """
 
     def __init__(self, netns: str | None = None) -> None:
-        if netns is None:
+        # opened on this thread inside the namespace: pyroute2's create_socket forks
+        with netnsthreads.entered(netns):
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        else:
-            self._sock = _netns.create_socket(
-                netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0
-            )
         self._sock.bind((0, 0))
         for option, fallback, size in (
             (SO_SNDBUFFORCE, socket.SO_SNDBUF, 4 << 20),

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from kubevisor.agent.kernel import cgroups, linking, routes, vrfconverging, vrfnaming
+from kubevisor.agent.kernel import cgroups, linking, netnsthreads, routes, vrfconverging, vrfnaming
 from kubevisor.agent.vrfs import planning, specs
 from kubevisor.api.conditions import Reason
 
@@ -125,28 +125,35 @@ class VRFRealizer:
     def apply_sync(self, desired: planning.DesiredVRF) -> specs.NodeVRFStatus:
         """`apply`, on the calling thread."""
         try:
-            if desired.backend == "netns":
-                installed = self._apply_netns(desired)
-            else:
-                installed = self._apply_vrf(desired)
             context = self._cgroup(desired.name)
             if context.version != "none":
                 context.ensure(desired.limits)
+            if desired.backend == "netns":
+                installed, observed = self._apply_netns(desired)
+            else:
+                installed = self._apply_vrf(desired)
+                observed = self._observe_one(desired.name, desired.backend)
         except vrfconverging.RealizeError as error:
             return vrfconverging.failed(desired, reason=error.reason, message=error.message)
         except (NetlinkError, OSError) as error:
             return vrfconverging.failed(desired, reason=Reason.KERNEL_ERROR, message=str(error))
-        observed = self._observe_one(desired.name, desired.backend)
         return vrfconverging.converged(desired, observed, installed=installed)
 
     def _node(self) -> IPRoute:
-        return IPRoute(netns=self.naming.node_netns, flags=0)
+        return netnsthreads.iproute(self.naming.node_netns)
 
-    def _apply_netns(self, desired: planning.DesiredVRF) -> int:
+    def _apply_netns(self, desired: planning.DesiredVRF) -> tuple[int, specs.NodeVRFStatus]:
+        """Realize a netns-backend VRF and read it back, through one node socket, one
+        socket in the VRF's namespace and one raw route socket there (each opened without
+        a fork: ``netnsthreads``)."""
         ns = self.naming.vrf_netns(desired.name)
         if ns not in netns.listnetns():
-            netns.create(ns)
-        with self._node() as node, IPRoute(netns=ns, flags=0) as ctx:
+            netnsthreads.create(ns)
+        with (
+            self._node() as node,
+            netnsthreads.iproute(ns) as ctx,
+            routes.RouteSocket(ns) as sock,
+        ):
             lo = ctx.link_lookup(ifname="lo")[0]
             ctx.link("set", index=lo, state="up")
             linking.set_forwarding(ns)
@@ -160,9 +167,9 @@ class VRFRealizer:
                 linking.ensure_addresses(ctx, index, iface.addresses)
             linking.ensure_rules(ctx, desired.table)
             oifs = {_attr(link, "IFLA_IFNAME"): link["index"] for link in ctx.get_links()}
-        kernel_routes = vrfconverging.kernel_routes(desired, lambda dev: oifs.get(dev))
-        with routes.RouteSocket(ns) as sock:
-            return routes.sync_routes(sock, desired.table, kernel_routes, whole_namespace=True)
+            kernel_routes = vrfconverging.kernel_routes(desired, lambda dev: oifs.get(dev))
+            installed = routes.sync_routes(sock, desired.table, kernel_routes, whole_namespace=True)
+            return installed, self._observe_netns(desired.name, ctx, sock)
 
     def _member_ok(self, link: Any, iface: planning.DesiredInterface | None, vrf: str) -> bool:
         """Whether a link in the VRF namespace is the member the plan wants by that name."""
@@ -184,24 +191,8 @@ class VRFRealizer:
         found = ctx.link_lookup(ifname=iface.name)
         if iface.bridge is not None:
             bridge = _segment_bridge(node, iface)
-            node_side = self.naming.node_ifname(vrf, iface.name)
             if not found:
-                stale = linking.lookup(node, node_side)
-                if stale is not None:
-                    node.link("del", index=stale)
-                node.link(
-                    "add",
-                    ifname=node_side,
-                    kind="veth",
-                    peer={"ifname": iface.name, "net_ns_fd": ns},
-                )
-                found = ctx.link_lookup(ifname=iface.name)
-                ctx.link(
-                    "set",
-                    index=found[0],
-                    address=iface.mac,
-                    ifalias=vrfnaming.segment_alias(vrf, iface.name),
-                )
+                return self._add_member_netns(node, ctx, ns, vrf, iface, bridge)
             index = int(found[0])
             link = ctx.get_links(index)[0]
             if _attr(link, "IFLA_ADDRESS") != iface.mac:
@@ -225,6 +216,40 @@ class VRFRealizer:
         link = ctx.get_links(index)[0]
         if not link["flags"] & IFF_UP:
             ctx.link("set", index=index, state="up")
+        return index
+
+    def _add_member_netns(
+        self,
+        node: IPRoute,
+        ctx: IPRoute,
+        ns: str,
+        vrf: str,
+        iface: planning.DesiredInterface,
+        bridge: int,
+    ) -> int:
+        """A new segment member: the veth made with its MAC, on the bridge and up in one
+        request, then the two aliases (the kernel takes none at creation): five requests
+        where checking each attribute of a fresh link took eleven."""
+        node_side = self.naming.node_ifname(vrf, iface.name)
+        stale = linking.lookup(node, node_side)
+        if stale is not None:
+            node.link("del", index=stale)
+        node.link(
+            "add",
+            ifname=node_side,
+            kind="veth",
+            master=bridge,
+            state="up",
+            peer={"ifname": iface.name, "net_ns_fd": ns, "address": iface.mac},
+        )
+        index = int(ctx.link_lookup(ifname=iface.name)[0])
+        ctx.link("set", index=index, ifalias=vrfnaming.segment_alias(vrf, iface.name), state="up")
+        made = linking.lookup(node, node_side)
+        if made is None:
+            raise vrfconverging.RealizeError(
+                "SegmentBroken", f"node side {node_side!r} of {iface.name!r} vanished."
+            )
+        node.link("set", index=made, ifalias=vrfnaming.node_side_alias(vrf, iface.name))
         return index
 
     def _ensure_node_side(self, node: IPRoute, vrf: str, iface: str, bridge: int) -> None:
@@ -367,17 +392,8 @@ class VRFRealizer:
         interfaces: list[str] = []
         if backend == "netns":
             ns = self.naming.vrf_netns(name)
-            with IPRoute(netns=ns, flags=0) as ctx:
-                interfaces = sorted(
-                    _attr(link, "IFLA_IFNAME")
-                    for link in ctx.get_links()
-                    if _attr(link, "IFLA_IFNAME") != "lo"
-                )
-                for rule in ctx.get_rules(family=socket.AF_INET):
-                    if rule.get("priority") == linking.RULE_PRIORITY:
-                        table = int(rule.get("table"))
-            with routes.RouteSocket(ns) as sock:
-                installed = len(sock.dump(protocol=routes.PROTO_KUBEVISOR))
+            with netnsthreads.iproute(ns) as ctx, routes.RouteSocket(ns) as sock:
+                return self._observe_netns(name, ctx, sock)
         else:
             with self._node() as node:
                 index = linking.lookup(node, self.naming.vrf_device(name))
@@ -390,6 +406,26 @@ class VRFRealizer:
                     )
             with routes.RouteSocket(self.naming.node_netns) as sock:
                 installed = len(sock.dump(table=table, protocol=routes.PROTO_KUBEVISOR))
+        return self._observed(name, backend, table, interfaces, installed)
+
+    def _observe_netns(
+        self, name: str, ctx: IPRoute, sock: routes.RouteSocket
+    ) -> specs.NodeVRFStatus:
+        interfaces = sorted(
+            _attr(link, "IFLA_IFNAME")
+            for link in ctx.get_links()
+            if _attr(link, "IFLA_IFNAME") != "lo"
+        )
+        table = 0
+        for rule in ctx.get_rules(family=socket.AF_INET):
+            if rule.get("priority") == linking.RULE_PRIORITY:
+                table = int(rule.get("table"))
+        installed = len(sock.dump(protocol=routes.PROTO_KUBEVISOR))
+        return self._observed(name, "netns", table, interfaces, installed)
+
+    def _observed(
+        self, name: str, backend: str, table: int, interfaces: list[str], installed: int
+    ) -> specs.NodeVRFStatus:
         status: specs.NodeVRFStatus = {
             "backend": backend,
             "table": table,
@@ -412,7 +448,7 @@ class VRFRealizer:
         ns = self.naming.vrf_netns(name)
         with self._node() as node:
             if ns in netns.listnetns():
-                with IPRoute(netns=ns, flags=0) as ctx:
+                with netnsthreads.iproute(ns) as ctx:
                     for link in ctx.get_links():
                         if _attr(link, "IFLA_IFNAME") != "lo":
                             self._release_netns(node, ctx, link)

@@ -106,13 +106,17 @@ class VMs:
             self._post(scope.obj, type_="Normal", reason=reason, message=message)
 
     async def _ensure_metadata(self, scope: Scope) -> None:
-        """Label ``kubevisor.io/node`` and our finalizer on a placed VM (one patch)."""
+        """Label ``kubevisor.io/node``, our finalizer and the agent's on a placed VM, in
+        one patch: the agent sees the VM only through the label, so its finalizer is
+        there from its first look and it needs no write of its own before it reports
+        (create, placement status, this patch, the agent's Running status: 4 writes)."""
         if scope.node is None:
             return
         meta = scope.meta
         labels = dict(meta.get("labels") or {})
         finalizers = list(meta.get("finalizers") or [])
-        if labels.get(groups.LABEL_NODE) == scope.node and groups.FINALIZER in finalizers:
+        missing = [f for f in (groups.FINALIZER, groups.AGENT_FINALIZER) if f not in finalizers]
+        if labels.get(groups.LABEL_NODE) == scope.node and not missing:
             return
         ops: list[dict[str, Any]] = [
             {
@@ -121,13 +125,9 @@ class VMs:
                 "value": {**labels, groups.LABEL_NODE: scope.node},
             },
         ]
-        if groups.FINALIZER not in finalizers:
+        if missing:
             ops.append(
-                {
-                    "op": "add",
-                    "path": "/metadata/finalizers",
-                    "value": [*finalizers, groups.FINALIZER],
-                }
+                {"op": "add", "path": "/metadata/finalizers", "value": [*finalizers, *missing]}
             )
         await self._rt.client.guarded_patch(VM.plural, scope.obj, ops)
 
@@ -171,12 +171,19 @@ class VMs:
         return moved
 
     async def _finalize(self, obj: dict[str, Any]) -> None:
-        """Release our finalizer once the agent's is gone (it removes domain, taps, disks)."""
+        """Release our finalizer once the agent's is gone (it removes domain, taps, disks),
+        and the agent's with it when no agent ever reported on the VM."""
         meta = obj["metadata"]
         finalizers = list(meta.get("finalizers") or [])
-        if groups.FINALIZER not in finalizers or phases.AGENT_FINALIZER in finalizers:
+        if groups.FINALIZER not in finalizers:
             return
-        remaining = [f for f in finalizers if f != groups.FINALIZER]
+        if phases.AGENT_FINALIZER in finalizers and phases.agent_reported(obj.get("status") or {}):
+            return
+        # the agent's finalizer is ours to drop while no agent has reported on the VM:
+        # we put it there with the node label, and no agent may ever look (a node that
+        # never came up); one that is realizing it now leaves an orphan domain its sweep
+        # removes, disks kept (docs/architecture.md, Delete)
+        remaining = [f for f in finalizers if f not in (groups.FINALIZER, phases.AGENT_FINALIZER)]
         await self._rt.client.guarded_patch(
             VM.plural,
             obj,

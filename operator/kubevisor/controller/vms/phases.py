@@ -26,6 +26,14 @@ ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
 #: The agent's finalizer (docs/architecture.md): ours waits until it is gone.
 AGENT_FINALIZER = groups.AGENT_FINALIZER
+
+
+def agent_reported(status: dict[str, Any]) -> bool:
+    """True once an agent wrote a phase on the placed VM (the controller's phase is
+    dropped at placement, so a placed VM without one was never reported on)."""
+    return bool(status.get("nodeName")) and status.get("phase") is not None
+
+
 #: Agent phases meaning no domain is running.
 AT_REST: frozenset[str | None] = frozenset(
     {
