@@ -18,13 +18,15 @@ Examples::
     kubevisor restore web-3f2a1c --in-place web
     kubevisor claim office --user alice   # prints the desktop's browser URL
     kubevisor vnc desk-3 --open           # the desktop's browser URL, opened
+    kubevisor ssh -X apps1 -- xeyes       # ssh with X11 forwarding, through the gateway
     kubevisor get web -o yaml             # -o json|yaml|name as kubectl prints them
     source <(kubevisor completion bash)   # or zsh
 
 ``migrate``, ``drain`` and ``uncordon`` are in :mod:`kubevisor.cli.migrating`; ``backup``
 and ``restore`` in :mod:`kubevisor.cli.backingup`; ``claim`` (also ``desktop claim``) in
 :mod:`kubevisor.cli.desktops`; what is printed, errors included, in
-:mod:`kubevisor.cli.rendering`; ``completion`` in :mod:`kubevisor.cli.completing`.
+:mod:`kubevisor.cli.rendering`; ``completion`` in :mod:`kubevisor.cli.completing`;
+``ssh`` in :mod:`kubevisor.cli.remote`.
 Errors print one sentence that says how to fix them (exit status 1), never a traceback.
 """
 

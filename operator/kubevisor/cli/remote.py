@@ -44,12 +44,6 @@ def preflight(vm: Mapping[str, Any]) -> None:
     """Refuse early, with the fix, what the gateway or the guest would refuse (pure)."""
     meta, status = vm.get("metadata") or {}, vm.get("status") or {}
     name, ns = meta.get("name"), meta.get("namespace")
-    phase = status.get("phase")
-    if phase != VirtualMachinePhase.RUNNING:
-        raise SSHError(
-            f"VirtualMachine {name} is {phase or 'not started yet'}, not Running; start it"
-            f" (kubevisor start {name} -n {ns}) and wait until it runs"
-        )
     access = ((status.get("machine") or {}).get("access")) or {}
     if not access.get("sshKeySecret"):
         raise SSHError(
@@ -57,6 +51,12 @@ def preflight(vm: Mapping[str, Any]) -> None:
             f" key: create a Secret with your public key (kubectl create secret generic"
             f" {name}-ssh -n {ns} --from-file=authorized_keys=$HOME/.ssh/id_ed25519.pub),"
             f" set spec.access.sshKeySecret: {name}-ssh and restart the VM"
+        )
+    phase = status.get("phase")
+    if phase != VirtualMachinePhase.RUNNING:
+        raise SSHError(
+            f"VirtualMachine {name} is {phase or 'not started yet'}, not Running; start it"
+            f" (kubevisor start {name} -n {ns}) and wait until it runs"
         )
 
 
