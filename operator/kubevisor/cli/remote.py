@@ -17,6 +17,7 @@ import asyncio
 import os
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -128,7 +129,7 @@ def ssh(api: Any, vm: dict[str, Any], args: argparse.Namespace) -> int:
     argv = ssh_argv(vm, proxy=proxy, x11=args.x11, identity=args.identity, user=args.login,
                     known_hosts=known, command=args.command)  # fmt: skip
     try:
-        return subprocess.run(argv, env={**os.environ, ENV_TICKET: secret}, check=False).returncode
+        return _run_forwarding_signals(argv, env={**os.environ, ENV_TICKET: secret})
     except FileNotFoundError as exc:
         raise SSHError(
             "the ssh client is not installed (Debian: apt-get install openssh-client)"
@@ -141,6 +142,24 @@ def ssh(api: Any, vm: dict[str, Any], args: argparse.Namespace) -> int:
             )  # fmt: skip
         except Exception as exc:  # the ticket expires anyway
             print(f"kubevisor: could not remove the ssh ticket ({exc})", file=sys.stderr)
+
+
+def _run_forwarding_signals(argv: list[str], *, env: dict[str, str]) -> int:
+    """Run ``argv`` and return its exit status; SIGTERM and SIGHUP sent to us go to it
+    (so stopping ``kubevisor ssh`` ends the ssh session, and its X clients, instead of
+    leaving ssh running), and the ticket is still removed afterwards."""
+    child = subprocess.Popen(argv, env=env)
+    forwarded = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in forwarded}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # ssh got the terminal's SIGINT itself
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def proxy(args: argparse.Namespace) -> int:
