@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubevisor.api import groups
+from kubevisor.api import groups, vmaccess
 from kubevisor.devenv import appguest, testing
 from kubevisor.devenv import cluster as devcluster
 
@@ -171,6 +172,33 @@ def test_wrong_key_is_refused(env: Env, vm: str) -> None:
     assert proc.returncode != 0
     assert "Permission denied" in proc.stderr, proc.stderr
     assert "hi" not in proc.stdout
+
+
+def _proxy(env: Env, vm: str, secret: str) -> subprocess.CompletedProcess[str]:
+    """The CLI's ProxyCommand alone, stdin closed at once."""
+    argv = [str(VENV_BIN / "kubevisor"), "_ssh-proxy", "--gateway", env.gateway, "-n", NS, vm]
+    return subprocess.run(argv, env={**os.environ, "KUBEVISOR_SSH_TICKET": secret},
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          check=False)  # fmt: skip
+
+
+def test_gateway_admits_a_ticket_once_and_nothing_else(env: Env, vm: str) -> None:
+    """A ticket written on the VM (as the CLI writes it, here with kubectl) opens the path
+    once: the second use is Replayed; a secret with no ticket is NoTicket."""
+    secret = "e2e-" + uuid.uuid4().hex
+    key, value = vmaccess.ticket_annotation(secret, expires_at=int(time.time()) + 60)
+    env.dev.run_kubectl("-n", NS, "annotate", "virtualmachine", vm, f"{key}={value}")
+    try:
+        first = _proxy(env, vm, secret)
+        assert first.returncode == 0, first.stderr
+        again = _proxy(env, vm, secret)
+        assert again.returncode == 255
+        assert "(HTTP 403): Replayed" in again.stderr, again.stderr
+    finally:
+        env.dev.run_kubectl("-n", NS, "annotate", "virtualmachine", vm, f"{key}-")
+    stranger = _proxy(env, vm, "e2e-" + uuid.uuid4().hex)
+    assert stranger.returncode == 255
+    assert "(HTTP 403): NoTicket" in stranger.stderr, stranger.stderr
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -176,8 +177,22 @@ async def _pump(url: str, what: str) -> int:
     import aiohttp
 
     loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin.buffer)
+    # stdin is read by a daemon thread: ssh gives a pipe, but it may be anything (a file,
+    # /dev/null) the event loop's selector cannot watch, and a blocked read must not
+    # keep the process from exiting once the gateway side ended
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        while True:
+            try:
+                data = os.read(0, 64 * 1024)
+            except OSError:
+                data = b""
+            loop.call_soon_threadsafe(chunks.put_nowait, data)
+            if not data:
+                return
+
+    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
     async with aiohttp.ClientSession() as session:
         try:
             ws = await session.ws_connect(url, autoping=True, max_msg_size=0)
@@ -192,7 +207,7 @@ async def _pump(url: str, what: str) -> int:
             return 255
 
         async def up() -> None:
-            while data := await stdin.read(64 * 1024):
+            while data := await chunks.get():
                 await ws.send_bytes(data)
             await ws.close()
 
