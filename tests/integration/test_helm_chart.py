@@ -590,12 +590,13 @@ CONTROLLER_CHECKS: list[Check] = [
     ("delete", "vmbackups.kubevisor.io", "default", (), True),
     ("get", "secrets/kubevisor-display-key", NS, (), True),
     ("create", "secrets", NS, (), True),
+    ("get", "secrets", "default", (), True),  # a VM's access.sshKeySecret, by name
     # and not more:
-    ("get", "secrets/other", NS, (), False),
+    ("list", "secrets", "default", (), False),
+    ("watch", "secrets", "default", (), False),
     ("create", "secrets", "default", (), False),
     ("list", "leases.coordination.k8s.io", "default", (), False),
     ("create", "leases.coordination.k8s.io", NS, (), False),
-    ("get", "secrets", "default", (), False),
     ("create", "pods", "default", (), False),
     ("patch", "customresourcedefinitions.apiextensions.k8s.io", "", (), False),
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kubevisor.gateway import admission, dialing, metrics, serving
+from kubevisor.gateway import admission, dialing, metrics, serving, sshtunnel
 from kubevisor.gateway.kube import reading, reporting
 
 log = logging.getLogger("kubevisor.gateway")
@@ -83,16 +83,17 @@ async def run(args: argparse.Namespace) -> None:
     async with reading.api_client() as api:
         reader = reading.Reader(api, key_namespace=args.key_namespace)
         reporter = reporting.Reporter(api)
+        dialer = dialing.Dialer(netns_template=args.display_netns)
         gateway = serving.Gateway(
             admission.Admitter(reader),
-            dialer=dialing.Dialer(netns_template=args.display_netns),
+            dialer=dialer,
             novnc_dir=args.novnc_dir,
             recheck_seconds=args.recheck_seconds,
             reports=reporter,
         )
-        runner = web.AppRunner(
-            gateway.app(), handle_signals=False, access_log_class=serving.AccessLogger
-        )
+        app = gateway.app()
+        sshtunnel.SSHTunnel(reader, dialer=dialer).install(app)
+        runner = web.AppRunner(app, handle_signals=False, access_log_class=serving.AccessLogger)
         await runner.setup()
         site = web.TCPSite(
             runner, args.host, args.port, ssl_context=tls_context(args.tls_cert, args.tls_key)

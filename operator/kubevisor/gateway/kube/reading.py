@@ -87,6 +87,11 @@ class Reader:
             port=port if isinstance(port, int) and not isinstance(port, bool) else None,
         )
 
+    async def vm(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The whole VirtualMachine (``gateway.sshtunnel`` reads its tickets, phase and
+        NIC); None when it does not exist."""
+        return await self._get(kinds.VIRTUALMACHINE.plural, namespace, name)
+
     async def _get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = await self._custom.get_namespaced_custom_object(
