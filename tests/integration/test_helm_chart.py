@@ -585,11 +585,12 @@ CONTROLLER_CHECKS: list[Check] = [
     ("delete", "vmbackups.kubevisor.io", "default", (), True),
     ("get", "secrets/kubevisor-display-key", NS, (), True),
     ("create", "secrets", NS, (), True),
+    ("get", "secrets", "default", (), True),  # a VM's access.sshKeySecret, by name
     # application pools: the pool's public-key Secret in the pool's namespace
-    ("get", "secrets/apps-app-ssh", "default", (), True),
     ("create", "secrets", "default", (), True),
     # and not more:
     ("list", "secrets", "default", (), False),
+    ("watch", "secrets", "default", (), False),
     ("update", "secrets", "default", (), False),
     ("delete", "secrets", "default", (), False),
     ("list", "leases.coordination.k8s.io", "default", (), False),

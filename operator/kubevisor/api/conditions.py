@@ -49,6 +49,10 @@ class ConditionType(StrEnum):
     """Only while the VM's node is lost (its Lease expired): True, and the reason says
     what happens to the VM (AwaitingFence, Recovering, NotRecoverable, NotRestarted,
     Unschedulable); see docs/node-loss.md."""
+    SSH_KEYS_READY = "SSHKeysReady"
+    """Only on a VM with access.sshKeySecret: whether its keys were read and put on the
+    kernel command line (False: SecretNotFound, InvalidSSHKeys, KernelBootRequired; the
+    VM waits, not started without its keys)."""
     PROGRESSING = "Progressing"
     """A long operation (backup, migration, pool scaling) is under way."""
     COMPLETED = "Completed"
@@ -160,6 +164,12 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"
     """A Secret the object references (display.passwordSecretRef) does not exist, or lacks
     the key."""
+    INVALID_SSH_KEYS = "InvalidSSHKeys"
+    """The VM's access.sshKeySecret holds no OpenSSH public key line, or too many bytes
+    of them for the kernel command line."""
+    KERNEL_BOOT_REQUIRED = "KernelBootRequired"
+    """access.sshKeySecret needs boot.kernel: the keys travel on the kernel command
+    line."""
     FIRMWARE_UNAVAILABLE = "FirmwareUnavailable"
     """The requested firmware (firmware: uefi) is not installed on the node."""
     INVALID_ANNOTATION = "InvalidAnnotation"

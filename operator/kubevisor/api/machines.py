@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from kubevisor.api import common
+from kubevisor.api import common, vmaccess
 
 DiskBus = Literal["virtio", "sata", "scsi"]
 DiskDevice = Literal["disk", "lun"]
@@ -172,6 +172,9 @@ class MachineOverrides(common.Model):
     """Number of GPUs to pass through; only nodes reporting that many are eligible."""
     node_selector: common.NodeSelector | None = None
     """Node labels the machine's node must have: label keys ([prefix/]name) to values."""
+    access: vmaccess.Access | None = None
+    """Remote access: the Secret whose ssh public keys the guest authorizes
+    (docs/remote-access.md)."""
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

@@ -113,13 +113,15 @@ def agent_argv(
 
 
 def ensure_images() -> None:
-    """Make the tiny guest (hack/build-guest.sh output) visible under IMAGE_DIR."""
+    """Make the guests (hack/build-guest.sh's tiny, hack/build-appguest.sh's appguest)
+    visible under IMAGE_DIR."""
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
-    link = IMAGE_DIR / "tiny"
-    if not link.exists() and (GUEST_CACHE / "tiny").is_dir():
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(GUEST_CACHE / "tiny")
+    for name in ("tiny", "appguest"):
+        link = IMAGE_DIR / name
+        if not link.exists() and (GUEST_CACHE / name).is_dir():
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(GUEST_CACHE / name)
 
 
 def _spawn(argv: list[str], log: Path) -> int:

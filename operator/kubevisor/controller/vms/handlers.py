@@ -196,8 +196,11 @@ class VMs:
         if scope.spec is not None and scope.spec.template_ref is not None:
             tkey = (key[0], scope.spec.template_ref.name)
             self._by_template.setdefault(tkey, set()).add(key[1])
-        resolved = scope.conds.get(ConditionType.TEMPLATE_RESOLVED)
-        if scope.node is None or (resolved is not None and resolved.status != "True"):
+        for type_ in (ConditionType.TEMPLATE_RESOLVED, ConditionType.SSH_KEYS_READY):
+            cond = scope.conds.get(type_)
+            if cond is not None and cond.status != "True":
+                return Outcome.WAIT
+        if scope.node is None:
             return Outcome.WAIT
         return Outcome.DONE
 

@@ -19,7 +19,7 @@ from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.api.virtualmachines import DesiredState
 from kubevisor.controller.kube import client as kube
 from kubevisor.controller.placement import placing, reserving
-from kubevisor.controller.vms import moving, powering, resolving, restoring
+from kubevisor.controller.vms import moving, powering, resolving, restoring, sshkeys
 from kubevisor.controller.vms.status import Cond
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
@@ -126,6 +126,7 @@ async def resolve(scope: Scope, api: kube.Kube) -> None:
     origin = "from its own spec"
     if spec.source is not None:
         await _resolve_clone(scope, api, spec)
+        await authorize_keys(scope, api)
         return
     if spec.template_ref is not None:
         name = spec.template_ref.name
@@ -154,6 +155,15 @@ async def resolve(scope: Scope, api: kube.Kube) -> None:
         )
         return
     scope.conds[ok] = Cond("True", Reason.AS_EXPECTED, f"machine resolved {origin}")
+    await authorize_keys(scope, api)
+
+
+async def authorize_keys(scope: Scope, api: kube.Kube) -> None:
+    """The VM's ssh keys onto ``scope.wanted``'s command line (``sshkeys``); without
+    them the machine stays unresolved."""
+    scope.wanted, cond = await sshkeys.apply(scope.wanted, scope.namespace, api)
+    if cond is not None:
+        scope.conds[ConditionType.SSH_KEYS_READY] = cond
 
 
 async def _resolve_clone(

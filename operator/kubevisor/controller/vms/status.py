@@ -20,6 +20,7 @@ OWNED_CONDITIONS = (
     ConditionType.RESTART_REQUIRED,
     ConditionType.RESTORED,
     ConditionType.SCHEDULED,
+    ConditionType.SSH_KEYS_READY,
     ConditionType.TEMPLATE_RESOLVED,
 )
 #: Status fields the controller owns (besides conditions and phase).
@@ -101,7 +102,11 @@ def unplaced_ready(conds: dict[str, Cond]) -> Cond:
     """Ready of a VM no agent has yet (the controller's only while unplaced, like phase):
     False with the reason that keeps it off a node, so ``kubectl wait --for=condition=Ready``
     and ``kubectl get`` see a Ready condition from the first status write."""
-    for type_ in (ConditionType.TEMPLATE_RESOLVED, ConditionType.SCHEDULED):
+    for type_ in (
+        ConditionType.TEMPLATE_RESOLVED,
+        ConditionType.SSH_KEYS_READY,
+        ConditionType.SCHEDULED,
+    ):
         cond = conds.get(type_)
         if cond is not None and cond.status != "True":
             return Cond("False", cond.reason, cond.message)
