@@ -415,14 +415,17 @@ def test_application_pool_places_sessions_least_loaded_with_its_key(
         with pytest.raises(env.k.client.ApiException) as exc:
             env.pool(template, max=1, **bad)
         assert exc.value.status == 422 and "application is required" in exc.value.body
-    pool = env.pool(template, min=2, max=2, spare=0, mode="Application", application="xterm")
+    app_template = _name("tmpl")  # the keys reach a guest on its kernel command line
+    boot = {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"}
+    env.create("vmtemplates", "VMTemplate", app_template, {**TEMPLATE, "boot": boot})
+    pool = env.pool(app_template, min=2, max=2, spare=0, mode="Application", application="xterm")
     _ready_pool(env, pool, 2)
     claims = [env.claim(pool, user) for user in ("ann", "ben", "cat")]
     placed = [_bound(env, pool, c)["vmName"] for c in claims]
     assert sorted(placed.count(s) for s in set(placed)) == [1, 2], placed
     key = appservers.pool_key_secret(pool)
     for vm in env.desktops(pool):
-        assert vm["spec"]["access"]["sshKeySecret"] == {"name": key}
+        assert vm["spec"]["access"]["sshKeySecret"] == key
     public = env.core.read_namespaced_secret(key, NS).data[appservers.PUBLIC_KEY_FIELD]
     assert base64.b64decode(public).startswith(b"ssh-ed25519 ")
 

@@ -293,5 +293,5 @@ def desktop_body(
         body["metadata"]["annotations"] = annotations
     if spec.get("mode") == APPLICATION:
         secret = appservers.pool_key_secret(str(meta.get("name")))
-        body["spec"][ACCESS_FIELD] = {SSH_KEY_SECRET_FIELD: {"name": secret}}
+        body["spec"][ACCESS_FIELD] = {SSH_KEY_SECRET_FIELD: secret}
     return body

@@ -173,6 +173,6 @@ def test_servers_reference_the_pool_key_secret() -> None:
             "spec": {"templateRef": {"name": "t"}, **APP}}  # fmt: skip
     body = desktoppools.desktop_body(pool, "apps-1")
     secret = body["spec"][desktoppools.ACCESS_FIELD][desktoppools.SSH_KEY_SECRET_FIELD]
-    assert secret == {"name": appservers.pool_key_secret("apps")}
+    assert secret == appservers.pool_key_secret("apps")
     desktop = desktoppools.desktop_body({**pool, "spec": {"templateRef": {"name": "t"}}}, "d")
     assert desktoppools.ACCESS_FIELD not in desktop["spec"]
