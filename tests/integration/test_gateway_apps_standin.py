@@ -200,28 +200,6 @@ async def _state(page: browser.Page) -> str:
     return str(await page.evaluate("(document.body && document.body.dataset.state) || ''"))
 
 
-async def _window(page: browser.Page) -> Any:
-    """The canvas once it shows the application's window (and only it) and has stopped
-    changing (the shell in the xterm printed its prompt)."""
-    shots: list[Any] = []
-
-    async def shown() -> bool:
-        shot = await appscreens.canvas(page)
-        shots[:] = [shot, *shots[:1]]
-        if shot is None or not appscreens.seen(shot).only_a_window or len(shots) < 2:
-            return False
-        return shots[1] is not None and appscreens.changed(shot, shots[1]) == 0
-
-    async def last() -> Any:
-        return shots and shots[0] is not None and appscreens.seen(shots[0])
-
-    await testing.wait_for_async(
-        shown, timeout=60, what="the application's window in the browser, settled",
-        every=1.0, show=last,
-    )  # fmt: skip
-    return shots[0]
-
-
 async def test_published_app_two_sessions_on_a_standin_server_sshd_in_netns(
     setup: Setup, tmp_path: Path
 ) -> None:
@@ -237,7 +215,7 @@ async def test_published_app_two_sessions_on_a_standin_server_sshd_in_netns(
                 return await _state(page) == "connected"
 
             await testing.wait_for_async(connected, timeout=60, what=f"{claim}'s page connected")
-        shots = {claim: await _window(page) for claim, page in pages.items()}
+        shots = {claim: await appscreens.settled_window(page) for claim, page in pages.items()}
         for claim, shot in shots.items():
             shot.save(tmp_path / f"{claim}.png")
             print(f"\n{claim}: {appscreens.seen(shot)}")

@@ -10,7 +10,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from kubevisor.devenv import browser
+from kubevisor.devenv import browser, testing
 
 #: A pixel is "lit" (not the black root window) above this luminance.
 LIT = 24
@@ -43,6 +43,7 @@ async def canvas(page: browser.Page) -> Any:
     """noVNC's canvas, screenshotted by the browser (a Pillow RGB image)."""
     from PIL import Image
 
+    await page.send("Page.bringToFront")  # a hidden tab may never render a frame to capture
     rect = await page.evaluate(_RECT)
     if not rect or not rect["width"] or not rect["height"]:
         return None
@@ -93,3 +94,26 @@ def changed(a: Any, b: Any) -> int:
         return int(a.width * a.height)
     diff: Any = ImageChops.difference(a, b).convert("L")
     return sum(1 for v in diff.getdata() if v > 32)
+
+
+async def settled_window(page: browser.Page, *, within: float = 60.0) -> Any:
+    """The canvas once it shows the application's window (and only it) and has stopped
+    changing (e.g. the shell in an xterm printed its prompt)."""
+    shots: list[Any] = []
+
+    async def shown() -> bool:
+        shot = await canvas(page)
+        shots[:] = [shot, *shots[:1]]
+        if shot is None or not seen(shot).only_a_window or len(shots) < 2:
+            return False
+        return shots[1] is not None and changed(shot, shots[1]) == 0
+
+    async def last() -> Any:
+        return shots and shots[0] is not None and seen(shots[0])
+
+    found: bool = await testing.wait_for_async(
+        shown, timeout=within, what="the application's window in the browser, settled",
+        every=1.0, show=last,
+    )  # fmt: skip
+    assert found
+    return shots[0]
