@@ -248,6 +248,10 @@ class Publisher:
             return
         try:
             await asyncio.gather(_pump(reader, up_w), _pump(up_r, writer))
+        except asyncio.CancelledError:
+            # the loop is stopping: end quietly (asyncio's server logs a cancelled
+            # connection handler as an error, in Python 3.11)
+            return
         finally:
             dialing.close_quietly(up_w)
             dialing.close_quietly(writer)
