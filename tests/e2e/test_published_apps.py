@@ -92,12 +92,9 @@ def env() -> Iterator[Env]:
         else:
             os.environ["KUBEVISOR_GATEWAY_URL"] = saved
     try:
-        # the server pings the node once up, so the node's neighbour table (and with it
-        # the VM's status.interfaces[].ipAddress) knows its address
-        cmdline = appguest.kernel_cmdline(
-            ip=f"{SERVER_IP}/24", hostname="appserver",
-            script=f"ping -c 3 {dev.nodes[0].fabric_ip} >/dev/null 2>&1",
-        )  # fmt: skip
+        # a static address for the test's own look at the server; the gateway finds the
+        # server as kubevisor ssh does (no address reported yet: its link-local one)
+        cmdline = appguest.kernel_cmdline(ip=f"{SERVER_IP}/24", hostname="appserver")
         _apply(dev, "VMTemplate", "appserver", appguest.machine_spec(key_secret=None,
                                                                    cmdline=cmdline))  # fmt: skip
         argv = [
@@ -168,10 +165,10 @@ def sessions(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Sessions:
         st = _get(env.dev, "virtualmachine", server).get("status") or {}
         log = Path(st.get("consoleLog") or "/nonexistent")
         up = log.exists() and appguest.READY_MARKER in log.read_text(errors="replace")
-        return up and appservers.server_address(st) == SERVER_IP
+        return up
 
     testing.wait_for(
-        ready, timeout=BOOT_S, what="the server's sshd up and its address in its status",
+        ready, timeout=BOOT_S, what="the server's sshd up",
         every=1.0, show=lambda: _get(env.dev, "virtualmachine", server).get("status"),
     )  # fmt: skip
     secret = _get(env.dev, "secret", appservers.KEY_SECRET_NAME, ns=KEY_NS)

@@ -13,8 +13,7 @@ leaves the operator's namespace. Pure: names and fields only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 #: Secret in the operator's namespace with the application key pair.
 KEY_SECRET_NAME: Final = "kubevisor-app-key"
@@ -32,13 +31,3 @@ def pool_key_secret(pool: str) -> str:
     """The Secret (in the pool's namespace) with the public key the pool's servers
     authorize. Pool names are at most 54 characters, so this stays a valid name."""
     return f"{pool}-app-ssh"
-
-
-def server_address(vm_status: Mapping[str, Any]) -> str | None:
-    """Where a server's sshd listens: its first interface's IP address, as the agent
-    reports it (``status.interfaces[].ipAddress``); None while the guest has none."""
-    for nic in vm_status.get("interfaces") or []:
-        address = nic.get("ipAddress") if isinstance(nic, Mapping) else None
-        if isinstance(address, str) and address:
-            return address
-    return None

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 from typing import Final
@@ -77,3 +79,79 @@ def with_keys(cmdline: str | None, keys: list[str]) -> str:
     parts = [p for p in (cmdline or "").split() if not p.startswith(CMDLINE_PARAM + "=")]
     encoded = base64.b64encode("\n".join(keys).encode()).decode("ascii")
     return " ".join([*parts, f"{CMDLINE_PARAM}={encoded}"])
+
+
+# --- ssh tickets: how `kubevisor ssh` is let through the gateway ---------------------
+#
+# The CLI proves it may reach the VM the Kubernetes way: with its own credentials it
+# writes an annotation on the VM (so RBAC `patch virtualmachines` in that namespace is
+# the permission) holding the SHA-256 of a random secret and an expiry; it hands the
+# secret to the gateway, which reads the VM, finds the annotation by the hash, checks
+# the expiry and that the secret was not used before, and only then opens a byte stream
+# to the guest's port 22. The secret itself is never stored in the API server.
+
+#: Annotation key prefix; the name part is ``ticket-<first 16 hex of the hash>``.
+TICKET_PREFIX: Final = "ssh.kubevisor.io/ticket-"
+#: Longest ticket life the gateway accepts (the CLI asks for less); clocks may differ a
+#: little, which this also bounds.
+MAX_TICKET_SECONDS: Final = 120
+#: Query parameters of the gateway's ``/ssh`` websocket.
+SSH_PATH: Final = "/ssh"
+TICKET_QUERY: Final = "ticket"
+#: The guest's sshd port.
+SSH_PORT: Final = 22
+
+
+class TicketRefused(Exception):
+    """The secret does not match a live ticket on the VM; ``reason`` says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def ticket_annotation(secret: str, *, expires_at: int) -> tuple[str, str]:
+    """The annotation (key, value) the CLI writes for ``secret`` (pure)."""
+    digest = _digest(secret)
+    return f"{TICKET_PREFIX}{digest[:16]}", f"{digest}.{expires_at}"
+
+
+def check_ticket(annotations: Mapping[str, str], secret: str, *, now: float) -> tuple[str, int]:
+    """The ticket's digest (the gateway's nonce) and expiry when ``secret`` matches a ticket on the
+    VM that has not expired and was not written for longer than
+    :data:`MAX_TICKET_SECONDS`; :class:`TicketRefused` otherwise."""
+    if not 16 <= len(secret) <= 256:
+        raise TicketRefused("Malformed", "the ticket is not a kubevisor ssh ticket")
+    digest = _digest(secret)
+    value = annotations.get(f"{TICKET_PREFIX}{digest[:16]}")
+    if value is None:
+        raise TicketRefused("NoTicket", "the VM carries no ssh ticket for this secret")
+    stored, _, expiry = value.partition(".")
+    if not hmac.compare_digest(stored, digest):
+        raise TicketRefused("NoTicket", "the VM carries no ssh ticket for this secret")
+    try:
+        expires_at = int(expiry)
+    except ValueError:
+        raise TicketRefused("Malformed", "the ticket's expiry is not a number") from None
+    if now >= expires_at:
+        raise TicketRefused("Expired", f"the ticket expired {int(now - expires_at)} s ago")
+    if expires_at - now > MAX_TICKET_SECONDS:
+        raise TicketRefused("TooLong", f"the ticket is valid for more than {MAX_TICKET_SECONDS} s")
+    return digest, expires_at
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address a Linux guest gives the NIC with ``mac`` (modified
+    EUI-64, RFC 4291 appendix A): how the gateway reaches a guest whose IPv4 address
+    nobody reported, on the node's bridge (pure)."""
+    octets = [int(part, 16) for part in mac.split(":")]
+    if len(octets) != 6 or not all(0 <= o <= 255 for o in octets):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    octets[0] ^= 0x02
+    eui = [*octets[:3], 0xFF, 0xFE, *octets[3:]]
+    groups_ = [f"{eui[i] << 8 | eui[i + 1]:x}" for i in range(0, 8, 2)]
+    return "fe80::" + ":".join(groups_)

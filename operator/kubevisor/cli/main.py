@@ -18,13 +18,15 @@ Examples::
     kubevisor restore web-3f2a1c --in-place web
     kubevisor claim office --user alice   # prints the desktop's browser URL
     kubevisor vnc desk-3 --open           # the desktop's browser URL, opened
+    kubevisor ssh -X apps1 -- xeyes       # ssh with X11 forwarding, through the gateway
     kubevisor get web -o yaml             # -o json|yaml|name as kubectl prints them
     source <(kubevisor completion bash)   # or zsh
 
 ``migrate``, ``drain`` and ``uncordon`` are in :mod:`kubevisor.cli.migrating`; ``backup``
 and ``restore`` in :mod:`kubevisor.cli.backingup`; ``claim`` (also ``desktop claim``) in
 :mod:`kubevisor.cli.desktops`; what is printed, errors included, in
-:mod:`kubevisor.cli.rendering`; ``completion`` in :mod:`kubevisor.cli.completing`.
+:mod:`kubevisor.cli.rendering`; ``completion`` in :mod:`kubevisor.cli.completing`;
+``ssh`` in :mod:`kubevisor.cli.remote`.
 Errors print one sentence that says how to fix them (exit status 1), never a traceback.
 """
 
@@ -40,7 +42,7 @@ from typing import Any
 
 from kubevisor.api import groups, kinds, virtualmachines, vmbackups
 from kubevisor.api.virtualmachines import DesiredState, RunStrategy
-from kubevisor.cli import backingup, completing, desktops, migrating, rendering
+from kubevisor.cli import backingup, completing, desktops, migrating, remote, rendering
 
 ANNOTATION_PAUSED = groups.ANNOTATION_PAUSED
 ANNOTATION_POWER = groups.ANNOTATION_POWER
@@ -346,14 +348,46 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("desktop", help="desktop pools: claim a desktop (same as claim)")
     dsub = s.add_subparsers(dest="desktop_verb", required=True)
     _claim_flags(dsub.add_parser("claim", help="claim a desktop from a pool and print its URL"))
+    s = sub.add_parser("ssh", help="ssh to a VM's guest through the gateway (-X: X11)")
+    s.add_argument("name")
+    s.add_argument("-n", "--namespace", default="default")
+    s.add_argument("-X", dest="x11", action="store_true", help="forward X11 (ssh -X)")
+    s.add_argument("-i", dest="identity", help="private key file (ssh -i)")
+    s.add_argument("-l", dest="login", default="root", help="user in the guest (root)")
+    s.add_argument("--gateway", help=f"gateway base URL (default: ${remote.ENV_GATEWAY})")
+    s.add_argument("--known-hosts", help="known hosts file (~/.ssh/kubevisor_known_hosts)")
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND to run")
+    s = sub.add_parser("_ssh-proxy")  # ssh's ProxyCommand (cli.remote), not for users
+    s.add_argument("name")
+    s.add_argument("-n", "--namespace", default="default")
+    s.add_argument("--gateway", required=True)
     s = sub.add_parser("completion", help="print a shell completion script")
     s.add_argument("shell", choices=completing.SHELLS)
     return p
 
 
+def _ssh(args: argparse.Namespace) -> int:
+    """``kubevisor ssh``: ssh's own exit status (its errors are its own to print)."""
+    import kubernetes
+
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    api = _client(args.kubeconfig)
+    try:
+        return remote.ssh(api, _get_vm(api, args.name, args.namespace), args)
+    except remote.SSHError as exc:
+        raise CLIError(str(exc)) from exc
+    except kubernetes.client.ApiException as exc:
+        raise CLIError(rendering.api_error(exc.status, exc.reason, _message(exc))) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.verb == "_ssh-proxy":
+        return remote.proxy(args)
     try:
+        if args.verb == "ssh":
+            return _ssh(args)
         print(run(args))
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -54,6 +54,9 @@ class DisplayFacts:
     application: str | None = None
     """Set for an Application pool's server: the command a session runs; host and port
     are then the server's sshd (``type`` :data:`SSH`)."""
+    tap: str | None = None
+    """Application server reached at its IPv6 link-local address: the tap whose bridge
+    scopes it (``sshtunnel.target_of``)."""
 
 
 #: DisplayFacts.type of an application server (the gateway makes the display itself).
@@ -74,6 +77,8 @@ class Target:
     application: str | None = None
     """Published application: host:port is the server's sshd; the gateway runs this
     command there on a display of the session's own (``gateway.publishing``)."""
+    tap: str | None = None
+    """host is a link-local address on the bridge of this tap (``Dialer.open_on_bridge``)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ def decide(
             port=display.port,
             view_only=grant.view_only,
             application=display.application,
+            tap=display.tap,
         )
     if display.type != "vnc" or display.host is None or not display.port:
         return Refused(

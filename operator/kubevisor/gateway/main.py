@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kubevisor.gateway import admission, dialing, metrics, publishing, serving
+from kubevisor.gateway import admission, dialing, metrics, publishing, serving, sshtunnel
 from kubevisor.gateway.kube import reading, reporting
 
 log = logging.getLogger("kubevisor.gateway")
@@ -107,9 +107,9 @@ async def run(args: argparse.Namespace) -> None:
         reaper = asyncio.create_task(
             publisher.reap(admitter.still_standing, every=args.recheck_seconds)
         )
-        runner = web.AppRunner(
-            gateway.app(), handle_signals=False, access_log_class=serving.AccessLogger
-        )
+        app = gateway.app()
+        sshtunnel.SSHTunnel(reader, dialer=dialer).install(app)
+        runner = web.AppRunner(app, handle_signals=False, access_log_class=serving.AccessLogger)
         await runner.setup()
         site = web.TCPSite(
             runner, args.host, args.port, ssl_context=tls_context(args.tls_cert, args.tls_key)

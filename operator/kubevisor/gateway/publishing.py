@@ -15,8 +15,9 @@ application exits. A session is three processes-and-sockets in a private directo
   there is.
 - a **relay** on 127.0.0.1 (an ephemeral port) that dials the server's sshd with the
   gateway's :class:`dialing.Dialer` (inside the node's network namespace in the dev
-  cluster, plain TCP otherwise), so the ssh client reaches a server exactly as a
-  desktop's VNC is reached.
+  cluster, plain TCP otherwise) at the address ``kubevisor ssh`` uses
+  (``sshtunnel.target_of``: the reported one, else the guest's link-local address on
+  its tap's bridge).
 - **ssh -Y** (trusted X11 forwarding: the display holds nothing but this application)
   to ``root@`` the server with the application key (``api/appservers``), ``DISPLAY``
   and ``XAUTHORITY`` pointing at the session's display, running the pool's command;
@@ -239,9 +240,14 @@ class Publisher:
     ) -> None:
         """One ssh connection: carried to the server's sshd through the dialer."""
         try:
-            up_r, up_w = await self.dialer.open(
-                target.host, target.port, node_name=target.node_name
-            )
+            if target.tap is None:
+                up_r, up_w = await self.dialer.open(
+                    target.host, target.port, node_name=target.node_name
+                )
+            else:
+                up_r, up_w = await self.dialer.open_on_bridge(
+                    target.host, target.port, tap=target.tap, node_name=target.node_name
+                )
         except (OSError, TimeoutError) as exc:
             log.warning("application server %s unreachable: %s", target.vm_name, exc)
             dialing.close_quietly(writer)

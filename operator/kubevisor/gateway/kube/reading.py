@@ -10,7 +10,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kubevisor.api import appservers, desktoppools, displaytokens, groups, kinds
-from kubevisor.gateway import admitting
+from kubevisor.gateway import admitting, sshtunnel
 
 
 class KeyUnavailable(Exception):
@@ -85,17 +85,21 @@ class Reader:
     async def server(
         self, namespace: str, vm_name: str, application: str
     ) -> admitting.DisplayFacts | None:
-        """An application server's node and sshd; None when the VM does not exist."""
+        """An application server's node and sshd, found as ``kubevisor ssh`` finds a
+        VM's (``sshtunnel.target_of``: the reported address, else the guest's link-local
+        one on its tap's bridge); None when the VM does not exist."""
         obj = await self._get(kinds.VIRTUALMACHINE.plural, namespace, vm_name)
         if obj is None:
             return None
         status = obj.get("status") or {}
+        found = sshtunnel.target_of(obj)
         return admitting.DisplayFacts(
             node_name=_str(status.get("nodeName")),
             type=admitting.SSH,
-            host=appservers.server_address(status),
+            host=found.address if isinstance(found, sshtunnel.Target) else None,
             port=appservers.SSH_PORT,
             application=application,
+            tap=found.tap if isinstance(found, sshtunnel.Target) else None,
         )
 
     async def app_key(self) -> bytes:
@@ -130,6 +134,11 @@ class Reader:
             host=_str(display.get("host")),
             port=port if isinstance(port, int) and not isinstance(port, bool) else None,
         )
+
+    async def vm(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The whole VirtualMachine (``gateway.sshtunnel`` reads its tickets, phase and
+        NIC); None when it does not exist."""
+        return await self._get(kinds.VIRTUALMACHINE.plural, namespace, name)
 
     async def _get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
