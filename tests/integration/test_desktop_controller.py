@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 
-from kubevisor.api import desktopclaims, desktoppools, displaytokens, groups, nodes
+from kubevisor.api import appservers, desktopclaims, desktoppools, displaytokens, groups, nodes
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
@@ -423,6 +423,40 @@ def test_cel_refuses_changing_a_claims_user(env: Env, template: str) -> None:
         env.patch("desktopclaims", claim, {"spec": {"user": "ivan"}})
     assert exc.value.status == 422
     assert "cannot change" in exc.value.body
+
+
+def test_application_pool_places_sessions_least_loaded_with_its_key(
+    env: Env, template: str
+) -> None:
+    """CEL first; then two servers, three claims spread over them (least-loaded), the
+    sessions counted per server, the servers referencing the pool's public-key Secret."""
+    for bad in ({"mode": "Application"}, {"application": "xterm"}):
+        with pytest.raises(env.k.client.ApiException) as exc:
+            env.pool(template, max=1, **bad)
+        assert exc.value.status == 422 and "application is required" in exc.value.body
+    app_template = _name("tmpl")  # the keys reach a guest on its kernel command line
+    boot = {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"}
+    env.create("vmtemplates", "VMTemplate", app_template, {**TEMPLATE, "boot": boot})
+    pool = env.pool(app_template, min=2, max=2, spare=0, mode="Application", application="xterm")
+    _ready_pool(env, pool, 2)
+    claims = [env.claim(pool, user) for user in ("ann", "ben", "cat")]
+    placed = [_bound(env, pool, c)["vmName"] for c in claims]
+    assert sorted(placed.count(s) for s in set(placed)) == [1, 2], placed
+    key = appservers.pool_key_secret(pool)
+    for vm in env.desktops(pool):
+        assert vm["spec"]["access"]["sshKeySecret"] == key
+    public = env.core.read_namespaced_secret(key, NS).data[appservers.PUBLIC_KEY_FIELD]
+    assert base64.b64decode(public).startswith(b"ssh-ed25519 ")
+
+    def counted() -> Any:
+        st = env.status("desktoppools", pool)
+        return sorted(d.get("sessions", 0) for d in st.get("desktops") or []) == [1, 2] and st
+
+    _wait(counted, what="sessions per server in the pool status",
+          show=lambda: env.status("desktoppools", pool))  # fmt: skip
+    with pytest.raises(env.k.client.ApiException) as exc:
+        env.patch("desktoppools", pool, {"spec": {"mode": "Desktop", "application": None}})
+    assert exc.value.status == 422
 
 
 def test_disconnected_timeout_reads_the_gateways_session_report(env: Env, template: str) -> None:

@@ -591,10 +591,13 @@ CONTROLLER_CHECKS: list[Check] = [
     ("get", "secrets/kubevisor-display-key", NS, (), True),
     ("create", "secrets", NS, (), True),
     ("get", "secrets", "default", (), True),  # a VM's access.sshKeySecret, by name
+    # application pools: the pool's public-key Secret in the pool's namespace
+    ("create", "secrets", "default", (), True),
     # and not more:
     ("list", "secrets", "default", (), False),
     ("watch", "secrets", "default", (), False),
-    ("create", "secrets", "default", (), False),
+    ("update", "secrets", "default", (), False),
+    ("delete", "secrets", "default", (), False),
     ("list", "leases.coordination.k8s.io", "default", (), False),
     ("create", "leases.coordination.k8s.io", NS, (), False),
     ("create", "pods", "default", (), False),
@@ -606,12 +609,16 @@ GATEWAY_CHECKS: list[Check] = [
     ("get", "desktopclaims.kubevisor.io", "default", (), True),
     ("get", "virtualmachines.kubevisor.io", "default", (), True),
     ("get", "secrets/kubevisor-display-key", NS, (), True),
+    ("get", "secrets/kubevisor-app-key", NS, (), True),
+    ("get", "desktoppools.kubevisor.io", "default", (), True),
     # its one write: a claim's status.session
     ("patch", "desktopclaims.kubevisor.io", "default", ("--subresource=status",), True),
     # and not more: only the one Secret, no claim's spec or metadata
     ("get", "secrets", NS, (), False),
     ("get", "secrets/kubevisor-display-key", "default", (), False),
+    ("get", "secrets/kubevisor-app-key", "default", (), False),
     ("list", "desktopclaims.kubevisor.io", "default", (), False),
+    ("patch", "desktoppools.kubevisor.io", "default", (), False),
     ("patch", "desktopclaims.kubevisor.io", "default", (), False),
     ("update", "desktopclaims.kubevisor.io", "default", ("--subresource=status",), False),
     ("patch", "virtualmachines.kubevisor.io", "default", (), False),

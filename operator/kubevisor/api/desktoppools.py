@@ -11,10 +11,13 @@ from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from kubevisor.api import common, conditions, groups
+from kubevisor.api import appservers, common, conditions, groups
 
 Assignment = Literal["floating", "dedicated"]
 LogoffPolicy = Literal["keep", "refresh", "delete"]
+PoolMode = Literal["Desktop", "Application"]
+#: The mode whose VMs are application servers shared by many sessions.
+APPLICATION: Final = "Application"
 
 
 class DesktopPoolPhase(StrEnum):
@@ -61,8 +64,26 @@ class DesktopPoolSpec(common.Model):
                 "spare must not exceed max",
                 field_path=".spare",
             ),
+            common.rule(
+                "(has(self.mode) && self.mode == 'Application') == has(self.application)",
+                "application is required exactly when mode is Application",
+                field_path=".application",
+            ),
+            common.rule(
+                "!has(oldSelf.mode) || (has(self.mode) && self.mode == oldSelf.mode)",
+                "mode cannot change; create another pool",
+                field_path=".mode",
+            ),
         )
     )
+
+    mode: PoolMode = "Desktop"
+    """Desktop: each claim gets a whole desktop VM. Application: the VMs are application
+    servers; each claim gets its own session running ``application`` on the least-loaded
+    one, and the browser shows only that application's window."""
+    application: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    """Application mode: the command run (through ssh with X11 forwarding) on a server
+    for each session, e.g. ``xterm``."""
 
     template_ref: common.LocalObjectReference
     """VMTemplate the desktops are cloned from (linked clones)."""
@@ -100,6 +121,8 @@ class DesktopPoolSpec(common.Model):
             raise ValueError("min must not exceed max")
         if self.spare > self.max:
             raise ValueError("spare must not exceed max")
+        if (self.mode == APPLICATION) != (self.application is not None):
+            raise ValueError("application is required exactly when mode is Application")
         return self
 
 
@@ -118,6 +141,8 @@ class PoolDesktop(common.Model):
     """Node the desktop runs on."""
     reason: Annotated[str, Field(max_length=128)] | None = None
     """Why the desktop is not running yet (its VM's Ready/Scheduled condition reason)."""
+    sessions: Annotated[int, Field(ge=0)] | None = None
+    """Application mode: the sessions (claims) placed on this server."""
 
 
 class DesktopPoolStatus(conditions.Status):
@@ -152,6 +177,11 @@ class DesktopPool(common.Resource):
     """Observed state."""
 
 
+#: Where an Application pool's server VMs name the Secret with the keys their sshd
+#: authorizes (the VM's ``spec.access.sshKeySecret``).
+ACCESS_FIELD: Final = "access"
+SSH_KEY_SECRET_FIELD: Final = "sshKeySecret"
+
 #: The VM phase in which a desktop is usable.
 READY_PHASE: Final = "Running"
 
@@ -173,6 +203,8 @@ class Desktop:
     resource_version: str = ""
     reason: str | None = None
     """Why it is not running: the reason and message of its first False condition."""
+    sessions: int = 0
+    """Application mode: claims placed on this server (their ``status.vmName``)."""
 
     @property
     def ready(self) -> bool:
@@ -228,9 +260,12 @@ def desktop_body(
 ) -> dict[str, Any]:
     """The VirtualMachine a pool's desktop is: a linked clone of the pool's template
     (the template's disks are ``clone: linked`` overlays unless it says otherwise),
-    always running, labelled with the pool and owned by it (garbage-collected with it)."""
+    always running, labelled with the pool and owned by it (garbage-collected with it).
+    An Application pool's servers also reference the pool's public-key Secret
+    (``appservers.pool_key_secret``), so the gateway can log in to run sessions."""
     meta = pool.get("metadata") or {}
-    template = ((pool.get("spec") or {}).get("templateRef") or {}).get("name")
+    spec = pool.get("spec") or {}
+    template = (spec.get("templateRef") or {}).get("name")
     annotations = {
         k: v for k, v in ((ANNOTATION_USER, user), (ANNOTATION_CLAIM, claim)) if v is not None
     }
@@ -256,4 +291,7 @@ def desktop_body(
     }
     if annotations:
         body["metadata"]["annotations"] = annotations
+    if spec.get("mode") == APPLICATION:
+        secret = appservers.pool_key_secret(str(meta.get("name")))
+        body["spec"][ACCESS_FIELD] = {SSH_KEY_SECRET_FIELD: secret}
     return body

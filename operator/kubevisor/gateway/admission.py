@@ -18,6 +18,10 @@ class Facts(Protocol):
     async def key(self) -> bytes: ...
     async def claim(self, namespace: str, name: str) -> admitting.ClaimFacts | None: ...
     async def display(self, namespace: str, vm_name: str) -> admitting.DisplayFacts | None: ...
+    async def application(self, namespace: str, pool: str) -> str | None: ...
+    async def server(
+        self, namespace: str, vm_name: str, application: str
+    ) -> admitting.DisplayFacts | None: ...
 
 
 class Admitter:
@@ -46,7 +50,13 @@ class Admitter:
         claim = await self.facts.claim(grant.namespace, grant.claim)
         display = None
         if claim is not None and claim.vm_name:
-            display = await self.facts.display(grant.namespace, claim.vm_name)
+            application = None
+            if claim.pool is not None:
+                application = await self.facts.application(grant.namespace, claim.pool)
+            if application is not None:
+                display = await self.facts.server(grant.namespace, claim.vm_name, application)
+            else:
+                display = await self.facts.display(grant.namespace, claim.vm_name)
         decision = admitting.decide(grant, claim, display)
         if isinstance(decision, admitting.Refused):
             return grant, decision

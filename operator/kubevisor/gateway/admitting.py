@@ -38,16 +38,29 @@ class ClaimFacts:
     uid: str
     phase: str | None
     vm_name: str | None
+    pool: str | None = None
+    """The DesktopPool it names (the gateway reads the pool's mode and application)."""
 
 
 @dataclass(frozen=True)
 class DisplayFacts:
-    """What the API server says about the claim's VM: its node and VNC endpoint."""
+    """What the API server says about the claim's VM: its node and VNC endpoint, or (an
+    application server) its sshd and the application to run there."""
 
     node_name: str | None
     type: str | None
     host: str | None
     port: int | None
+    application: str | None = None
+    """Set for an Application pool's server: the command a session runs; host and port
+    are then the server's sshd (``type`` :data:`SSH`)."""
+    tap: str | None = None
+    """Application server reached at its IPv6 link-local address: the tap whose bridge
+    scopes it (``sshtunnel.target_of``)."""
+
+
+#: DisplayFacts.type of an application server (the gateway makes the display itself).
+SSH = "ssh"
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,11 @@ class Target:
     host: str
     port: int
     view_only: bool
+    application: str | None = None
+    """Published application: host:port is the server's sshd; the gateway runs this
+    command there on a display of the session's own (``gateway.publishing``)."""
+    tap: str | None = None
+    """host is a link-local address on the bridge of this tap (``Dialer.open_on_bridge``)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,23 @@ def decide(
         return Refused(
             Refusal.VM_NOT_FOUND,
             f"VirtualMachine {grant.namespace}/{vm_name} of the claim does not exist",
+        )
+    if display.application is not None:
+        if display.type != SSH or display.host is None or not display.port:
+            return Refused(
+                Refusal.NO_DISPLAY,
+                f"application server {grant.namespace}/{vm_name} reports no address (yet)",
+            )
+        return Target(
+            namespace=grant.namespace,
+            claim=grant.claim,
+            vm_name=vm_name,
+            node_name=display.node_name,
+            host=display.host,
+            port=display.port,
+            view_only=grant.view_only,
+            application=display.application,
+            tap=display.tap,
         )
     if display.type != "vnc" or display.host is None or not display.port:
         return Refused(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kubevisor.gateway import admission, dialing, metrics, serving, sshtunnel
+from kubevisor.gateway import admission, dialing, metrics, publishing, serving, sshtunnel
 from kubevisor.gateway.kube import reading, reporting
 
 log = logging.getLogger("kubevisor.gateway")
@@ -58,6 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--metrics-port", type=int, default=0, help="Prometheus metrics port (default 0: off)"
     )
+    p.add_argument(
+        "--xvnc", default="Xvnc",
+        help="TigerVNC's Xvnc, the per-session display of published applications",
+    )  # fmt: skip
+    p.add_argument(
+        "--app-geometry", default="1024x768",
+        help="size of a published application's display (default 1024x768)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -84,12 +92,20 @@ async def run(args: argparse.Namespace) -> None:
         reader = reading.Reader(api, key_namespace=args.key_namespace)
         reporter = reporting.Reporter(api)
         dialer = dialing.Dialer(netns_template=args.display_netns)
+        admitter = admission.Admitter(reader)
+        publisher = publishing.Publisher(
+            dialer, reader.app_key, xvnc=args.xvnc, geometry=args.app_geometry
+        )
         gateway = serving.Gateway(
-            admission.Admitter(reader),
+            admitter,
             dialer=dialer,
             novnc_dir=args.novnc_dir,
             recheck_seconds=args.recheck_seconds,
             reports=reporter,
+            publisher=publisher,
+        )
+        reaper = asyncio.create_task(
+            publisher.reap(admitter.still_standing, every=args.recheck_seconds)
         )
         app = gateway.app()
         sshtunnel.SSHTunnel(reader, dialer=dialer).install(app)
@@ -107,6 +123,8 @@ async def run(args: argparse.Namespace) -> None:
         try:
             await stop.wait()
         finally:
+            reaper.cancel()
+            await publisher.aclose()
             await runner.cleanup()  # sessions end: their disconnects are queued
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):

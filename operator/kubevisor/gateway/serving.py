@@ -21,7 +21,15 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 
 from kubevisor.api import desktopclaims, displaytokens
-from kubevisor.gateway import admission, admitting, dialing, metrics, rfbfilter, sessions
+from kubevisor.gateway import (
+    admission,
+    admitting,
+    dialing,
+    metrics,
+    publishing,
+    rfbfilter,
+    sessions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +68,12 @@ class Gateway:
         recheck_seconds: float = 5.0,
         reports: Reports | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        publisher: publishing.Publisher | None = None,
     ) -> None:
         self.admitter = admitter
         self.dialer = dialer
+        self.publisher = publisher
+        """Runs published-application sessions (None: application claims get 502)."""
         self.novnc_dir = novnc_dir
         self.recheck_seconds = recheck_seconds
         self.reports = reports
@@ -121,10 +132,8 @@ class Gateway:
             return web.Response(status=403, text=f"{decision.reason}: {decision.message}\n")
         assert grant is not None
         try:
-            reader, writer = await self.dialer.open(
-                decision.host, decision.port, node_name=decision.node_name
-            )
-        except (OSError, TimeoutError) as exc:
+            reader, writer = await self._open(grant, decision)
+        except (OSError, TimeoutError, publishing.SessionFailed) as exc:
             log.warning("display of %s/%s unreachable: %s", grant.namespace, grant.claim, exc)
             metrics.REFUSALS.labels(reason="DisplayUnreachable").inc()
             return web.Response(status=502, text=f"DisplayUnreachable: {exc}\n")
@@ -148,6 +157,16 @@ class Gateway:
             dialing.close_quietly(writer)
             await ws.close()
         return ws
+
+    async def _open(
+        self, grant: displaytokens.Grant, target: admitting.Target
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The RFB stream: the desktop's VNC, or the application session's own display."""
+        if target.application is None:
+            return await self.dialer.open(target.host, target.port, node_name=target.node_name)
+        if self.publisher is None:
+            raise publishing.SessionFailed("this gateway runs no published applications")
+        return await self.publisher.open(grant, target)
 
     async def _proxy(
         self,

@@ -68,3 +68,23 @@ def test_standing_of_a_bound_claim_is_its_vm() -> None:
 
 def test_token_refusals_keep_the_contract_names() -> None:
     assert {r.value for r in Refusal} >= {"Malformed", "BadSignature", "Expired"}
+
+
+SERVER = DisplayFacts(
+    node_name="node-2", type=admitting.SSH, host="10.0.0.5", port=22, application="xterm"
+)
+
+
+def test_an_application_claim_admits_to_its_servers_sshd_with_the_command() -> None:
+    assert admitting.decide(GRANT, BOUND, SERVER) == Target(
+        namespace="ns", claim="alice", vm_name="desk-3", node_name="node-2",
+        host="10.0.0.5", port=22, view_only=False, application="xterm",
+    )  # fmt: skip
+
+
+def test_an_application_server_without_an_address_is_no_display() -> None:
+    noaddr = DisplayFacts(
+        node_name="node-2", type=admitting.SSH, host=None, port=22, application="xterm"
+    )
+    refused = admitting.decide(GRANT, BOUND, noaddr)
+    assert isinstance(refused, Refused) and refused.reason is Refusal.NO_DISPLAY

@@ -45,6 +45,9 @@ class Claim:
     session: SessionStatus | None = None
     ended: tuple[ClaimReason, str] | None = None
     """Released: why its session ended (its Bound condition), kept as it was."""
+    vm_name: str | None = None
+    """Its status.vmName: in an Application pool, the server its session is placed on
+    (the record of the placement; desktops are recorded on the VM instead)."""
 
 
 class State(StrEnum):
@@ -166,7 +169,7 @@ def decide(
             if claim.deleting:
                 out.append(_finalize(claim))
             elif claim.phase is DesktopClaimPhase.RELEASED:
-                out.append(_still_released(claim))
+                out.append(still_released(claim))
             else:
                 pending.append(claim)
             continue
@@ -238,7 +241,8 @@ def _finalize(claim: Claim) -> ClaimDecision:
     )
 
 
-def _still_released(claim: Claim) -> ClaimDecision:
+def still_released(claim: Claim) -> ClaimDecision:
+    """A Released claim stays Released, with the reason its session ended."""
     reason, message = claim.ended or (
         ClaimReason.SESSION_TIMEOUT,
         "the session ended; delete this claim and create a new one for another session",

@@ -35,7 +35,7 @@ import pydantic
 from kubevisor.api import desktoppools, displaytokens, groups, kinds
 from kubevisor.api.desktopclaims import BOUND, ClaimReason, DesktopClaim, DesktopClaimPhase
 from kubevisor.api.desktoppools import DesktopPoolSpec
-from kubevisor.controller.desktopclaims import binding, status, tokens
+from kubevisor.controller.desktopclaims import binding, placing, status, tokens
 from kubevisor.controller.desktopclaims.binding import ClaimDecision, State
 from kubevisor.controller.kube import operating
 from kubevisor.controller.runtime import running
@@ -82,6 +82,7 @@ def _view(obj: Mapping[str, Any]) -> binding.Claim | None:
         bound_at=st.bound_at if st else None,
         session=st.session if st else None,
         ended=ended,
+        vm_name=st.vm_name if st else None,
     )
 
 
@@ -147,7 +148,10 @@ class Claims:
         vm_by_name = {str(v["metadata"]["name"]): v for v in vms}
         desktops = desktoppools.desktops_of(vms, pool)
         now = datetime.now(UTC)
-        d = binding.decide(spec, pool, desktops, views, now=now)
+        if spec is not None and spec.mode == desktoppools.APPLICATION:
+            d = placing.decide(spec, pool, desktops, views, now=now)
+        else:
+            d = binding.decide(spec, pool, desktops, views, now=now)
         for release in d.releases:
             await self._release(namespace, vm_by_name[release.desktop], release)
         for cd in d.claims:

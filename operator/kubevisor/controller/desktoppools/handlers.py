@@ -14,18 +14,21 @@ at again every ``RESYNC_SECONDS``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
 
-from kubevisor.api import desktoppools, groups, kinds
+from kubevisor.api import desktoppools, displaytokens, groups, kinds
 from kubevisor.api.conditions import Reason
 from kubevisor.api.desktoppools import DesktopPoolSpec
-from kubevisor.controller.desktoppools import sizing, status
+from kubevisor.controller.desktoppools import appkeys, sizing, status
 from kubevisor.controller.kube import operating
 from kubevisor.controller.runtime import running
 from kubevisor.controller.runtime.reconciling import Key, Outcome
@@ -50,8 +53,15 @@ async def _no_claims(ns: str, pool: str, obj: Obj | None, vms: list[Obj], c: lis
 class Pools:
     """The DesktopPool reconciler of one controller process."""
 
-    def __init__(self, rt: running.Runtime, *, settle: Settle = _no_claims) -> None:
+    def __init__(
+        self,
+        rt: running.Runtime,
+        *,
+        settle: Settle = _no_claims,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
         self._rt = rt
+        self._key_namespace = displaytokens.key_namespace(environ)
         self._settle = settle
         self._reconciler = rt.reconciler(
             POOL.kind, self.reconcile_once, resync_seconds=RESYNC_SECONDS
@@ -74,6 +84,24 @@ class Pools:
     def wake(self, namespace: str, pool: str) -> None:
         """A pass over (namespace, pool) in the background (claim events)."""
         self._reconciler.spawn((namespace, pool))
+
+    @staticmethod
+    def _desktops(
+        vms: list[Obj], pool: str, claims: list[Obj] | None
+    ) -> list[desktoppools.Desktop]:
+        """The pool's VMs; with ``claims`` (Application mode), each with the sessions
+        placed on it (claims naming it in status.vmName, not over)."""
+        desktops = desktoppools.desktops_of(vms, pool)
+        if claims is None:
+            return desktops
+        load: Counter[str] = Counter(
+            str((c.get("status") or {}).get("vmName"))
+            for c in claims
+            if (c.get("status") or {}).get("vmName")
+            and not (c.get("metadata") or {}).get("deletionTimestamp")
+            and (c.get("status") or {}).get("phase") != "Released"
+        )
+        return [dataclasses.replace(d, sessions=load[d.name]) for d in desktops]
 
     def _post(self, obj: Obj, type_: str, reason: str, message: str) -> None:
         self._rt.events.post(obj, kind=POOL.kind, type_=type_, reason=reason, message=message)
@@ -103,7 +131,14 @@ class Pools:
             log.warning("DesktopPool %s/%s unreadable: %s", namespace, name, exc)
             return Outcome.WAIT
         vms = await self._vms(namespace, name)
-        desktops = desktoppools.desktops_of(vms, name)
+        application = spec.mode == desktoppools.APPLICATION
+        if application:
+            claims = [
+                c
+                for c in await client.list_namespaced(CLAIM.plural, namespace)
+                if ((c.get("spec") or {}).get("poolRef") or {}).get("name") == name
+            ]
+        desktops = self._desktops(vms, name, claims if application else None)
         plan = sizing.plan(spec, desktops, waiting=waiting)
         now = datetime.now(UTC)
         problem: tuple[str, str] | None = None
@@ -118,10 +153,16 @@ class Pools:
                 Reason.TEMPLATE_NOT_FOUND,
                 f"VMTemplate {spec.template_ref.name} does not exist; no desktops are created",
             )
+        if problem is None and application:
+            try:
+                await appkeys.ensure(self._rt, self._key_namespace, obj)
+            except ValueError as exc:
+                problem = (Reason.INVALID_SPEC, str(exc))
         if problem is None:
             await self._act(obj, plan, desktops)
             if plan.create or plan.remove:
-                desktops = desktoppools.desktops_of(await self._vms(namespace, name), name)
+                vms = await self._vms(namespace, name)
+                desktops = self._desktops(vms, name, claims if application else None)
         wanted = status.build(
             obj.get("status") or {},
             spec,

@@ -2,7 +2,8 @@
 
 The target is ``held + waiting + spare`` desktops, at least ``min`` and at most ``max``:
 ``held`` are the desktops in use (bound to a claim, or in a dedicated pool assigned to a
-user), ``waiting`` the claims that wait for a free desktop. Desktops being deleted do not
+user, or an application server with sessions), ``waiting`` the claims that wait for a
+free desktop (or, Application mode, for any server to run). Desktops being deleted do not
 count. Scale-in removes only desktops nobody holds — never one in use — choosing those
 that are not running first (they serve nobody yet), then the newest.
 """
@@ -28,8 +29,13 @@ class Plan:
 
 
 def held(spec: DesktopPoolSpec, d: Desktop) -> bool:
-    """``d`` is in use: bound to a claim, or (dedicated) kept for a user."""
-    return d.claim is not None or (spec.assignment == "dedicated" and d.user is not None)
+    """``d`` is in use: bound to a claim, (dedicated) kept for a user, or (an
+    application server) running sessions."""
+    return (
+        d.claim is not None
+        or d.sessions > 0
+        or (spec.assignment == "dedicated" and d.user is not None)
+    )
 
 
 def target(spec: DesktopPoolSpec, desktops: Sequence[Desktop], *, waiting: int) -> int:

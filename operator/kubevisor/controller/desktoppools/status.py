@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from kubevisor.api import conditions
 from kubevisor.api.conditions import ConditionType, Reason
-from kubevisor.api.desktoppools import Desktop, DesktopPoolPhase, DesktopPoolSpec
+from kubevisor.api.desktoppools import APPLICATION, Desktop, DesktopPoolPhase, DesktopPoolSpec
 from kubevisor.controller.desktoppools import sizing
 
 OWNED: Final = (
@@ -85,6 +85,10 @@ def build(
     else:
         phase, ok, reason = DesktopPoolPhase.READY, True, Reason.AS_EXPECTED
         message = f"{len(ready)} desktops running, {len(claimed)} claimed, {len(spare)} spare"
+        if spec.mode == APPLICATION:
+            message = f"{len(ready)} application servers running, " + ", ".join(
+                f"{d.name}: {d.sessions} session(s)" for d in ready[:10]
+            )
     if waiting and len(live) >= spec.max and problem is None:
         message += f"; {waiting} claim(s) wait: the pool is at its max of {spec.max}"
     listed_conds = conditions.set_condition(
@@ -103,7 +107,7 @@ def build(
         "spare": len(spare),
         "total": len(live),
         "waiting": waiting,
-        "desktops": [_entry(d) for d in live],
+        "desktops": [_entry(d, application=spec.mode == APPLICATION) for d in live],
         "conditions": [c for c in listed_conds if c.get("type") == ConditionType.READY],
     }
     if generation is not None:
@@ -111,7 +115,7 @@ def build(
     return out
 
 
-def _entry(d: Desktop) -> dict[str, Any]:
+def _entry(d: Desktop, *, application: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"name": d.name}
     for key, value in (
         ("phase", d.phase),
@@ -122,6 +126,8 @@ def _entry(d: Desktop) -> dict[str, Any]:
     ):
         if value is not None:
             out[key] = value
+    if application:
+        out["sessions"] = d.sessions
     return out
 
 

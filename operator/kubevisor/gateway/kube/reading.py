@@ -1,4 +1,5 @@
-"""Reads through the API server: the display key Secret, claims, VMs' displays."""
+"""Reads through the API server: the display key Secret, claims, VMs' displays, and
+for published applications the pool's command, the server's sshd and the app key."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kubevisor.api import displaytokens, groups, kinds
-from kubevisor.gateway import admitting
+from kubevisor.api import appservers, desktoppools, displaytokens, groups, kinds
+from kubevisor.gateway import admitting, sshtunnel
 
 
 class KeyUnavailable(Exception):
@@ -70,7 +71,54 @@ class Reader:
             uid=str(obj["metadata"]["uid"]),
             phase=_str(status.get("phase")),
             vm_name=_str(status.get("vmName")),
+            pool=_str(((obj.get("spec") or {}).get("poolRef") or {}).get("name")),
         )
+
+    async def application(self, namespace: str, pool: str) -> str | None:
+        """The command of an Application pool; None for a desktop pool (or none)."""
+        obj = await self._get(kinds.DESKTOPPOOL.plural, namespace, pool)
+        spec = (obj or {}).get("spec") or {}
+        if spec.get("mode") != desktoppools.APPLICATION:
+            return None
+        return _str(spec.get("application"))
+
+    async def server(
+        self, namespace: str, vm_name: str, application: str
+    ) -> admitting.DisplayFacts | None:
+        """An application server's node and sshd, found as ``kubevisor ssh`` finds a
+        VM's (``sshtunnel.target_of``: the reported address, else the guest's link-local
+        one on its tap's bridge); None when the VM does not exist."""
+        obj = await self._get(kinds.VIRTUALMACHINE.plural, namespace, vm_name)
+        if obj is None:
+            return None
+        status = obj.get("status") or {}
+        found = sshtunnel.target_of(obj)
+        return admitting.DisplayFacts(
+            node_name=_str(status.get("nodeName")),
+            type=admitting.SSH,
+            host=found.address if isinstance(found, sshtunnel.Target) else None,
+            port=appservers.SSH_PORT,
+            application=application,
+            tap=found.tap if isinstance(found, sshtunnel.Target) else None,
+        )
+
+    async def app_key(self) -> bytes:
+        """The private application key (OpenSSH PEM) the gateway logs in to servers with."""
+        try:
+            secret = await self._core.read_namespaced_secret(
+                appservers.KEY_SECRET_NAME, self._key_namespace
+            )
+        except ApiException as exc:
+            raise KeyUnavailable(
+                f"Secret {self._key_namespace}/{appservers.KEY_SECRET_NAME}: {exc.reason}"
+            ) from exc
+        encoded = (secret.data or {}).get(appservers.PRIVATE_KEY_FIELD)
+        if not encoded:
+            raise KeyUnavailable(
+                f"Secret {self._key_namespace}/{appservers.KEY_SECRET_NAME} has no "
+                f"{appservers.PRIVATE_KEY_FIELD!r} field"
+            )
+        return base64.b64decode(encoded)
 
     async def display(self, namespace: str, vm_name: str) -> admitting.DisplayFacts | None:
         """The VM's node and VNC endpoint; None when the VM does not exist."""
