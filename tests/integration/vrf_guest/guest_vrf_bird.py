@@ -87,7 +87,9 @@ async def main():
     reports = {}
     while time.monotonic() < deadline:
         reports = {name: await supervisor.ensure(name, wanted[name]) for name in wanted}
-        if PREFIX in await asyncio.to_thread(learned, red.table):
+        # both: the report is read before the table, and the route can land in between
+        up = (reports["red"].status or {}).get("sessionsUp") == 1
+        if up and PREFIX in await asyncio.to_thread(learned, red.table):
             break
         await asyncio.sleep(1)  # polling a condition with a deadline
     for name, report in reports.items():
