@@ -122,17 +122,25 @@ def env() -> Iterator[Env]:
         devcluster.down(CLUSTER)
 
 
-def _on_server(env: Env, key: Path, command: str) -> str:
-    """``command`` on the application server, over ssh from the node's namespace."""
-    node = env.dev.nodes[0]
-    proc = subprocess.run(
-        ["ip", "netns", "exec", node.netns, "ssh", "-F", "/dev/null", "-i", str(key),
-         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+def _ssh(
+    key: Path, known_hosts: Path, command: str, netns: str
+) -> subprocess.CompletedProcess[str]:
+    """``command`` on the application server over ssh from the node's namespace, the
+    host checked as the gateway checks it (``StrictHostKeyChecking=yes`` against
+    ``known_hosts`` under ``appservers.HOST_KEY_ALIAS``)."""
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "ssh", "-F", "/dev/null", "-i", str(key),
+         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+         "-o", f"UserKnownHostsFile={known_hosts}",
+         "-o", f"HostKeyAlias={appservers.HOST_KEY_ALIAS}", "-o", "LogLevel=ERROR",
          f"{appservers.SSH_USER}@{SERVER_IP}", command],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
-    return proc.stdout
+
+
+def _on_server(env: Env, sessions: Sessions, command: str) -> str:
+    """``command`` on the application server (its host key checked)."""
+    return _ssh(sessions.key, sessions.known_hosts, command, env.dev.nodes[0].netns).stdout
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,9 @@ class Sessions:
     urls: dict[str, str]
     key: Path
     """The application key's private half (to look at the server)."""
+    known_hosts: Path
+    """The server's host key as the gateway derives it for the pool."""
+    pool_uid: str
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +195,13 @@ def sessions(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Sessions:
     print(f"\nclaims seen waiting for the server's sshd: {sorted(set(waited))}")
     secret = _get(env.dev, "secret", appservers.KEY_SECRET_NAME, ns=KEY_NS)
     key = tmp_path_factory.mktemp("appkey") / "id"
-    key.write_bytes(base64.b64decode(secret["data"][appservers.PRIVATE_KEY_FIELD]))
+    app_key = base64.b64decode(secret["data"][appservers.PRIVATE_KEY_FIELD])
+    key.write_bytes(app_key)
     key.chmod(0o600)
-    return Sessions(urls=urls, key=key)
+    pool_uid = _get(env.dev, "desktoppool", POOL)["metadata"]["uid"]
+    known = key.with_name("known_hosts")
+    known.write_text(appservers.known_hosts(appservers.host_key(app_key, pool_uid)[1]))
+    return Sessions(urls=urls, key=key, known_hosts=known, pool_uid=pool_uid)
 
 
 def _bound_message(status: dict[str, Any]) -> str:
@@ -227,7 +242,7 @@ async def test_two_users_each_see_only_their_own_application(
         assert await _state(pages[user]) == "connected", f"{user}'s first URL was disconnected"
 
     def running() -> list[str]:
-        out = _on_server(env, sessions.key, f"pgrep -a -f '^xterm -title {MARKER}'")
+        out = _on_server(env, sessions, f"pgrep -a -f '^xterm -title {MARKER}'")
         return out.splitlines()
 
     assert len(running()) == 2, running()
@@ -255,3 +270,22 @@ async def test_two_users_each_see_only_their_own_application(
 
     await testing.wait_for_async(alice_closed, timeout=30, what="alice's page disconnected")
     assert await _state(pages["bob"]) == "connected"
+
+
+def test_the_servers_host_key_is_the_pools_and_another_is_refused(
+    env: Env, sessions: Sessions
+) -> None:
+    """The server's sshd presents the host key derived for its pool (the controller put
+    it in the pool's Secret, the guest's init installed it from the command line): ssh
+    checking it as the gateway does connects; the key derived for another pool — a
+    server that is not this one — is refused."""
+    netns = env.dev.nodes[0].netns
+    ok = _ssh(sessions.key, sessions.known_hosts, "echo serving", netns)
+    assert ok.returncode == 0 and ok.stdout.strip() == "serving", ok.stderr
+    secret = _get(env.dev, "secret", appservers.KEY_SECRET_NAME, ns=KEY_NS)
+    app_key = base64.b64decode(secret["data"][appservers.PRIVATE_KEY_FIELD])
+    wrong = sessions.known_hosts.with_name("wrong_known_hosts")
+    wrong.write_text(appservers.known_hosts(appservers.host_key(app_key, "another-pool")[1]))
+    refused = _ssh(sessions.key, wrong, "echo serving", netns)
+    assert refused.returncode == 255 and "serving" not in refused.stdout
+    assert "Host key verification failed" in refused.stderr, refused.stderr
