@@ -17,8 +17,10 @@
 # Guest cmdline parameters read by its init (/sbin/kv-init on the root disk):
 #   kv.ip=10.77.0.100/24  kv.gw=10.77.0.1  kv.hostname=NAME  kv.script=BASE64
 #   kv.sshkeys=BASE64     authorized_keys of root (base64 of newline-separated key lines)
+#   kv.hostkey=BASE64     the sshd host key: the body of an OpenSSH Ed25519 private key
+#                         (no armour lines); without it one is generated on first boot
 # Console markers: "kubevisor-appguest: booted", "kubevisor-appguest: sshd up",
-# "kubevisor-appguest: ready".
+# "kubevisor-appguest: ready" (only once sshd listens: the agent's GuestReady).
 #
 # Second run is a no-op when the kernel, busybox, the package list and this script are
 # unchanged (the key hashes them, like hack/build-image.sh).
@@ -118,13 +120,14 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /dev/shm
 mount -o remount,rw /
-ip=""; gw=""; keys=""; script=""
+ip=""; gw=""; keys=""; hostkey=""; script=""
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     kv.ip=*) ip="${arg#kv.ip=}" ;;
     kv.gw=*) gw="${arg#kv.gw=}" ;;
     kv.hostname=*) hostname "${arg#kv.hostname=}" ;;
     kv.sshkeys=*) keys="${arg#kv.sshkeys=}" ;;
+    kv.hostkey=*) hostkey="${arg#kv.hostkey=}" ;;
     kv.script=*) script="${arg#kv.script=}" ;;
   esac
 done
@@ -144,14 +147,23 @@ else
 fi
 chmod 600 /root/.ssh/authorized_keys
 echo "kubevisor-appguest: authorized $(grep -c . /root/.ssh/authorized_keys) keys" >/dev/console
+if [ -n "$hostkey" ]; then
+  # the host key the VM's key Secret carries (api/vmaccess HOST_KEY_FIELD): known to
+  # whoever made it, so their ssh checks this host
+  umask 077
+  { echo "-----BEGIN OPENSSH PRIVATE KEY-----"; echo "$hostkey" | fold -w 70
+    echo "-----END OPENSSH PRIVATE KEY-----"; } >/etc/ssh/ssh_host_ed25519_key
+  umask 022
+  echo "kubevisor-appguest: host key from the command line" >/dev/console
+fi
 [ -s /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 mkdir -p /run/sshd && chmod 755 /run/sshd
 if /usr/sbin/sshd; then
   echo "kubevisor-appguest: sshd up" >/dev/console
+  echo "kubevisor-appguest: ready" >/dev/console
 else
   echo "kubevisor-appguest: sshd failed" >/dev/console
 fi
-echo "kubevisor-appguest: ready" >/dev/console
 if [ -n "$script" ]; then
   echo "$script" | base64 -d >/tmp/kv-script.sh && sh /tmp/kv-script.sh >/dev/console 2>&1 &
 fi

@@ -3,10 +3,12 @@ DesktopPool whose server is a real TCG guest of the Debian app image (sshd, xter
 docs/dev/appguest.md), the controller (placement, the application key and the servers'
 key Secret), the real gateway process, and Debian's headless Chromium.
 
-Two claims on one server: each browser shows the application's window and nothing else;
-what alice types changes her window and leaves bob's canvas as it was; deleting alice's
-claim ends her xterm on the server (seen there, through ssh with the application key)
-while bob's runs on.
+The claims are made right after the pool: they stay unbound (Pending, WaitingForDesktop)
+until the server's sshd is up (its GuestReady condition), and then the browser works on the
+claim's first URL. Two claims on one server: each browser shows the application's window
+and nothing else; what alice types changes her window and leaves bob's canvas as it was;
+deleting alice's claim ends her xterm on the server (seen there, through ssh with the
+application key) while bob's runs on.
 """
 
 from __future__ import annotations
@@ -120,17 +122,25 @@ def env() -> Iterator[Env]:
         devcluster.down(CLUSTER)
 
 
-def _on_server(env: Env, key: Path, command: str) -> str:
-    """``command`` on the application server, over ssh from the node's namespace."""
-    node = env.dev.nodes[0]
-    proc = subprocess.run(
-        ["ip", "netns", "exec", node.netns, "ssh", "-F", "/dev/null", "-i", str(key),
-         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+def _ssh(
+    key: Path, known_hosts: Path, command: str, netns: str
+) -> subprocess.CompletedProcess[str]:
+    """``command`` on the application server over ssh from the node's namespace, the
+    host checked as the gateway checks it (``StrictHostKeyChecking=yes`` against
+    ``known_hosts`` under ``appservers.HOST_KEY_ALIAS``)."""
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "ssh", "-F", "/dev/null", "-i", str(key),
+         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+         "-o", f"UserKnownHostsFile={known_hosts}",
+         "-o", f"HostKeyAlias={appservers.HOST_KEY_ALIAS}", "-o", "LogLevel=ERROR",
          f"{appservers.SSH_USER}@{SERVER_IP}", command],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
-    return proc.stdout
+
+
+def _on_server(env: Env, sessions: Sessions, command: str) -> str:
+    """``command`` on the application server (its host key checked)."""
+    return _ssh(sessions.key, sessions.known_hosts, command, env.dev.nodes[0].netns).stdout
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,9 @@ class Sessions:
     urls: dict[str, str]
     key: Path
     """The application key's private half (to look at the server)."""
+    known_hosts: Path
+    """The server's host key as the gateway derives it for the pool."""
+    pool_uid: str
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +162,24 @@ def sessions(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Sessions:
     for user in ("alice", "bob"):
         _apply(env.dev, "DesktopClaim", user, {"poolRef": {"name": POOL}, "user": user})
 
+    early: list[str] = []
+    """Claims seen Bound while their server's console had no ready line yet (must stay
+    empty: a session binds only once the server's sshd is up, GuestReady)."""
+    waited: list[str] = []
+
+    def ready_line(server: str) -> bool:
+        st = _get(env.dev, "virtualmachine", server).get("status") or {}
+        log = Path(st.get("consoleLog") or "/nonexistent")
+        return log.exists() and appguest.READY_MARKER in log.read_text(errors="replace")
+
     def bound() -> dict[str, str] | None:
         sts = {u: _get(env.dev, "desktopclaim", u).get("status") or {} for u in ("alice", "bob")}
+        for user, st in sts.items():
+            server = st.get("vmName")
+            if st.get("phase") == "Bound" and server and not ready_line(server):
+                early.append(user)
+            if st.get("phase") == "Pending" and "sshd is not up yet" in _bound_message(st):
+                waited.append(user)
         ok = all(st.get("phase") == "Bound" and st.get("url") for st in sts.values())
         return {u: st["url"] for u, st in sts.items()} if ok else None
 
@@ -160,22 +189,24 @@ def sessions(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Sessions:
     )  # fmt: skip
     server = _get(env.dev, "desktopclaim", "alice")["status"]["vmName"]
     assert _get(env.dev, "desktopclaim", "bob")["status"]["vmName"] == server
-
-    def ready() -> bool:
-        st = _get(env.dev, "virtualmachine", server).get("status") or {}
-        log = Path(st.get("consoleLog") or "/nonexistent")
-        up = log.exists() and appguest.READY_MARKER in log.read_text(errors="replace")
-        return up
-
-    testing.wait_for(
-        ready, timeout=BOOT_S, what="the server's sshd up",
-        every=1.0, show=lambda: _get(env.dev, "virtualmachine", server).get("status"),
-    )  # fmt: skip
+    assert not early, f"claims {early} were Bound before the server's sshd was up"
+    vm_conds = (_get(env.dev, "virtualmachine", server).get("status") or {}).get("conditions")
+    assert any(c["type"] == "GuestReady" and c["status"] == "True" for c in vm_conds or [])
+    print(f"\nclaims seen waiting for the server's sshd: {sorted(set(waited))}")
     secret = _get(env.dev, "secret", appservers.KEY_SECRET_NAME, ns=KEY_NS)
     key = tmp_path_factory.mktemp("appkey") / "id"
-    key.write_bytes(base64.b64decode(secret["data"][appservers.PRIVATE_KEY_FIELD]))
+    app_key = base64.b64decode(secret["data"][appservers.PRIVATE_KEY_FIELD])
+    key.write_bytes(app_key)
     key.chmod(0o600)
-    return Sessions(urls=urls, key=key)
+    pool_uid = _get(env.dev, "desktoppool", POOL)["metadata"]["uid"]
+    known = key.with_name("known_hosts")
+    known.write_text(appservers.known_hosts(appservers.host_key(app_key, pool_uid)[1]))
+    return Sessions(urls=urls, key=key, known_hosts=known, pool_uid=pool_uid)
+
+
+def _bound_message(status: dict[str, Any]) -> str:
+    conds = [c for c in status.get("conditions") or [] if c.get("type") == "Bound"]
+    return str(conds[0].get("message") or "") if conds else ""
 
 
 @pytest.fixture
@@ -195,19 +226,23 @@ async def test_two_users_each_see_only_their_own_application(
     for user, url in sessions.urls.items():
         pages[user] = page = await chromium.new_page(url)
 
-        async def connected(page: browser.Page = page) -> bool:
-            return await _state(page) == "connected"
+        async def settled(page: browser.Page = page) -> str | None:
+            state = await _state(page)
+            return state if state in ("connected", "disconnected") else None
 
-        await testing.wait_for_async(connected, timeout=90, what=f"{user}'s page connected")
+        # the first URL the claim got works at once: no disconnect while the server boots
+        state = await testing.wait_for_async(settled, timeout=90, what=f"{user}'s page")
+        assert state == "connected", f"{user}'s page was disconnected on the claim's first URL"
     shots = {
         user: await appscreens.settled_window(page, within=120) for user, page in pages.items()
     }
     for user, shot in shots.items():
         shot.save(tmp_path / f"{user}.png")
         print(f"\n{user}: {appscreens.seen(shot)}")
+        assert await _state(pages[user]) == "connected", f"{user}'s first URL was disconnected"
 
     def running() -> list[str]:
-        out = _on_server(env, sessions.key, f"pgrep -a -f '^xterm -title {MARKER}'")
+        out = _on_server(env, sessions, f"pgrep -a -f '^xterm -title {MARKER}'")
         return out.splitlines()
 
     assert len(running()) == 2, running()
@@ -235,3 +270,22 @@ async def test_two_users_each_see_only_their_own_application(
 
     await testing.wait_for_async(alice_closed, timeout=30, what="alice's page disconnected")
     assert await _state(pages["bob"]) == "connected"
+
+
+def test_the_servers_host_key_is_the_pools_and_another_is_refused(
+    env: Env, sessions: Sessions
+) -> None:
+    """The server's sshd presents the host key derived for its pool (the controller put
+    it in the pool's Secret, the guest's init installed it from the command line): ssh
+    checking it as the gateway does connects; the key derived for another pool — a
+    server that is not this one — is refused."""
+    netns = env.dev.nodes[0].netns
+    ok = _ssh(sessions.key, sessions.known_hosts, "echo serving", netns)
+    assert ok.returncode == 0 and ok.stdout.strip() == "serving", ok.stderr
+    secret = _get(env.dev, "secret", appservers.KEY_SECRET_NAME, ns=KEY_NS)
+    app_key = base64.b64decode(secret["data"][appservers.PRIVATE_KEY_FIELD])
+    wrong = sessions.known_hosts.with_name("wrong_known_hosts")
+    wrong.write_text(appservers.known_hosts(appservers.host_key(app_key, "another-pool")[1]))
+    refused = _ssh(sessions.key, wrong, "echo serving", netns)
+    assert refused.returncode == 255 and "serving" not in refused.stdout
+    assert "Host key verification failed" in refused.stderr, refused.stderr

@@ -21,7 +21,15 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 
-from kubevisor.api import appservers, desktopclaims, desktoppools, displaytokens, groups, nodes
+from kubevisor.api import (
+    appservers,
+    conditions,
+    desktopclaims,
+    desktoppools,
+    displaytokens,
+    groups,
+    nodes,
+)
 from kubevisor.devenv import testing
 
 pytestmark = pytest.mark.integration
@@ -123,10 +131,12 @@ class Env:
     def patch(self, plural: str, name: str, body: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(G, V, NS, plural, name, body)
 
-    def agent_reports_running(self, pool: str) -> None:
+    def agent_reports_running(self, pool: str, *, guest_ready: bool = True) -> None:
         """The agent's part: every placed desktop of ``pool`` reports Running once it
-        carries the node label (what a real agent watches), and a deleted one loses the
-        agent's finalizer (this fake agent keeps nothing on a node to clean up)."""
+        carries the node label (what a real agent watches) — with GuestReady, as a real
+        agent does once the guest prints its ready line, unless ``guest_ready`` is False —
+        and a deleted one loses the agent's finalizer (this fake agent keeps nothing on a
+        node to clean up)."""
         for vm in self.custom.list_namespaced_custom_object(
             G, V, NS, "virtualmachines", label_selector=f"{groups.LABEL_POOL}={pool}"
         )["items"]:
@@ -143,12 +153,20 @@ class Env:
                 )  # fmt: skip
                 continue
             placed = (meta.get("labels") or {}).get(groups.LABEL_NODE)
-            if placed and not meta.get("deletionTimestamp") and st.get("phase") != "Running":
+            has_guest = conditions.is_true(st.get("conditions") or [], "GuestReady")
+            if (
+                placed
+                and not meta.get("deletionTimestamp")
+                and (st.get("phase") != "Running" or has_guest is not guest_ready)
+            ):
+                guest = {"type": "GuestReady", "status": "True", "reason": "AsExpected",
+                         "message": "the guest printed its ready line on the serial console",
+                         "lastTransitionTime": _now()}  # fmt: skip
                 body = {
                     "apiVersion": groups.API_VERSION,
                     "kind": "VirtualMachine",
                     "metadata": {"name": vm["metadata"]["name"], "namespace": NS},
-                    "status": {"phase": "Running"},
+                    "status": {"phase": "Running", "conditions": [guest] if guest_ready else []},
                 }
                 self.custom.patch_namespaced_custom_object_status(
                     G,
@@ -234,6 +252,12 @@ def _ready_pool(env: Env, pool: str, count: int) -> dict[str, Any]:
             show=lambda: env.status("desktoppools", pool),
         )
     )
+
+
+def _bound_message(env: Env, claim: str) -> str:
+    cond = conditions.get_condition(env.status("desktopclaims", claim).get("conditions") or [],
+                                    desktopclaims.BOUND)  # fmt: skip
+    return str((cond or {}).get("message") or "")
 
 
 def _bound(env: Env, pool: str, claim: str) -> dict[str, Any]:
@@ -438,6 +462,17 @@ def test_application_pool_places_sessions_least_loaded_with_its_key(
     boot = {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"}
     env.create("vmtemplates", "VMTemplate", app_template, {**TEMPLATE, "boot": boot})
     pool = env.pool(app_template, min=2, max=2, spare=0, mode="Application", application="xterm")
+    early = env.claim(pool, "dan")  # made at once: the servers run before their sshd is up
+
+    def booting() -> Any:
+        env.agent_reports_running(pool, guest_ready=False)
+        st = env.status("desktopclaims", early)
+        return "sshd is not up yet" in _bound_message(env, early) and st
+
+    st = _wait(booting, what="the early claim waiting for a server's sshd",
+               show=lambda: env.status("desktopclaims", early))  # fmt: skip
+    assert st["phase"] == "Pending" and st.get("vmName") and not st.get("url"), st
+    env.delete("desktopclaims", early)
     _ready_pool(env, pool, 2)
     claims = [env.claim(pool, user) for user in ("ann", "ben", "cat")]
     placed = [_bound(env, pool, c)["vmName"] for c in claims]

@@ -33,6 +33,10 @@ class ConditionType(StrEnum):
     """The VM's disks exist on its node."""
     NETWORK_READY = "NetworkReady"
     """The taps/segments (VM) or interfaces and routes (VRF) are in place."""
+    GUEST_READY = "GuestReady"
+    """VM, only while True (reason AsExpected): the guest printed its ready line on the
+    serial console since it last booted (``api/guestready``); absent otherwise. An
+    Application pool's server takes sessions only then."""
     MIGRATING = "Migrating"
     """A live migration of this VM is in progress."""
     EVICTABLE = "Evictable"

@@ -205,11 +205,20 @@ class Desktop:
     """Why it is not running: the reason and message of its first False condition."""
     sessions: int = 0
     """Application mode: claims placed on this server (their ``status.vmName``)."""
+    guest_ready: bool = False
+    """Its GuestReady condition is True: the guest said it serves (``api/guestready``;
+    an application server's sshd listens)."""
 
     @property
     def ready(self) -> bool:
         """Running and not being deleted."""
         return self.phase == READY_PHASE and not self.deleting
+
+    @property
+    def serving(self) -> bool:
+        """Application mode: ready and its guest ready, so a session's ssh connects at
+        its first try (a server that merely runs is still booting its sshd)."""
+        return self.ready and self.guest_ready
 
 
 def _why_not_running(status: Mapping[str, Any]) -> str | None:
@@ -237,6 +246,9 @@ def desktop(vm: Mapping[str, Any]) -> Desktop:
         created=str(meta.get("creationTimestamp") or ""),
         resource_version=str(meta.get("resourceVersion") or ""),
         reason=_why_not_running(status),
+        guest_ready=conditions.is_true(
+            status.get("conditions") or [], conditions.ConditionType.GUEST_READY
+        ),
     )
 
 

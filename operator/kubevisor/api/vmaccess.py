@@ -76,9 +76,62 @@ def authorized_keys(data: Mapping[str, str]) -> list[str]:
 
 def with_keys(cmdline: str | None, keys: list[str]) -> str:
     """``cmdline`` with the keys parameter (any earlier one replaced)."""
-    parts = [p for p in (cmdline or "").split() if not p.startswith(CMDLINE_PARAM + "=")]
     encoded = base64.b64encode("\n".join(keys).encode()).decode("ascii")
-    return " ".join([*parts, f"{CMDLINE_PARAM}={encoded}"])
+    return _with_param(cmdline, CMDLINE_PARAM, encoded)
+
+
+def _with_param(cmdline: str | None, name: str, value: str) -> str:
+    parts = [p for p in (cmdline or "").split() if not p.startswith(name + "=")]
+    return " ".join([*parts, f"{name}={value}"])
+
+
+# --- the guest's host key: how a client can know it ------------------------------------
+#
+# The same Secret may carry the guest's sshd host key (an OpenSSH Ed25519 private key)
+# under HOST_KEY_FIELD; the controller puts its base64 body (the PEM without its armour
+# lines and line breaks) on the command line as ``kv.hostkey=``, and the guest's init
+# writes it back as /etc/ssh/ssh_host_ed25519_key instead of generating one. Whoever made
+# the key knows the public half, so its ssh checks the host (the display gateway does, for
+# application servers: api/appservers.host_key). Anyone who can read the VM's
+# status.machine can read it too, as they can the authorized keys.
+
+#: Secret field with the guest's host key (OpenSSH Ed25519 private key, PEM).
+HOST_KEY_FIELD: Final = "ssh-host-ed25519-key"
+#: Kernel command line parameter with its base64 body.
+HOST_KEY_PARAM: Final = "kv.hostkey"
+#: Most bytes of the body carried (an unencrypted Ed25519 key takes about 400).
+MAX_HOST_KEY_BYTES: Final = 600
+_PEM_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
+_PEM_END = "-----END OPENSSH PRIVATE KEY-----"
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,3}$")
+
+
+def host_key_body(data: Mapping[str, str]) -> str | None:
+    """The base64 body of the Secret's host key (None when it carries none); raises
+    :class:`KeysRefused` when the field is not an OpenSSH private key or too long."""
+    encoded = data.get(HOST_KEY_FIELD)
+    if not encoded:
+        return None
+    try:
+        text = base64.b64decode(encoded, validate=True).decode("ascii").strip()
+    except (binascii.Error, UnicodeDecodeError):
+        raise KeysRefused(f"its {HOST_KEY_FIELD} is not base64 text") from None
+    if not (text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END)):
+        raise KeysRefused(f"its {HOST_KEY_FIELD} is not an OpenSSH private key (PEM)")
+    body = "".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split())
+    if not _BASE64.match(body):
+        raise KeysRefused(f"its {HOST_KEY_FIELD} is not an OpenSSH private key (PEM)")
+    if len(body) > MAX_HOST_KEY_BYTES:
+        raise KeysRefused(
+            f"its {HOST_KEY_FIELD} takes {len(body)} bytes, more than the "
+            f"{MAX_HOST_KEY_BYTES} the kernel command line carries; use an Ed25519 key"
+        )
+    return body
+
+
+def with_host_key(cmdline: str | None, body: str) -> str:
+    """``cmdline`` with the host key parameter (any earlier one replaced)."""
+    return _with_param(cmdline, HOST_KEY_PARAM, body)
 
 
 # --- ssh tickets: how `kubevisor ssh` is let through the gateway ---------------------

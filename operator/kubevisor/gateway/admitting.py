@@ -57,6 +57,9 @@ class DisplayFacts:
     tap: str | None = None
     """Application server reached at its IPv6 link-local address: the tap whose bridge
     scopes it (``sshtunnel.target_of``)."""
+    pool_uid: str | None = None
+    """Application server: the UID of the DesktopPool that owns it, from which its host
+    key is derived (``appservers.host_key``)."""
 
 
 #: DisplayFacts.type of an application server (the gateway makes the display itself).
@@ -79,6 +82,8 @@ class Target:
     command there on a display of the session's own (``gateway.publishing``)."""
     tap: str | None = None
     """host is a link-local address on the bridge of this tap (``Dialer.open_on_bridge``)."""
+    pool_uid: str | None = None
+    """Published application: the server's pool, whose derived host key ssh checks."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,7 @@ def decide(
             view_only=grant.view_only,
             application=display.application,
             tap=display.tap,
+            pool_uid=display.pool_uid,
         )
     if display.type != "vnc" or display.host is None or not display.port:
         return Refused(

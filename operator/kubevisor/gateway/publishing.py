@@ -21,7 +21,10 @@ application exits. A session is three processes-and-sockets in a private directo
 - **ssh -Y** (trusted X11 forwarding: the display holds nothing but this application)
   to ``root@`` the server with the application key (``api/appservers``), ``DISPLAY``
   and ``XAUTHORITY`` pointing at the session's display, running the pool's command;
-  ``-tt`` gives it a pty so the server's sshd hangs it up when the connection goes.
+  ``-tt`` gives it a pty so the server's sshd hangs it up when the connection goes. The
+  server's host key is checked (``StrictHostKeyChecking=yes``) against a known_hosts file
+  of the session holding only the key derived for the server's pool
+  (``appservers.host_key``): a server with another key is refused.
 
 Ending a session terminates ssh (the server's sshd SIGHUPs the application, whose X
 connection is gone as well) and Xvnc, closes the relay and removes the directory.
@@ -150,8 +153,13 @@ class Publisher:
         try:
             await self._xauth(xauthority, f":{display}", cookie)  # read by ssh
             key_file = workdir / "id"
-            key_file.write_bytes(await self.app_key())
+            app_key = await self.app_key()
+            key_file.write_bytes(app_key)
             key_file.chmod(0o600)
+            if not target.pool_uid:
+                raise SessionFailed(f"server {target.vm_name} names no DesktopPool owner")
+            _, host_public = appservers.host_key(app_key, target.pool_uid)
+            (workdir / "known_hosts").write_text(appservers.known_hosts(host_public))
             session.relay = await asyncio.start_server(
                 lambda r, w: self._relay(target, r, w), "127.0.0.1", 0
             )
@@ -227,7 +235,9 @@ class Publisher:
             return await asyncio.create_subprocess_exec(
                 self.ssh, "-F", "/dev/null", "-Y", "-tt", "-i", str(key_file),
                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={session.workdir / 'known_hosts'}",
+                "-o", f"HostKeyAlias={appservers.HOST_KEY_ALIAS}",
                 "-o", "LogLevel=ERROR", "-o", "ServerAliveInterval=15",
                 "-o", "ExitOnForwardFailure=yes",
                 "-p", str(port), "-l", appservers.SSH_USER, "127.0.0.1",

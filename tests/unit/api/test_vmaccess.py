@@ -8,8 +8,9 @@ import base64
 
 import pytest
 
-from kubevisor.api import machines, vmaccess
+from kubevisor.api import appservers, machines, vmaccess
 from kubevisor.api.conditions import Reason
+from kubevisor.controller.desktoppools import appkeys
 from kubevisor.controller.vms import sshkeys
 
 pytestmark = pytest.mark.unit
@@ -102,3 +103,49 @@ def test_inject_refuses_with_a_reason(
     assert machine is None
     assert (cond.status, cond.reason) == ("False", reason)
     assert "Secret k" in cond.message or "sshKeySecret k" in cond.message
+
+
+# --- the guest's host key -------------------------------------------------------------
+
+
+def _host_key(uid: str = "pool-uid") -> tuple[bytes, str, bytes]:
+    app_private, _ = appkeys.generate()
+    private, public = appservers.host_key(app_private, uid)
+    return private, public, app_private
+
+
+def test_the_host_key_is_derived_per_pool_and_the_same_every_time() -> None:
+    _, public, app = _host_key()
+    assert public.startswith("ssh-ed25519 ")
+    assert appservers.host_key(app, "pool-uid")[1] == public
+    assert appservers.host_key(app, "other-uid")[1] != public
+    other_app, _ = appkeys.generate()
+    assert appservers.host_key(other_app, "pool-uid")[1] != public
+    assert appservers.known_hosts(public) == f"{appservers.HOST_KEY_ALIAS} {public}\n"
+
+
+def test_inject_adds_the_host_key_body() -> None:
+    private, _, _ = _host_key()
+    data = {"a": b64(ED), vmaccess.HOST_KEY_FIELD: base64.b64encode(private).decode()}
+    machine, cond = sshkeys.inject(_machine(kernel="/k", cmdline="console=ttyS0"), "k", data)
+    assert machine is not None and cond.status == "True" and "host key" in cond.message
+    params = dict(p.split("=", 1) for p in (machine.boot.cmdline or "").split()[1:])
+    body = params[vmaccess.HOST_KEY_PARAM]
+    assert "-----" not in body and body in "".join(private.decode().splitlines()[1:-1])
+    assert len(machine.boot.cmdline or "") < 1024, "room left on the kernel command line"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (b64("not a key"), "not an OpenSSH private key"),
+        ("%%%", "not base64"),
+        (b64("-----BEGIN OPENSSH PRIVATE KEY-----\n" + "A" * 700 + "\n"
+             "-----END OPENSSH PRIVATE KEY-----\n"), "more than the 600"),
+    ],
+)  # fmt: skip
+def test_a_bad_host_key_is_refused(value: str, why: str) -> None:
+    machine, cond = sshkeys.inject(
+        _machine(kernel="/k"), "k", {"a": b64(ED), vmaccess.HOST_KEY_FIELD: value}
+    )
+    assert machine is None and cond.reason is Reason.INVALID_SSH_KEYS and why in cond.message

@@ -71,14 +71,16 @@ def test_token_refusals_keep_the_contract_names() -> None:
 
 
 SERVER = DisplayFacts(
-    node_name="node-2", type=admitting.SSH, host="10.0.0.5", port=22, application="xterm"
-)
+    node_name="node-2", type=admitting.SSH, host="10.0.0.5", port=22, application="xterm",
+    pool_uid="pool-uid",
+)  # fmt: skip
 
 
 def test_an_application_claim_admits_to_its_servers_sshd_with_the_command() -> None:
+    """...and the server's pool, whose derived host key the session's ssh checks."""
     assert admitting.decide(GRANT, BOUND, SERVER) == Target(
         namespace="ns", claim="alice", vm_name="desk-3", node_name="node-2",
-        host="10.0.0.5", port=22, view_only=False, application="xterm",
+        host="10.0.0.5", port=22, view_only=False, application="xterm", pool_uid="pool-uid",
     )  # fmt: skip
 
 

@@ -138,6 +138,7 @@ class Agent:
                 console_dir=config.console_dir,
                 on_written=self._written,
                 addresses=self.node_segments.guest_addresses,
+                recheck=self.loop.enqueue_later,
             ),
             node_segments=self.node_segments,
             enqueue_later=self.loop.enqueue_later,

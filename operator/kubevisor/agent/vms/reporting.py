@@ -7,6 +7,7 @@ status with :func:`statuses.desired_status`, and applies it only when it changed
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from kubevisor.agent import domainxml
 from kubevisor.agent.kube import statuses as kubestatuses
 from kubevisor.agent.libvirt import DomainInfo, Hypervisor
 from kubevisor.agent.vms import statuses
-from kubevisor.api import conditions, virtualmachines
+from kubevisor.api import conditions, guestready, virtualmachines
 
 if TYPE_CHECKING:
     from kubevisor.agent.vms.handling import Scope
@@ -61,10 +62,12 @@ def assemble(
     console_dir: Path,
     now: str,
     addresses: Mapping[str, str] | None = None,
+    guest_ready: bool = False,
 ) -> statuses.Report:
     """What the agent reports for ``scope`` in ``phase`` (pure). ``fresh``: the domain as
     looked up after the pass's actions (None: none, or not looked up); ``addresses``: MAC
-    -> guest address as the node's neighbour table knows it (the IP column)."""
+    -> guest address as the node's neighbour table knows it (the IP column);
+    ``guest_ready``: the console log shows the guest's ready line (``api/guestready``)."""
     st = scope.status
     interfaces: tuple[dict[str, Any], ...] = ()
     display = None
@@ -105,6 +108,7 @@ def assemble(
         network_ready=network_ready,
         network_reason=network_reason,
         network_message=network_message,
+        guest_ready=guest_ready and phase == Phase.RUNNING,
     )
     # NetworkReady is kept across passes: segment states are only known on ENSURE.
     previous = conditions.get_condition(
@@ -133,6 +137,7 @@ class Reporter:
         console_dir: Path,
         on_written: Callable[[tuple[str, str], dict[str, Any]], None],
         addresses: Callable[[], Awaitable[dict[str, str]]] | None = None,
+        recheck: Callable[[tuple[str, str], float], None] | None = None,
     ) -> None:
         self.hv = hypervisor
         self.writer = writer
@@ -140,6 +145,8 @@ class Reporter:
         self.on_written = on_written
         self.addresses = addresses
         """MAC -> guest address from the node (None: no addresses reported)."""
+        self.recheck = recheck
+        """Ask for another pass of a VM in so many seconds (looking for GuestReady)."""
 
     async def report(self, scope: Scope, phase: Phase) -> bool:
         """Apply the agent's status; True when it was written (not a no-op)."""
@@ -151,6 +158,7 @@ class Reporter:
         if fresh is not None and phase in statuses.UP and self.addresses is not None:
             if scope.machine is not None and scope.machine.nics:
                 addresses = await self.addresses()
+        guest_ready = await self._guest_ready(scope, phase)
         report = assemble(
             scope,
             phase,
@@ -158,7 +166,12 @@ class Reporter:
             console_dir=self.console_dir,
             now=now_text(),
             addresses=addresses,
+            guest_ready=guest_ready,
         )
+        if phase == Phase.RUNNING and not guest_ready and self.recheck is not None:
+            if scope.machine is not None and scope.machine.console.serial:
+                if guestready.keep_looking(_seconds_since(report.running_at)):
+                    self.recheck(scope.key, guestready.RECHECK_SECONDS)
         generation = (scope.obj.get("metadata") or {}).get("generation")
         own = statuses.desired_status(
             report, current=scope.status, generation=generation, now=datetime.now(UTC)
@@ -170,6 +183,15 @@ class Reporter:
             return False
         self.on_written(scope.key, result)
         return True
+
+    async def _guest_ready(self, scope: Scope, phase: Phase) -> bool:
+        """The console log shows the guest's ready line since it booted (a thread reads
+        its tail); False when the VM does not run or logs no serial console."""
+        if phase != Phase.RUNNING or scope.machine is None or not scope.machine.console.serial:
+            return False
+        path = self.console_dir / f"{scope.identity.domain_name}.log"
+        text = await asyncio.to_thread(_tail, path, guestready.TAIL_BYTES)
+        return guestready.ready_in(text)
 
     async def report_unavailable(self, scope: Scope) -> bool:
         """Apply phase ``Unknown`` with the scope's reason and message (the hypervisor is
@@ -204,3 +226,23 @@ class Reporter:
             return False
         self.on_written(scope.key, result)
         return True
+
+
+def _tail(path: Path, size: int) -> str:
+    """The last ``size`` bytes of ``path`` as text ("" when it is missing; blocking)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _seconds_since(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
+    except ValueError:
+        return None

@@ -17,7 +17,11 @@ from kubevisor.api import conditions, virtualmachines
 
 FIELD_MANAGER = "kubevisor-agent"
 #: Condition types the agent owns on a VirtualMachine.
-OWN_CONDITIONS = (conditions.ConditionType.READY, conditions.ConditionType.NETWORK_READY)
+OWN_CONDITIONS = (
+    conditions.ConditionType.READY,
+    conditions.ConditionType.NETWORK_READY,
+    conditions.ConditionType.GUEST_READY,
+)
 #: Status fields the agent owns (besides its conditions).
 OWN_FIELDS = (
     "phase",
@@ -69,6 +73,9 @@ class Report:
     network_reason: str | None = None
     """NetworkReady's reason when False (default NetworkUnavailable)."""
     network_message: str = ""
+    guest_ready: bool = False
+    """The guest printed its ready line since it booted (``api/guestready``): the
+    GuestReady condition, True; absent otherwise."""
 
 
 def desired_status(
@@ -120,6 +127,18 @@ def desired_status(
         )
     else:
         conds = [c for c in conds if c["type"] != conditions.ConditionType.NETWORK_READY]
+    if report.guest_ready and ready:
+        conds = conditions.set_condition(
+            conds,
+            type=conditions.ConditionType.GUEST_READY,
+            status="True",
+            reason=conditions.Reason.AS_EXPECTED,
+            message="the guest printed its ready line on the serial console",
+            generation=generation,
+            now=now,
+        )
+    else:
+        conds = [c for c in conds if c["type"] != conditions.ConditionType.GUEST_READY]
     own["conditions"] = conds
     return own
 

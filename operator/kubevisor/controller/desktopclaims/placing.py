@@ -7,14 +7,18 @@ the desktop annotations of the desktop mode do not apply). Rules, all claims of 
 once, oldest first:
 
 - A claim whose server still exists (and is not being deleted) stays on it — a running
-  session never moves. Bound when the server runs, Starting otherwise.
+  session never moves. Bound when the server serves (:attr:`Desktop.serving`: it runs
+  and its GuestReady condition says its sshd listens), Starting otherwise: a browser
+  given the URL of a server still booting would be disconnected at once.
 - A claim being deleted holds nothing (the gateway ends its session when the claim is
   gone): its finalizer is removed. A timeout (:mod:`logoff`) releases it as in the desktop
   mode.
 - Not allowed / over ``perUserLimit``: as in the desktop mode (``binding``).
-- A new claim goes to the least-loaded running server (:func:`least_loaded`: fewest
-  sessions, ties by name, so placement is deterministic); none running: it waits
-  (``WaitingForDesktop``) and counts as waiting, so the pool's sizing starts one.
+- A new claim goes to the least-loaded serving server (:func:`least_loaded`: fewest
+  sessions, ties by name, so placement is deterministic), else to a running one still
+  booting its sshd (Starting, ``WaitingForDesktop``: it binds there once it serves);
+  none running: it waits (``WaitingForDesktop``) and counts as waiting, so the pool's
+  sizing starts one.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from kubevisor.controller.desktopclaims.binding import Claim, ClaimDecision, Dec
 
 
 def least_loaded(servers: Sequence[Desktop], load: Mapping[str, int]) -> str | None:
-    """The running server with the fewest sessions (``load``: server → sessions), ties
-    broken by name; None when no server runs."""
-    ready = [s for s in servers if s.ready]
-    if not ready:
+    """The server a new session goes to (``load``: server → sessions): the serving one
+    with the fewest sessions; none serving, the least-loaded one that runs and still
+    boots its sshd (the session binds there once it serves, and no further server is
+    started for it). Ties broken by name; None when none runs."""
+    live = [s for s in servers if s.ready]
+    usable = [s for s in live if s.serving] or live
+    if not usable:
         return None
-    return min(ready, key=lambda s: (load.get(s.name, 0), s.name)).name
+    return min(usable, key=lambda s: (load.get(s.name, 0), s.name)).name
 
 
 def sessions(claims: Sequence[Claim]) -> Counter[str]:
@@ -131,16 +138,18 @@ def _place(
 
 
 def _on(claim: Claim, server: Desktop) -> ClaimDecision:
-    if server.ready:
+    if server.serving:
         return ClaimDecision(
             claim.name, State.BOUND, ClaimReason.BOUND,
             f"session on application server {server.name}", desktop=server.name,
         )  # fmt: skip
-    why = f" ({server.reason})" if server.reason else ""
+    if server.ready:
+        why = "runs but its sshd is not up yet (no GuestReady condition)"
+    else:
+        why = "is not running" + (f" ({server.reason})" if server.reason else "")
     return ClaimDecision(
         claim.name, State.STARTING, ClaimReason.WAITING_FOR_DESKTOP,
-        f"application server {server.name} of the session is not running{why}",
-        desktop=server.name,
+        f"application server {server.name} of the session {why}", desktop=server.name,
     )  # fmt: skip
 
 

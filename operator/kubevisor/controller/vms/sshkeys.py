@@ -1,8 +1,9 @@
 """The VM's ssh keys onto its kernel command line (api/vmaccess, docs/remote-access.md).
 
 Runs after resolution: a machine with ``access.sshKeySecret`` gets the Secret's public
-key lines as ``kv.sshkeys=`` on ``boot.cmdline``, so the guest's init authorizes them at
-boot and no key is ever in an image. A Secret that is missing or holds no key leaves
+key lines as ``kv.sshkeys=`` on ``boot.cmdline`` (and its host key, when it carries
+one, as ``kv.hostkey=``), so the guest's init authorizes them at boot and no key is ever
+in an image. A Secret that is missing or holds no key leaves
 the VM unresolved (it waits, SSHKeysReady False with the reason, a Warning Event from
 the status write) rather than booting a guest nobody can log in to.
 """
@@ -42,13 +43,16 @@ def inject(
         )
     try:
         keys = vmaccess.authorized_keys(data)
+        host_key = vmaccess.host_key_body(data)
     except vmaccess.KeysRefused as exc:
         return None, Cond("False", Reason.INVALID_SSH_KEYS, f"Secret {secret}: {exc}.")
-    boot = machine.boot.model_copy(
-        update={"cmdline": vmaccess.with_keys(machine.boot.cmdline, keys)}
-    )
+    cmdline = vmaccess.with_keys(machine.boot.cmdline, keys)
+    if host_key is not None:
+        cmdline = vmaccess.with_host_key(cmdline, host_key)
+    boot = machine.boot.model_copy(update={"cmdline": cmdline})
+    also = " and the guest's host key" if host_key is not None else ""
     return machine.model_copy(update={"boot": boot}), Cond(
-        "True", Reason.AS_EXPECTED, f"{len(keys)} ssh keys from Secret {secret}"
+        "True", Reason.AS_EXPECTED, f"{len(keys)} ssh keys{also} from Secret {secret}"
     )
 
 

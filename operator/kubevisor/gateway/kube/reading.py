@@ -100,6 +100,7 @@ class Reader:
             port=appservers.SSH_PORT,
             application=application,
             tap=found.tap if isinstance(found, sshtunnel.Target) else None,
+            pool_uid=_pool_owner(obj),
         )
 
     async def app_key(self) -> bytes:
@@ -154,3 +155,11 @@ class Reader:
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _pool_owner(obj: dict[str, Any]) -> str | None:
+    """The UID of the DesktopPool owning a server VM (its controller reference)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "DesktopPool" and ref.get("controller"):
+            return _str(ref.get("uid"))
+    return None

@@ -1,6 +1,8 @@
-"""Published-application placement: a new session goes to the least-loaded running
-server (ties by name), a placed session stays where it is, none running makes it wait
-(and count as waiting, so the pool's sizing starts a server), and the pool's spec rule
+"""Published-application placement: a new session goes to the least-loaded serving
+server (ties by name; one that runs but still boots its sshd, no GuestReady, only when
+none serves, and the claim stays unbound there until it serves), a placed session stays
+where it is, none running makes it wait (and count as waiting, so the pool's sizing
+starts a server), and the pool's spec rule
 "application exactly when mode is Application" holds in the model too."""
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def _spec(**kw: Any) -> DesktopPoolSpec:
 
 
 def _s(name: str, **kw: Any) -> Desktop:
-    return Desktop(name=name, phase=kw.pop("phase", "Running"), **kw)
+    return Desktop(
+        name=name, phase=kw.pop("phase", "Running"), guest_ready=kw.pop("guest_ready", True), **kw
+    )
 
 
 def _c(name: str, user: str = "alice", *, at: int = 0, **kw: Any) -> Claim:
@@ -48,6 +52,8 @@ def _c(name: str, user: str = "alice", *, at: int = 0, **kw: Any) -> Claim:
         ("unlisted is empty", [_s("a"), _s("b")], {"a": 1}, "b"),
         ("not running skipped", [_s("a"), _s("b", phase="Starting")], {"a": 5}, "a"),
         ("deleting skipped", [_s("a", deleting=True), _s("b")], {"b": 3}, "b"),
+        ("serving before booting", [_s("a"), _s("b", guest_ready=False)], {"a": 9}, "a"),
+        ("booting if none serves", [_s("a", guest_ready=False), _s("b", phase="P")], {}, "a"),
     ],
 )
 def test_least_loaded(
@@ -94,6 +100,20 @@ BOUND = DesktopClaimPhase.BOUND
             1,
         ),
         (
+            "server runs, sshd not up: the new claim starts on it, not bound, not counted",
+            [_s("a", guest_ready=False)],
+            [_c("c1")],
+            {"c1": (State.STARTING, R.WAITING_FOR_DESKTOP, "a")},
+            0,
+        ),
+        (
+            "placed claim stays unbound until its server's sshd is up",
+            [_s("a", guest_ready=False)],
+            [_c("c1", vm_name="a", phase=DesktopClaimPhase.PENDING)],
+            {"c1": (State.STARTING, R.WAITING_FOR_DESKTOP, "a")},
+            0,
+        ),
+        (
             "server gone: placed again",
             [_s("b")],
             [_c("c1", vm_name="a", phase=BOUND)],
@@ -129,6 +149,29 @@ def test_decide(
     assert {c.claim: (c.state, c.reason, c.desktop) for c in d.claims} == want, case
     assert d.waiting == waiting, case
     assert d.releases == (), case
+
+
+def test_the_sentence_says_the_server_boots_its_sshd() -> None:
+    d = placing.decide(_spec(), "apps", [_s("a", guest_ready=False)], [_c("c1")], now=NOW)
+    assert "sshd is not up yet" in d.of("c1").message
+    d = placing.decide(_spec(), "apps", [_s("a", guest_ready=True)], [_c("c1")], now=NOW)
+    assert d.of("c1").state is State.BOUND
+
+
+@pytest.mark.parametrize(
+    ("case", "conditions", "want"),
+    [
+        ("no conditions", [], False),
+        ("GuestReady True", [{"type": "GuestReady", "status": "True"}], True),
+        ("GuestReady False", [{"type": "GuestReady", "status": "False"}], False),
+        ("only Ready", [{"type": "Ready", "status": "True"}], False),
+    ],
+)
+def test_a_server_serves_with_its_guest_ready_condition(
+    case: str, conditions: list[dict[str, str]], want: bool
+) -> None:
+    vm = {"metadata": {"name": "a"}, "status": {"phase": "Running", "conditions": conditions}}
+    assert desktoppools.desktop(vm).serving is want, case
 
 
 def test_per_user_limit_and_allowed_users() -> None:
