@@ -21,7 +21,7 @@ from typing import Any
 from kubevisor.api import groups, kinds
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller.kube import operating
-from kubevisor.controller.placement import reserving
+from kubevisor.controller.placement import ledger, reserving
 from kubevisor.controller.runtime import running
 from kubevisor.controller.runtime.reconciling import Key, Outcome
 from kubevisor.controller.vms import macs, moving, phases, status
@@ -51,6 +51,9 @@ class VMs:
         """(namespace, template) -> names of the VMs that use it."""
         self._macs: dict[Key, macs.Seen] = {}
         """Every VM's recorded MACs per segment, from the watch (cross-VM MAC rule)."""
+        self._wrote: dict[Key, int] = {}
+        """The resourceVersion of each VM's object as our last pass left it: a watch
+        body older than that is the event of a write the pass already built on."""
 
     def handlers(self) -> list[operating.Handler]:
         return [operating.OnEvent(VM.plural, self.on_event)]
@@ -129,7 +132,7 @@ class VMs:
             ops.append(
                 {"op": "add", "path": "/metadata/finalizers", "value": [*finalizers, *missing]}
             )
-        await self._rt.client.guarded_patch(VM.plural, scope.obj, ops)
+        scope.obj = await self._rt.client.guarded_patch(VM.plural, scope.obj, ops)
 
     async def _move(self, obj: dict[str, Any], target: str) -> dict[str, Any]:
         """A Succeeded migration or a node-loss recovery: the ``kubevisor.io/node`` label
@@ -212,10 +215,14 @@ class VMs:
         return Outcome.DONE
 
     async def reconcile_once(self, key: Key) -> Outcome:
-        """One pass over one VM: read, decide, write."""
+        """One pass over one VM: read (or take the body the watch just delivered: safe
+        because every write below is guarded by its resourceVersion, see
+        ``runtime.reconciling``), decide, write."""
         namespace, name = key
         client = self._rt.client
-        obj = await client.get(VM.plural, namespace, name)
+        obj = self._fresh(key)
+        if obj is None:
+            obj = await client.get(VM.plural, namespace, name)
         if obj is None:
             return self._track(key, None)
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
@@ -237,7 +244,21 @@ class VMs:
             scope.mac_conflict = macs.conflict(me, self._macs.values())
         await phases.schedule(scope, client, self._write, placer=self._placer)
         await self._ensure_metadata(scope)
+        version = ledger.resource_version((scope.obj.get("metadata") or {}).get("resourceVersion"))
+        if version is not None:
+            self._wrote[key] = version
         return self._track(key, scope)
+
+    def _fresh(self, key: Key) -> dict[str, Any] | None:
+        """The watch body offered for ``key`` unless our last pass already left the VM
+        at a newer version (its write's own event, delivered late): then None, read it."""
+        body = self._reconciler.delivered(key)
+        if body is None:
+            return None
+        version = ledger.resource_version((body.get("metadata") or {}).get("resourceVersion"))
+        if version is None or version < self._wrote.get(key, 0):
+            return None
+        return body
 
     async def on_event(
         self, type: str | None, namespace: str, name: str, body: dict[str, Any]
@@ -255,9 +276,11 @@ class VMs:
             self._placer.forget(str((body.get("metadata") or {}).get("uid")))
             self._track(key, None)
             self._reconciler.forget(key)
+            self._wrote.pop(key, None)
             return
         self._placer.observe(body)
         self._macs[key] = macs.seen(body)
+        self._reconciler.offer(key, body)
         await self._reconciler.reconcile(key)
 
     def template_changed(self, namespace: str, template: str) -> None:
