@@ -220,9 +220,8 @@ class VMs:
         ``runtime.reconciling``), decide, write."""
         namespace, name = key
         client = self._rt.client
-        obj = self._fresh(key)
-        if obj is None:
-            obj = await client.get(VM.plural, namespace, name)
+        delivered = self._fresh(key)
+        obj = delivered if delivered is not None else await client.get(VM.plural, namespace, name)
         if obj is None:
             return self._track(key, None)
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
@@ -232,7 +231,8 @@ class VMs:
         target = moving.relocated_to(obj.get("status") or {})
         if target is not None:
             obj = await self._move(obj, target)
-        self._placer.observe(obj)
+        if obj is not delivered:
+            self._placer.observe(obj)  # a delivered body: ``on_event`` observed it
         scope = Scope(obj=obj, now=datetime.now(UTC))
         await phases.resolve(scope, client)
         phases.power(scope)
