@@ -93,9 +93,7 @@ class Placer:
                     self._powered_off = rebalancepolicies.powered_off(node_objects)
                     self._leases_at = time.monotonic()
         return [
-            placing.node_of(
-                lease, now=now, cordoned=self._cordoned, powered_off=self._powered_off
-            )
+            placing.node_of(lease, now=now, cordoned=self._cordoned, powered_off=self._powered_off)
             for lease in self._leases
         ]
 

@@ -51,6 +51,9 @@ class VMs:
         """(namespace, template) -> names of the VMs that use it."""
         self._macs: dict[Key, macs.Seen] = {}
         """Every VM's recorded MACs per segment, from the watch (cross-VM MAC rule)."""
+        self._templates: dict[Key, dict[str, Any]] = {}
+        """(namespace, name) -> the VMTemplate as its watch last delivered it: a pass
+        resolves from it instead of reading the template again (``phases.resolve``)."""
         self._wrote: dict[Key, int] = {}
         """The resourceVersion of each VM's object as our last pass left it: a watch
         body older than that is the event of a write the pass already built on."""
@@ -234,7 +237,7 @@ class VMs:
         if obj is not delivered:
             self._placer.observe(obj)  # a delivered body: ``on_event`` observed it
         scope = Scope(obj=obj, now=datetime.now(UTC))
-        await phases.resolve(scope, client)
+        await phases.resolve(scope, client, templates=self._templates)
         phases.power(scope)
         phases.record_machine(scope)
         await phases.restore_in_place(scope, client)
@@ -283,7 +286,14 @@ class VMs:
         self._reconciler.offer(key, body)
         await self._reconciler.reconcile(key)
 
-    def template_changed(self, namespace: str, template: str) -> None:
-        """A template appeared, changed or went away: look at the VMs using it now."""
+    def template_changed(
+        self, namespace: str, template: str, body: dict[str, Any] | None = None
+    ) -> None:
+        """A template appeared, changed (``body``, from its watch) or went away (None):
+        keep it for the passes to resolve from, and look at the VMs using it now."""
+        if body is None:
+            self._templates.pop((namespace, template), None)
+        else:
+            self._templates[(namespace, template)] = body
         for name in sorted(self._by_template.get((namespace, template), set())):
             self._reconciler.spawn((namespace, name))
