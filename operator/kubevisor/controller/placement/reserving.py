@@ -41,7 +41,9 @@ class Placer:
         self.ledger = ledger.Ledger()
         self._decide = threading.Lock()
         self._refresh: asyncio.Lock | None = None
-        self._leases: list[dict[str, Any]] = []
+        self._leases: list[nodes.NodeLease] = []
+        """The last Lease list, parsed once (capacity JSON, labels) for every placement
+        until the next list."""
         self._cordoned: frozenset[str] = frozenset()
         self._powered_off: frozenset[str] = frozenset()
         self._leases_at = -math.inf
@@ -80,21 +82,18 @@ class Placer:
 
     async def nodes(self, api: kube.Kube, *, now: datetime) -> list[placing.Node]:
         """The agents' nodes, from a Lease list (and a Node list for cordons) at most
-        ``LEASE_TTL`` seconds old."""
+        ``LEASE_TTL`` seconds old, parsed once per list."""
         if time.monotonic() - self._leases_at >= self.LEASE_TTL:
             async with self._refresh_lock():
                 if time.monotonic() - self._leases_at >= self.LEASE_TTL:
-                    self._leases = await api.list_leases(
-                        nodes.LEASE_NAMESPACE, nodes.AGENT_SELECTOR
-                    )
+                    leases = await api.list_leases(nodes.LEASE_NAMESPACE, nodes.AGENT_SELECTOR)
+                    self._leases = [nodes.parse(lease) for lease in leases]
                     node_objects = await api.list_nodes()
                     self._cordoned = placing.cordoned(node_objects)
                     self._powered_off = rebalancepolicies.powered_off(node_objects)
                     self._leases_at = time.monotonic()
         return [
-            placing.node_from_lease(
-                lease, now=now, cordoned=self._cordoned, powered_off=self._powered_off
-            )
+            placing.node_of(lease, now=now, cordoned=self._cordoned, powered_off=self._powered_off)
             for lease in self._leases
         ]
 

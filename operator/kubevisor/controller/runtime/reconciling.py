@@ -8,6 +8,19 @@ the object (a node Lease, capacity, another object) is looked at again every
 pass for it is still waiting to start are folded into that pass: it reads the newest
 object anyway.
 
+A pass need not re-read its object when the watch just delivered it: ``offer`` hands
+the watch's body to the next pass over that key, which takes it with ``delivered``
+(once; a newer offer replaces an older one). Safe because (1) every write a pass makes
+is guarded by the version it read (server-side apply or patch with that
+``resourceVersion``), so a pass that decided on a body older than the server's copy
+cannot write: the API server refuses with 409, the offer is dropped and the retry
+re-reads with a GET; (2) a pass that writes nothing on an old body leaves nothing
+wrong behind, because the change that made it old comes through the same watch as its
+own event and brings another pass with the newer body; (3) resyncs, retries after
+errors and wake-ups by other objects (``spawn``) find no offer and GET the newest
+object, as before. The watch body saves one GET per event: the read that starts a pass
+was the largest share of the controller's time at a 500-VM burst (bench/README.md).
+
 A kind whose decisions span all its objects (VRFs: conflicts, table allocation) uses
 one key for the whole set.
 """
@@ -21,6 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubevisor.controller import metrics
 from kubevisor.controller.kube import client as kube
@@ -71,6 +85,8 @@ class Reconciler:
         self.waiting: set[Key] = set()
         """Keys the resync looks at again."""
         self._slots: dict[Key, _Slot] = {}
+        self._offers: dict[Key, dict[str, Any]] = {}
+        """The newest watch body per key no pass has taken yet (module docstring)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def reconcile(self, key: Key) -> None:
@@ -89,13 +105,26 @@ class Reconciler:
             if slot.users == 0:
                 self._slots.pop(key, None)
 
+    def offer(self, key: Key, body: dict[str, Any]) -> None:
+        """The watch delivered ``body`` for ``key``: the next pass may use it unread."""
+        self._offers[key] = body
+
+    def delivered(self, key: Key) -> dict[str, Any] | None:
+        """The body offered for ``key`` since the last pass took one, or None: read it
+        from the API (module docstring: why a watch body is fresh enough)."""
+        return self._offers.pop(key, None)
+
     async def _attempts(self, key: Key) -> None:
         for attempt in range(RETRIES):
             try:
                 outcome = await self._timed(key)
             except Exception as exc:
                 if kube.is_gone(exc):
+                    self._offers.pop(key, None)
                     return
+                # the retry reads the object from the API, not a watch body that may be
+                # as old as the one just refused
+                self._offers.pop(key, None)
                 if attempt == RETRIES - 1:
                     self.waiting.add(key)  # the resync tries again later
                     log.exception("reconcile of %s %s/%s failed", self.kind, *key)
@@ -130,6 +159,7 @@ class Reconciler:
     def forget(self, key: Key) -> None:
         """The object was deleted: no more resyncs for it."""
         self.waiting.discard(key)
+        self._offers.pop(key, None)
 
     def spawn(self, key: Key) -> None:
         """A pass over ``key`` in the background (for wake-ups outside a handler)."""

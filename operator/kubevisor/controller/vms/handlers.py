@@ -21,7 +21,7 @@ from typing import Any
 from kubevisor.api import groups, kinds
 from kubevisor.api.conditions import ConditionType, Reason
 from kubevisor.controller.kube import operating
-from kubevisor.controller.placement import reserving
+from kubevisor.controller.placement import ledger, reserving
 from kubevisor.controller.runtime import running
 from kubevisor.controller.runtime.reconciling import Key, Outcome
 from kubevisor.controller.vms import macs, moving, phases, status
@@ -51,6 +51,12 @@ class VMs:
         """(namespace, template) -> names of the VMs that use it."""
         self._macs: dict[Key, macs.Seen] = {}
         """Every VM's recorded MACs per segment, from the watch (cross-VM MAC rule)."""
+        self._templates: dict[Key, dict[str, Any]] = {}
+        """(namespace, name) -> the VMTemplate as its watch last delivered it: a pass
+        resolves from it instead of reading the template again (``phases.resolve``)."""
+        self._wrote: dict[Key, int] = {}
+        """The resourceVersion of each VM's object as our last pass left it: a watch
+        body older than that is the event of a write the pass already built on."""
 
     def handlers(self) -> list[operating.Handler]:
         return [operating.OnEvent(VM.plural, self.on_event)]
@@ -129,7 +135,7 @@ class VMs:
             ops.append(
                 {"op": "add", "path": "/metadata/finalizers", "value": [*finalizers, *missing]}
             )
-        await self._rt.client.guarded_patch(VM.plural, scope.obj, ops)
+        scope.obj = await self._rt.client.guarded_patch(VM.plural, scope.obj, ops)
 
     async def _move(self, obj: dict[str, Any], target: str) -> dict[str, Any]:
         """A Succeeded migration or a node-loss recovery: the ``kubevisor.io/node`` label
@@ -212,10 +218,13 @@ class VMs:
         return Outcome.DONE
 
     async def reconcile_once(self, key: Key) -> Outcome:
-        """One pass over one VM: read, decide, write."""
+        """One pass over one VM: read (or take the body the watch just delivered: safe
+        because every write below is guarded by its resourceVersion, see
+        ``runtime.reconciling``), decide, write."""
         namespace, name = key
         client = self._rt.client
-        obj = await client.get(VM.plural, namespace, name)
+        delivered = self._fresh(key)
+        obj = delivered if delivered is not None else await client.get(VM.plural, namespace, name)
         if obj is None:
             return self._track(key, None)
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
@@ -225,9 +234,10 @@ class VMs:
         target = moving.relocated_to(obj.get("status") or {})
         if target is not None:
             obj = await self._move(obj, target)
-        self._placer.observe(obj)
+        if obj is not delivered:
+            self._placer.observe(obj)  # a delivered body: ``on_event`` observed it
         scope = Scope(obj=obj, now=datetime.now(UTC))
-        await phases.resolve(scope, client)
+        await phases.resolve(scope, client, templates=self._templates)
         phases.power(scope)
         phases.record_machine(scope)
         await phases.restore_in_place(scope, client)
@@ -237,7 +247,21 @@ class VMs:
             scope.mac_conflict = macs.conflict(me, self._macs.values())
         await phases.schedule(scope, client, self._write, placer=self._placer)
         await self._ensure_metadata(scope)
+        version = ledger.resource_version((scope.obj.get("metadata") or {}).get("resourceVersion"))
+        if version is not None:
+            self._wrote[key] = version
         return self._track(key, scope)
+
+    def _fresh(self, key: Key) -> dict[str, Any] | None:
+        """The watch body offered for ``key`` unless our last pass already left the VM
+        at a newer version (its write's own event, delivered late): then None, read it."""
+        body = self._reconciler.delivered(key)
+        if body is None:
+            return None
+        version = ledger.resource_version((body.get("metadata") or {}).get("resourceVersion"))
+        if version is None or version < self._wrote.get(key, 0):
+            return None
+        return body
 
     async def on_event(
         self, type: str | None, namespace: str, name: str, body: dict[str, Any]
@@ -255,12 +279,21 @@ class VMs:
             self._placer.forget(str((body.get("metadata") or {}).get("uid")))
             self._track(key, None)
             self._reconciler.forget(key)
+            self._wrote.pop(key, None)
             return
         self._placer.observe(body)
         self._macs[key] = macs.seen(body)
+        self._reconciler.offer(key, body)
         await self._reconciler.reconcile(key)
 
-    def template_changed(self, namespace: str, template: str) -> None:
-        """A template appeared, changed or went away: look at the VMs using it now."""
+    def template_changed(
+        self, namespace: str, template: str, body: dict[str, Any] | None = None
+    ) -> None:
+        """A template appeared, changed (``body``, from its watch) or went away (None):
+        keep it for the passes to resolve from, and look at the VMs using it now."""
+        if body is None:
+            self._templates.pop((namespace, template), None)
+        else:
+            self._templates[(namespace, template)] = body
         for name in sorted(self._by_template.get((namespace, template), set())):
             self._reconciler.spawn((namespace, name))

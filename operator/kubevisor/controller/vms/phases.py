@@ -8,6 +8,7 @@ once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -121,8 +122,16 @@ def _errors(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def resolve(scope: Scope, api: kube.Kube) -> None:
-    """Template / clone source / inline spec -> ``scope.wanted`` and TemplateResolved."""
+async def resolve(
+    scope: Scope, api: kube.Kube, *, templates: Mapping[tuple[str, str], dict[str, Any]]
+) -> None:
+    """Template / clone source / inline spec -> ``scope.wanted`` and TemplateResolved.
+
+    ``templates`` holds the VMTemplates their watch delivered; one not there is read.
+    A template the watch has not caught up with yet resolves as a GET an instant
+    earlier would have: its event then wakes every VM using it
+    (``VMs.template_changed``), so the VMs converge on the new spec either way, and a
+    burst of VMs from one template no longer reads it once per pass."""
     ok = ConditionType.TEMPLATE_RESOLVED
     try:
         scope.spec = virtualmachines.VirtualMachineSpec.model_validate(scope.obj.get("spec") or {})
@@ -138,7 +147,9 @@ async def resolve(scope: Scope, api: kube.Kube) -> None:
         return
     if spec.template_ref is not None:
         name = spec.template_ref.name
-        raw = await api.get(kinds.VMTEMPLATE.plural, scope.namespace, name)
+        raw = templates.get((scope.namespace, name))
+        if raw is None:
+            raw = await api.get(kinds.VMTEMPLATE.plural, scope.namespace, name)
         if raw is None:
             scope.conds[ok] = Cond(
                 "False",

@@ -24,10 +24,13 @@ TEMPLATE = kinds.VMTEMPLATE
 class VMTemplates:
     """The VMTemplate handlers of one controller process."""
 
-    def __init__(self, rt: running.Runtime, *, on_change: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, rt: running.Runtime, *, on_change: Callable[[str, str, dict[str, Any] | None], None]
+    ) -> None:
         self._rt = rt
         self._on_change = on_change
-        """(namespace, template): a template appeared, changed or went away."""
+        """(namespace, template, body or None when deleted): a template appeared,
+        changed or went away."""
 
     def handlers(self) -> list[operating.Handler]:
         return [operating.OnEvent(TEMPLATE.plural, self.on_event)]
@@ -49,4 +52,4 @@ class VMTemplates:
                 await self._rt.client.apply_status(
                     TEMPLATE.plural, TEMPLATE.kind, namespace, name, wanted
                 )
-        self._on_change(namespace, name)
+        self._on_change(namespace, name, None if type == "DELETED" else body)

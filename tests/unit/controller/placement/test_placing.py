@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kubevisor.api import machines
+from kubevisor.api import machines, nodes
 from kubevisor.controller.placement import placing
 from kubevisor.controller.placement.placing import Node, Usage
 
@@ -169,6 +169,23 @@ def test_node_from_lease() -> None:
     assert not stale.alive
     broken = placing.node_from_lease(_lease(now, "nonsense"), now=now)
     assert broken.memory_bytes == 0 and broken.alive
+
+
+@pytest.mark.parametrize(
+    ("renewed_ago_s", "checked_later_s", "alive"),
+    [(5, 0, True), (5, 24, True), (5, 26, False), (31, 0, False)],
+)
+def test_a_lease_parsed_once_gives_the_same_node_and_its_liveness_at_each_now(
+    renewed_ago_s: int, checked_later_s: int, alive: bool
+) -> None:
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+    cap = {"cpu": 2, "memoryBytes": 2**30, "networks": ["default"]}
+    lease = _lease(now - timedelta(seconds=renewed_ago_s), cap)
+    later = now + timedelta(seconds=checked_later_s)
+    parsed = nodes.parse(lease)
+    node = placing.node_of(parsed, now=later, cordoned=frozenset({"n1"}))
+    assert node == placing.node_from_lease(lease, now=later, cordoned=frozenset({"n1"}))
+    assert node.alive is alive and node.cordoned
 
 
 def test_cordoned_node_is_refused_and_named() -> None:

@@ -90,6 +90,30 @@ async def test_errors_are_retried_then_left_to_the_resync() -> None:
     assert len(failing.calls) == reconciling.RETRIES and r.waiting == {K}
 
 
+async def test_a_pass_takes_the_newest_watch_body_once_and_a_conflict_rereads() -> None:
+    r = _reconciler(Passes())
+    seen: list[dict[str, object] | None] = []
+    results: list[Outcome | BaseException] = [ApiException(status=409), Outcome.DONE]
+
+    async def once(key: Key) -> Outcome:
+        seen.append(r.delivered(key))
+        result = results.pop(0)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    r._once = once
+    r.offer(K, {"v": 1})
+    r.offer(K, {"v": 2})  # a newer event replaces the older body
+    await r.reconcile(K)
+    # the first attempt decided on the watch body; its write was refused (409), so the
+    # retry got no body and reads the object from the API
+    assert seen == [{"v": 2}, None]
+    r.offer(K, {"v": 3})
+    r.forget(K)  # deleted: nothing left for a later pass
+    assert r.delivered(K) is None
+
+
 async def test_a_deleted_object_is_not_retried() -> None:
     passes = Passes(ApiException(status=404))
     r = _reconciler(passes)
