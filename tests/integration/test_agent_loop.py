@@ -8,7 +8,6 @@ kubevisor-controller), exactly as docs/architecture.md says.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -39,14 +38,8 @@ URI = "test:///default"
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A network namespace with the node bridge kvbr0 (the agent's netlink target)."""
-    testing.require_tools("ip")
-    name = f"kvt-agent-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "add", "kvbr0", "type", "bridge"], check=True)
+    with testing.node_netns("kvt-agent") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ its missing domain and writes no phase; once the migration failed it starts it a
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -39,14 +38,8 @@ G, V, PLURAL, NS = "kubevisor.io", "v1alpha1", "virtualmachines", "default"
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    testing.require_tools("ip")
-    name = f"kvt-guard-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "add", "kvbr0", "type", "bridge"], check=True)
+    with testing.node_netns("kvt-guard") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture

@@ -48,14 +48,8 @@ def _wait(predicate: Callable[[], Any], *, timeout: float = 60, what: str) -> An
 @pytest.fixture
 def node_netns() -> Iterator[str]:
     """The agent's node: a network namespace holding the node bridge kvbr0."""
-    testing.require_tools("ip")
-    name = f"kvev-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "add", "kvbr0", "type", "bridge"], check=True)
+    with testing.node_netns("kvev") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _vm(name: str, **spec: Any) -> dict[str, Any]:

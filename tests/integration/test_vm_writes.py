@@ -12,7 +12,6 @@ count writes that changed nothing. No time is asserted.
 from __future__ import annotations
 
 import itertools
-import subprocess
 import sys
 import threading
 import uuid
@@ -37,14 +36,8 @@ VM_RESOURCES = ("virtualmachines", "virtualmachines/status")
 @pytest.fixture
 def node_netns() -> Iterator[str]:
     """The agent's node: a network namespace holding the node bridge kvbr0."""
-    testing.require_tools("ip")
-    name = f"kvwr-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "add", "kvbr0", "type", "bridge"], check=True)
+    with testing.node_netns("kvwr") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _scraped(port: int) -> scraping.Samples | None:

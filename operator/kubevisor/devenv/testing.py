@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,6 +236,21 @@ def require_module(name: str) -> None:
     """
     if importlib.util.find_spec(name) is None:
         absent(f"Python module {name} not installed (hack/setup installs it)")
+
+
+@contextlib.contextmanager
+def node_netns(prefix: str, *, bridge: str = "kvbr0") -> Iterator[str]:
+    """A network namespace ``<prefix>-<random>`` holding the node bridge ``bridge``: the
+    node of an agent under test, so its netlink stays inside a namespace the test made;
+    deleted on the way out."""
+    require_tools("ip")
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "add", bridge, "type", "bridge"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 DEV_CLUSTER_TOOLS = ("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "nsenter")
