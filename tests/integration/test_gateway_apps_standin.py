@@ -15,6 +15,7 @@ other running.
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import subprocess
 import time
@@ -27,7 +28,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client, config
 
-from kubevisor.api import displaytokens, groups
+from kubevisor.api import appservers, displaytokens, groups
 from kubevisor.controller.desktoppools import appkeys
 from kubevisor.devenv import appscreens, browser, testing
 from kubevisor.gateway import main as gateway_main
@@ -92,8 +93,10 @@ def _processes(marker: str) -> list[str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    """A network namespace standing for the server's node, sshd on its 127.0.0.1:22
-    authorizing the application key; yields the node name (netns kvt-app-<node>)."""
+    """A network namespace standing for the server's node, with an sshd config for its
+    127.0.0.1:22 authorizing the application key; yields the node name (netns
+    kvt-app-<node>). The sshd itself starts in ``setup``, once the pool exists: its host
+    key is the pool's, derived from the pool's UID (``appservers.host_key``)."""
     testing.require_root("network namespaces")
     testing.require_tools("ip", "Xvnc", "ssh", "xauth", "xterm", "/usr/sbin/sshd")
     node = uuid.uuid4().hex[:8]
@@ -101,8 +104,6 @@ def server(tmp_path: Path) -> Iterator[str]:
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(tmp_path / "hostkey")], check=True)  # fmt: skip
         Path("/run/sshd").mkdir(exist_ok=True)
         (tmp_path / "sshd_config").write_text(
             f"Port 22\nListenAddress 127.0.0.1\nHostKey {tmp_path}/hostkey\n"
@@ -110,12 +111,17 @@ def server(tmp_path: Path) -> Iterator[str]:
             "X11Forwarding yes\nX11UseLocalhost yes\nPermitRootLogin prohibit-password\n"
             "StrictModes no\nUsePAM no\nXAuthLocation /usr/bin/xauth\n"
         )
-        argv = ["ip", "netns", "exec", netns, "/usr/sbin/sshd", "-D", "-e",
-                "-f", str(tmp_path / "sshd_config")]  # fmt: skip
-        with testing.running_process(argv, log=LOGS / f"sshd-{netns}.log", what="sshd"):
-            yield node
+        yield node
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def _sshd(node: str, tmp_path: Path) -> contextlib.AbstractContextManager[Any]:
+    """The stand-in server's sshd in the node's namespace (host key already written)."""
+    netns = f"kvt-app-{node}"
+    argv = ["ip", "netns", "exec", netns, "/usr/sbin/sshd", "-D", "-e",
+            "-f", str(tmp_path / "sshd_config")]  # fmt: skip
+    return testing.running_process(argv, log=LOGS / f"sshd-{netns}.log", what="sshd")
 
 
 @pytest.fixture
@@ -138,7 +144,7 @@ async def setup(cluster: Any, server: str, tmp_path: Path) -> AsyncIterator[Setu
                 },
             )
             await core.create_namespaced_secret(ns, appkeys.key_secret_body(private, public))
-            await custom.create_namespaced_custom_object(
+            pool = await custom.create_namespaced_custom_object(
                 G,
                 V,
                 ns,
@@ -163,7 +169,19 @@ async def setup(cluster: Any, server: str, tmp_path: Path) -> AsyncIterator[Setu
                 {
                     "apiVersion": f"{G}/{V}",
                     "kind": "VirtualMachine",
-                    "metadata": {"name": SERVER},
+                    "metadata": {
+                        "name": SERVER,
+                        # as the pool's own servers are: the gateway finds the host key by it
+                        "ownerReferences": [
+                            {
+                                "apiVersion": f"{G}/{V}",
+                                "kind": "DesktopPool",
+                                "name": "apps",
+                                "uid": pool["metadata"]["uid"],
+                                "controller": True,
+                            }
+                        ],
+                    },
                     "spec": {"memory": "128Mi", "disks": [{"name": "root", "size": "16Mi"}]},
                 },
             )
@@ -180,7 +198,10 @@ async def setup(cluster: Any, server: str, tmp_path: Path) -> AsyncIterator[Setu
                     f"--key-namespace={ns}", "--host=127.0.0.1", f"--port={port}",
                     "--display-netns=kvt-app-{node}", "--recheck-seconds=0.5"]  # fmt: skip
             log = LOGS / f"gateway-{ns}.log"
-            with testing.running_process(argv, log=log, what="gateway"):
+            host_private, _ = appservers.host_key(private, pool["metadata"]["uid"])
+            (tmp_path / "hostkey").write_bytes(host_private)
+            (tmp_path / "hostkey").chmod(0o600)
+            with _sshd(server, tmp_path), testing.running_process(argv, log=log, what="gateway"):
 
                 def up() -> bool:
                     with socket.socket() as s:
